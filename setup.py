@@ -1,0 +1,32 @@
+"""bert-embed: an Apache Beam batch pipeline that turns text corpora into BERT embeddings."""
+from setuptools import find_packages, setup
+
+# The measured stack. The Dataflow image (templates/) pins the same versions; a test checks they agree.
+INSTALL_REQUIRES = [
+    "apache-beam[gcp]==2.77.0",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",  # must match TensorFlow's minor version exactly
+    "tfx-bsl==1.21.0",
+    "pyarrow<26",
+    "numpy<2.5",
+    "pandas<2.4",  # pandas 3 breaks apache_beam.dataframe
+    "safetensors",
+]
+
+TEST_REQUIRES = [
+    "pytest",
+    "hypothesis",
+    "tokenizers",  # independent WordPiece reference for tokenizer parity tests
+]
+
+setup(
+    name="bert-embed",
+    version="0.1.0",
+    description="Apache Beam pipeline that embeds large text corpora with TF Hub BERT SavedModels",
+    python_requires=">=3.10,<3.13",
+    packages=find_packages(include=["modeling", "modeling.*", "transforms", "transforms.*",
+                                    "pipeline", "pipeline.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["bert-embed=pipeline.cli:main"]},
+)
