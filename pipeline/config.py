@@ -1,0 +1,94 @@
+"""The job's configuration, resolved and validated from the options before the pipeline is built."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import models
+from pipeline.options import BertEmbedOptions, UsageError, split_patterns
+from transforms import pooling as pooling_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class JobConfig:
+  inputs: tuple[str, ...]  # matched files
+  input_patterns: tuple[str, ...]
+  input_format: str
+  id_field: str
+  text_field: str
+  text_pair_field: Optional[str]
+  max_text_bytes: int
+  limit: Optional[int]
+  model: models.ModelSpec
+  model_info: models.ModelInfo
+  seq_length: int
+  pooling: str
+  normalize: bool
+  layers: Optional[tuple[int, ...]]
+  precision: str
+  output: str
+  output_format: str
+  num_shards: int
+  keep_text: bool
+  emit_tokens: bool
+  batch_size: int
+  min_batch_size: int
+  preprocess_batch_size: int
+
+  def output_shaping_options(self) -> dict:
+    """Every option that changes what is written for a record (recorded in the manifest)."""
+    return {"seq_length": self.seq_length, "pooling": self.pooling, "normalize": self.normalize,
+            "layers": list(self.layers) if self.layers else None, "precision": self.precision,
+            "max_text_bytes": self.max_text_bytes, "keep_text": self.keep_text, "emit_tokens": self.emit_tokens,
+            "format": self.output_format, "input_format": self.input_format, "id_field": self.id_field,
+            "text_field": self.text_field, "text_pair_field": self.text_pair_field, "limit": self.limit}
+
+
+def resolve(options: PipelineOptions) -> JobConfig:
+  """Validates the options, matches the inputs and loads the models once; raises UsageError on any problem."""
+  from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
+  o = options.view_as(BertEmbedOptions)
+  patterns = split_patterns(o.input)
+  if not patterns:
+    raise UsageError("--input is required (a file pattern; local or gs:// globs)")
+  if not o.output:
+    raise UsageError("--output is required (an output prefix, e.g. out/embeddings)")
+  if o.min_batch_size > o.batch_size:
+    raise UsageError(f"--min-batch-size {o.min_batch_size} is larger than --batch-size {o.batch_size}")
+  if o.seq_length < 3:
+    raise UsageError("--seq-length must be at least 3 ([CLS] text [SEP])")
+  try:
+    inputs = match_inputs(patterns)
+  except InputError as e:
+    raise UsageError(str(e)) from None
+  try:
+    layers = pooling_lib.parse_layers(o.layers)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
+  info = models.inspect_models(spec, o.seq_length)
+  metadata = info.metadata or {}
+  if o.pooling is None:
+    pooling = metadata.get("recommended_pooling") or "pooled"
+    normalize = bool(metadata.get("recommended_normalize")) if o.normalize is None else o.normalize
+  else:
+    pooling = o.pooling
+    normalize = bool(o.normalize)
+  if layers and pooling == "pooled":
+    raise UsageError("--layers needs --pooling cls or mean (pooled_output comes from the last layer's pooler)")
+  try:
+    pooling_lib.check_layers(layers, info.num_layers)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  max_positions = (metadata.get("config") or {}).get("max_position_embeddings")
+  if max_positions and o.seq_length > max_positions:
+    raise UsageError(f"--seq-length {o.seq_length} exceeds the encoder's {max_positions} positions")
+  return JobConfig(
+      inputs=tuple(inputs), input_patterns=tuple(patterns), input_format=o.input_format, id_field=o.id_field,
+      text_field=o.text_field, text_pair_field=o.text_pair_field, max_text_bytes=o.max_text_bytes, limit=o.limit,
+      model=spec, model_info=info, seq_length=o.seq_length, pooling=pooling, normalize=normalize, layers=layers,
+      precision=o.precision, output=o.output, output_format=o.output_format, num_shards=o.num_shards,
+      keep_text=o.keep_text, emit_tokens=o.emit_tokens, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
+      preprocess_batch_size=o.preprocess_batch_size)

@@ -1,0 +1,142 @@
+"""Resolving --model / --preprocessor / --encoder to SavedModel paths, and checking them before the job starts."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from pipeline.options import UsageError
+
+_LOG = logging.getLogger(__name__)
+PROBE_TEXTS = ("Hello world.", "A second, longer probe sentence for the encoder.")
+
+
+class ModelSpec(NamedTuple):
+  preprocessor: str
+  encoder: str
+  name: str
+
+
+class ModelInfo(NamedTuple):
+  """What the launcher learnt by loading both SavedModels and encoding probe texts."""
+  dim: int
+  num_layers: int
+  vocab_size: int
+  has_mlm: bool
+  metadata: Optional[dict]  # the export metadata of bert-embed exports; None for other TF Hub models
+  fingerprint: str  # over the encoder's variable values and the preprocessor's vocab, not serialization bytes
+
+
+def _join(path: str, name: str) -> str:
+  return path.rstrip("/") + "/" + name
+
+
+def _exists(path: str) -> bool:
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  return FileSystems.exists(path)
+
+
+def _hf_snapshot(ref: str) -> str:
+  repo = ref[len("hf:"):]
+  try:
+    from huggingface_hub import snapshot_download  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise UsageError(f"{ref}: resolving hf: models needs `pip install huggingface_hub`") from None
+  try:
+    return snapshot_download(repo_id=repo)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"{ref}: could not download from the Hugging Face Hub ({type(e).__name__}: {e}). "
+                     "Offline, download the SavedModel elsewhere and pass its directory.") from None
+
+
+def _resolve_path(ref: str) -> str:
+  return _hf_snapshot(ref) if ref.startswith("hf:") else ref
+
+
+def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Optional[str]) -> ModelSpec:
+  """Turns the model flags into a ModelSpec; raises UsageError with what to do when they are missing or wrong."""
+  if model and (preprocessor or encoder):
+    raise UsageError("give either --model or --preprocessor with --encoder, not both")
+  if not model and not (preprocessor and encoder):
+    if preprocessor or encoder:
+      raise UsageError("--preprocessor and --encoder go together: give both")
+    raise UsageError("no model given. Use --model default (the bundled offline MiniLM model), --model DIR (a dir "
+                     "written by `bert-embed export`), or --preprocessor P --encoder E (TF Hub BERT SavedModels)")
+  if model == "default":
+    from pipeline.default_model import DefaultModelUnavailable, ensure_default_model  # pylint: disable=import-outside-toplevel
+    try:
+      model = ensure_default_model()
+    except DefaultModelUnavailable as e:
+      raise UsageError(str(e)) from None
+  if model:
+    root = _resolve_path(model)
+    spec = ModelSpec(_join(root, "preprocessor"), _join(root, "encoder"), root.rstrip("/").split("/")[-1])
+  else:
+    spec = ModelSpec(_resolve_path(preprocessor), _resolve_path(encoder), encoder.rstrip("/").split("/")[-1])
+  for role, path in (("preprocessor", spec.preprocessor), ("encoder", spec.encoder)):
+    if not _exists(_join(path, "saved_model.pb")):
+      raise UsageError(f"the {role} SavedModel {path} does not exist or has no saved_model.pb")
+  return spec
+
+
+def _fingerprint(encoder, preprocessor_path: str) -> str:
+  """Order- and name-independent hash of the encoder's variable values, plus the preprocessor's vocab assets."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  digests = sorted(
+      hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in encoder.variables)
+  h = hashlib.sha256("\n".join(digests).encode())
+  assets = _join(preprocessor_path, "assets")
+  if tf.io.gfile.exists(assets):
+    for name in sorted(tf.io.gfile.listdir(assets)):
+      with tf.io.gfile.GFile(_join(assets, name), "rb") as f:
+        h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  return h.hexdigest()
+
+
+def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
+  """Loads both SavedModels and encodes probe texts, so an unreadable or mismatched model fails before the job."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
+  try:
+    pre = load_saved_model(spec.preprocessor)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"cannot load the preprocessor {spec.preprocessor}: {type(e).__name__}: {e}") from None
+  try:
+    enc = load_saved_model(spec.encoder)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"cannot load the encoder {spec.encoder}: {type(e).__name__}: {e}") from None
+  try:
+    special = {k: int(v) for k, v in pre.tokenize.get_special_tokens_dict().items()}
+    tokens = pre.tokenize(tf.constant(PROBE_TEXTS))
+    packed = pre.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length, tf.int32))
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"the preprocessor {spec.preprocessor} does not implement the TF Hub BERT preprocessor "
+                     f"interface (tokenize, bert_pack_inputs): {type(e).__name__}: {e}") from None
+  vocab_size = special.get("vocab_size")
+  try:
+    outputs = enc(dict(packed))
+    dim = int(outputs["pooled_output"].shape[-1])
+    num_layers = len(outputs["encoder_outputs"])
+  except Exception as e:  # pylint: disable=broad-except
+    raise UsageError(f"the encoder {spec.encoder} failed on the preprocessor's output: {type(e).__name__}: {e}. "
+                     "Are the preprocessor and encoder from the same model?") from None
+  embeddings = [v for v in enc.variables if "word_embeddings" in v.name and len(v.shape) == 2]
+  if vocab_size is not None and len(embeddings) == 1 and int(embeddings[0].shape[0]) != vocab_size:
+    raise UsageError(f"vocab mismatch: the preprocessor {spec.preprocessor} has {vocab_size} tokens but the encoder "
+                     f"{spec.encoder} has {int(embeddings[0].shape[0])} word embeddings")
+  if not np.all(np.isfinite(outputs["pooled_output"].numpy())):
+    raise UsageError(f"the encoder {spec.encoder} returned non-finite values on probe texts")
+  from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+  metadata = read_export_metadata(spec.encoder)
+  return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=hasattr(enc, "mlm"),
+                   metadata=metadata, fingerprint=_fingerprint(enc, spec.preprocessor))
+
+
+def describe(spec: ModelSpec, info: ModelInfo) -> dict:
+  """The model section of the manifest."""
+  return {"name": spec.name, "preprocessor": spec.preprocessor, "encoder": spec.encoder, "dim": info.dim,
+          "num_layers": info.num_layers, "vocab_size": info.vocab_size, "fingerprint": info.fingerprint,
+          "export_metadata": json.loads(json.dumps(info.metadata)) if info.metadata else None}

@@ -1,0 +1,116 @@
+"""Every flag of `bert-embed run`, defined once, typed, and validated before the job starts."""
+from __future__ import annotations
+
+import argparse
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from transforms.pooling import POOLINGS
+
+INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
+OUTPUT_FORMATS = ("parquet", "tfrecord")
+PRECISIONS = ("fp32",)
+DEFAULT_MAX_TEXT_BYTES = 1 << 20
+
+
+class UsageError(ValueError):
+  """A bad option or input, reported before the job starts."""
+
+
+def parse_bool(value) -> bool:
+  """Accepts the bare flag (True) and `=true|false|1|0|yes|no` (Flex Templates pass `--name=value`)."""
+  if isinstance(value, bool):
+    return value
+  v = str(value).strip().lower()
+  if v in ("true", "1", "yes", "y", "on"):
+    return True
+  if v in ("false", "0", "no", "n", "off"):
+    return False
+  raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def positive_int(value) -> int:
+  n = int(value)
+  if n <= 0:
+    raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+  return n
+
+
+def non_negative_int(value) -> int:
+  n = int(value)
+  if n < 0:
+    raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
+  return n
+
+
+def split_patterns(values) -> list[str]:
+  """Repeated --input flags, each possibly comma-separated (commas inside {a,b} globs are kept)."""
+  out = []
+  for value in values or ():
+    depth, current = 0, []
+    for ch in value:
+      depth += ch == "{"
+      depth -= ch == "}"
+      if ch == "," and depth == 0:
+        out.append("".join(current))
+        current = []
+      else:
+        current.append(ch)
+    out.append("".join(current))
+  return [p.strip() for p in out if p.strip()]
+
+
+def _flag(parser, name: str, **kwargs):
+  """Adds --name-with-dashes and its --name_with_underscores spelling (Flex Template parameter names)."""
+  dashed = "--" + name.replace("_", "-")
+  names = [dashed] if "_" not in name else [dashed, "--" + name]
+  parser.add_argument(*names, dest=name, **kwargs)
+
+
+def _bool_flag(parser, name: str, default, help_text: str):
+  _flag(parser, name, type=parse_bool, nargs="?", const=True, default=default, metavar="true|false",
+        help=help_text)
+
+
+class BertEmbedOptions(PipelineOptions):
+  """Options of the embedding job. Beam's own options (--runner, --project, ...) pass through."""
+
+  @classmethod
+  def _add_argparse_args(cls, parser):
+    g = parser.add_argument_group("bert-embed")
+    # Input.
+    _flag(g, "input", action="append", default=None,
+          help="Input file pattern(s): local or gs:// globs; repeat the flag or separate with commas. .gz is read.")
+    _flag(g, "input_format", choices=INPUT_FORMATS, default="text",
+          help="text: one record per line (id <file>:<line>); jsonl/csv/parquet/tfrecord: records with fields.")
+    _flag(g, "id_field", default="id", help="Record id field (string or integer) for structured formats.")
+    _flag(g, "text_field", default="text", help="Text field for structured formats.")
+    _flag(g, "text_pair_field", default=None, help="Optional second-segment field: the record is a text pair.")
+    _flag(g, "max_text_bytes", type=positive_int, default=DEFAULT_MAX_TEXT_BYTES,
+          help="Cut texts longer than this many UTF-8 bytes before tokenizing (marks them truncated).")
+    _flag(g, "limit", type=positive_int, default=None, help="Embed only the N records with the smallest ids.")
+    # Model.
+    _flag(g, "model", default=None,
+          help="'default' (the bundled offline MiniLM), a dir from `bert-embed export` (preprocessor/ + encoder/), "
+               "or hf:ORG/NAME.")
+    _flag(g, "preprocessor", default=None, help="TF Hub BERT preprocessor SavedModel (dir, gs:// or hf:ORG/NAME).")
+    _flag(g, "encoder", default=None, help="TF Hub BERT encoder SavedModel (dir, gs:// or hf:ORG/NAME).")
+    _flag(g, "seq_length", type=positive_int, default=128, help="Packed sequence length ([CLS]/[SEP] included).")
+    _flag(g, "pooling", choices=POOLINGS, default=None,
+          help="pooled | cls | mean. Default: the model's recommended pooling from its export metadata, else pooled.")
+    _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation with its pooling).")
+    _flag(g, "layers", default=None,
+          help="Comma-separated encoder layers (negative from the end) averaged before cls/mean pooling.")
+    _flag(g, "precision", choices=PRECISIONS, default="fp32", help="Compute precision of the encoder.")
+    # Output.
+    _flag(g, "output", default=None, help="Output prefix: PREFIX-SSSSS-of-NNNNN.<format>, PREFIX-manifest.json, "
+                                          "PREFIX-errors-*.jsonl.")
+    g.add_argument("--format", "--output-format", "--output_format", dest="output_format", choices=OUTPUT_FORMATS,
+                   default="parquet", help="parquet | tfrecord")
+    _flag(g, "num_shards", type=non_negative_int, default=0, help="Output shards (0: the runner chooses).")
+    _bool_flag(g, "keep_text", False, "Also write the text.")
+    _bool_flag(g, "emit_tokens", False, "Also write token ids and the token-level sequence_output of real tokens.")
+    # Batching.
+    _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
+    _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")
+    _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")

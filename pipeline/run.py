@@ -1,0 +1,127 @@
+"""`bert-embed run`: sharded text -> preprocessor -> encoder (RunInference) -> Parquet/TFRecord + manifest.
+
+Usable as `python -m pipeline.run --input ... --output ... [Beam options]`.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import sys
+import time
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import manifest as manifest_lib
+from pipeline import models
+from pipeline.config import JobConfig, resolve
+from pipeline.options import UsageError
+from transforms.embed import EmbedTexts
+from transforms.read import ReadTexts
+from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddings
+
+COUNTS = ("read", "written", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated")
+_LOG = logging.getLogger(__name__)
+
+
+class RunOutcome(NamedTuple):
+  config: JobConfig
+  result: object  # the Beam PipelineResult
+  manifest: Optional[dict]
+
+
+def _ones(pcoll, label: str):
+  return pcoll | label >> beam.Map(lambda _: 1)
+
+
+def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
+  """Wires the job's transforms onto `p`; returns the main PCollections (for tests)."""
+  read = p | "ReadTexts" >> ReadTexts(
+      list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
+      text_pair_field=cfg.text_pair_field, max_text_bytes=cfg.max_text_bytes)
+  records = read.records
+  if cfg.limit:
+    records = (records
+               | "Limit" >> beam.combiners.Top.Of(cfg.limit, key=lambda r: r.id, reverse=True)
+               | "LimitFlatten" >> beam.FlatMap(lambda rs: rs))
+  embedded = records | "EmbedTexts" >> EmbedTexts(
+      cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
+      seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
+      min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size)
+  valid, invalid = embedded.embeddings | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim)
+  file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
+                   "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint}
+  output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(
+      cfg.output, cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, keep_text=cfg.keep_text,
+      emit_tokens=cfg.emit_tokens, file_metadata=file_metadata)
+  dead = (read.dead_letters, embedded.dead_letters, invalid) | "AllDeadLetters" >> beam.Flatten()
+  error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)
+  counts = {
+      "read": ((_ones(records, "CountRecords"), _ones(read.dead_letters, "CountUnreadable"))
+               | "CountRead" >> beam.Flatten()),
+      "written": _ones(valid, "CountWritten"),
+      "dead_lettered": _ones(dead, "CountDeadLettered"),
+      "blank_lines": read.blank_lines,
+      "files_failed": _ones(read.files_failed, "CountFilesFailed"),
+      "tokens": valid | "CountTokens" >> beam.Map(lambda r: r.num_tokens),
+      "truncated": valid | "CountTruncated" >> beam.Map(lambda r: int(r.truncated)),
+  }
+  static = {
+      "model": models.describe(cfg.model, cfg.model_info),
+      "inputs": {"patterns": list(cfg.input_patterns), "files": len(cfg.inputs)},
+      "options": cfg.output_shaping_options(),
+      "dimension": cfg.model_info.dim,
+      "start_time": start_time,
+      "package_versions": manifest_lib.package_versions(),
+  }
+  files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
+  manifest = {"files": files, "counts": counts} | "WriteManifest" >> manifest_lib.WriteManifest(
+      cfg.output, static, COUNTS)
+  return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
+
+
+def summary_line(m: dict, seconds: float) -> str:
+  c = m["counts"]
+  rate = c["written"] / seconds if seconds > 0 else 0.0
+  ok = "ok" if c["read"] == c["written"] + c["dead_lettered"] else "VIOLATED"
+  return (f"bert-embed: {c['read']} records read, {c['written']} written, {c['dead_lettered']} dead-lettered, "
+          f"{c['blank_lines']} blank lines, {c['files_failed']} files failed; {c['tokens']} tokens, "
+          f"{c['truncated']} truncated; {rate:.1f} records/s; read == written + dead-lettered: {ok}")
+
+
+def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
+  """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits."""
+  options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+  cfg = resolve(options)
+  manifest_lib.delete_previous_outputs(cfg.output)  # a rerun replaces a partial or stale output
+  start = time.time()
+  start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
+  p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+  build_pipeline(p, cfg, start_iso)
+  result = p.run()
+  result.wait_until_finish()
+  manifest = None
+  try:
+    manifest = manifest_lib.read_manifest(cfg.output)
+  except Exception:  # pylint: disable=broad-except  (a remote runner may still be running)
+    _LOG.info("no manifest yet at %s", manifest_lib.manifest_path(cfg.output))
+  if manifest is not None:
+    print(summary_line(manifest, time.time() - start))
+    print(f"bert-embed: output {cfg.output}-*.{'parquet' if cfg.output_format == 'parquet' else 'tfrecord'}, "
+          f"manifest {manifest_lib.manifest_path(cfg.output)}")
+  return RunOutcome(cfg, result, manifest)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+  try:
+    run(argv)
+  except UsageError as e:
+    print(f"bert-embed: error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

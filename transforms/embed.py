@@ -1,0 +1,99 @@
+"""EmbedTexts: the composable PTransform at the heart of the pipeline (preprocess -> RunInference -> records)."""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+
+from transforms import bisect
+from transforms.encode import BertEncoderModelHandler, EncodeError, PoolingSpec
+from transforms.preprocess import Preprocess
+from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, text_sha256
+
+NAMESPACE = "bert_embed"
+DEAD_LETTER = "dead_letter"
+
+
+class EmbedResult(NamedTuple):
+  embeddings: beam.PCollection  # EmbeddingRecord
+  dead_letters: beam.PCollection  # DeadLetter
+
+
+class _ToEmbeddingRecord(beam.DoFn):
+  """PredictionResult -> EmbeddingRecord, or a dead letter when the record failed to encode."""
+
+  def __init__(self, keep_text: bool, emit_tokens: bool):
+    self._keep_text = keep_text
+    self._emit_tokens = emit_tokens
+    self._encoded = beam.metrics.Metrics.counter(NAMESPACE, "records_encoded")
+    self._tokens = beam.metrics.Metrics.counter(NAMESPACE, "tokens_encoded")
+    self._failed = beam.metrics.Metrics.counter(NAMESPACE, "records_dead_lettered_encode")
+
+  def process(self, result: PredictionResult):
+    element: EncoderInput = result.example
+    record = element.record
+    if isinstance(result.inference, EncodeError):
+      self._failed.inc()
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+          record.id, record.source, "encode", result.inference.reason, record.text))
+      return
+    self._encoded.inc()
+    self._tokens.inc(element.num_tokens)
+    yield EmbeddingRecord(
+        id=record.id,
+        embedding=result.inference.embedding,
+        num_tokens=element.num_tokens,
+        truncated=element.truncated,
+        text_sha256=text_sha256(record.text, record.text_pair),
+        text=record.text if self._keep_text else None,
+        token_ids=element.input_word_ids[:element.num_tokens].copy() if self._emit_tokens else None,
+        sequence_output=result.inference.sequence_output if self._emit_tokens else None)
+
+
+def _failed_batch_to_dead_letters(failure):
+  """RunInference's dead-letter output: (batch, exception) for a batch that failed outside the model call."""
+  batch, error = failure
+  for element in batch:
+    record = element.record
+    yield DeadLetter.make(record.id, record.source, "encode", bisect.describe(error), record.text)
+
+
+class EmbedTexts(beam.PTransform):
+  """PCollection[TextRecord] -> EmbedResult(embeddings=PCollection[EmbeddingRecord], dead_letters=...).
+
+  Args:
+    preprocessor: path of a TF Hub-form BERT preprocessor SavedModel (local or gs://).
+    encoder: path of the matching encoder SavedModel.
+    pooling: 'pooled', 'cls' or 'mean'.
+    normalize: L2-normalise vectors.
+    layers: encoder layers to average before cls/mean pooling (negative from the end).
+    seq_length: packed length (the preprocessor trims longer texts round-robin).
+    emit_tokens: also return token ids and the token-level sequence_output of real tokens.
+    keep_text: carry the text into the output records.
+    batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: tokenizer batch.
+  """
+
+  def __init__(self, preprocessor: str, encoder: str, *, pooling: str = "pooled", normalize: bool = False,
+               layers: Optional[tuple[int, ...]] = None, seq_length: int = 128, emit_tokens: bool = False,
+               keep_text: bool = False, batch_size: int = 64, min_batch_size: int = 1,
+               preprocess_batch_size: int = 256):
+    super().__init__()
+    self._preprocessor = preprocessor
+    self._seq_length = seq_length
+    self._preprocess_batch_size = preprocess_batch_size
+    self._keep_text = keep_text
+    self._emit_tokens = emit_tokens
+    self._handler = BertEncoderModelHandler(
+        encoder, PoolingSpec(pooling, normalize, tuple(layers) if layers else None, emit_tokens),
+        min_batch_size=min_batch_size, max_batch_size=batch_size)
+
+  def expand(self, records) -> EmbedResult:
+    packed, preprocess_failed = records | "Preprocess" >> Preprocess(
+        self._preprocessor, self._seq_length, self._preprocess_batch_size)
+    predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
+    converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
+        _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(DEAD_LETTER, main="embeddings")
+    encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
+    dead = (preprocess_failed, converted[DEAD_LETTER], encode_failed) | "FlattenDeadLetters" >> beam.Flatten()
+    return EmbedResult(converted.embeddings, dead)

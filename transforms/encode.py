@@ -1,0 +1,95 @@
+"""Stage 3-4: the encoder SavedModel behind Beam's RunInference, pooling each batch into one vector per record."""
+from __future__ import annotations
+
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from transforms import bisect, pooling
+from transforms.records import EncoderInput
+from transforms.saved_models import LoadedModel, load_encoder
+
+NAMESPACE = "bert_embed"
+
+
+class EncodeError(NamedTuple):
+  """The inference of a PredictionResult whose record failed to encode even alone."""
+  reason: str
+
+
+class Encoded(NamedTuple):
+  """The inference of a PredictionResult for one record."""
+  embedding: np.ndarray  # float32 [H]
+  sequence_output: Optional[np.ndarray] = None  # float32 [num_tokens, H], with emit_tokens
+
+
+class PoolingSpec(NamedTuple):
+  pooling: str = "pooled"
+  normalize: bool = False
+  layers: Optional[tuple[int, ...]] = None
+  emit_tokens: bool = False
+
+
+def stack_inputs(batch: Sequence[EncoderInput]) -> dict[str, np.ndarray]:
+  """Stacks a batch into int32 [B, T] arrays, T = the longest record in the batch (padding past it is dropped)."""
+  length = max(e.num_tokens for e in batch)
+  return {
+      "input_word_ids": np.stack([e.input_word_ids[:length] for e in batch]).astype(np.int32),
+      "input_mask": np.stack([e.input_mask[:length] for e in batch]).astype(np.int32),
+      "input_type_ids": np.stack([e.input_type_ids[:length] for e in batch]).astype(np.int32),
+  }
+
+
+def encode_batch(model: LoadedModel, batch: Sequence[EncoderInput], spec: PoolingSpec) -> list[Encoded]:
+  """Runs the encoder on one batch and pools it. Raises on failure (callers bisect)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  inputs = stack_inputs(batch)
+  with tf.device(model.device):
+    outputs = model.obj({k: tf.constant(v) for k, v in inputs.items()})
+  needed = {}
+  if spec.pooling == "pooled":
+    needed["pooled_output"] = outputs["pooled_output"].numpy()
+  if spec.pooling != "pooled" or spec.emit_tokens:
+    needed["sequence_output"] = outputs["sequence_output"].numpy()
+  if spec.layers:
+    needed["encoder_outputs"] = [outputs["encoder_outputs"][i].numpy() for i in range(len(outputs["encoder_outputs"]))]
+  vectors = pooling.pool(needed, inputs["input_mask"], spec.pooling, spec.layers, spec.normalize)
+  results = []
+  for i, element in enumerate(batch):
+    tokens = needed["sequence_output"][i, :element.num_tokens].astype(np.float32) if spec.emit_tokens else None
+    results.append(Encoded(vectors[i], tokens))
+  return results
+
+
+class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, LoadedModel]):
+  """Encodes packed BERT inputs with a TF Hub-form encoder SavedModel loaded by plain `tf.saved_model.load`.
+
+  The model is loaded once per worker process (RunInference shares it across the process's threads through
+  `apache_beam.utils.shared`) and placed on the GPU when the worker has one. A batch that fails is bisected so
+  that only the records that fail alone come back as `EncodeError`s.
+  """
+
+  def __init__(self, encoder_path: str, spec: PoolingSpec, *, min_batch_size: int = 1, max_batch_size: int = 64,
+               **kwargs):
+    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **kwargs)
+    self._path = encoder_path
+    self._spec = spec
+
+  def load_model(self) -> LoadedModel:
+    return load_encoder(self._path)
+
+  def run_inference(self, batch: Sequence[EncoderInput], model: LoadedModel,
+                    inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+    results = []
+    for element, encoded, error in bisect.run_isolating_failures(
+        batch, lambda part: encode_batch(model, part, self._spec)):
+      inference = EncodeError(bisect.describe(error)) if error is not None else encoded
+      results.append(PredictionResult(element, inference, self._path))
+    return results
+
+  def get_num_bytes(self, batch: Sequence[EncoderInput]) -> int:
+    return sum(e.input_word_ids.nbytes * 3 for e in batch)
+
+  def get_metrics_namespace(self) -> str:
+    return NAMESPACE

@@ -1,0 +1,104 @@
+"""Stage 2: text -> packed BERT inputs, with the preprocessor SavedModel's own tokenizer and packer (CPU)."""
+from __future__ import annotations
+
+import time
+from typing import Iterable, Sequence
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.utils import shared
+
+from transforms import bisect
+from transforms.records import DeadLetter, EncoderInput, TextRecord
+from transforms.saved_models import load_preprocessor
+
+DEAD_LETTER = "dead_letter"
+NAMESPACE = "bert_embed"
+
+
+class Tokenizer:
+  """Tokenizes and packs lists of records with a loaded TF Hub-form preprocessor."""
+
+  def __init__(self, preprocessor, seq_length: int):
+    self._pre = preprocessor
+    self._seq_length = seq_length
+
+  def pack(self, records: Sequence[TextRecord]) -> list[EncoderInput]:
+    """Packs records that all have, or all lack, a text pair. Raises on failure (callers bisect)."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    with tf.device("/CPU:0"):
+      segments = [self._pre.tokenize(tf.constant([r.text for r in records]))]
+      if records[0].text_pair is not None:
+        segments.append(self._pre.tokenize(tf.constant([r.text_pair for r in records])))
+      packed = self._pre.bert_pack_inputs(segments, seq_length=tf.constant(self._seq_length, tf.int32))
+      pieces = sum(s.merge_dims(-2, -1).row_lengths().numpy() for s in segments)
+    budget = self._seq_length - (len(segments) + 1)
+    word_ids = packed["input_word_ids"].numpy().astype(np.int32)
+    mask = packed["input_mask"].numpy().astype(np.int32)
+    type_ids = packed["input_type_ids"].numpy().astype(np.int32)
+    out = []
+    for i, r in enumerate(records):
+      out.append(EncoderInput(record=r, input_word_ids=word_ids[i], input_mask=mask[i],
+                              input_type_ids=type_ids[i], num_tokens=int(mask[i].sum()),
+                              truncated=bool(r.truncated or pieces[i] > budget)))
+    return out
+
+
+class _PreprocessBatchFn(beam.DoFn):
+  """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered."""
+
+  def __init__(self, preprocessor_path: str, seq_length: int):
+    self._path = preprocessor_path
+    self._seq_length = seq_length
+    self._shared = shared.Shared()
+    self._tokenizer = None
+    self._packed = beam.metrics.Metrics.counter(NAMESPACE, "records_preprocessed")
+    self._truncated = beam.metrics.Metrics.counter(NAMESPACE, "records_truncated")
+    self._failed = beam.metrics.Metrics.counter(NAMESPACE, "records_dead_lettered_preprocess")
+    self._latency = beam.metrics.Metrics.distribution(NAMESPACE, "preprocess_batch_latency_micro_secs")
+
+  def setup(self):
+    model = self._shared.acquire(lambda: load_preprocessor(self._path), tag=self._path)
+    self._model = model  # keep the shared object alive while this DoFn lives
+    self._tokenizer = Tokenizer(model.obj, self._seq_length)
+
+  def process(self, batch: Sequence[TextRecord]) -> Iterable:
+    start = time.perf_counter()
+    with_pair = [r for r in batch if r.text_pair is not None]
+    without = [r for r in batch if r.text_pair is None]
+    for group in (without, with_pair):
+      if not group:
+        continue
+      for record, packed, error in bisect.run_isolating_failures(group, self._tokenizer.pack):
+        if error is not None:
+          self._failed.inc()
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+              record.id, record.source, "preprocess", bisect.describe(error), record.text))
+        elif packed.num_tokens <= (2 if record.text_pair is None else 3):  # only [CLS]/[SEP]: no text survived
+          self._failed.inc()
+          yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+              record.id, record.source, "preprocess", "text has no tokens after tokenizing", record.text))
+        else:
+          self._packed.inc()
+          if packed.truncated:
+            self._truncated.inc()
+          yield packed
+    self._latency.update(int((time.perf_counter() - start) * 1e6))
+
+
+class Preprocess(beam.PTransform):
+  """PCollection[TextRecord] -> (PCollection[EncoderInput], PCollection[DeadLetter])."""
+
+  def __init__(self, preprocessor_path: str, seq_length: int = 128, batch_size: int = 256):
+    super().__init__()
+    self._path = preprocessor_path
+    self._seq_length = seq_length
+    self._batch_size = batch_size
+
+  def expand(self, records):
+    results = (
+        records
+        | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
+        | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._seq_length)).with_outputs(
+            DEAD_LETTER, main="packed"))
+    return results.packed, results[DEAD_LETTER]
