@@ -4,6 +4,7 @@ Every importer produces a dict {canonical name: float32 numpy array}; kernels ar
 [in, out]. The encoder builds its variables from such a dict.
 """
 
+import re
 from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -128,3 +129,18 @@ def validate(weights: Mapping[str, np.ndarray], config: BertConfig,
           f"{', '.join(absent)}")
     optional.append(bool(present))
   return optional[0], optional[1]
+
+
+def check_layer_index(name: str, config: BertConfig, source_file: str,
+                      source_name: str) -> None:
+  """Rejects a transformer-layer tensor beyond `config.num_hidden_layers`.
+
+  Raises:
+    ModelSourceError: `name` belongs to layer N >= num_hidden_layers.
+  """
+  match = re.match(r"^bert/encoder/layer_(\d+)/", name)
+  if match and int(match.group(1)) >= config.num_hidden_layers:
+    raise ModelSourceError(
+        f"{source_file}: tensor {source_name!r} belongs to layer "
+        f"{match.group(1)} but the config has num_hidden_layers="
+        f"{config.num_hidden_layers}")

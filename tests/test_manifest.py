@@ -1,0 +1,210 @@
+"""Tests for pipeline/manifest.py: the manifest step on the DirectRunner and output clean-up."""
+from __future__ import annotations
+
+import datetime
+import glob
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.testing import test_pipeline
+
+from pipeline import manifest
+from transforms import write
+from transforms.records import DeadLetter, EmbeddingRecord
+
+DIM = 4
+COUNT_NAMES = ("read", "written", "dead_lettered", "blank_lines", "files_failed")
+
+
+def make_records(n: int) -> list[EmbeddingRecord]:
+  rng = np.random.default_rng(0)
+  return [EmbeddingRecord(f"doc-{i}", rng.standard_normal(DIM).astype(np.float32), 3, False, "0" * 64)
+          for i in range(n)]
+
+
+def ones(pcoll, label: str):
+  return pcoll | label >> beam.Map(lambda _: 1)
+
+
+def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=(), num_shards=0,
+                           static_fields=None) -> dict:
+  """A miniature of the real pipeline's tail: validate, write, dead-letter, then the manifest."""
+  p = test_pipeline.TestPipeline()
+  rows = p | "Rows" >> beam.Create(records, reshuffle=False)
+  earlier_errors = p | "ReadErrors" >> beam.Create(list(read_errors), reshuffle=False)
+  checked = rows | write.ValidateEmbeddings(DIM)
+  output_files = checked.valid | write.WriteEmbeddings(prefix, "parquet", DIM, num_shards=num_shards)
+  dead_letters = (earlier_errors, checked.dead_letters) | "AllDeadLetters" >> beam.Flatten()
+  error_files = dead_letters | write.WriteDeadLetters(prefix)
+  inputs = {
+      "files": (output_files, error_files) | "AllFiles" >> beam.Flatten(),
+      "counts": {
+          "read": ones(rows, "CountRead"),
+          "written": ones(checked.valid, "CountWritten"),
+          "dead_lettered": ones(dead_letters, "CountDead"),
+          "blank_lines": p | "BlankLines" >> beam.Create(list(blank_lines), reshuffle=False),
+          "files_failed": p | "FilesFailed" >> beam.Create([], reshuffle=False),
+      },
+  }
+  fields = {"dimension": DIM, "start_time": manifest.utc_now_iso()} if static_fields is None else static_fields
+  _ = inputs | manifest.WriteManifest(prefix, fields, COUNT_NAMES)
+  p.run().wait_until_finish()
+  return manifest.read_manifest(prefix)
+
+
+def shard_files(prefix: str) -> list[str]:
+  return sorted(glob.glob(f"{prefix}-*-of-*.*"))
+
+
+def test_manifest_lists_the_files_on_disk_with_counts_and_invariant(tmp_path):
+  prefix = str(tmp_path / "emb")
+  bad = make_records(1)[0]._replace(id="bad", embedding=np.full(DIM, np.nan, np.float32))
+  read_error = DeadLetter.make("x", "in.txt", "read", "unreadable")
+  fields = {"model": "gs://models/bert", "dimension": DIM, "start_time": manifest.utc_now_iso(),
+            "versions": manifest.package_versions()}
+  got = run_embedding_pipeline(prefix, make_records(10) + [bad], read_errors=[read_error],
+                               blank_lines=[2, 0, 3], static_fields=fields)
+
+  on_disk = shard_files(prefix)
+  assert got["files"] == on_disk  # everything the sinks finalized, and nothing else
+  assert got["output_files"] == [f for f in on_disk if f.endswith(".parquet")]
+  assert got["error_files"] == [f for f in on_disk if "-errors-" in f]
+  assert got["output_files"] and got["error_files"]
+  assert got["schema_version"] == manifest.SCHEMA_VERSION
+  for key, value in fields.items():
+    assert got[key] == value
+  # dead_lettered also holds the read-stage error, which "read" never saw.
+  assert got["counts"] == {"read": 11, "written": 10, "dead_lettered": 2, "blank_lines": 5, "files_failed": 0}
+  assert got["invariant"] == {"read_equals_written_plus_dead_lettered": False}
+  end = datetime.datetime.fromisoformat(got["end_time"])
+  assert end.utcoffset() == datetime.timedelta(0)
+  assert end >= datetime.datetime.fromisoformat(fields["start_time"])
+  # Written after the files it lists, atomically (no temporary file left behind).
+  assert os.path.getmtime(manifest.manifest_path(prefix)) >= max(os.path.getmtime(f) for f in on_disk)
+  assert sorted(glob.glob(f"{prefix}*")) == sorted(on_disk + [manifest.manifest_path(prefix)])
+  assert manifest.read_manifest(manifest.manifest_path(prefix)) == got
+
+
+def test_empty_input_gives_files_and_zero_counts(tmp_path):
+  prefix = str(tmp_path / "emb")
+  got = run_embedding_pipeline(prefix, [])
+  assert [os.path.basename(f) for f in got["files"]] == ["emb-00000-of-00001.parquet",
+                                                         "emb-errors-00000-of-00001.jsonl"]
+  assert got["files"] == shard_files(prefix)
+  assert got["counts"] == {name: 0 for name in COUNT_NAMES}
+  assert got["invariant"] == {"read_equals_written_plus_dead_lettered": True}
+
+
+def test_rerun_after_delete_previous_outputs_replaces_everything(tmp_path):
+  prefix = str(tmp_path / "emb")
+  first = run_embedding_pipeline(prefix, make_records(6), num_shards=3)
+  assert len(first["output_files"]) == 3
+  assert first["invariant"] == {"read_equals_written_plus_dead_lettered": True}
+
+  deleted = manifest.delete_previous_outputs(prefix)
+  assert deleted[0] == manifest.manifest_path(prefix)
+  assert sorted(deleted[1:]) == first["files"]
+  assert not glob.glob(f"{prefix}*")
+
+  second = run_embedding_pipeline(prefix, make_records(4), num_shards=1)
+  assert second["files"] == shard_files(prefix)
+  assert len(second["output_files"]) == 1
+  assert second["counts"]["written"] == 4
+
+
+def test_manifest_without_invariant_counts(tmp_path):
+  prefix = str(tmp_path / "emb")
+  p = test_pipeline.TestPipeline()
+  files = p | "Files" >> beam.Create(["b", "a"], reshuffle=False)
+  tokens = p | "Tokens" >> beam.Create([5, 7], reshuffle=False)
+  result = {"files": files, "counts": {"tokens": tokens}} | manifest.WriteManifest(prefix, {}, ("tokens",))
+  _ = result | beam.Map(lambda m: m["counts"])
+  p.run().wait_until_finish()
+  got = manifest.read_manifest(prefix)
+  assert got["files"] == ["a", "b"]
+  assert got["counts"] == {"tokens": 12}
+  assert "invariant" not in got
+
+
+def test_write_manifest_checks_its_arguments():
+  with pytest.raises(ValueError, match="own keys"):
+    manifest.WriteManifest("out/emb", {"counts": 1}, ())
+  with pytest.raises(TypeError):
+    manifest.WriteManifest("out/emb", {"when": object()}, ())
+  p = test_pipeline.TestPipeline()
+  files = p | beam.Create([], reshuffle=False)
+  with pytest.raises(ValueError, match="exactly the names"):
+    _ = {"files": files, "counts": {}} | manifest.WriteManifest("out/emb", {}, ("read",))
+
+
+# ------------------------------------------------------------------------------------------------
+# Clean-up of earlier outputs.
+
+
+def touch(path) -> str:
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    f.write("x")
+  return str(path)
+
+
+def test_delete_previous_outputs_only_touches_its_own_prefix(tmp_path, monkeypatch):
+  out = tmp_path / "out"
+  own = [touch(out / name) for name in (
+      "emb-manifest.json", "emb-manifest.json.tmp-" + "0" * 32, "emb-00000-of-00002.parquet",
+      "emb-00001-of-00002.parquet", "emb-00000-of-00001.tfrecord", "emb-errors-00000-of-00001.jsonl",
+      "emb-errors-00003-of-00004.jsonl")]
+  others = [touch(out / name) for name in (
+      "emb2-00000-of-00001.parquet", "emb2-manifest.json", "emb2-errors-00000-of-00001.jsonl",
+      "emb-x-00000-of-00001.parquet", "emb-errors-manifest.json", "emb-errors2-00000-of-00001.jsonl",
+      "emb-0000-of-00001.parquet", "emb.parquet", "emb-notes.txt", "xemb-00000-of-00001.parquet",
+      "sub/emb-00000-of-00001.parquet")]
+  calls = []
+  real_delete = FileSystems.delete
+  monkeypatch.setattr(FileSystems, "delete", lambda paths: (calls.append(list(paths)), real_delete(paths)))
+
+  deleted = manifest.delete_previous_outputs(str(out / "emb"))
+
+  assert calls[0] == [str(out / "emb-manifest.json")]  # the manifest goes first, on its own
+  assert sorted(deleted) == sorted(own)
+  assert all(not os.path.exists(p) for p in own)
+  assert all(os.path.exists(p) for p in others)
+  assert manifest.delete_previous_outputs(str(out / "emb")) == []
+
+
+def test_prefixes_with_glob_characters_are_refused(tmp_path):
+  survivor = touch(tmp_path / "emb-00000-of-00001.parquet")
+  for prefix in ("e*b", "e?b", "e[m]b"):
+    with pytest.raises(ValueError, match="glob"):
+      manifest.delete_previous_outputs(str(tmp_path / prefix))
+  with pytest.raises(ValueError, match="glob"):
+    manifest.WriteManifest(str(tmp_path / "e*b"), {}, ())
+  assert os.path.exists(survivor)
+
+
+# ------------------------------------------------------------------------------------------------
+# Small pieces.
+
+
+def test_paths_versions_and_reading():
+  assert manifest.manifest_path("gs://b/out/emb") == "gs://b/out/emb-manifest.json"
+  versions = manifest.package_versions()
+  assert set(versions) == {"apache-beam", "tensorflow", "tensorflow-text", "tfx-bsl", "pyarrow", "numpy",
+                           "bert-embed"}
+  assert versions["apache-beam"] == beam.__version__
+  assert manifest.package_versions(("no-such-package-xyz",)) == {"no-such-package-xyz": None}
+
+
+def test_write_atomically_replaces_and_read_manifest_checks_version(tmp_path):
+  path = str(tmp_path / "emb-manifest.json")
+  manifest.write_atomically(path, json.dumps({"schema_version": 1, "n": 1}).encode())
+  manifest.write_atomically(path, json.dumps({"schema_version": 1, "n": 2}).encode())
+  assert manifest.read_manifest(str(tmp_path / "emb")) == {"schema_version": 1, "n": 2}
+  assert os.listdir(tmp_path) == ["emb-manifest.json"]
+  manifest.write_atomically(path, json.dumps({"schema_version": manifest.SCHEMA_VERSION + 1}).encode())
+  with pytest.raises(ValueError, match="schema_version"):
+    manifest.read_manifest(path)

@@ -1,0 +1,475 @@
+"""Reading inputs: every format's rules (called directly, fast) and a few DirectRunner pipelines."""
+from __future__ import annotations
+
+import bz2
+import gzip
+import json
+import lzma
+import os
+import tempfile
+import zlib
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.io.tfrecordio import _TFRecordUtil
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing import test_pipeline
+from apache_beam.testing.util import assert_that, equal_to
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from transforms.formats import FileStats, ReadOptions, cut_utf8, read_file
+from transforms.read import INPUT_FORMATS, InputError, ReadTexts, match_inputs
+from transforms.records import DeadLetter, TextRecord
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+def write(directory, name: str, data, compress: bool = True) -> str:
+  """Writes bytes (or UTF-8 text) to directory/name, compressed by its extension unless told not to."""
+  path = os.path.join(str(directory), name)
+  if isinstance(data, str):
+    data = data.encode("utf-8")
+  compressor = {".gz": gzip.compress, ".bz2": bz2.compress, ".xz": lzma.compress, ".deflate": zlib.compress,
+              ".zst": _zstd_compress}.get(os.path.splitext(name)[1])
+  with open(path, "wb") as f:
+    f.write(compressor(data) if compress and compressor else data)
+  return path
+
+
+def _zstd_compress(data: bytes) -> bytes:
+  import zstandard  # pylint: disable=import-outside-toplevel
+  return zstandard.ZstdCompressor().compress(data)
+
+
+def read(path: str, input_format: str = "text", **options):
+  """read_file() collected: (records, dead letters, stats)."""
+  stats = FileStats()
+  items = list(read_file(path, ReadOptions(input_format, **options), stats))
+  records = [i for i in items if isinstance(i, TextRecord)]
+  dead = [i for i in items if isinstance(i, DeadLetter)]
+  assert len(records) + len(dead) == len(items)
+  return records, dead, stats
+
+
+def pairs(records) -> list:
+  return [(r.id, r.text) for r in records]
+
+
+def dead_pairs(dead) -> list:
+  return [(d.id, d.stage) for d in dead]
+
+
+def tf_example(**features) -> bytes:
+  """A serialized tf.Example: str/bytes -> bytes_list, int -> int64_list, float -> float_list, list -> as is."""
+  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
+  example = example_pb2.Example()
+  for name, value in features.items():
+    values = value if isinstance(value, list) else [value]
+    feature = example.features.feature[name]
+    for v in values:
+      if isinstance(v, str):
+        v = v.encode("utf-8")
+      if isinstance(v, bytes):
+        feature.bytes_list.value.append(v)
+      elif isinstance(v, int):
+        feature.int64_list.value.append(v)
+      else:
+        feature.float_list.value.append(v)
+  return example.SerializeToString()
+
+
+def tfrecord_bytes(payloads) -> bytes:
+  class Sink(list):
+    write = list.append
+  sink = Sink()
+  for payload in payloads:
+    _TFRecordUtil.write_record(sink, payload)
+  return b"".join(sink)
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+def test_text_one_record_per_line_ids_and_blank_lines(tmp_path):
+  path = write(tmp_path, "a.txt", "first line\r\n\n   \t\nsecond\rstill second\n\nlast without newline")
+  records, dead, stats = read(path)
+  assert pairs(records) == [(f"{path}:1", "first line"), (f"{path}:4", "second\rstill second"),
+                            (f"{path}:6", "last without newline")]
+  assert [r.position for r in records] == [1, 4, 6]
+  assert {r.source for r in records} == {path}
+  assert not any(r.truncated for r in records) and all(r.text_pair is None for r in records)
+  assert dead == [] and stats.blank_lines == 3 and not stats.failed
+
+
+def test_text_gz_and_other_compressions_read_like_plain_text(tmp_path):
+  content = "\ufeffalpha\nbeta\n\ngamma\n"
+  for name in ("c.txt.gz", "c.txt.bz2", "c.txt.xz", "c.txt.zst", "c.txt.deflate"):
+    path = write(tmp_path, name, content)
+    records, dead, stats = read(path)
+    assert pairs(records) == [(f"{path}:1", "alpha"), (f"{path}:2", "beta"), (f"{path}:4", "gamma")], name
+    assert dead == [] and stats.blank_lines == 1 and not stats.failed
+
+
+def test_text_invalid_utf8_and_nul_lines_are_dead_letters_and_the_file_goes_on(tmp_path):
+  path = write(tmp_path, "bad.txt", b"ok\nab\xc3(x\nnul\x00here\nstill ok\n")
+  records, dead, stats = read(path)
+  assert pairs(records) == [(f"{path}:1", "ok"), (f"{path}:4", "still ok")]
+  assert dead_pairs(dead) == [(f"{path}:2", "decode"), (f"{path}:3", "decode")]
+  assert "invalid UTF-8 at byte offset 2" in dead[0].reason
+  assert dead[0].snippet == "ab\ufffd(x" and dead[0].source == path
+  assert dead[1].reason == "NUL byte"
+  assert not stats.failed
+
+
+def test_text_a_50_mb_line_is_one_record(tmp_path):
+  line = "é" * (25 << 20)  # 50 MiB of UTF-8
+  path = write(tmp_path, "big.txt", "short\n" + line + "\n")
+  records, _, _ = read(path, max_text_bytes=11)
+  assert [(r.text, r.truncated) for r in records] == [("short", False), ("é" * 5, True)]
+  records, _, _ = read(path)
+  assert len(records[1].text) == len(line)
+
+
+def test_truncated_gz_keeps_the_records_before_the_damage(tmp_path):
+  lines = [f"line number {i} " + "x" * (i % 50) for i in range(1, 2001)]
+  data = gzip.compress(("\n".join(lines) + "\n").encode(), compresslevel=1)
+  path = write(tmp_path, "cut.txt.gz", data[:len(data) // 2], compress=False)
+  records, dead, stats = read(path)
+  assert 0 < len(records) < len(lines)
+  assert pairs(records) == [(f"{path}:{i}", lines[i - 1]) for i in range(1, len(records) + 1)]
+  assert dead_pairs(dead) == [(f"{path}:{len(records) + 1}", "read")]
+  assert "EOFError" in dead[0].reason
+  assert stats.failed
+
+
+@pytest.mark.parametrize("name", ["cut.txt.bz2", "cut.txt.xz", "cut.txt.zst", "cut.txt.deflate"])
+def test_truncated_compressed_files_are_reported(tmp_path, name):
+  full = write(tmp_path, "full" + name, "".join(f"line {i}\n" for i in range(5000)))
+  with open(full, "rb") as f:
+    data = f.read()
+  path = os.path.join(str(tmp_path), name)
+  with open(path, "wb") as f:
+    f.write(data[:-10])
+  records, dead, stats = read(path)
+  assert len(records) <= 5000 and [d.stage for d in dead] == ["read"] and stats.failed
+  assert pairs(records) == [(f"{path}:{i + 1}", f"line {i}") for i in range(len(records))]
+
+
+def test_unreadable_file_is_one_read_dead_letter_named_by_path(tmp_path):
+  path = os.path.join(str(tmp_path), "missing.txt")
+  records, dead, stats = read(path)
+  assert records == [] and dead_pairs(dead) == [(path, "read")] and stats.failed
+  assert dead[0].source == path and "FileNotFoundError" in dead[0].reason
+
+
+def test_broken_gz_header_is_one_read_dead_letter_named_by_path(tmp_path):
+  path = write(tmp_path, "junk.txt.gz", b"this is not gzip at all\n", compress=False)
+  records, dead, stats = read(path)
+  assert records == [] and dead_pairs(dead) == [(path, "read")] and stats.failed
+
+
+# --- max_text_bytes -----------------------------------------------------------------------------
+
+def test_cut_utf8_cuts_on_a_character_boundary():
+  text = "aé€😀b"  # 1 + 2 + 3 + 4 + 1 bytes
+  assert cut_utf8(text, None) == (text, False)
+  assert cut_utf8(text, 11) == (text, False)
+  assert cut_utf8(text, 100) == (text, False)
+  assert cut_utf8(text, 10) == ("aé€😀", True)
+  assert cut_utf8(text, 9) == ("aé€", True)
+  assert cut_utf8(text, 4) == ("aé", True)
+  assert cut_utf8(text, 2) == ("a", True)
+  assert cut_utf8(text, 1) == ("a", True)
+
+
+def test_max_text_bytes_cuts_text_and_pair_and_marks_truncated(tmp_path):
+  path = write(tmp_path, "p.jsonl", "\n".join([
+      json.dumps({"id": 1, "text": "ab€", "pair": "x"}),
+      json.dumps({"id": 2, "text": "ok", "pair": "€€"}),
+      json.dumps({"id": 3, "text": "abc", "pair": "xy"}),
+  ]))
+  records, _, _ = read(path, "jsonl", text_pair_field="pair", max_text_bytes=4)
+  assert [(r.id, r.text, r.text_pair, r.truncated) for r in records] == [
+      ("1", "ab", "x", True), ("2", "ok", "€", True), ("3", "abc", "xy", False)]
+
+
+# --- jsonl --------------------------------------------------------------------------------------
+
+def test_jsonl_ids_texts_and_every_kind_of_bad_line(tmp_path):
+  lines = [
+      {"id": "a", "text": "string id"},
+      {"id": 7, "text": "integer id"},
+      {"id": True, "text": "bool id"},
+      {"id": 1.5, "text": "float id"},
+      {"id": None, "text": "null id"},
+      {"text": "missing id"},
+      {"id": "b"},
+      {"id": "c", "text": 12},
+      {"id": "d", "text": None},
+      {"id": "e", "text": " \t "},
+      "{not json",
+      "[1, 2]",
+      "",
+      "   ",
+      {"id": "", "text": "empty id"},
+      {"id": "f", "text": "bad \ud800 surrogate"},
+      {"id": "g", "text": "fine", "other": [1, {"x": None}]},
+  ]
+  text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
+  path = write(tmp_path, "d.jsonl", text.encode("utf-8", "surrogatepass"))
+  records, dead, stats = read(path, "jsonl")
+  assert pairs(records) == [("a", "string id"), ("7", "integer id"), ("g", "fine")]
+  assert [r.position for r in records] == [1, 2, 17]
+  assert dead_pairs(dead) == [
+      (f"{path}:3", "parse"), (f"{path}:4", "parse"), (f"{path}:5", "parse"), (f"{path}:6", "parse"),
+      ("b", "parse"), ("c", "parse"), ("d", "parse"), ("e", "parse"),
+      (f"{path}:11", "parse"), (f"{path}:12", "parse"), (f"{path}:15", "parse"), ("f", "decode")]
+  reasons = {d.id: d.reason for d in dead}
+  assert reasons["e"] == "empty text"
+  assert "malformed JSON" in reasons[f"{path}:11"]
+  assert "must be a string" in reasons["c"] and "missing" in reasons["b"]
+  assert stats.blank_lines == 2 and not stats.failed
+
+
+def test_jsonl_pair_field_and_custom_field_names(tmp_path):
+  path = write(tmp_path, "q.jsonl.gz", "\n".join(json.dumps(o) for o in [
+      {"key": 1, "body": "question", "answer": "reply"},
+      {"key": 2, "body": "no pair"},
+      {"key": 3, "body": "null pair", "answer": None},
+      {"key": 4, "body": "empty pair", "answer": " "},
+  ]))
+  records, dead, _ = read(path, "jsonl", id_field="key", text_field="body", text_pair_field="answer")
+  assert [(r.id, r.text, r.text_pair) for r in records] == [("1", "question", "reply")]
+  assert dead_pairs(dead) == [("2", "parse"), ("3", "parse"), ("4", "parse")]
+
+
+def test_jsonl_invalid_utf8_and_nul_lines(tmp_path):
+  path = write(tmp_path, "u.jsonl", b'{"id": 1, "text": "a\xff"}\n{"id": 2, "text": "a\x00"}\n'
+                                    b'{"id": 3, "text": "escaped \\u0000 nul"}\n{"id": 4, "text": "ok"}\n')
+  records, dead, _ = read(path, "jsonl")
+  assert pairs(records) == [("4", "ok")]
+  assert dead_pairs(dead) == [(f"{path}:1", "decode"), (f"{path}:2", "decode"), ("3", "decode")]
+
+
+# --- csv ----------------------------------------------------------------------------------------
+
+def test_csv_quoted_commas_newlines_and_a_bad_row(tmp_path):
+  path = write(tmp_path, "t.csv", (
+      'id,text,label\r\n'
+      '1,"hello, world",a\r\n'
+      '007,"multi\nline ""quoted""",b\r\n'
+      '3,too,many,fields\r\n'
+      '\r\n'
+      '4,plain,c\r\n'
+      '5,,d\r\n'
+      '6,"unterminated,e\r\n'))
+  records, dead, stats = read(path, "csv")
+  assert pairs(records) == [("1", "hello, world"), ("007", 'multi\nline "quoted"'), ("4", "plain")]
+  assert [r.position for r in records] == [2, 3, 7]
+  assert dead_pairs(dead) == [(f"{path}:5", "parse"), ("5", "parse"), (f"{path}:9", "parse")]
+  assert "expected 3 fields, got 4" in dead[0].reason
+  assert stats.blank_lines == 1 and not stats.failed
+
+
+def test_csv_invalid_utf8_field_huge_field_missing_column_and_pair(tmp_path):
+  huge = "w" * 300_000  # over the csv module's default field limit
+  path = write(tmp_path, "h.csv", b"\xef\xbb\xbfid,text,pair\n1,ok,p\n2,bad \xff byte,p\n3," +
+               huge.encode() + b",p\n4,no pair,\n")
+  records, dead, _ = read(path, "csv", text_pair_field="pair")
+  assert [(r.id, len(r.text), r.text_pair) for r in records] == [("1", 2, "p"), ("3", len(huge), "p")]
+  assert dead_pairs(dead) == [("2", "decode"), ("4", "parse")]
+  assert "invalid UTF-8 at byte offset 4" in dead[0].reason
+  _, dead, _ = read(path, "csv", text_field="body")
+  assert [d.reason for d in dead] == ["missing text field 'body'"] * 4
+
+
+# --- parquet ------------------------------------------------------------------------------------
+
+def test_parquet_rows_with_integer_ids_and_bad_rows(tmp_path):
+  path = os.path.join(str(tmp_path), "p.parquet")
+  table = pa.table({"id": pa.array([10, None, 12, 13, 14], pa.int64()),
+                    "text": ["ten", "no id", None, "thirteen", " "],
+                    "extra": [1.0, 2.0, 3.0, 4.0, 5.0]})
+  pq.write_table(table, path, row_group_size=2)
+  records, dead, stats = read(path, "parquet")
+  assert pairs(records) == [("10", "ten"), ("13", "thirteen")]
+  assert [r.position for r in records] == [0, 3]
+  assert dead_pairs(dead) == [(f"{path}:1", "parse"), ("12", "parse"), ("14", "parse")]
+  assert not stats.failed
+
+
+def test_parquet_binary_text_string_ids_and_pair(tmp_path):
+  path = os.path.join(str(tmp_path), "b.parquet")
+  pq.write_table(pa.table({"doc": ["a", "b"], "body": pa.array([b"caf\xc3\xa9", b"\xff"], pa.binary()),
+                           "pair": ["x", "y"]}), path)
+  records, dead, _ = read(path, "parquet", id_field="doc", text_field="body", text_pair_field="pair")
+  assert [(r.id, r.text, r.text_pair) for r in records] == [("a", "café", "x")]
+  assert dead_pairs(dead) == [("b", "decode")]
+
+
+def test_corrupt_parquet_is_one_read_dead_letter(tmp_path):
+  path = write(tmp_path, "bad.parquet", b"PAR1" + os.urandom(200) + b"garbage")
+  records, dead, stats = read(path, "parquet")
+  assert records == [] and dead_pairs(dead) == [(path, "read")] and stats.failed
+
+
+# --- tfrecord -----------------------------------------------------------------------------------
+
+def test_tfrecord_examples(tmp_path):
+  payloads = [
+      tf_example(id=1, text="int id"),
+      tf_example(id="s", text=b"bytes id"),
+      tf_example(id=2.5, text="float id"),
+      tf_example(id=3, text=b"bad \xff"),
+      tf_example(id=4),
+      tf_example(id=5, text=["two", "values"]),
+      b"\xff\xff not a proto",
+      tf_example(id=6, text="last", pair="second"),
+  ]
+  path = write(tmp_path, "e.tfrecord.gz", tfrecord_bytes(payloads))
+  records, dead, stats = read(path, "tfrecord")
+  assert pairs(records) == [("1", "int id"), ("s", "bytes id"), ("6", "last")]
+  assert [r.position for r in records] == [0, 1, 7]
+  assert dead_pairs(dead) == [(f"{path}:2", "parse"), ("3", "decode"), ("4", "parse"), ("5", "parse"),
+                              (f"{path}:6", "parse")]
+  assert not stats.failed
+  records, dead, _ = read(path, "tfrecord", text_pair_field="pair")
+  assert [(r.id, r.text_pair) for r in records] == [("6", "second")]
+
+
+def test_truncated_and_corrupt_tfrecords(tmp_path):
+  data = tfrecord_bytes([tf_example(id=i, text=f"t{i}") for i in range(3)])
+  path = write(tmp_path, "cut.tfrecord", data[:-5])
+  records, dead, stats = read(path, "tfrecord")
+  assert pairs(records) == [("0", "t0"), ("1", "t1")]
+  assert dead_pairs(dead) == [(f"{path}:2", "read")] and stats.failed
+  corrupt = bytearray(data)
+  corrupt[20] ^= 0xFF  # inside the first payload: its checksum no longer matches
+  path = write(tmp_path, "crc.tfrecord", bytes(corrupt))
+  records, dead, stats = read(path, "tfrecord")
+  assert records == [] and dead_pairs(dead) == [(path, "read")] and "checksum" in dead[0].reason
+
+
+# --- matching and options -----------------------------------------------------------------------
+
+def test_match_inputs_expands_sorts_and_deduplicates(tmp_path):
+  paths = [write(tmp_path, name, "x\n") for name in ("b.txt", "a.txt", "c.txt.gz", "notes.md")]
+  os.mkdir(os.path.join(str(tmp_path), "sub.txt"))
+  found = match_inputs([os.path.join(str(tmp_path), "*.txt*"), paths[1]])
+  assert found == sorted(paths[:3])
+
+
+def test_match_inputs_raises_input_error_naming_the_empty_pattern(tmp_path):
+  write(tmp_path, "a.txt", "x\n")
+  missing = os.path.join(str(tmp_path), "nothing-*.jsonl")
+  with pytest.raises(InputError, match="nothing-"):
+    match_inputs([os.path.join(str(tmp_path), "*.txt"), missing])
+  with pytest.raises(InputError):
+    match_inputs([])
+
+
+def test_read_texts_rejects_bad_options():
+  assert INPUT_FORMATS == ("text", "jsonl", "csv", "parquet", "tfrecord")
+  for kwargs in ({"input_format": "xml"}, {"max_text_bytes": 0}, {"text_field": ""}):
+    with pytest.raises(InputError):
+      ReadTexts(["x"], **kwargs)
+
+
+# --- property -----------------------------------------------------------------------------------
+
+_LINE_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\ufeff")
+_LINES = st.lists(st.text(_LINE_CHARS, max_size=12), min_size=0, max_size=15)
+
+
+def _is_blank(line: str) -> bool:
+  return not line.strip()
+
+
+@settings(max_examples=25, deadline=None)
+@given(lines=_LINES)
+def test_property_text_every_non_blank_line_is_a_record_or_a_dead_letter(lines):
+  with tempfile.TemporaryDirectory() as directory:
+    path = write(directory, "r.txt", "".join(line + "\n" for line in lines))
+    records, dead, stats = read(path)
+  non_blank = [i for i, line in enumerate(lines, 1) if not _is_blank(line)]
+  assert len(records) + len(dead) == len(non_blank)
+  assert sorted(r.position for r in records) == [r.position for r in records]
+  ids = [r.id for r in records] + [d.id for d in dead]
+  assert len(set(ids)) == len(ids) and sorted(ids) == sorted(f"{path}:{i}" for i in non_blank)
+  for r in records:
+    assert r.text == lines[r.position - 1].removesuffix("\r")
+  assert stats.blank_lines == len(lines) - len(non_blank) and not stats.failed
+
+
+@settings(max_examples=25, deadline=None)
+@given(lines=st.lists(st.one_of(st.text(_LINE_CHARS, max_size=12),
+                                st.tuples(st.text(_LINE_CHARS, max_size=12), st.booleans())),
+                      max_size=15))
+def test_property_jsonl_every_non_blank_line_is_a_record_or_a_dead_letter(lines):
+  rendered = []
+  for i, line in enumerate(lines):
+    if isinstance(line, tuple):  # a JSON object; integer or string id, escaped or raw unicode
+      text, ascii_only = line
+      line = json.dumps({"id": i if ascii_only else f"r{i}", "text": text}, ensure_ascii=ascii_only)
+    rendered.append(line)
+  with tempfile.TemporaryDirectory() as directory:
+    path = write(directory, "r.jsonl", "".join(line + "\n" for line in rendered))
+    records, dead, stats = read(path, "jsonl")
+  blank = sum(1 for line in rendered if _is_blank(line))
+  assert len(records) + len(dead) == len(rendered) - blank == len(rendered) - stats.blank_lines
+  ids = [r.id for r in records] + [d.id for d in dead]
+  assert len(set(ids)) == len(ids)
+
+
+# --- pipelines ----------------------------------------------------------------------------------
+
+def _counter(result, name: str) -> int:
+  counters = result.metrics().query(MetricsFilter().with_namespace("bert_embed").with_name(name))["counters"]
+  return sum(c.committed for c in counters)
+
+
+def test_pipeline_reads_a_glob_of_text_files(tmp_path):
+  a = write(tmp_path, "part-0.txt", "one\n\ntwo\n")
+  b = write(tmp_path, "part-1.txt.gz", "three\n \nbad \xff\n".encode("latin-1"))
+  data = gzip.compress(b"".join(b"line %d\n" % i for i in range(3000)), compresslevel=1)
+  c = write(tmp_path, "part-2.txt.gz", data[:len(data) // 2], compress=False)
+  expected_c = read(c)[0]
+  p = test_pipeline.TestPipeline()
+  result = p | "Read" >> ReadTexts([os.path.join(str(tmp_path), "part-*")])
+  assert_that(result.records | beam.Map(lambda r: (r.id, r.text)),
+              equal_to([(f"{a}:1", "one"), (f"{a}:3", "two"), (f"{b}:1", "three")] + pairs(expected_c)))
+  assert_that(result.dead_letters | beam.Map(lambda d: (d.id, d.stage)),
+              equal_to([(f"{b}:3", "decode"), (f"{c}:{len(expected_c) + 1}", "read")]), label="CheckDead")
+  assert_that(result.blank_lines, equal_to([1, 1, 0]), label="CheckBlank")
+  assert_that(result.files_failed, equal_to([c]), label="CheckFailed")
+  outcome = p.run()
+  outcome.wait_until_finish()
+  assert _counter(outcome, "records_read") == 3 + len(expected_c)
+  assert _counter(outcome, "blank_lines") == 2
+  assert _counter(outcome, "files_failed") == 1
+  assert _counter(outcome, "records_dead_lettered_read") == 2
+
+
+def test_pipeline_reads_jsonl_and_csv_and_reports_a_corrupt_parquet(tmp_path):
+  j = write(tmp_path, "in-0.jsonl.gz", '{"id": 1, "text": "uno"}\n\n{"id": 2}\n')
+  write(tmp_path, "in-1.csv.gz", 'id,text\n3,"tres, three"\n')
+  bad = write(tmp_path, "broken.parquet", b"not parquet")
+  with test_pipeline.TestPipeline() as p:
+    jsonl = p | "Jsonl" >> ReadTexts([j], input_format="jsonl")
+    rows = p | "Csv" >> ReadTexts([os.path.join(str(tmp_path), "*.csv*")], input_format="csv")
+    parquet = p | "Parquet" >> ReadTexts([bad], input_format="parquet")
+    records = (jsonl.records, rows.records, parquet.records) | beam.Flatten()
+    dead = (jsonl.dead_letters, rows.dead_letters, parquet.dead_letters) | "FlattenDead" >> beam.Flatten()
+    assert_that(records | beam.Map(lambda r: (r.id, r.text)), equal_to([("1", "uno"), ("3", "tres, three")]))
+    assert_that(dead | beam.Map(lambda d: (d.id, d.stage)), equal_to([("2", "parse"), (bad, "read")]),
+                label="CheckDead")
+    assert_that(jsonl.blank_lines, equal_to([1]), label="CheckBlank")
+    assert_that(parquet.files_failed, equal_to([bad]), label="CheckFailed")
+
+
+def test_read_texts_fails_before_the_job_when_a_pattern_matches_nothing(tmp_path):
+  p = test_pipeline.TestPipeline()
+  with pytest.raises(InputError, match="nope"):
+    _ = p | ReadTexts([os.path.join(str(tmp_path), "nope*.txt")])

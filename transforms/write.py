@@ -1,0 +1,499 @@
+"""Sinks for the pipeline's outputs: embeddings (Parquet or TFRecord) and dead letters (JSON lines).
+
+All files go through Beam's file-based sinks, which write to a temporary directory and rename the
+finished shards into place, so a reader never sees a half-written `PREFIX-SSSSS-of-NNNNN.*` file.
+Every sink returns the PCollection of its final file names, also for an empty input (Beam then
+writes one empty shard), so the manifest step can list them.
+
+Embedding rows must be checked with `ValidateEmbeddings` before `WriteEmbeddings`: rows with a
+wrong-length or non-finite vector (or other unwritable fields) leave as DeadLetter(stage="write")
+instead of failing the sink. `WriteEmbeddings` re-checks every batch and raises on a bad row, so a
+pipeline that forgets the validation fails loudly rather than writing corrupt rows.
+"""
+from __future__ import annotations
+
+import json
+import numbers
+import re
+from typing import Iterator, Optional, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.metrics import Metrics
+from tfx_bsl.coders import example_coder
+
+from transforms.records import DeadLetter, EmbeddingRecord
+
+OUTPUT_FORMATS = ("parquet", "tfrecord")
+METRICS_NAMESPACE = "bert_embed"
+
+# Output tags of ValidateEmbeddings.
+VALID_TAG = "valid"
+DEAD_LETTER_TAG = "dead_letters"
+
+# Dead letters go to PREFIX-errors-SSSSS-of-NNNNN.jsonl.
+ERRORS_INFIX = "-errors"
+ERRORS_SUFFIX = ".jsonl"
+
+# Rows are grouped into batches of about this many bytes; each Parquet batch becomes a row group.
+DEFAULT_BATCH_BYTES = 32 << 20
+PARQUET_CODEC = "snappy"
+
+_INT32_MAX = 2**31 - 1
+# Beam's default shard template '-SSSSS-of-NNNNN' pads to 5 digits and grows past 99999 shards.
+_SHARD_PATTERN = r"-\d{5,}-of-\d{5,}"
+
+
+# --------------------------------------------------------------------------------------------
+# File names.
+
+
+def check_output_prefix(output_prefix: str) -> None:
+  """Raises ValueError unless `output_prefix` is a usable file name prefix (no directory, no globs)."""
+  if not isinstance(output_prefix, str) or not output_prefix:
+    raise ValueError(f"output prefix must be a non-empty string, got {output_prefix!r}")
+  if output_prefix.endswith(("/", "\\")):
+    raise ValueError(f"output prefix must end in a file name stem, not a directory: {output_prefix!r}")
+  if any(c in output_prefix for c in "*?[]"):
+    # Beam's sinks glob for their own shards, and local FileSystems.delete expands globs: a prefix
+    # like 'out/e*b' could make them delete other files.
+    raise ValueError(f"output prefix must not contain glob characters *?[]: {output_prefix!r}")
+
+
+def errors_prefix(output_prefix: str) -> str:
+  """The file prefix of the dead-letter shards for `output_prefix`."""
+  return output_prefix + ERRORS_INFIX
+
+
+def path_basename(path: str) -> str:
+  """The last component of a local path or URL."""
+  return re.split(r"[/\\]", path)[-1]
+
+
+def is_output_file(path: str, output_prefix: str) -> bool:
+  """True when `path` is named like one of `output_prefix`'s embedding shards (any extension)."""
+  stem = re.escape(path_basename(output_prefix))
+  return re.fullmatch(stem + _SHARD_PATTERN + r"\.[^/\\]+", path_basename(path)) is not None
+
+
+def is_error_file(path: str, output_prefix: str) -> bool:
+  """True when `path` is named like one of `output_prefix`'s dead-letter shards."""
+  stem = re.escape(path_basename(errors_prefix(output_prefix)))
+  return re.fullmatch(stem + _SHARD_PATTERN + re.escape(ERRORS_SUFFIX), path_basename(path)) is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Validation.
+
+
+def _string_problem(name: str, value: object) -> Optional[str]:
+  """Why `value` cannot be stored as a UTF-8 string field, or None."""
+  if not isinstance(value, str):
+    return f"{name} is not a string but {type(value).__name__}"
+  try:
+    value.encode("utf-8")
+  except UnicodeEncodeError as e:
+    return f"{name} is not encodable as UTF-8 ({e.reason} at position {e.start})"
+  return None
+
+
+def _float_array_problem(name: str, values: object, shape: tuple[int, ...]) -> Optional[str]:
+  """Why `values` is not a finite float32 array of `shape`, or None."""
+  try:
+    with np.errstate(all="ignore"):  # float64 values beyond float32's range become inf, caught below
+      array = np.asarray(values, dtype=np.float32)
+  except (TypeError, ValueError) as e:
+    return f"{name} is not numeric ({e})"
+  if array.shape != shape:
+    return f"{name} has shape {array.shape}, expected {shape}"
+  bad = int(np.count_nonzero(~np.isfinite(array)))
+  if bad:
+    return f"{name} has {bad} non-finite value(s)"
+  return None
+
+
+def _num_tokens_problem(num_tokens: object) -> Optional[str]:
+  if isinstance(num_tokens, bool) or not isinstance(num_tokens, numbers.Integral):
+    return f"num_tokens is not an integer but {type(num_tokens).__name__}"
+  if not 0 <= int(num_tokens) <= _INT32_MAX:
+    return f"num_tokens {num_tokens} is out of range"
+  return None
+
+
+def _tokens_problem(rec: EmbeddingRecord, dim: int) -> Optional[str]:
+  """Why token_ids / sequence_output cannot be written (they are required with emit_tokens)."""
+  if rec.token_ids is None:
+    return "token_ids is missing"
+  ids = np.asarray(rec.token_ids)
+  if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+    return f"token_ids must be a 1-D integer vector, got dtype {ids.dtype} and shape {ids.shape}"
+  if ids.size and (ids.min() < 0 or ids.max() > _INT32_MAX):
+    return "token_ids has values outside the int32 range"
+  if ids.size != rec.num_tokens:
+    return f"token_ids has {ids.size} ids but num_tokens is {rec.num_tokens}"
+  if rec.sequence_output is None:
+    return "sequence_output is missing"
+  return _float_array_problem("sequence_output", rec.sequence_output, (ids.size, dim))
+
+
+def embedding_problem(rec: EmbeddingRecord, dim: int, *, keep_text: bool = False,
+                      emit_tokens: bool = False) -> Optional[str]:
+  """Why `rec` cannot be written to the embedding files, or None when it can.
+
+  Args:
+    rec: the row.
+    dim: the model's hidden size H (the required embedding length).
+    keep_text: whether the text column is written (then `text` must be None or a string).
+    emit_tokens: whether token_ids and sequence_output are written (then both are required).
+  """
+  if not isinstance(rec, EmbeddingRecord):
+    return f"not an EmbeddingRecord but {type(rec).__name__}"
+  problem = _string_problem("id", rec.id) or _string_problem("text_sha256", rec.text_sha256)
+  if problem:
+    return problem
+  problem = _float_array_problem("embedding", rec.embedding, (dim,)) or _num_tokens_problem(rec.num_tokens)
+  if problem:
+    return problem
+  if keep_text and rec.text is not None:
+    problem = _string_problem("text", rec.text)
+    if problem:
+      return problem
+  if emit_tokens:
+    return _tokens_problem(rec, dim)
+  return None
+
+
+def _require_writable(records: Sequence[EmbeddingRecord], dim: int, keep_text: bool,
+                      emit_tokens: bool) -> None:
+  """Raises ValueError on the first row that would be written wrongly."""
+  for rec in records:
+    problem = embedding_problem(rec, dim, keep_text=keep_text, emit_tokens=emit_tokens)
+    if problem:
+      raise ValueError(f"record {getattr(rec, 'id', None)!r} cannot be written: {problem}. "
+                       "Apply ValidateEmbeddings before WriteEmbeddings to dead-letter such rows.")
+
+
+class ValidateEmbeddingsFn(beam.DoFn):
+  """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG."""
+
+  def __init__(self, dim: int, keep_text: bool = False, emit_tokens: bool = False):
+    super().__init__()
+    self._dim = dim
+    self._keep_text = keep_text
+    self._emit_tokens = emit_tokens
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_rejected_at_write")
+
+  def process(self, rec: EmbeddingRecord) -> Iterator[object]:
+    problem = embedding_problem(rec, self._dim, keep_text=self._keep_text, emit_tokens=self._emit_tokens)
+    if problem is None:
+      yield rec
+      return
+    self._rejected.inc()
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.make(
+        getattr(rec, "id", ""), source="", stage="write", reason=problem, text=getattr(rec, "text", "")))
+
+
+class ValidateEmbeddings(beam.PTransform):
+  """Splits EmbeddingRecords into writable ones and write-stage dead letters.
+
+  Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter).
+  Use the same dim / keep_text / emit_tokens as the WriteEmbeddings that follows.
+  """
+
+  def __init__(self, dim: int, *, keep_text: bool = False, emit_tokens: bool = False):
+    super().__init__()
+    _check_dim(dim)
+    self._fn = ValidateEmbeddingsFn(dim, keep_text, emit_tokens)
+
+  def expand(self, pcoll):
+    return pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=VALID_TAG)
+
+
+def _check_dim(dim: object) -> None:
+  if isinstance(dim, bool) or not isinstance(dim, numbers.Integral) or dim <= 0:
+    raise ValueError(f"dim must be a positive integer, got {dim!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Columnar conversion (shared by Parquet and TFRecord).
+
+
+def _list_array(lengths: Sequence[int], values: object, value_type: pa.DataType) -> pa.ListArray:
+  """A list<value_type> array whose i-th list holds the next lengths[i] values."""
+  offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+  np.cumsum(lengths, out=offsets[1:])
+  if not isinstance(values, pa.Array):
+    values = pa.array(values, type=value_type)
+  return pa.ListArray.from_arrays(pa.array(offsets), values)
+
+
+def _fixed_lists(matrix: np.ndarray, value_type: pa.DataType) -> pa.ListArray:
+  """A list<value_type> array with one list per row of a 2-D matrix."""
+  rows, cols = matrix.shape
+  return _list_array([cols] * rows, matrix.reshape(-1), value_type)
+
+
+def _ragged_lists(arrays: Sequence[np.ndarray], dtype: type, value_type: pa.DataType) -> pa.ListArray:
+  """A list<value_type> array with one list per (flattened) numpy array."""
+  flat = [np.asarray(a, dtype=dtype).reshape(-1) for a in arrays]
+  values = np.concatenate(flat) if flat else np.zeros(0, dtype=dtype)
+  return _list_array([f.size for f in flat], values, value_type)
+
+
+def _singletons(values: Sequence[object], value_type: pa.DataType) -> pa.ListArray:
+  """A list<value_type> array of one-element lists (tf.Example has no scalars)."""
+  return _list_array([1] * len(values), values, value_type)
+
+
+def _embedding_matrix(records: Sequence[EmbeddingRecord], dim: int) -> np.ndarray:
+  """float32 [len(records), dim]."""
+  if not records:
+    return np.zeros((0, dim), dtype=np.float32)
+  return np.stack([np.asarray(r.embedding, dtype=np.float32) for r in records])
+
+
+def _sequence_column(records: Sequence[EmbeddingRecord], dim: int) -> pa.ListArray:
+  """list<list<float32>>: per row, one H-vector per token."""
+  seqs = [np.asarray(r.sequence_output, dtype=np.float32).reshape(-1, dim) for r in records]
+  token_rows = np.concatenate(seqs) if seqs else np.zeros((0, dim), np.float32)
+  inner = _fixed_lists(token_rows, pa.float32())
+  return _list_array([s.shape[0] for s in seqs], inner, inner.type)
+
+
+def parquet_schema(dim: int, keep_text: bool = False, emit_tokens: bool = False,
+                   file_metadata: Optional[dict[str, str]] = None) -> pa.Schema:
+  """The Arrow schema of the Parquet files; `file_metadata` becomes the footer's key-value metadata.
+
+  `dim` is not part of the Arrow types (the embedding is a plain list<float32>); callers record it
+  in `file_metadata`.
+  """
+  _check_dim(dim)
+  fields = [
+      pa.field("id", pa.string(), nullable=False),
+      pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+      pa.field("num_tokens", pa.int32(), nullable=False),
+      pa.field("truncated", pa.bool_(), nullable=False),
+      pa.field("text_sha256", pa.string(), nullable=False),
+  ]
+  if keep_text:
+    fields.append(pa.field("text", pa.string()))
+  if emit_tokens:
+    fields.append(pa.field("token_ids", pa.list_(pa.int32()), nullable=False))
+    fields.append(pa.field("sequence_output", pa.list_(pa.list_(pa.float32())), nullable=False))
+  metadata = {str(k): str(v) for k, v in (file_metadata or {}).items()}
+  return pa.schema(fields, metadata=metadata or None)
+
+
+def records_to_table(records: Sequence[EmbeddingRecord], schema: pa.Schema, dim: int) -> pa.Table:
+  """Converts rows to a table of `schema` (from parquet_schema). Raises ValueError on a bad row."""
+  keep_text = "text" in schema.names
+  emit_tokens = "token_ids" in schema.names
+  _require_writable(records, dim, keep_text, emit_tokens)
+  columns = {
+      "id": pa.array([r.id for r in records], type=pa.string()),
+      "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
+      "num_tokens": pa.array([int(r.num_tokens) for r in records], type=pa.int32()),
+      "truncated": pa.array([bool(r.truncated) for r in records], type=pa.bool_()),
+      "text_sha256": pa.array([r.text_sha256 for r in records], type=pa.string()),
+  }
+  if keep_text:
+    columns["text"] = pa.array([r.text for r in records], type=pa.string())
+  if emit_tokens:
+    columns["token_ids"] = _ragged_lists([r.token_ids for r in records], np.int32, pa.int32())
+    columns["sequence_output"] = _sequence_column(records, dim)
+  return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
+
+
+def _first_length(values: object) -> int:
+  """Length of an embedding, for batches whose dim is inferred (0 if it is not a vector)."""
+  try:
+    return int(np.asarray(values, dtype=np.float32).size)
+  except (TypeError, ValueError):
+    return 0
+
+
+def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool = False,
+                             emit_tokens: bool = False, dim: Optional[int] = None) -> pa.RecordBatch:
+  """Rows as the list<binary> / list<int64> / list<float32> columns tfx-bsl encodes to tf.Examples.
+
+  With dim None, every row must have the first row's embedding length. A None text becomes an empty
+  bytes_list. Raises ValueError on a bad row.
+  """
+  if dim is None:
+    dim = _first_length(records[0].embedding) if records else 1
+  _require_writable(records, dim, keep_text, emit_tokens)
+  columns = {
+      "id": _singletons([r.id.encode("utf-8") for r in records], pa.binary()),
+      "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
+      "num_tokens": _singletons([int(r.num_tokens) for r in records], pa.int64()),
+      "truncated": _singletons([int(bool(r.truncated)) for r in records], pa.int64()),
+      "text_sha256": _singletons([r.text_sha256.encode("utf-8") for r in records], pa.binary()),
+  }
+  if keep_text:
+    texts = [[] if r.text is None else [r.text.encode("utf-8")] for r in records]
+    columns["text"] = pa.array(texts, type=pa.list_(pa.binary()))
+  if emit_tokens:
+    columns["token_ids"] = _ragged_lists([r.token_ids for r in records], np.int64, pa.int64())
+    columns["sequence_output"] = _ragged_lists([r.sequence_output for r in records], np.float32,
+                                               pa.float32())
+  return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+def embeddings_to_examples(records: Sequence[EmbeddingRecord], keep_text: bool = False,
+                           emit_tokens: bool = False, dim: Optional[int] = None,
+                           encoder: Optional[example_coder.RecordBatchToExamplesEncoder] = None
+                           ) -> list[bytes]:
+  """Serialized tf.Examples, one per row, encoded column-wise by tfx-bsl."""
+  encoder = encoder or example_coder.RecordBatchToExamplesEncoder()
+  return encoder.encode(records_to_example_batch(records, keep_text, emit_tokens, dim))
+
+
+def embedding_to_example(rec: EmbeddingRecord, keep_text: bool = False, emit_tokens: bool = False) -> bytes:
+  """One row as a serialized tf.Example (see embeddings_to_examples for batches)."""
+  return embeddings_to_examples([rec], keep_text, emit_tokens)[0]
+
+
+def record_bytes(rec: EmbeddingRecord) -> int:
+  """Approximate in-memory size of a row, used to size batches."""
+  size = 128 + sum(len(s) for s in (rec.id, rec.text) if isinstance(s, str))
+  for array in (rec.embedding, rec.token_ids, rec.sequence_output):
+    if array is not None:
+      size += getattr(array, "nbytes", 4 * np.size(array))
+  return size
+
+
+# --------------------------------------------------------------------------------------------
+# Sinks.
+
+
+class _ToArrowTableFn(beam.DoFn):
+  """A batch of rows -> one pyarrow.Table (one Parquet row group)."""
+
+  def __init__(self, schema: pa.Schema, dim: int):
+    super().__init__()
+    self._schema = schema
+    self._dim = dim
+    self._written = Metrics.counter(METRICS_NAMESPACE, "records_written")
+
+  def process(self, batch: list[EmbeddingRecord]) -> Iterator[pa.Table]:
+    table = records_to_table(batch, self._schema, self._dim)
+    self._written.inc(table.num_rows)
+    yield table
+
+
+class _ToExamplesFn(beam.DoFn):
+  """A batch of rows -> serialized tf.Examples."""
+
+  def __init__(self, dim: int, keep_text: bool, emit_tokens: bool):
+    super().__init__()
+    self._dim = dim
+    self._keep_text = keep_text
+    self._emit_tokens = emit_tokens
+    self._encoder = None
+    self._written = Metrics.counter(METRICS_NAMESPACE, "records_written")
+
+  def setup(self):
+    self._encoder = example_coder.RecordBatchToExamplesEncoder()
+
+  def process(self, batch: list[EmbeddingRecord]) -> Iterator[bytes]:
+    examples = embeddings_to_examples(batch, self._keep_text, self._emit_tokens, self._dim, self._encoder)
+    self._written.inc(len(examples))
+    yield from examples
+
+
+class WriteEmbeddings(beam.PTransform):
+  """Writes EmbeddingRecords to PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord; returns the file names.
+
+  Rows must already have passed ValidateEmbeddings (same dim / keep_text / emit_tokens); a bad row
+  here fails the pipeline. `file_metadata` goes into the Parquet footer (TFRecord has no place for
+  it). Counter bert_embed/records_written counts the rows handed to the sink.
+  """
+
+  def __init__(self, output_prefix: str, output_format: str, dim: int, *, num_shards: int = 0,
+               keep_text: bool = False, emit_tokens: bool = False,
+               file_metadata: Optional[dict[str, str]] = None, batch_bytes: int = DEFAULT_BATCH_BYTES):
+    super().__init__()
+    check_output_prefix(output_prefix)
+    if output_format not in OUTPUT_FORMATS:
+      raise ValueError(f"output format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
+    _check_dim(dim)
+    if num_shards < 0:
+      raise ValueError(f"num_shards must be >= 0, got {num_shards}")
+    self._prefix = output_prefix
+    self._format = output_format
+    self._dim = dim
+    self._num_shards = num_shards
+    self._keep_text = keep_text
+    self._emit_tokens = emit_tokens
+    self._schema = parquet_schema(dim, keep_text, emit_tokens, file_metadata)
+    self._batch_bytes = max(1, int(batch_bytes))
+
+  def expand(self, pcoll):
+    batches = pcoll | "Batch" >> beam.BatchElements(
+        min_batch_size=self._batch_bytes, max_batch_size=self._batch_bytes, element_size_fn=record_bytes)
+    if self._format == "parquet":
+      return self._write_parquet(batches)
+    return self._write_tfrecord(batches)
+
+  def _write_parquet(self, batches):
+    return (batches
+            | "ToArrow" >> beam.ParDo(_ToArrowTableFn(self._schema, self._dim))
+            | "WriteParquet" >> beam.io.WriteToParquetBatched(
+                self._prefix, schema=self._schema, codec=PARQUET_CODEC, use_compliant_nested_type=True,
+                file_name_suffix=".parquet", num_shards=self._num_shards))
+
+  def _write_tfrecord(self, batches):
+    return (batches
+            | "ToExamples" >> beam.ParDo(_ToExamplesFn(self._dim, self._keep_text, self._emit_tokens))
+            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
+                self._prefix, file_name_suffix=".tfrecord", num_shards=self._num_shards,
+                compression_type=CompressionTypes.UNCOMPRESSED))
+
+
+def dead_letter_line(dead_letter: DeadLetter) -> bytes:
+  """One JSON line (without newline) for a dead letter, always valid UTF-8.
+
+  DeadLetter.to_json keeps non-ASCII characters; a lone surrogate (from text decoded with
+  surrogateescape) cannot be encoded that way, so such a record falls back to ASCII escapes.
+  """
+  line = dead_letter.to_json()
+  try:
+    return line.encode("utf-8")
+  except UnicodeEncodeError:
+    return json.dumps(dead_letter._asdict(), ensure_ascii=True, sort_keys=True).encode("ascii")
+
+
+class _DeadLetterLineFn(beam.DoFn):
+
+  def __init__(self):
+    super().__init__()
+    self._dead_lettered = Metrics.counter(METRICS_NAMESPACE, "records_dead_lettered")
+
+  def process(self, dead_letter: DeadLetter) -> Iterator[bytes]:
+    self._dead_lettered.inc()
+    yield dead_letter_line(dead_letter)
+
+
+class WriteDeadLetters(beam.PTransform):
+  """Writes DeadLetters to PREFIX-errors-SSSSS-of-NNNNN.jsonl, one to_json() per line; returns the file names.
+
+  An empty input still yields one empty shard. Counter bert_embed/records_dead_lettered counts lines.
+  """
+
+  def __init__(self, output_prefix: str, num_shards: int = 0):
+    super().__init__()
+    check_output_prefix(output_prefix)
+    if num_shards < 0:
+      raise ValueError(f"num_shards must be >= 0, got {num_shards}")
+    self._prefix = errors_prefix(output_prefix)
+    self._num_shards = num_shards
+
+  def expand(self, pcoll):
+    return (pcoll
+            | "ToJsonLines" >> beam.ParDo(_DeadLetterLineFn())
+            | "WriteJsonLines" >> beam.io.WriteToText(
+                self._prefix, file_name_suffix=ERRORS_SUFFIX, num_shards=self._num_shards,
+                compression_type=CompressionTypes.UNCOMPRESSED))
+
