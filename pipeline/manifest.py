@@ -49,8 +49,8 @@ def package_versions(packages: Sequence[str] = PACKAGES) -> dict[str, Optional[s
 
 
 def utc_now_iso() -> str:
-  """The current UTC time in ISO 8601, e.g. 2025-01-31T12:00:00+00:00 (use it for start_time)."""
-  return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+  """The current UTC time in ISO 8601, e.g. 2025-01-31T12:00:00.123456+00:00 (use it for start_time)."""
+  return datetime.datetime.now(datetime.timezone.utc).isoformat()
 
 
 def build_manifest(output_prefix: str, static_fields: Mapping[str, object], files: Sequence[str],

@@ -82,11 +82,36 @@ def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Op
   return spec
 
 
-def _fingerprint(encoder, preprocessor_path: str) -> str:
+def all_variables(obj) -> list:
+  """Every tf.Variable reachable from a loaded SavedModel object (TF Hub models also list them in `.variables`)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  listed = getattr(obj, "variables", None)
+  if listed:
+    return list(listed)
+  seen, found, stack = set(), [], [obj]
+  while stack:
+    node = stack.pop()
+    if id(node) in seen:
+      continue
+    seen.add(id(node))
+    if isinstance(node, tf.Variable):
+      found.append(node)
+      continue
+    children = getattr(node, "_trackable_children", None)
+    if children is None:
+      continue
+    try:
+      stack.extend(children().values())
+    except Exception:  # pylint: disable=broad-except
+      continue
+  return found
+
+
+def _fingerprint(variables, preprocessor_path: str) -> str:
   """Order- and name-independent hash of the encoder's variable values, plus the preprocessor's vocab assets."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   digests = sorted(
-      hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in encoder.variables)
+      hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in variables)
   h = hashlib.sha256("\n".join(digests).encode())
   assets = _join(preprocessor_path, "assets")
   if tf.io.gfile.exists(assets):
@@ -123,7 +148,8 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"the encoder {spec.encoder} failed on the preprocessor's output: {type(e).__name__}: {e}. "
                      "Are the preprocessor and encoder from the same model?") from None
-  embeddings = [v for v in enc.variables if "word_embeddings" in v.name and len(v.shape) == 2]
+  variables = all_variables(enc)
+  embeddings = [v for v in variables if "word_embeddings" in v.name and len(v.shape) == 2]
   if vocab_size is not None and len(embeddings) == 1 and int(embeddings[0].shape[0]) != vocab_size:
     raise UsageError(f"vocab mismatch: the preprocessor {spec.preprocessor} has {vocab_size} tokens but the encoder "
                      f"{spec.encoder} has {int(embeddings[0].shape[0])} word embeddings")
@@ -132,7 +158,7 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
   metadata = read_export_metadata(spec.encoder)
   return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=hasattr(enc, "mlm"),
-                   metadata=metadata, fingerprint=_fingerprint(enc, spec.preprocessor))
+                   metadata=metadata, fingerprint=_fingerprint(variables, spec.preprocessor))
 
 
 def describe(spec: ModelSpec, info: ModelInfo) -> dict:

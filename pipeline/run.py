@@ -49,7 +49,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
       min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size)
-  valid, invalid = embedded.embeddings | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim)
+  checked = embedded.embeddings | "ValidateEmbeddings" >> ValidateEmbeddings(
+      cfg.model_info.dim, emit_tokens=cfg.emit_tokens)
+  valid, invalid = checked.valid, checked.dead_letters
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint}
   output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Each owner keeps their fixtures in their own section."""
+"""Shared pytest fixtures; each owner keeps theirs in a separate section."""
 
 # --- model fixtures ---
 # Tiny models built once per session in temp dirs (owner: modeling/).
@@ -50,6 +50,19 @@ def tiny_vocab_file(tmp_path_factory) -> str:
   path.write_text("".join(t + "\n" for t in TINY_VOCAB_TOKENS),
                   encoding="utf-8")
   return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  """The tiny `BertConfig` (vocab 161, hidden 32, 2 layers, 4 heads)."""
+  from modeling.config import BertConfig  # pylint: disable=g-import-not-at-top
+  return BertConfig.from_dict(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def tiny_vocab_tokens():
+  """The tokens of `tiny_vocab_file`, in id order."""
+  return list(TINY_VOCAB_TOKENS)
 
 
 @pytest.fixture(scope="session")

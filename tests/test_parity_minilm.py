@@ -227,6 +227,25 @@ def test_long_text_is_trimmed_and_matches(packed, encoded, reference):
   assert diff < ATOL
 
 
+def test_full_512_positions_match_reference(ref_minilm_export,
+                                            ref_minilm_model):
+  """seq_length is a call-time choice: 512 uses the whole position table."""
+  pre = ref_minilm_export.preprocessor
+  text = " ".join([LONG_TEXT] * 2)
+  inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant([text]))],
+                                seq_length=tf.constant(512))
+  inputs = {k: _np(v) for k, v in inputs.items()}
+  assert inputs["input_word_ids"].shape == (1, 512)
+  assert int(inputs["input_mask"].sum()) == 512
+  out = _encode(ref_minilm_export, inputs)
+  ref = ref_minilm_model.forward(inputs["input_word_ids"])
+  diff = float(np.abs(out["sequence_output"] - ref["sequence_output"]).max())
+  print(f"max |sequence_output - reference| at seq 512 = {diff:.3g}")
+  assert diff < ATOL
+  np.testing.assert_allclose(out["pooled_output"], ref["pooled_output"],
+                             atol=ATOL)
+
+
 # -- checks of the reference itself, independent of the export ----------------
 
 

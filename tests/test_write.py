@@ -66,11 +66,11 @@ def run_write(records, prefix: str, output_format: str, *, keep_text=True, emit_
   """Validate + write embeddings + write dead letters, as the pipeline does. Returns the result."""
   p = test_pipeline.TestPipeline()
   rows = p | beam.Create(records, reshuffle=False)
-  checked = rows | write.ValidateEmbeddings(DIM, keep_text=keep_text, emit_tokens=emit_tokens)
-  files = checked.valid | write.WriteEmbeddings(
+  valid, dead_letters = rows | write.ValidateEmbeddings(DIM, emit_tokens=emit_tokens)  # main output first
+  files = valid | write.WriteEmbeddings(
       prefix, output_format, DIM, num_shards=num_shards, keep_text=keep_text, emit_tokens=emit_tokens,
       file_metadata=METADATA)
-  errors = checked.dead_letters | write.WriteDeadLetters(prefix)
+  errors = dead_letters | write.WriteDeadLetters(prefix)
   assert_that(files, files_on_disk(f"{prefix}-?????-of-?????.{output_format}"), label="OutputFiles")
   assert_that(errors, files_on_disk(f"{prefix}-errors-?????-of-?????.jsonl"), label="ErrorFiles")
   result = p.run()
@@ -266,18 +266,19 @@ def bad_records() -> dict[str, EmbeddingRecord]:
 ])
 def test_embedding_problem_names_the_defect(name, reason):
   rec = bad_records()[name]
-  assert reason in write.embedding_problem(rec, DIM, keep_text=True, emit_tokens=True)
+  assert reason in write.embedding_problem(rec, DIM, emit_tokens=True)
+  assert reason in write.embedding_problem(rec, DIM)  # fields that are set are always checked
 
 
-def test_embedding_problem_accepts_good_rows_and_checks_text_only_when_kept():
+def test_embedding_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
   rec = make_records(3)[2]
-  assert write.embedding_problem(rec, DIM, keep_text=True, emit_tokens=True) is None
-  lone_surrogate = rec._replace(text="bad \udcff")
-  assert "text" in write.embedding_problem(lone_surrogate, DIM, keep_text=True)
-  assert write.embedding_problem(lone_surrogate, DIM, keep_text=False) is None
-  # Token fields are only required when they are written.
-  assert write.embedding_problem(rec._replace(token_ids=None, sequence_output=None), DIM) is None
-  assert "token_ids is missing" in write.embedding_problem(rec._replace(token_ids=None), DIM, emit_tokens=True)
+  assert write.embedding_problem(rec, DIM, emit_tokens=True) is None
+  assert "text" in write.embedding_problem(rec._replace(text="bad \udcff"), DIM)
+  assert "id" in write.embedding_problem(rec._replace(id=7), DIM)
+  assert "num_tokens" in write.embedding_problem(rec._replace(num_tokens=-1), DIM)
+  no_tokens = rec._replace(token_ids=None, sequence_output=None)
+  assert write.embedding_problem(no_tokens, DIM) is None
+  assert "token_ids is missing" in write.embedding_problem(no_tokens, DIM, emit_tokens=True)
 
 
 def test_bad_vectors_become_write_dead_letters(tmp_path):

@@ -138,15 +138,16 @@ def _tokens_problem(rec: EmbeddingRecord, dim: int) -> Optional[str]:
   return _float_array_problem("sequence_output", rec.sequence_output, (ids.size, dim))
 
 
-def embedding_problem(rec: EmbeddingRecord, dim: int, *, keep_text: bool = False,
-                      emit_tokens: bool = False) -> Optional[str]:
+def embedding_problem(rec: EmbeddingRecord, dim: int, *, emit_tokens: bool = False) -> Optional[str]:
   """Why `rec` cannot be written to the embedding files, or None when it can.
+
+  The optional fields are checked whenever they are set (the embed stage sets them only when they
+  are to be written), so a row that passes can be written with any keep_text / emit_tokens.
 
   Args:
     rec: the row.
     dim: the model's hidden size H (the required embedding length).
-    keep_text: whether the text column is written (then `text` must be None or a string).
-    emit_tokens: whether token_ids and sequence_output are written (then both are required).
+    emit_tokens: whether token_ids and sequence_output are written; then they are required.
   """
   if not isinstance(rec, EmbeddingRecord):
     return f"not an EmbeddingRecord but {type(rec).__name__}"
@@ -156,20 +157,19 @@ def embedding_problem(rec: EmbeddingRecord, dim: int, *, keep_text: bool = False
   problem = _float_array_problem("embedding", rec.embedding, (dim,)) or _num_tokens_problem(rec.num_tokens)
   if problem:
     return problem
-  if keep_text and rec.text is not None:
+  if rec.text is not None:
     problem = _string_problem("text", rec.text)
     if problem:
       return problem
-  if emit_tokens:
+  if emit_tokens or rec.token_ids is not None or rec.sequence_output is not None:
     return _tokens_problem(rec, dim)
   return None
 
 
-def _require_writable(records: Sequence[EmbeddingRecord], dim: int, keep_text: bool,
-                      emit_tokens: bool) -> None:
+def _require_writable(records: Sequence[EmbeddingRecord], dim: int, emit_tokens: bool) -> None:
   """Raises ValueError on the first row that would be written wrongly."""
   for rec in records:
-    problem = embedding_problem(rec, dim, keep_text=keep_text, emit_tokens=emit_tokens)
+    problem = embedding_problem(rec, dim, emit_tokens=emit_tokens)
     if problem:
       raise ValueError(f"record {getattr(rec, 'id', None)!r} cannot be written: {problem}. "
                        "Apply ValidateEmbeddings before WriteEmbeddings to dead-letter such rows.")
@@ -178,15 +178,14 @@ def _require_writable(records: Sequence[EmbeddingRecord], dim: int, keep_text: b
 class ValidateEmbeddingsFn(beam.DoFn):
   """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG."""
 
-  def __init__(self, dim: int, keep_text: bool = False, emit_tokens: bool = False):
+  def __init__(self, dim: int, emit_tokens: bool = False):
     super().__init__()
     self._dim = dim
-    self._keep_text = keep_text
     self._emit_tokens = emit_tokens
     self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_rejected_at_write")
 
   def process(self, rec: EmbeddingRecord) -> Iterator[object]:
-    problem = embedding_problem(rec, self._dim, keep_text=self._keep_text, emit_tokens=self._emit_tokens)
+    problem = embedding_problem(rec, self._dim, emit_tokens=self._emit_tokens)
     if problem is None:
       yield rec
       return
@@ -198,14 +197,15 @@ class ValidateEmbeddingsFn(beam.DoFn):
 class ValidateEmbeddings(beam.PTransform):
   """Splits EmbeddingRecords into writable ones and write-stage dead letters.
 
-  Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter).
-  Use the same dim / keep_text / emit_tokens as the WriteEmbeddings that follows.
+  Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter),
+  which also unpacks as `valid, dead_letters = ...`. Use the dim of the WriteEmbeddings that follows;
+  emit_tokens=True additionally dead-letters rows that lack token_ids / sequence_output.
   """
 
-  def __init__(self, dim: int, *, keep_text: bool = False, emit_tokens: bool = False):
+  def __init__(self, dim: int, *, emit_tokens: bool = False):
     super().__init__()
     _check_dim(dim)
-    self._fn = ValidateEmbeddingsFn(dim, keep_text, emit_tokens)
+    self._fn = ValidateEmbeddingsFn(dim, emit_tokens)
 
   def expand(self, pcoll):
     return pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=VALID_TAG)
@@ -290,7 +290,7 @@ def records_to_table(records: Sequence[EmbeddingRecord], schema: pa.Schema, dim:
   """Converts rows to a table of `schema` (from parquet_schema). Raises ValueError on a bad row."""
   keep_text = "text" in schema.names
   emit_tokens = "token_ids" in schema.names
-  _require_writable(records, dim, keep_text, emit_tokens)
+  _require_writable(records, dim, emit_tokens)
   columns = {
       "id": pa.array([r.id for r in records], type=pa.string()),
       "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
@@ -323,7 +323,7 @@ def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool
   """
   if dim is None:
     dim = _first_length(records[0].embedding) if records else 1
-  _require_writable(records, dim, keep_text, emit_tokens)
+  _require_writable(records, dim, emit_tokens)
   columns = {
       "id": _singletons([r.id.encode("utf-8") for r in records], pa.binary()),
       "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
@@ -406,9 +406,9 @@ class _ToExamplesFn(beam.DoFn):
 class WriteEmbeddings(beam.PTransform):
   """Writes EmbeddingRecords to PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord; returns the file names.
 
-  Rows must already have passed ValidateEmbeddings (same dim / keep_text / emit_tokens); a bad row
-  here fails the pipeline. `file_metadata` goes into the Parquet footer (TFRecord has no place for
-  it). Counter bert_embed/records_written counts the rows handed to the sink.
+  Rows must already have passed ValidateEmbeddings (same dim); a bad row here fails the pipeline.
+  `file_metadata` goes into the Parquet footer (TFRecord has no place for it). Counter
+  bert_embed/records_written counts the rows handed to the sink.
   """
 
   def __init__(self, output_prefix: str, output_format: str, dim: int, *, num_shards: int = 0,
