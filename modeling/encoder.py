@@ -176,10 +176,13 @@ class BertEncoder(tf.Module):
   def __call__(self, inputs):
     return self.network(inputs)
 
-  @tf.function(input_signature=[ENCODER_INPUT_SPEC])
-  def serving_default(self, inputs):
-    """Flat outputs for the `serving_default` signature (no list values)."""
-    outputs = self.network(inputs)
+  @tf.function(input_signature=[_IDS_SPEC] * 3)
+  def serving_default(self, input_word_ids, input_mask, input_type_ids):
+    """The `serving_default` signature: keyword inputs, flat outputs
+    (`encoder_outputs_<n>` instead of a list)."""
+    outputs = self.network({"input_word_ids": input_word_ids,
+                            "input_mask": input_mask,
+                            "input_type_ids": input_type_ids})
     flat = {k: outputs[k] for k in ("pooled_output", "sequence_output",
                                     "default")}
     for n, layer_output in enumerate(outputs["encoder_outputs"]):

@@ -97,7 +97,7 @@ def load_hf_checkpoint(model_dir):
 
 
 def read_vocab(vocab_file):
-  """Returns the vocabulary as a list of tokens, the id being the line number."""
+  """Returns the vocabulary as a list of tokens (id = line number)."""
   with open(vocab_file, encoding="utf-8") as f:
     return [line.rstrip("\n") for line in f]
 

@@ -191,8 +191,8 @@ def test_padding_content_is_ignored(ref_minilm_export, encoded, packed):
     n = int(packed["input_mask"][i].sum())
     np.testing.assert_allclose(out["sequence_output"][row, :n],
                                encoded["sequence_output"][i, :n], atol=1e-5)
-  np.testing.assert_allclose(out["pooled_output"], encoded["pooled_output"][rows],
-                             atol=1e-5)
+  np.testing.assert_allclose(out["pooled_output"],
+                             encoded["pooled_output"][rows], atol=1e-5)
 
 
 def test_sentence_pair_matches_reference(ref_minilm_export, ref_minilm_model):

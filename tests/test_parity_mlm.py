@@ -175,7 +175,7 @@ def test_cased_gelu_new_mlm_and_pooler_match_reference(ref_cased_export,
 
 def test_cased_parity_test_tells_gelu_variants_apart(bert_reference,
                                                      cased_model):
-  """With exact-erf GELU instead, the reference would miss by far more than ATOL.
+  """With exact-erf GELU the reference would miss by far more than ATOL.
 
   This makes the gelu_new test above a real check of the activation in use.
   """

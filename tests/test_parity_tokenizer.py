@@ -218,7 +218,7 @@ def test_tokenize_word_grouping_matches_hf(minilm_pre, hf_uncased):
 
 
 def test_packed_inputs_match_hf(minilm_pre, hf_uncased):
-  """The root call equals `tokenizers` with [CLS]/[SEP], trimmed/padded to 128."""
+  """The root call equals `tokenizers` + [CLS]/[SEP], trimmed/padded to 128."""
   hf_uncased.enable_truncation(SEQ)
   hf_uncased.enable_padding(length=SEQ)
   try:
@@ -257,7 +257,7 @@ def test_word_length_limit_is_100_bytes(minilm_pre, hf_uncased, special,
   assert special["vocab_size"] == len(vocab)
 
 
-# -- bert_pack_inputs -----------------------------------------------------------
+# -- bert_pack_inputs ---------------------------------------------------------
 
 PACK_SEGMENTS_A = ("The quick brown fox jumps over the lazy dog.",
                    "unaffable unbelievably tokenization " * 6, "", "x",
@@ -274,7 +274,7 @@ def test_bert_pack_inputs_matches_reference_packer(minilm_pre, special,
                                                    num_segments, merge_first):
   texts = [PACK_SEGMENTS_A, PACK_SEGMENTS_B][:num_segments]
   segments = [minilm_pre.tokenize(tf.constant(t)) for t in texts]
-  flat = [[row for row in seg.merge_dims(1, 2).to_list()] for seg in segments]
+  flat = [seg.merge_dims(1, 2).to_list() for seg in segments]
   if merge_first:  # rank-1 ragged input must work as well as rank 2.
     segments = [seg.merge_dims(1, 2) for seg in segments]
   out = minilm_pre.bert_pack_inputs(segments,
@@ -377,7 +377,8 @@ def test_cased_packed_inputs_match_hf(cased_pre, hf_cased):
   finally:
     hf_cased.no_truncation()
     hf_cased.no_padding()
-  out = {k: _np(v) for k, v in cased_pre(tf.constant(CASED_AGREE_TEXTS)).items()}
+  out = cased_pre(tf.constant(CASED_AGREE_TEXTS))
+  out = {k: _np(v) for k, v in out.items()}
   np.testing.assert_array_equal(out["input_word_ids"],
                                 [e.ids for e in encodings])
   np.testing.assert_array_equal(out["input_mask"],
