@@ -109,9 +109,10 @@ def validate(weights: Mapping[str, np.ndarray], config: BertConfig,
     if expected is None:
       raise ModelSourceError(f"{source_file}: unexpected tensor {shown(name)}")
     if tuple(array.shape) != expected:
+      layout = " (kernels as [in, out])" if name.endswith("/kernel") else ""
       raise ModelSourceError(
           f"{source_file}: tensor {shown(name)} has shape {tuple(array.shape)}"
-          f" but the config implies {expected}")
+          f" but the config implies {expected}{layout}")
   missing = [n for n in backbone_shapes(config) if n not in weights]
   if missing:
     more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""

@@ -46,6 +46,20 @@ class JobConfig:
             "text_field": self.text_field, "text_pair_field": self.text_pair_field, "limit": self.limit}
 
 
+def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:
+  """The pooling and normalisation to use: explicit choices win; else the model's export recommendation.
+
+  Without --pooling, the recommended pooling comes with its recommended normalisation (so the default model gives
+  sentence-transformers' vectors); --normalize=true|false still overrides the latter.
+  """
+  metadata = metadata or {}
+  if pooling is None:
+    pooling = metadata.get("recommended_pooling") or "pooled"
+    recommended = bool(metadata.get("recommended_normalize"))
+    return pooling, recommended if normalize is None else bool(normalize)
+  return pooling, bool(normalize)
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
   """Validates the options, matches the inputs and loads the models once; raises UsageError on any problem."""
   from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
@@ -70,12 +84,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
   info = models.inspect_models(spec, o.seq_length)
   metadata = info.metadata or {}
-  if o.pooling is None:
-    pooling = metadata.get("recommended_pooling") or "pooled"
-    normalize = bool(metadata.get("recommended_normalize")) if o.normalize is None else o.normalize
-  else:
-    pooling = o.pooling
-    normalize = bool(o.normalize)
+  pooling, normalize = resolve_pooling(metadata, o.pooling, o.normalize)
   if layers and pooling == "pooled":
     raise UsageError("--layers needs --pooling cls or mean (pooled_output comes from the last layer's pooler)")
   try:

@@ -55,5 +55,5 @@ def ensure_default_model() -> str:
     if not is_complete(target):
       from modeling.export import export_model  # pylint: disable=import-outside-toplevel
       _LOG.warning("exporting the default model %s to %s (first use only)", DISTRIBUTION, target)
-      export_model(f"hf:{source}", str(target))
+      export_model(f"hf:{source}", str(target), overwrite=True)
   return str(target)

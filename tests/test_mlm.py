@@ -34,7 +34,8 @@ PAIRS = (
     ("the cat sat", "where is the dog?"),
     (LONG, "who walked the dogs? the man with the red hats was walking them very slowly"),  # both trimmed
 )
-MODELS = ("tiny_model_dir", "hf_mlm_model_dir")
+MODELS = ("tiny_model_dir", "hf_mlm_model_dir", "sharp_model_dir")
+SHARP_SCALE = 15.0  # random_init's std 0.02 -> 0.3
 
 
 @pytest.fixture(scope="session")
@@ -44,6 +45,30 @@ def hf_mlm_model_dir(tmp_path_factory, tiny_hf_mlm_checkpoint):
   out = str(tmp_path_factory.mktemp("mlm_hf_export") / "export")
   export.export_model("hf:" + str(tiny_hf_mlm_checkpoint), out, seq_length=SEQ_LENGTH)
   return out
+
+
+@pytest.fixture(scope="session")
+def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
+  """Export root: the tiny preprocessor plus an encoder whose random weights are 15x larger.
+
+  The conftest models have near-uniform MLM outputs (masking one more token moves a score by ~1e-4), so they
+  cannot tell a wrong mask from a right one at 1e-4 relative; here it moves scores by ~0.1.
+  """
+  # pylint: disable=g-import-not-at-top
+  from modeling import encoder as encoder_lib
+  from modeling.config import BertConfig
+  from modeling.importers import random_init
+  config = BertConfig.from_json_file(tiny_config_file)
+  weights = random_init.random_weights(config, seed=3)
+  for name, value in weights.items():
+    if not name.endswith(("/gamma", "/beta")):
+      weights[name] = (value * SHARP_SCALE).astype(np.float32)
+  root = tmp_path_factory.mktemp("mlm_sharp") / "export"
+  root.mkdir()
+  (root / "preprocessor").symlink_to(os.path.join(tiny_model_dir, "preprocessor"))
+  encoder = encoder_lib.build_encoder(config, weights)
+  tf.saved_model.save(encoder, str(root / "encoder"), signatures={"serving_default": encoder.serving_default})
+  return str(root)
 
 
 class _Loaded:
@@ -170,6 +195,15 @@ def test_whole_word_differs_only_on_multi_piece_words(model):
     same = ~next_continues & ~np.isnan(a.token_scores)
     np.testing.assert_allclose(a.token_scores[same], b.token_scores[same], rtol=1e-5, atol=1e-6)
   assert any(np.any(continuation[e.input_word_ids[:e.num_tokens]]) for e in model.inputs)
+
+
+def test_sharp_model_tells_masks_apart(loaded_exports, sharp_model_dir):
+  """The sharp model's scores move by far more than RTOL when one more piece is masked."""
+  model = loaded_exports(sharp_model_dir)
+  token = mlm.score_records(model.enc, model.inputs, model.special)
+  word = mlm.score_records(model.enc, model.inputs, model.special, whole_word=True,
+                           continuation=_continuation(model))
+  assert max(abs(a.pll - b.pll) / abs(a.pll) for a, b in zip(token, word)) > 100 * RTOL
 
 
 def test_specials_are_nan_and_never_scored(model):

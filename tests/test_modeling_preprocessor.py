@@ -4,7 +4,6 @@ import os
 
 import hypothesis
 from hypothesis import strategies as st
-import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_text  # pylint: disable=unused-import

@@ -9,7 +9,7 @@ from apache_beam.ml.inference.base import PredictionResult, RunInference
 from transforms import bisect
 from transforms.encode import BertEncoderModelHandler, EncodeError, PoolingSpec
 from transforms.preprocess import Preprocess
-from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, text_sha256
+from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
 
 NAMESPACE = "bert_embed"
 DEAD_LETTER = "dead_letter"
@@ -51,6 +51,32 @@ class _ToEmbeddingRecord(beam.DoFn):
         sequence_output=result.inference.sequence_output if self._emit_tokens else None)
 
 
+def _as_text_record(element):
+  """Accepts a TextRecord, an (id, text) or (id, text, pair) tuple, or a dict with id, text and optional text_pair."""
+  if isinstance(element, TextRecord):
+    record = element
+  elif isinstance(element, dict):
+    record = TextRecord(id=element.get("id"), text=element.get("text"), text_pair=element.get("text_pair"))
+  elif isinstance(element, (tuple, list)) and len(element) in (2, 3):
+    record = TextRecord(id=element[0], text=element[1], text_pair=element[2] if len(element) == 3 else None)
+  else:
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+        "", "", "parse", f"expected a TextRecord, (id, text[, pair]) or dict, got {type(element).__name__}",
+        repr(element)))
+    return
+  problems = [f"{name} must be a string" for name, value in (("text", record.text), ("text_pair", record.text_pair))
+              if value is not None and not isinstance(value, str)]
+  if record.text is None:
+    problems.append("missing text")
+  if record.id is None or str(record.id) == "":
+    problems.append("missing id")
+  if problems:
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+        str(record.id or ""), record.source, "parse", "; ".join(problems), repr(record.text)))
+  else:
+    yield record._replace(id=str(record.id))
+
+
 def _failed_batch_to_dead_letters(failure):
   """RunInference's dead-letter output: (batch, exception) for a batch that failed outside the model call."""
   batch, error = failure
@@ -60,7 +86,11 @@ def _failed_batch_to_dead_letters(failure):
 
 
 class EmbedTexts(beam.PTransform):
-  """PCollection[TextRecord] -> EmbedResult(embeddings=PCollection[EmbeddingRecord], dead_letters=...).
+  """Embeds texts inside any Beam pipeline; `bert-embed run` is built on it.
+
+  Input: a PCollection of TextRecord, (id, text), (id, text, pair) or {"id", "text", "text_pair"} dicts.
+  Output: EmbedResult(embeddings=PCollection[EmbeddingRecord], dead_letters=PCollection[DeadLetter]); an input that
+  is malformed, has no tokens or fails to encode even alone becomes a dead letter with the reason.
 
   Args:
     preprocessor: path of a TF Hub-form BERT preprocessor SavedModel (local or gs://).
@@ -88,12 +118,15 @@ class EmbedTexts(beam.PTransform):
         encoder, PoolingSpec(pooling, normalize, tuple(layers) if layers else None, emit_tokens),
         min_batch_size=min_batch_size, max_batch_size=batch_size)
 
-  def expand(self, records) -> EmbedResult:
+  def expand(self, inputs) -> EmbedResult:
+    checked = inputs | "AsTextRecords" >> beam.FlatMap(_as_text_record).with_outputs(DEAD_LETTER, main="records")
+    records, invalid = checked.records, checked[DEAD_LETTER]
     packed, preprocess_failed = records | "Preprocess" >> Preprocess(
         self._preprocessor, self._seq_length, self._preprocess_batch_size)
     predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
     converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
         _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(DEAD_LETTER, main="embeddings")
     encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
-    dead = (preprocess_failed, converted[DEAD_LETTER], encode_failed) | "FlattenDeadLetters" >> beam.Flatten()
+    dead = ((invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed)
+            | "FlattenDeadLetters" >> beam.Flatten())
     return EmbedResult(converted.embeddings, dead)

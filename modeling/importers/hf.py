@@ -69,10 +69,12 @@ def canonical_name(hf_name: str) -> Tuple[Optional[str], bool]:
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-  with tf.io.gfile.GFile(path, "rb") as f:
-    data = f.read()
+  """Reads all tensors; remote files (gs://...) are read into memory first."""
   try:
-    return safetensors.numpy.load(data)
+    if "://" not in path:
+      return safetensors.numpy.load_file(path)
+    with tf.io.gfile.GFile(path, "rb") as f:
+      return safetensors.numpy.load(f.read())
   except (safetensors.SafetensorError, ValueError, TypeError) as e:
     raise ModelSourceError(f"{path}: cannot read safetensors ({e})") from e
 
@@ -83,8 +85,13 @@ def _lower_case(model_dir: str, override: Optional[bool],
     return override
   path = im.join(model_dir, "tokenizer_config.json")
   if tf.io.gfile.exists(path):
-    with tf.io.gfile.GFile(path, "r") as f:
-      tokenizer_config = json.load(f)
+    try:
+      with tf.io.gfile.GFile(path, "r") as f:
+        tokenizer_config = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+      raise ModelSourceError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(tokenizer_config, dict):
+      raise ModelSourceError(f"{path}: expected a JSON object")
     if "do_lower_case" in tokenizer_config:
       lower = bool(tokenizer_config["do_lower_case"])
       strip = tokenizer_config.get("strip_accents")

@@ -34,6 +34,9 @@ def recommended_pooling(model_dir: str, warnings: List[str]
       modules = _read_json(modules_path)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       warn(warnings, f"{modules_path}: ignored, not valid JSON ({e})")
+  if not isinstance(modules, list):
+    warn(warnings, f"{modules_path}: ignored, not a JSON list")
+    modules = []
   types = [m.get("type", "") for m in modules if isinstance(m, dict)]
   normalize = _NORMALIZE_TYPE in types
   pooling_dir = "1_Pooling"
@@ -47,6 +50,9 @@ def recommended_pooling(model_dir: str, warnings: List[str]
     pooling = _read_json(config_path)
   except (json.JSONDecodeError, UnicodeDecodeError) as e:
     warn(warnings, f"{config_path}: ignored, not valid JSON ({e})")
+    return None, False
+  if not isinstance(pooling, dict):
+    warn(warnings, f"{config_path}: ignored, not a JSON object")
     return None, False
   enabled = sorted(k for k, v in pooling.items()
                    if k.startswith("pooling_mode_") and v is True)
