@@ -1,0 +1,87 @@
+"""Records that share an id: keep the first (smallest source file, then position), dead-letter or fail on the rest.
+
+The records are grouped by id with a GroupByKey, so the check scales with the
+runner's shuffle: no worker holds more than one id's records at a time.
+"""
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple
+
+import apache_beam as beam
+
+from transforms.records import DeadLetter, TextRecord
+
+POLICIES = ("dead-letter", "fail", "keep")
+DEFAULT_POLICY = "dead-letter"
+NAMESPACE = "bert_embed"
+_DEAD_LETTER = "dead_letters"
+
+
+class DuplicateIdError(RuntimeError):
+  """Two records share an id and the policy is "fail"."""
+
+
+class DuplicatesResult(NamedTuple):
+  records: beam.PCollection  # TextRecord, ids unique unless the policy is "keep"
+  dead_letters: beam.PCollection  # DeadLetter(stage="parse") for each dropped duplicate
+
+
+def order_key(record: TextRecord) -> tuple[str, int]:
+  """Records of one id are ranked by (source file, position); the smallest is kept."""
+  return record.source, record.position
+
+
+def where(record: TextRecord) -> str:
+  return f"{record.source}:{record.position}"
+
+
+class _ResolveDuplicatesFn(beam.DoFn):
+  """(id, records) -> the kept record; the others as dead letters, or DuplicateIdError."""
+
+  def __init__(self, policy: str):
+    super().__init__()
+    self._fail = policy == "fail"
+    self._duplicates = beam.metrics.Metrics.counter(NAMESPACE, "records_dead_lettered_duplicate_id")
+
+  def process(self, keyed: tuple[str, Iterable[TextRecord]]) -> Iterable:
+    record_id, records = keyed
+    kept = None
+    for record in records:  # one pass for the smallest; the group's iterable can be iterated again
+      if kept is None or order_key(record) < order_key(kept):
+        kept = record
+    yield kept
+    for record in records:
+      if record is kept:
+        continue
+      if self._fail:
+        raise DuplicateIdError(f"duplicate id {record_id!r}: records at {where(kept)} and {where(record)} "
+                               "(--on-duplicate-id fail)")
+      self._duplicates.inc()
+      yield beam.pvalue.TaggedOutput(_DEAD_LETTER, DeadLetter.make(
+          record_id, record.source, "parse", f"duplicate id; kept the record at {where(kept)}", record.text))
+
+
+class ResolveDuplicateIds(beam.PTransform):
+  """PCollection[TextRecord] -> DuplicatesResult, by policy ("dead-letter", "fail" or "keep").
+
+  Args:
+    policy: one of POLICIES.
+    ids_unique: the ids are unique by construction (e.g. `<file>:<line>` of text input); skips the shuffle.
+  """
+
+  def __init__(self, policy: str = DEFAULT_POLICY, *, ids_unique: bool = False):
+    super().__init__()
+    if policy not in POLICIES:
+      raise ValueError(f"duplicate id policy must be one of {POLICIES}, got {policy!r}")
+    self._policy = policy
+    self._ids_unique = ids_unique
+
+  def expand(self, records) -> DuplicatesResult:
+    if self._policy == "keep" or self._ids_unique:
+      return DuplicatesResult(records, records.pipeline | "NoDuplicates" >> beam.Create([]))
+    resolved = (
+        records
+        | "KeyById" >> beam.WithKeys(lambda r: r.id)
+        | "GroupById" >> beam.GroupByKey()
+        | "KeepFirst" >> beam.ParDo(_ResolveDuplicatesFn(self._policy)).with_outputs(_DEAD_LETTER, main="records"))
+    return DuplicatesResult(resolved.records, resolved[_DEAD_LETTER])
