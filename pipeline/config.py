@@ -36,6 +36,8 @@ class JobConfig:
   batch_size: int
   min_batch_size: int
   preprocess_batch_size: int
+  dedupe_texts: bool = False
+  on_duplicate_id: str = "dead-letter"
 
   def output_shaping_options(self) -> dict:
     """Every option that changes what is written for a record (recorded in the manifest)."""
@@ -43,7 +45,8 @@ class JobConfig:
             "layers": list(self.layers) if self.layers else None, "precision": self.precision,
             "max_text_bytes": self.max_text_bytes, "keep_text": self.keep_text, "emit_tokens": self.emit_tokens,
             "format": self.output_format, "input_format": self.input_format, "id_field": self.id_field,
-            "text_field": self.text_field, "text_pair_field": self.text_pair_field, "limit": self.limit}
+            "text_field": self.text_field, "text_pair_field": self.text_pair_field, "limit": self.limit,
+            "on_duplicate_id": self.on_duplicate_id}
 
 
 def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:
@@ -100,4 +103,4 @@ def resolve(options: PipelineOptions) -> JobConfig:
       model=spec, model_info=info, seq_length=o.seq_length, pooling=pooling, normalize=normalize, layers=layers,
       precision=o.precision, output=o.output, output_format=o.output_format, num_shards=o.num_shards,
       keep_text=o.keep_text, emit_tokens=o.emit_tokens, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
-      preprocess_batch_size=o.preprocess_batch_size)
+      preprocess_batch_size=o.preprocess_batch_size, dedupe_texts=o.dedupe_texts, on_duplicate_id=o.on_duplicate_id)

@@ -141,6 +141,12 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
     raise UsageError(f"the preprocessor {spec.preprocessor} does not implement the TF Hub BERT preprocessor "
                      f"interface (tokenize, bert_pack_inputs): {type(e).__name__}: {e}") from None
   vocab_size = special.get("vocab_size")
+  # Before the probe call: a smaller encoder vocab fails the call only when a probe token is out of its range.
+  variables = all_variables(enc)
+  embeddings = [v for v in variables if "word_embeddings" in v.name and len(v.shape) == 2]
+  if vocab_size is not None and len(embeddings) == 1 and int(embeddings[0].shape[0]) != vocab_size:
+    raise UsageError(f"vocab mismatch: the preprocessor {spec.preprocessor} has {vocab_size} tokens but the encoder "
+                     f"{spec.encoder} has {int(embeddings[0].shape[0])} word embeddings")
   try:
     outputs = enc(dict(packed))
     dim = int(outputs["pooled_output"].shape[-1])
@@ -148,11 +154,6 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"the encoder {spec.encoder} failed on the preprocessor's output: {type(e).__name__}: {e}. "
                      "Are the preprocessor and encoder from the same model?") from None
-  variables = all_variables(enc)
-  embeddings = [v for v in variables if "word_embeddings" in v.name and len(v.shape) == 2]
-  if vocab_size is not None and len(embeddings) == 1 and int(embeddings[0].shape[0]) != vocab_size:
-    raise UsageError(f"vocab mismatch: the preprocessor {spec.preprocessor} has {vocab_size} tokens but the encoder "
-                     f"{spec.encoder} has {int(embeddings[0].shape[0])} word embeddings")
   if not np.all(np.isfinite(outputs["pooled_output"].numpy())):
     raise UsageError(f"the encoder {spec.encoder} returned non-finite values on probe texts")
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel

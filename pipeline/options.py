@@ -5,6 +5,8 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.duplicates import DEFAULT_POLICY as DEFAULT_DUPLICATE_ID_POLICY
+from transforms.duplicates import POLICIES as DUPLICATE_ID_POLICIES
 from transforms.pooling import POOLINGS
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
@@ -89,6 +91,9 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "max_text_bytes", type=positive_int, default=DEFAULT_MAX_TEXT_BYTES,
           help="Cut texts longer than this many UTF-8 bytes before tokenizing (marks them truncated).")
     _flag(g, "limit", type=positive_int, default=None, help="Embed only the N records with the smallest ids.")
+    _flag(g, "on_duplicate_id", choices=DUPLICATE_ID_POLICIES, default=DEFAULT_DUPLICATE_ID_POLICY,
+          help="Records sharing an id: dead-letter (keep the one with the smallest (file, position), dead-letter "
+               "the others), fail (stop the job), or keep (embed them all).")
     # Model.
     _flag(g, "model", default=None,
           help="'default' (the bundled offline MiniLM), a dir from `bert-embed export` (preprocessor/ + encoder/), "
@@ -110,6 +115,8 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "num_shards", type=non_negative_int, default=0, help="Output shards (0: the runner chooses).")
     _bool_flag(g, "keep_text", False, "Also write the text.")
     _bool_flag(g, "emit_tokens", False, "Also write token ids and the token-level sequence_output of real tokens.")
+    _bool_flag(g, "dedupe_texts", False,
+               "Encode records with identical text (and pair) once and fan the vector out to every id.")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")

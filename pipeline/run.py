@@ -17,11 +17,13 @@ from pipeline import manifest as manifest_lib
 from pipeline import models
 from pipeline.config import JobConfig, resolve
 from pipeline.options import UsageError
+from transforms.duplicates import ResolveDuplicateIds
+from transforms.dedupe import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
 from transforms.read import ReadTexts
 from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddings
 
-COUNTS = ("read", "written", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated")
+COUNTS = ("read", "written", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated", "encoded")
 _LOG = logging.getLogger(__name__)
 
 
@@ -40,15 +42,22 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   read = p | "ReadTexts" >> ReadTexts(
       list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
       text_pair_field=cfg.text_pair_field, max_text_bytes=cfg.max_text_bytes)
-  records = read.records
+  # Text ids are `<file>:<line>`, unique by construction: no shuffle for them.
+  duplicates = read.records | "DuplicateIds" >> ResolveDuplicateIds(
+      cfg.on_duplicate_id, ids_unique=cfg.input_format == "text")
+  records = duplicates.records
   if cfg.limit:
     records = (records
                | "Limit" >> beam.combiners.Top.Of(cfg.limit, key=lambda r: r.id, reverse=True)
                | "LimitFlatten" >> beam.FlatMap(lambda rs: rs))
-  embedded = records | "EmbedTexts" >> EmbedTexts(
+  embed = EmbedTexts(
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
       min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size)
+  if cfg.dedupe_texts:
+    embedded = records | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
+  else:
+    embedded = records | "EmbedTexts" >> embed
   checked = embedded.embeddings | "ValidateEmbeddings" >> ValidateEmbeddings(
       cfg.model_info.dim, emit_tokens=cfg.emit_tokens)
   valid, invalid = checked.valid, checked.dead_letters
@@ -57,12 +66,15 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(
       cfg.output, cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, keep_text=cfg.keep_text,
       emit_tokens=cfg.emit_tokens, file_metadata=file_metadata)
-  dead = (read.dead_letters, embedded.dead_letters, invalid) | "AllDeadLetters" >> beam.Flatten()
+  dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
+          | "AllDeadLetters" >> beam.Flatten())
   error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)
   counts = {
-      "read": ((_ones(records, "CountRecords"), _ones(read.dead_letters, "CountUnreadable"))
+      "read": ((_ones(records, "CountRecords"), _ones(read.dead_letters, "CountUnreadable"),
+                _ones(duplicates.dead_letters, "CountDuplicates"))
                | "CountRead" >> beam.Flatten()),
       "written": _ones(valid, "CountWritten"),
+      "encoded": _ones(embedded.encoded, "CountEncoded"),
       "dead_lettered": _ones(dead, "CountDeadLettered"),
       "blank_lines": read.blank_lines,
       "files_failed": _ones(read.files_failed, "CountFilesFailed"),
@@ -87,7 +99,8 @@ def summary_line(m: dict, seconds: float) -> str:
   c = m["counts"]
   rate = c["written"] / seconds if seconds > 0 else 0.0
   ok = "ok" if c["read"] == c["written"] + c["dead_lettered"] else "VIOLATED"
-  return (f"bert-embed: {c['read']} records read, {c['written']} written, {c['dead_lettered']} dead-lettered, "
+  return (f"bert-embed: {c['read']} records read, {c['written']} written ({c.get('encoded', c['written'])} through "
+          f"the model), {c['dead_lettered']} dead-lettered, "
           f"{c['blank_lines']} blank lines, {c['files_failed']} files failed; {c['tokens']} tokens, "
           f"{c['truncated']} truncated; {rate:.1f} records/s; read == written + dead-lettered: {ok}")
 

@@ -50,8 +50,10 @@ class _ResolveDuplicatesFn(beam.DoFn):
       if kept is None or order_key(record) < order_key(kept):
         kept = record
     yield kept
-    for record in records:
-      if record is kept:
+    kept_key, passed_kept = order_key(kept), False
+    for record in records:  # compared by key: a re-iterated group may hold fresh copies, not the same objects
+      if not passed_kept and order_key(record) == kept_key:
+        passed_kept = True
         continue
       if self._fail:
         raise DuplicateIdError(f"duplicate id {record_id!r}: records at {where(kept)} and {where(record)} "

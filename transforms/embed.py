@@ -16,8 +16,9 @@ DEAD_LETTER = "dead_letter"
 
 
 class EmbedResult(NamedTuple):
-  embeddings: beam.PCollection  # EmbeddingRecord
+  embeddings: beam.PCollection  # EmbeddingRecord, one per input record that succeeded
   dead_letters: beam.PCollection  # DeadLetter
+  encoded: Optional[beam.PCollection] = None  # EmbeddingRecord, one per encoder call result (differs with dedupe)
 
 
 class _ToEmbeddingRecord(beam.DoFn):
@@ -129,4 +130,4 @@ class EmbedTexts(beam.PTransform):
     encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
     dead = ((invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed)
             | "FlattenDeadLetters" >> beam.Flatten())
-    return EmbedResult(converted.embeddings, dead)
+    return EmbedResult(converted.embeddings, dead, converted.embeddings)
