@@ -7,8 +7,10 @@ from typing import Optional
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import models
+from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from transforms import pooling as pooling_lib
+from transforms.encode import MlmSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +39,14 @@ class JobConfig:
   min_batch_size: int
   preprocess_batch_size: int
   dedupe_texts: bool = False
+  mlm: Optional[MlmSpec] = None  # set with --mlm-scores
+  embeddings: bool = True  # False with --no-embeddings
+  long_text: str = "truncate"
+  chunk_stride: int = 0
+  chunk_output: str = "rows"
   on_duplicate_id: str = "dead-letter"
+  previous: Optional[previous_lib.PreviousOutput] = None  # --previous, resolved (see pipeline/previous.py)
+  drift_sample: int = previous_lib.DEFAULT_DRIFT_SAMPLE
 
   def output_shaping_options(self) -> dict:
     """Every option that changes what is written for a record (recorded in the manifest)."""
@@ -63,6 +72,41 @@ def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize:
   return pooling, bool(normalize)
 
 
+def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec]:
+  """The MLM scoring settings, checked before the job: the encoder must have a working `.mlm`."""
+  mlm_only = [name for name, on in (("--mlm-per-token", o.mlm_per_token), ("--mlm-whole-word", o.mlm_whole_word),
+                                    ("--no-embeddings", o.no_embeddings)) if on]
+  if not o.mlm_scores:
+    if mlm_only:
+      raise UsageError(f"{', '.join(mlm_only)} need(s) --mlm-scores")
+    return None
+  from transforms import mlm, mlm_vocab  # pylint: disable=import-outside-toplevel
+  try:
+    mlm.check_has_mlm(spec.encoder)
+    special = mlm_vocab.load_special_tokens(spec.preprocessor)
+    continuation = (mlm_vocab.load_continuation_table(spec.preprocessor, special["vocab_size"])
+                    if o.mlm_whole_word else None)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  return MlmSpec(special=special, whole_word=o.mlm_whole_word, continuation=continuation,
+                 per_token=o.mlm_per_token, max_tokens=o.mlm_max_tokens)
+
+
+def check_long_text(o: BertEmbedOptions) -> int:
+  """--long-text chunk: options it cannot be combined with fail before the job. Returns the chunk stride."""
+  from transforms import chunking  # pylint: disable=import-outside-toplevel
+  stride = (o.seq_length - 2) // 4 if o.chunk_stride is None else o.chunk_stride
+  try:
+    chunking.validate(o.long_text, stride, o.seq_length, o.text_pair_field)
+  except ValueError as e:
+    raise UsageError(str(e)) from None
+  if o.long_text == "chunk" and o.mlm_scores:
+    raise UsageError("--mlm-scores is not supported with --long-text chunk (a text's windows overlap)")
+  if o.long_text == "chunk" and o.chunk_output == "mean" and o.emit_tokens:
+    raise UsageError("--emit-tokens needs --chunk-output rows (a mean over windows has no single token sequence)")
+  return stride
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
   """Validates the options, matches the inputs and loads the models once; raises UsageError on any problem."""
   from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
@@ -80,12 +124,15 @@ def resolve(options: PipelineOptions) -> JobConfig:
     inputs = match_inputs(patterns)
   except InputError as e:
     raise UsageError(str(e)) from None
+  previous = previous_lib.resolve_previous(o.previous, o.output)  # before anything is loaded or deleted
   try:
     layers = pooling_lib.parse_layers(o.layers)
   except ValueError as e:
     raise UsageError(str(e)) from None
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
   info = models.inspect_models(spec, o.seq_length)
+  mlm_spec = resolve_mlm(o, spec)
+  chunk_stride = check_long_text(o)
   metadata = info.metadata or {}
   pooling, normalize = resolve_pooling(metadata, o.pooling, o.normalize)
   if layers and pooling == "pooled":
@@ -103,4 +150,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
       model=spec, model_info=info, seq_length=o.seq_length, pooling=pooling, normalize=normalize, layers=layers,
       precision=o.precision, output=o.output, output_format=o.output_format, num_shards=o.num_shards,
       keep_text=o.keep_text, emit_tokens=o.emit_tokens, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
-      preprocess_batch_size=o.preprocess_batch_size, dedupe_texts=o.dedupe_texts, on_duplicate_id=o.on_duplicate_id)
+      preprocess_batch_size=o.preprocess_batch_size, dedupe_texts=o.dedupe_texts,
+      mlm=mlm_spec, embeddings=not o.no_embeddings, long_text=o.long_text, chunk_stride=chunk_stride,
+      chunk_output=o.chunk_output, on_duplicate_id=o.on_duplicate_id,
+      previous=previous, drift_sample=o.drift_sample)

@@ -95,15 +95,21 @@ def _delete_quietly(path: str) -> None:
 class _WriteManifestFn(beam.DoFn):
   """Runs once (on an impulse) after the file list and the counts side inputs are complete."""
 
-  def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...]):
+  def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...],
+               field_names: tuple[str, ...] = ()):
     super().__init__()
     self._prefix = output_prefix
     self._static_fields = static_fields
     self._count_names = count_names
+    self._field_names = field_names
 
-  def process(self, unused_impulse, files: list[str], counts: dict[str, int]) -> Iterator[dict]:
+  def process(self, unused_impulse, files: list[str], counts: dict[str, int],
+              fields: Optional[dict] = None) -> Iterator[dict]:
     all_counts = {name: int(counts.get(name, 0)) for name in self._count_names}
-    manifest = build_manifest(self._prefix, self._static_fields, files, all_counts)
+    static_fields = self._static_fields
+    if fields is not None:
+      static_fields = {**static_fields, **{name: fields.get(name) for name in self._field_names}}
+    manifest = build_manifest(self._prefix, static_fields, files, all_counts)
     data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
     write_atomically(manifest_path(self._prefix), data)
     yield manifest
@@ -120,6 +126,9 @@ class WriteManifest(beam.PTransform):
   Each counts PCollection holds ints that are summed (an empty one gives 0); there must be one for
   every name in count_names. The manifest is written once every file name has arrived, i.e. after
   all sinks have finalized. Returns a PCollection with the manifest dict.
+
+  Optional input "fields": {name: PCollection of at most one JSON-able value} for top-level fields
+  computed by the pipeline (e.g. a drift check); an empty PCollection gives null.
   """
 
   def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...]):
@@ -139,14 +148,23 @@ class WriteManifest(beam.PTransform):
     counts = dict(inputs.get("counts") or {})
     if set(counts) != set(self._count_names):
       raise ValueError(f"counts must have exactly the names {sorted(self._count_names)}, got {sorted(counts)}")
+    fields = dict(inputs.get("fields") or {})
+    clashes = sorted(set(fields) & (set(RESERVED_KEYS) | set(self._static_fields)))
+    if clashes:
+      raise ValueError(f"fields must not set the manifest's own keys or static fields: {clashes}")
     pipeline = inputs["files"].pipeline
     files = inputs["files"] | "ListFiles" >> beam.combiners.ToList()
     totals = self._sum_counts(pipeline, counts)
+    write_fn = _WriteManifestFn(self._prefix, self._static_fields, self._count_names, tuple(sorted(fields)))
+    side_inputs = [beam.pvalue.AsSingleton(files), beam.pvalue.AsSingleton(totals)]
+    if fields:
+      tagged = [pcoll | f"Field[{name}]" >> beam.Map(lambda value, n: (n, value), name)
+                for name, pcoll in sorted(fields.items())]
+      side_inputs.append(beam.pvalue.AsSingleton(
+          tagged | "FlattenFields" >> beam.Flatten() | "FieldsToDict" >> beam.combiners.ToDict()))
     return (pipeline
             | "Impulse" >> beam.Create([None])
-            | "Write" >> beam.ParDo(
-                _WriteManifestFn(self._prefix, self._static_fields, self._count_names),
-                beam.pvalue.AsSingleton(files), beam.pvalue.AsSingleton(totals)))
+            | "Write" >> beam.ParDo(write_fn, *side_inputs))
 
   def _sum_counts(self, pipeline, counts: dict):
     """One {name: total} dict; names whose PCollection is empty are absent (read as 0)."""

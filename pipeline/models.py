@@ -12,6 +12,11 @@ from pipeline.options import UsageError
 
 _LOG = logging.getLogger(__name__)
 PROBE_TEXTS = ("Hello world.", "A second, longer probe sentence for the encoder.")
+# Tokenized for the fingerprint: catches casing, accent stripping and splitting that live in the preprocessor's graph.
+TOKENIZER_PROBE = "Hello WORLD, Café naïve Zürich ÜBER-fast 1234 [MASK] 日本語!"
+# The export metadata asset: only its semantic keys enter the fingerprint (its source path, name, ... do not).
+_METADATA_ASSET = "bert_embed_export.json"
+_SEMANTIC_METADATA_KEYS = ("config", "lower_case")
 
 
 class ModelSpec(NamedTuple):
@@ -107,8 +112,14 @@ def all_variables(obj) -> list:
   return found
 
 
-def _fingerprint(variables, preprocessor_path: str) -> str:
-  """Order- and name-independent hash of the encoder's variable values, plus the preprocessor's vocab assets."""
+def _fingerprint(variables, preprocessor_path: str, metadata: Optional[dict] = None,
+                 probe_token_ids: Optional[list] = None) -> str:
+  """Hash of what determines the vectors, independent of serialization bytes and of where the model came from.
+
+  Covers the encoder's variable values (order- and name-independent), the preprocessor's assets (vocab) except the
+  export metadata file, the semantic part of that metadata (architecture config, casing) and the token ids of a
+  probe text (so tokenizer behaviour compiled into the graph, e.g. lower-casing, counts for any TF Hub model).
+  """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   digests = sorted(
       hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in variables)
@@ -116,8 +127,13 @@ def _fingerprint(variables, preprocessor_path: str) -> str:
   assets = _join(preprocessor_path, "assets")
   if tf.io.gfile.exists(assets):
     for name in sorted(tf.io.gfile.listdir(assets)):
-      with tf.io.gfile.GFile(_join(assets, name), "rb") as f:
+      path = _join(assets, name.rstrip("/"))
+      if name.rstrip("/") == _METADATA_ASSET or tf.io.gfile.isdir(path):
+        continue
+      with tf.io.gfile.GFile(path, "rb") as f:
         h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  semantic = {k: (metadata or {}).get(k) for k in _SEMANTIC_METADATA_KEYS} if metadata else None
+  h.update(json.dumps({"export": semantic, "probe_token_ids": probe_token_ids}, sort_keys=True).encode())
   return h.hexdigest()
 
 
@@ -136,6 +152,7 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   try:
     special = {k: int(v) for k, v in pre.tokenize.get_special_tokens_dict().items()}
     tokens = pre.tokenize(tf.constant(PROBE_TEXTS))
+    probe_token_ids = pre.tokenize(tf.constant([TOKENIZER_PROBE])).to_list()
     packed = pre.bert_pack_inputs([tokens], seq_length=tf.constant(seq_length, tf.int32))
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"the preprocessor {spec.preprocessor} does not implement the TF Hub BERT preprocessor "
@@ -159,7 +176,7 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
   metadata = read_export_metadata(spec.encoder)
   return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=hasattr(enc, "mlm"),
-                   metadata=metadata, fingerprint=_fingerprint(variables, spec.preprocessor))
+                   metadata=metadata, fingerprint=_fingerprint(variables, spec.preprocessor, metadata, probe_token_ids))
 
 
 def describe(spec: ModelSpec, info: ModelInfo) -> dict:

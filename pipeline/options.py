@@ -115,8 +115,31 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "num_shards", type=non_negative_int, default=0, help="Output shards (0: the runner chooses).")
     _bool_flag(g, "keep_text", False, "Also write the text.")
     _bool_flag(g, "emit_tokens", False, "Also write token ids and the token-level sequence_output of real tokens.")
+    # Long texts.
+    _flag(g, "long_text", choices=("truncate", "chunk"), default="truncate",
+          help="truncate: keep the first seq_length tokens; chunk: split into overlapping windows.")
+    _flag(g, "chunk_stride", type=non_negative_int, default=None,
+          help="With --long-text chunk: wordpieces shared by consecutive windows (default: a quarter of a window).")
+    _flag(g, "chunk_output", choices=("rows", "mean"), default="rows",
+          help="With --long-text chunk: a row per window (id <id>#<k>) or the piece-weighted mean per record.")
+    # MLM scores.
+    _bool_flag(g, "mlm_scores", False, "Also write pseudo-log-likelihood scores (needs an encoder with .mlm).")
+    _bool_flag(g, "mlm_per_token", False, "With --mlm-scores, also write each packed token's score.")
+    _bool_flag(g, "mlm_whole_word", False,
+               "With --mlm-scores, mask the later pieces of a word too when scoring a piece (PLL-word-l2r).")
+    _flag(g, "mlm_max_tokens", type=positive_int, default=8192,
+          help="Padded tokens per .mlm call (masked copies of many records are batched under this budget).")
+    _bool_flag(g, "no_embeddings", False, "Write MLM scores only, no vectors (needs --mlm-scores).")
     _bool_flag(g, "dedupe_texts", False,
                "Encode records with identical text (and pair) once and fan the vector out to every id.")
+    # Incremental runs.
+    _flag(g, "previous", default=None,
+          help="An earlier run's output prefix, or latest:ROOT (the run ROOT/LATEST points at; successful runs "
+               "update it last). Records with the same id and text, embedded with the same model fingerprint and "
+               "options, are copied from it instead of encoded; any fingerprint change re-embeds everything.")
+    _flag(g, "drift_sample", type=non_negative_int, default=100,
+          help="When the fingerprint changed since --previous: compare old and new vectors of this many records "
+               "(cosine, in the manifest's drift). 0 turns the check off.")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")

@@ -15,15 +15,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import manifest as manifest_lib
 from pipeline import models
+from pipeline import previous as previous_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import UsageError
 from transforms.duplicates import ResolveDuplicateIds
 from transforms.dedupe import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
+from transforms.incremental import DriftCheck, SplitByPrevious
 from transforms.read import ReadTexts
 from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddings
 
-COUNTS = ("read", "written", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated", "encoded")
+COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
+          "encoded", "windows",
+          "new", "changed", "unchanged", "deleted")
 _LOG = logging.getLogger(__name__)
 
 
@@ -50,15 +54,24 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     records = (records
                | "Limit" >> beam.combiners.Top.Of(cfg.limit, key=lambda r: r.id, reverse=True)
                | "LimitFlatten" >> beam.FlatMap(lambda rs: rs))
+  # Incremental: unchanged records are copied from the previous output; the rest go on to the encoder.
+  plan = previous_lib.plan(cfg)
+  split = records | "SplitByPrevious" >> SplitByPrevious(
+      plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
+      keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample)
   embed = EmbedTexts(
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
-      min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size)
+      min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size,
+      embeddings=cfg.embeddings, mlm=cfg.mlm, long_text=cfg.long_text, chunk_stride=cfg.chunk_stride,
+      chunk_output=cfg.chunk_output)
   if cfg.dedupe_texts:
-    embedded = records | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
+    embedded = split.to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
-    embedded = records | "EmbedTexts" >> embed
-  checked = embedded.embeddings | "ValidateEmbeddings" >> ValidateEmbeddings(
+    embedded = split.to_encode | "EmbedTexts" >> embed
+  drift = embedded.embeddings | "DriftCheck" >> DriftCheck(split.drift_sample, plan.drift_sample)
+  rows = (embedded.embeddings, split.carried) | "WithCarriedOver" >> beam.Flatten()
+  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(
       cfg.model_info.dim, emit_tokens=cfg.emit_tokens)
   valid, invalid = checked.valid, checked.dead_letters
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
@@ -73,13 +86,16 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "read": ((_ones(records, "CountRecords"), _ones(read.dead_letters, "CountUnreadable"),
                 _ones(duplicates.dead_letters, "CountDuplicates"))
                | "CountRead" >> beam.Flatten()),
-      "written": _ones(valid, "CountWritten"),
+      "written": valid | "CountWritten" >> beam.Map(lambda r: int(not r.chunk_index)),  # records, not windows
+      "rows": _ones(valid, "CountRows"),
       "encoded": _ones(embedded.encoded, "CountEncoded"),
+      "windows": embedded.encoded | "CountWindows" >> beam.Map(lambda r: int(r.parent_id is not None)),
       "dead_lettered": _ones(dead, "CountDeadLettered"),
       "blank_lines": read.blank_lines,
       "files_failed": _ones(read.files_failed, "CountFilesFailed"),
       "tokens": valid | "CountTokens" >> beam.Map(lambda r: r.num_tokens),
       "truncated": valid | "CountTruncated" >> beam.Map(lambda r: int(r.truncated)),
+      **split.counts,
   }
   static = {
       "model": models.describe(cfg.model, cfg.model_info),
@@ -88,10 +104,12 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "dimension": cfg.model_info.dim,
       "start_time": start_time,
       "package_versions": manifest_lib.package_versions(),
+      "incremental": previous_lib.manifest_section(plan),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
-  manifest = {"files": files, "counts": counts} | "WriteManifest" >> manifest_lib.WriteManifest(
-      cfg.output, static, COUNTS)
+  manifest = {"files": files, "counts": counts, "fields": {"drift": drift}} | "WriteManifest" >> (
+      manifest_lib.WriteManifest(cfg.output, static, COUNTS))
+  _ = manifest | "UpdateLatest" >> previous_lib.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
 
 
@@ -125,6 +143,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     print(summary_line(manifest, time.time() - start))
     print(f"bert-embed: output {cfg.output}-*.{'parquet' if cfg.output_format == 'parquet' else 'tfrecord'}, "
           f"manifest {manifest_lib.manifest_path(cfg.output)}")
+    if (incremental := previous_lib.summary_line(manifest)) is not None:
+      print(incremental)
   return RunOutcome(cfg, result, manifest)
 
 

@@ -39,12 +39,13 @@ SHARP_SCALE = 15.0  # random_init's std 0.02 -> 0.3
 
 
 @pytest.fixture(scope="session")
-def hf_mlm_model_dir(tmp_path_factory, tiny_hf_mlm_checkpoint):
-  """Export of the tiny HF BertForMaskedLM checkpoint (tied decoder, no pooler)."""
-  from modeling import export  # pylint: disable=g-import-not-at-top
-  out = str(tmp_path_factory.mktemp("mlm_hf_export") / "export")
-  export.export_model("hf:" + str(tiny_hf_mlm_checkpoint), out, seq_length=SEQ_LENGTH)
-  return out
+def hf_mlm_model_dir(ref_tiny_mlm_export):
+  """Export root of the tiny HF BertForMaskedLM checkpoint (tied decoder, no pooler).
+
+  Reuses the parity tests' session export (`export_model("hf:" + tiny_hf_mlm_checkpoint)`), so a full run exports
+  it once.
+  """
+  return ref_tiny_mlm_export.export_dir
 
 
 @pytest.fixture(scope="session")

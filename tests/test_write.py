@@ -62,14 +62,17 @@ def counter(result, name: str) -> int:
 
 
 def run_write(records, prefix: str, output_format: str, *, keep_text=True, emit_tokens=True,
-              num_shards=0):
-  """Validate + write embeddings + write dead letters, as the pipeline does. Returns the result."""
+              num_shards=0, **columns):
+  """Validate + write embeddings + write dead letters, as the pipeline does. Returns the result.
+
+  `columns`: the embeddings / mlm / mlm_per_token flags, passed to both transforms.
+  """
   p = test_pipeline.TestPipeline()
   rows = p | beam.Create(records, reshuffle=False)
-  valid, dead_letters = rows | write.ValidateEmbeddings(DIM, emit_tokens=emit_tokens)  # main output first
+  valid, dead_letters = rows | write.ValidateEmbeddings(DIM, emit_tokens=emit_tokens, **columns)  # main first
   files = valid | write.WriteEmbeddings(
       prefix, output_format, DIM, num_shards=num_shards, keep_text=keep_text, emit_tokens=emit_tokens,
-      file_metadata=METADATA)
+      file_metadata=METADATA, **columns)
   errors = dead_letters | write.WriteDeadLetters(prefix)
   assert_that(files, files_on_disk(f"{prefix}-?????-of-?????.{output_format}"), label="OutputFiles")
   assert_that(errors, files_on_disk(f"{prefix}-errors-?????-of-?????.jsonl"), label="ErrorFiles")
@@ -354,3 +357,248 @@ def test_arguments_are_checked():
     write.WriteDeadLetters("out/")
   schema = write.parquet_schema(DIM, file_metadata={"dimension": 8})
   assert schema.metadata == {b"dimension": b"8"}
+
+
+# ------------------------------------------------------------------------------------------------
+# MLM scores (issue 4).
+
+MLM_NAMES = ["mlm_pll", "mlm_scored_tokens", "mlm_pseudo_perplexity"]
+
+
+def with_mlm(rec: EmbeddingRecord, index: int = 0, *, per_token: bool = True) -> EmbeddingRecord:
+  """`rec` with MLM scores: [CLS]/[SEP] (the first and last token) unscored, NaN in the token scores.
+
+  The pll is offset by -index/3 so that it is not a float32 value (TFRecord rounds it, Parquet not).
+  """
+  n = rec.num_tokens
+  scores = np.full(n, np.nan, np.float32)
+  scores[1:n - 1] = -np.linspace(0.5, 3.0, max(n - 2, 0), dtype=np.float32)
+  scored = int(np.count_nonzero(~np.isnan(scores)))
+  pll = float(np.nansum(scores, dtype=np.float64)) - index / 3 if scored else 0.0
+  return rec._replace(mlm_pll=pll, mlm_scored_tokens=scored,
+                      mlm_pseudo_perplexity=float(np.exp(-pll / scored)) if scored else None,
+                      mlm_token_scores=scores if per_token else None)
+
+
+def make_mlm_records(n: int, *, seed: int = 0, embeddings: bool = True, per_token: bool = True):
+  """Rows with MLM scores, at least one with nothing scored (None perplexity)."""
+  records = [with_mlm(r, i, per_token=per_token) for i, r in enumerate(make_records(n, seed=seed))]
+  records[0] = with_mlm(records[0]._replace(num_tokens=2, token_ids=np.array([101, 102], np.int32),
+                                            sequence_output=np.zeros((2, DIM), np.float32)),
+                        per_token=per_token)
+  records[1] = with_mlm(records[1]._replace(num_tokens=5, token_ids=np.arange(5, dtype=np.int32),
+                                            sequence_output=np.zeros((5, DIM), np.float32)),
+                        1, per_token=per_token)
+  if not embeddings:
+    records = [r._replace(embedding=None) for r in records]
+  return records
+
+
+def assert_mlm_equal(row: dict, rec: EmbeddingRecord, *, float32: bool = False):
+  """Scalars exact (float32-rounded when `float32`); token scores with NaN or None at unscored tokens."""
+  want_pll = float(np.float32(rec.mlm_pll)) if float32 else rec.mlm_pll
+  assert float(np.asarray(row["mlm_pll"])) == want_pll
+  assert int(np.asarray(row["mlm_scored_tokens"])) == rec.mlm_scored_tokens
+  perplexity = row["mlm_pseudo_perplexity"]
+  if rec.mlm_pseudo_perplexity is None:
+    assert perplexity is None or np.isnan(perplexity)
+  else:
+    np.testing.assert_allclose(perplexity, rec.mlm_pseudo_perplexity, rtol=1e-6 if float32 else 0)
+  if rec.mlm_token_scores is not None:
+    got = np.array([np.nan if v is None else v for v in row["mlm_token_scores"]], np.float32)
+    np.testing.assert_array_equal(got, rec.mlm_token_scores)  # NaNs compare equal here
+
+
+def run_mlm_write(records, prefix: str, output_format: str, **columns):
+  """Validate + write, with the MLM column flags; no extra columns."""
+  return run_write(records, prefix, output_format, keep_text=False, emit_tokens=False, num_shards=1, **columns)
+
+
+def test_parquet_schema_mlm_columns_types_and_nullability():
+  schema = write.parquet_schema(DIM, mlm=True, mlm_per_token=True)
+  assert schema.names == ["id", "embedding", "num_tokens", "truncated", "text_sha256", *MLM_NAMES,
+                          "mlm_token_scores"]
+  assert [(schema.field(n).type, schema.field(n).nullable) for n in MLM_NAMES] == [
+      (pa.float64(), False), (pa.int32(), False), (pa.float64(), True)]
+  scores = schema.field("mlm_token_scores")
+  assert scores.type.value_type == pa.float32() and scores.type.value_field.nullable and not scores.nullable
+  scores_only = write.parquet_schema(DIM, keep_text=True, embeddings=False, mlm=True)
+  assert scores_only.names == ["id", "num_tokens", "truncated", "text_sha256", "text", *MLM_NAMES]
+  assert write.parquet_schema(DIM) == write.parquet_schema(DIM, embeddings=True, mlm=False, mlm_per_token=False)
+  with pytest.raises(ValueError, match="mlm_per_token"):
+    write.parquet_schema(DIM, mlm_per_token=True)
+  with pytest.raises(ValueError, match="mlm_per_token"):
+    write.WriteEmbeddings("out/emb", "parquet", DIM, mlm_per_token=True)
+
+
+def test_parquet_mlm_round_trip_nulls_and_precision(tmp_path):
+  records = make_mlm_records(12)
+  prefix = str(tmp_path / "emb")
+  result = run_mlm_write(records, prefix, "parquet", mlm=True, mlm_per_token=True)
+
+  [path] = glob.glob(f"{prefix}-*-of-*.parquet")
+  table = pq.read_table(path)
+  assert table.schema.names == ["id", "embedding", "num_tokens", "truncated", "text_sha256", *MLM_NAMES,
+                                "mlm_token_scores"]
+  assert table.schema.field("mlm_pll").type == pa.float64()
+  assert table.schema.field("mlm_scored_tokens").type == pa.int32()
+  assert table.schema.field("mlm_pseudo_perplexity").type == pa.float64()
+  assert table.schema.field("mlm_token_scores").type.value_type == pa.float32()
+  assert not table.schema.field("mlm_pll").nullable  # stored as REQUIRED
+  assert table.column("mlm_pseudo_perplexity").null_count == sum(r.mlm_scored_tokens == 0 for r in records) > 0
+  rows = {row["id"]: row for row in table.to_pylist()}
+  assert len(rows) == len(records)
+  for rec in records:
+    row = rows[rec.id]
+    np.testing.assert_array_equal(row["embedding"], rec.embedding)
+    assert_mlm_equal(row, rec)  # float64: the pll is exact
+    tokens = row["mlm_token_scores"]
+    assert len(tokens) == rec.num_tokens
+    if rec.num_tokens:  # [CLS] and [SEP] are null items, the scored tokens are not
+      assert tokens[0] is None and tokens[-1] is None
+      assert sum(v is not None for v in tokens) == rec.mlm_scored_tokens
+  assert rows["doc-0"]["mlm_pseudo_perplexity"] is None and rows["doc-0"]["mlm_token_scores"] == [None, None]
+  assert rows["doc-1"]["mlm_pll"] != float(np.float32(rows["doc-1"]["mlm_pll"]))  # not a float32 value
+  assert counter(result, "records_written") == len(records)
+
+
+def mlm_bad_records() -> dict[str, EmbeddingRecord]:
+  good = make_mlm_records(2, embeddings=False)[1]  # 5 tokens, 3 scored
+  nan_count = np.array([np.nan, -1.0, -1.0, np.nan, np.nan], np.float32)
+  return {
+      "pll_nan": good._replace(id="pll_nan", mlm_pll=float("nan")),
+      "pll_inf": good._replace(id="pll_inf", mlm_pll=float("-inf")),
+      "pll_str": good._replace(id="pll_str", mlm_pll="-3.5"),
+      "pll_missing": good._replace(id="pll_missing", mlm_pll=None),
+      "scored_missing": good._replace(id="scored_missing", mlm_scored_tokens=None),
+      "scored_float": good._replace(id="scored_float", mlm_scored_tokens=3.0),
+      "scored_bool": good._replace(id="scored_bool", mlm_scored_tokens=True),
+      "scored_negative": good._replace(id="scored_negative", mlm_scored_tokens=-1),
+      "scored_too_many": good._replace(id="scored_too_many", mlm_scored_tokens=6),
+      "ppl_missing": good._replace(id="ppl_missing", mlm_pseudo_perplexity=None),
+      "ppl_unscored": good._replace(id="ppl_unscored", mlm_pll=0.0, mlm_scored_tokens=0,
+                                    mlm_pseudo_perplexity=1.0, mlm_token_scores=np.full(5, np.nan, np.float32)),
+      "ppl_zero": good._replace(id="ppl_zero", mlm_pseudo_perplexity=0.0),
+      "ppl_nan": good._replace(id="ppl_nan", mlm_pseudo_perplexity=float("nan")),
+      "ppl_inf": good._replace(id="ppl_inf", mlm_pseudo_perplexity=float("inf")),
+      "scores_short": good._replace(id="scores_short", mlm_token_scores=good.mlm_token_scores[:4]),
+      "scores_matrix": good._replace(id="scores_matrix", mlm_token_scores=good.mlm_token_scores[None]),
+      "scores_inf": good._replace(id="scores_inf", mlm_token_scores=np.where(
+          np.isnan(good.mlm_token_scores), np.nan, -np.inf).astype(np.float32)),
+      "scores_count": good._replace(id="scores_count", mlm_token_scores=nan_count),
+  }
+
+
+@pytest.mark.parametrize("name, reason", [
+    ("pll_nan", "mlm_pll is not finite"), ("pll_inf", "mlm_pll is not finite"), ("pll_str", "mlm_pll is not a number"),
+    ("pll_missing", "mlm_pll is missing"), ("scored_missing", "mlm_scored_tokens is missing"),
+    ("scored_float", "mlm_scored_tokens is not an integer"), ("scored_bool", "mlm_scored_tokens is not an integer"),
+    ("scored_negative", "outside [0, num_tokens=5]"), ("scored_too_many", "outside [0, num_tokens=5]"),
+    ("ppl_missing", "mlm_pseudo_perplexity is missing"), ("ppl_unscored", "must be None"),
+    ("ppl_zero", "not finite and positive"), ("ppl_nan", "not finite and positive"),
+    ("ppl_inf", "not finite and positive"), ("scores_short", "mlm_token_scores has shape (4,)"),
+    ("scores_matrix", "mlm_token_scores has shape (1, 5)"), ("scores_inf", "3 infinite"),
+    ("scores_count", "2 scored (non-NaN) value(s) but mlm_scored_tokens is 3"),
+])
+def test_embedding_problem_names_the_mlm_defect(name, reason):
+  rec = mlm_bad_records()[name]
+  problem = write.embedding_problem(rec, DIM, embeddings=False, mlm=True, mlm_per_token=True)
+  assert problem is not None and reason in problem
+  if name != "pll_missing":  # a set MLM field is always checked, as token_ids are
+    assert reason in write.embedding_problem(rec._replace(embedding=np.zeros(DIM, np.float32)), DIM)
+
+
+def test_embedding_problem_mlm_flags():
+  rec = make_mlm_records(3, embeddings=False)[2]
+  assert write.embedding_problem(rec, DIM, embeddings=False, mlm=True, mlm_per_token=True) is None
+  assert "embedding has shape" in write.embedding_problem(rec, DIM, mlm=True)  # embeddings are required by default
+  bad_vector = rec._replace(embedding=np.full(DIM, np.nan, np.float32))
+  assert write.embedding_problem(bad_vector, DIM, embeddings=False, mlm=True) is None  # not written: ignored
+  plain = make_records(1)[0]
+  assert write.embedding_problem(plain, DIM) is None
+  assert "mlm_pll is missing" in write.embedding_problem(plain, DIM, mlm=True)
+  no_scores = rec._replace(mlm_token_scores=None)
+  assert write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True) is None
+  assert "mlm_token_scores is missing" in write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True,
+                                                                  mlm_per_token=True)
+  with_numpy_scalars = rec._replace(mlm_pll=np.float32(rec.mlm_pll), mlm_scored_tokens=np.int64(rec.mlm_scored_tokens),
+                                    mlm_pseudo_perplexity=np.float64(rec.mlm_pseudo_perplexity))
+  assert write.embedding_problem(with_numpy_scalars, DIM, embeddings=False, mlm=True, mlm_per_token=True) is None
+  with pytest.raises(ValueError, match="mlm_per_token"):
+    write.embedding_problem(rec, DIM, mlm_per_token=True)
+
+
+def test_scores_only_parquet_and_bad_mlm_rows_become_dead_letters(tmp_path):
+  good = make_mlm_records(6, seed=5, embeddings=False, per_token=False)
+  bad = [r._replace(mlm_token_scores=None) for r in mlm_bad_records().values() if not r.id.startswith("scores_")]
+  prefix = str(tmp_path / "emb")
+  result = run_mlm_write(good + bad, prefix, "parquet", embeddings=False, mlm=True)
+
+  [path] = glob.glob(f"{prefix}-*-of-*.parquet")
+  table = pq.read_table(path)
+  assert table.schema.names == ["id", "num_tokens", "truncated", "text_sha256", *MLM_NAMES]
+  rows = {row["id"]: row for row in table.to_pylist()}
+  assert sorted(rows) == sorted(r.id for r in good)
+  for rec in good:
+    assert_mlm_equal(rows[rec.id], rec)
+  letters = read_jsonl(prefix)
+  assert sorted(d["id"] for d in letters) == sorted(r.id for r in bad)
+  assert {d["stage"] for d in letters} == {"write"}
+  assert all(d["reason"].startswith("mlm_") for d in letters)
+  assert counter(result, "records_rejected_at_write") == len(bad)
+
+
+def test_tfrecord_mlm_round_trip_with_tf_parsing(tmp_path):
+  tf = pytest.importorskip("tensorflow")
+  records = make_mlm_records(10, seed=6, embeddings=False)
+  prefix = str(tmp_path / "emb")
+  run_mlm_write(records, prefix, "tfrecord", embeddings=False, mlm=True, mlm_per_token=True)
+
+  [path] = glob.glob(f"{prefix}-*-of-*.tfrecord")
+  spec = {
+      "id": tf.io.FixedLenFeature([], tf.string),
+      "mlm_pll": tf.io.FixedLenFeature([], tf.float32),
+      "mlm_scored_tokens": tf.io.FixedLenFeature([], tf.int64),
+      "mlm_pseudo_perplexity": tf.io.FixedLenFeature([], tf.float32, default_value=float("nan")),
+      "mlm_token_scores": tf.io.VarLenFeature(tf.float32),
+  }
+  rows = {}
+  for serialized in tf.data.TFRecordDataset([path]):
+    features = tf.train.Example.FromString(serialized.numpy()).features.feature
+    assert "embedding" not in features
+    parsed = tf.io.parse_single_example(serialized, spec)
+    row = {k: (tf.sparse.to_dense(v) if isinstance(v, tf.sparse.SparseTensor) else v).numpy()
+           for k, v in parsed.items()}
+    row["id"] = row["id"].decode()
+    row["has_perplexity"] = "mlm_pseudo_perplexity" in features
+    rows[row["id"]] = row
+  assert len(rows) == len(records)
+  for rec in records:
+    row = rows[rec.id]
+    assert row["has_perplexity"] == (rec.mlm_pseudo_perplexity is not None)  # omitted when None
+    assert_mlm_equal(row, rec, float32=True)  # float_list: the pll is rounded to float32
+    assert np.isnan(row["mlm_token_scores"][[0, -1]]).all()  # NaN at [CLS]/[SEP]: tf.Example has no nulls
+
+
+def test_columnar_encoder_mlm_features_keep_row_order():
+  tf = pytest.importorskip("tensorflow")
+  records = make_mlm_records(6, seed=7)
+  records[3] = with_mlm(records[3]._replace(num_tokens=1, token_ids=np.array([101], np.int32),
+                                            sequence_output=np.zeros((1, DIM), np.float32)))
+  columns = {"mlm": True, "mlm_per_token": True}
+  encoded = write.embeddings_to_examples(records, **columns)
+  assert len(encoded) == len(records)
+  for rec, serialized in zip(records, encoded):  # None-perplexity rows are encoded apart, then put back
+    example = tf.train.Example.FromString(serialized)
+    assert tf.train.Example.FromString(write.embedding_to_example(rec, **columns)) == example
+    feature = example.features.feature
+    assert feature["id"].bytes_list.value == [rec.id.encode()]
+    assert set(feature) == {"id", "embedding", "num_tokens", "truncated", "text_sha256", *MLM_NAMES,
+                            "mlm_token_scores"} - ({"mlm_pseudo_perplexity"} if rec.mlm_scored_tokens == 0 else set())
+    assert feature["mlm_pll"].float_list.value == [np.float32(rec.mlm_pll)]
+    assert feature["mlm_scored_tokens"].int64_list.value == [rec.mlm_scored_tokens]
+    np.testing.assert_array_equal(np.array(feature["mlm_token_scores"].float_list.value, np.float32),
+                                  rec.mlm_token_scores)
+  assert sum(r.mlm_pseudo_perplexity is None for r in records) == 2
+  plain = tf.train.Example.FromString(write.embedding_to_example(make_records(1)[0]))
+  assert not set(plain.features.feature) & set(MLM_NAMES)

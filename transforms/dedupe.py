@@ -36,7 +36,10 @@ def _fan_out(element):
   for emb in group["embeddings"]:
     yield emb
     for r in others:
-      yield emb._replace(id=r.id)
+      if emb.parent_id is None:
+        yield emb._replace(id=r.id)
+      else:  # a window of a long text: <id>#<k>
+        yield emb._replace(id=r.id + emb.id[len(emb.parent_id):], parent_id=r.id)
   for dead in group["dead_letters"]:
     yield beam.pvalue.TaggedOutput("dead", dead)
     for r in others:
@@ -60,7 +63,7 @@ class EmbedDistinctTexts(beam.PTransform):
              | "GroupByText" >> beam.GroupByKey()
              | "SplitRepresentatives" >> beam.ParDo(_SplitRepresentatives()).with_outputs(FANOUT, main="reps"))
     embedded = split.reps | "EmbedRepresentatives" >> self._embed
-    joined = ({"embeddings": embedded.embeddings | "KeyEmbeddings" >> beam.Map(lambda e: (e.id, e)),
+    joined = ({"embeddings": embedded.embeddings | "KeyEmbeddings" >> beam.Map(lambda e: (e.parent_id or e.id, e)),
                "dead_letters": embedded.dead_letters | "KeyDeadLetters" >> beam.Map(lambda d: (d.id, d)),
                "others": split[FANOUT]}
               | "JoinDuplicates" >> beam.CoGroupByKey()

@@ -6,9 +6,10 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from transforms import bisect
-from transforms.encode import BertEncoderModelHandler, EncodeError, PoolingSpec
+from transforms import bisect, chunking
+from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
 from transforms.preprocess import Preprocess
+from transforms.windows import WINDOW_FAILED, MergeWindows
 from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
 
 NAMESPACE = "bert_embed"
@@ -36,11 +37,11 @@ class _ToEmbeddingRecord(beam.DoFn):
     record = element.record
     if isinstance(result.inference, EncodeError):
       self._failed.inc()
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
-          record.id, record.source, "encode", result.inference.reason, record.text))
+      yield _encode_dead_letter(element, result.inference.reason)
       return
     self._encoded.inc()
     self._tokens.inc(element.num_tokens)
+    score = result.inference.mlm
     yield EmbeddingRecord(
         id=record.id,
         embedding=result.inference.embedding,
@@ -49,7 +50,29 @@ class _ToEmbeddingRecord(beam.DoFn):
         text_sha256=text_sha256(record.text, record.text_pair),
         text=record.text if self._keep_text else None,
         token_ids=element.input_word_ids[:element.num_tokens].copy() if self._emit_tokens else None,
-        sequence_output=result.inference.sequence_output if self._emit_tokens else None)
+        sequence_output=result.inference.sequence_output if self._emit_tokens else None,
+        mlm_pll=None if score is None else float(score.pll),
+        mlm_scored_tokens=None if score is None else int(score.scored_tokens),
+        mlm_pseudo_perplexity=None if score is None else score.pseudo_perplexity,
+        mlm_token_scores=None if score is None else score.token_scores,
+        **_chunk_fields(element))
+
+
+def _chunk_fields(element: EncoderInput) -> dict:
+  info = element.chunk
+  if info is None:
+    return {}
+  return {"parent_id": info.parent_id, "chunk_index": info.index, "chunk_start_piece": info.start_piece,
+          "chunk_end_piece": info.end_piece}
+
+
+def _encode_dead_letter(element: EncoderInput, reason: str):
+  """A record that failed to encode; a window of a long text goes to MergeWindows, keyed by its parent."""
+  record = element.record
+  dead = DeadLetter.make(record.id, record.source, "encode", reason, record.text)
+  if element.chunk is not None:
+    return beam.pvalue.TaggedOutput(WINDOW_FAILED, (element.chunk.parent_id, dead))
+  return beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
 
 
 def _as_text_record(element):
@@ -82,8 +105,7 @@ def _failed_batch_to_dead_letters(failure):
   """RunInference's dead-letter output: (batch, exception) for a batch that failed outside the model call."""
   batch, error = failure
   for element in batch:
-    record = element.record
-    yield DeadLetter.make(record.id, record.source, "encode", bisect.describe(error), record.text)
+    yield _encode_dead_letter(element, bisect.describe(error))
 
 
 class EmbedTexts(beam.PTransform):
@@ -103,13 +125,24 @@ class EmbedTexts(beam.PTransform):
     emit_tokens: also return token ids and the token-level sequence_output of real tokens.
     keep_text: carry the text into the output records.
     batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: tokenizer batch.
+    embeddings: compute vectors (False: MLM scores only).
+    mlm: MLM pseudo-log-likelihood scoring settings (transforms.encode.MlmSpec), or None.
+    long_text: 'truncate' (the packer trims) or 'chunk' (windows of seq_length - 2 pieces, `chunk_stride` shared).
+    chunk_output: with chunk, 'rows' (one row per window, id <id>#<k>) or 'mean' (piece-weighted mean per record).
   """
 
   def __init__(self, preprocessor: str, encoder: str, *, pooling: str = "pooled", normalize: bool = False,
                layers: Optional[tuple[int, ...]] = None, seq_length: int = 128, emit_tokens: bool = False,
                keep_text: bool = False, batch_size: int = 64, min_batch_size: int = 1,
-               preprocess_batch_size: int = 256):
+               preprocess_batch_size: int = 256, embeddings: bool = True, mlm: Optional[MlmSpec] = None,
+               long_text: str = "truncate", chunk_stride: int = 0, chunk_output: str = "rows"):
     super().__init__()
+    chunking.validate(long_text, chunk_stride, seq_length, None)
+    self._chunk_stride = chunk_stride if long_text == "chunk" else None
+    self._chunk_output = chunk_output
+    self._normalize = normalize
+    if self._chunk_stride is not None and chunk_output == "mean":
+      normalize = False  # windows are averaged first; MergeWindows normalises the mean
     self._preprocessor = preprocessor
     self._seq_length = seq_length
     self._preprocess_batch_size = preprocess_batch_size
@@ -117,17 +150,26 @@ class EmbedTexts(beam.PTransform):
     self._emit_tokens = emit_tokens
     self._handler = BertEncoderModelHandler(
         encoder, PoolingSpec(pooling, normalize, tuple(layers) if layers else None, emit_tokens),
-        min_batch_size=min_batch_size, max_batch_size=batch_size)
+        min_batch_size=min_batch_size, max_batch_size=batch_size, embeddings=embeddings, mlm=mlm)
 
   def expand(self, inputs) -> EmbedResult:
     checked = inputs | "AsTextRecords" >> beam.FlatMap(_as_text_record).with_outputs(DEAD_LETTER, main="records")
     records, invalid = checked.records, checked[DEAD_LETTER]
     packed, preprocess_failed = records | "Preprocess" >> Preprocess(
-        self._preprocessor, self._seq_length, self._preprocess_batch_size)
+        self._preprocessor, self._seq_length, self._preprocess_batch_size, self._chunk_stride)
     predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
     converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
-        _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(DEAD_LETTER, main="embeddings")
-    encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(_failed_batch_to_dead_letters)
-    dead = ((invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed)
-            | "FlattenDeadLetters" >> beam.Flatten())
-    return EmbedResult(converted.embeddings, dead, converted.embeddings)
+        _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(
+            DEAD_LETTER, WINDOW_FAILED, main="embeddings")
+    encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
+        _failed_batch_to_dead_letters).with_outputs(DEAD_LETTER, WINDOW_FAILED)
+    dead_letters = [invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed[DEAD_LETTER]]
+    embeddings = converted.embeddings
+    if self._chunk_stride is not None:
+      window_failures = ((converted[WINDOW_FAILED], encode_failed[WINDOW_FAILED])
+                         | "WindowFailures" >> beam.Flatten())
+      embeddings, window_dead = (embeddings, window_failures) | "MergeWindows" >> MergeWindows(
+          self._chunk_output, self._normalize)
+      dead_letters.append(window_dead)
+    dead = tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()
+    return EmbedResult(embeddings, dead, converted.embeddings)

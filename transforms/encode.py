@@ -20,8 +20,18 @@ class EncodeError(NamedTuple):
 
 class Encoded(NamedTuple):
   """The inference of a PredictionResult for one record."""
-  embedding: np.ndarray  # float32 [H]
+  embedding: Optional[np.ndarray]  # float32 [H]; None when only MLM scores are asked for
   sequence_output: Optional[np.ndarray] = None  # float32 [num_tokens, H], with emit_tokens
+  mlm: Optional[Any] = None  # transforms.mlm.MlmScore, with MLM scoring
+
+
+class MlmSpec(NamedTuple):
+  """MLM scoring settings (see transforms/mlm.py); all small and picklable."""
+  special: dict  # the preprocessor's special token ids
+  whole_word: bool = False
+  continuation: Optional[np.ndarray] = None  # bool [vocab]: True for '##' pieces; needed with whole_word
+  per_token: bool = False
+  max_tokens: int = 8192
 
 
 class PoolingSpec(NamedTuple):
@@ -67,14 +77,30 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
 
   The model is loaded once per worker process (RunInference shares it across the process's threads through
   `apache_beam.utils.shared`) and placed on the GPU when the worker has one. A batch that fails is bisected so
-  that only the records that fail alone come back as `EncodeError`s.
+  that only the records that fail alone come back as `EncodeError`s; a record that fails alone is tried once more
+  first, so a transient failure (e.g. a device hiccup) does not dead-letter it.
   """
 
   def __init__(self, encoder_path: str, spec: PoolingSpec, *, min_batch_size: int = 1, max_batch_size: int = 64,
-               **kwargs):
+               embeddings: bool = True, mlm: Optional[MlmSpec] = None, **kwargs):
     super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **kwargs)
+    if not embeddings and mlm is None:
+      raise ValueError("nothing to compute: embeddings are off and MLM scoring is not on")
     self._path = encoder_path
     self._spec = spec
+    self._embeddings = embeddings
+    self._mlm = mlm
+
+  def _infer(self, model: LoadedModel, batch: Sequence[EncoderInput]) -> list[Encoded]:
+    """Embeddings and/or MLM scores for one batch; raises on failure (the caller bisects)."""
+    encoded = encode_batch(model, batch, self._spec) if self._embeddings else [Encoded(None)] * len(batch)
+    if self._mlm is None:
+      return encoded
+    from transforms import mlm  # pylint: disable=import-outside-toplevel  (mlm imports this module)
+    scores = mlm.score_records(model, batch, self._mlm.special, whole_word=self._mlm.whole_word,
+                               continuation=self._mlm.continuation, max_tokens=self._mlm.max_tokens,
+                               per_token=self._mlm.per_token)
+    return [e._replace(mlm=score) for e, score in zip(encoded, scores)]
 
   def load_model(self) -> LoadedModel:
     return load_encoder(self._path)
@@ -83,7 +109,12 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
     results = []
     for element, encoded, error in bisect.run_isolating_failures(
-        batch, lambda part: encode_batch(model, part, self._spec)):
+        batch, lambda part: self._infer(model, part)):
+      if error is not None:
+        try:
+          (encoded,), error = self._infer(model, [element]), None
+        except Exception as retry_error:  # pylint: disable=broad-except
+          error = retry_error
       inference = EncodeError(bisect.describe(error)) if error is not None else encoded
       results.append(PredictionResult(element, inference, self._path))
     return results

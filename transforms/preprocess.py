@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
-from transforms import bisect
+from transforms import bisect, chunking
 from transforms.records import DeadLetter, EncoderInput, TextRecord
 from transforms.saved_models import load_preprocessor
 
@@ -44,18 +44,55 @@ class Tokenizer:
     return out
 
 
+  def pack_windows(self, records: Sequence[TextRecord], stride: int) -> list[list[EncoderInput]]:
+    """Single-segment records -> their windows: a text that fits is one window (packed exactly as `pack` does);
+    a longer one is split into windows of seq_length - 2 wordpieces sharing `stride` pieces. Raises on failure."""
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    window = self._seq_length - 2
+    with tf.device("/CPU:0"):
+      pieces = self._pre.tokenize(tf.constant([r.text for r in records])).merge_dims(-2, -1)
+      lengths = pieces.row_lengths().numpy()
+      flat = pieces.flat_values.numpy()
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    spans, owners = [], []
+    for i, r in enumerate(records):
+      bounds = chunking.window_bounds(int(lengths[i]), window, stride)
+      for k, (a, b) in enumerate(bounds):
+        spans.append((starts[i] + a, starts[i] + b))
+        owners.append((i, k, a, b, len(bounds)))
+    with tf.device("/CPU:0"):
+      values = np.concatenate([flat[a:b] for a, b in spans]) if spans else np.zeros([0], flat.dtype)
+      ragged = tf.RaggedTensor.from_row_lengths(tf.constant(values, tf.int32), [b - a for a, b in spans])
+      packed = self._pre.bert_pack_inputs([ragged], seq_length=tf.constant(self._seq_length, tf.int32))
+    word_ids = packed["input_word_ids"].numpy().astype(np.int32)
+    mask = packed["input_mask"].numpy().astype(np.int32)
+    type_ids = packed["input_type_ids"].numpy().astype(np.int32)
+    out = [[] for _ in records]
+    for j, (i, k, a, b, n) in enumerate(owners):
+      r = records[i]
+      info = None
+      if n > 1:
+        info = chunking.ChunkInfo(r.id, k, a, b, n)
+        r = r._replace(id=chunking.window_id(r.id, k))
+      out[i].append(EncoderInput(record=r, input_word_ids=word_ids[j], input_mask=mask[j], input_type_ids=type_ids[j],
+                                 num_tokens=int(mask[j].sum()), truncated=bool(records[i].truncated), chunk=info))
+    return out
+
+
 class _PreprocessBatchFn(beam.DoFn):
   """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered."""
 
-  def __init__(self, preprocessor_path: str, seq_length: int):
+  def __init__(self, preprocessor_path: str, seq_length: int, chunk_stride: Optional[int] = None):
     self._path = preprocessor_path
     self._seq_length = seq_length
+    self._chunk_stride = chunk_stride  # None: truncate long texts; else split them into windows
     self._shared = shared.Shared()
     self._tokenizer = None
     self._packed = beam.metrics.Metrics.counter(NAMESPACE, "records_preprocessed")
     self._truncated = beam.metrics.Metrics.counter(NAMESPACE, "records_truncated")
     self._failed = beam.metrics.Metrics.counter(NAMESPACE, "records_dead_lettered_preprocess")
     self._latency = beam.metrics.Metrics.distribution(NAMESPACE, "preprocess_batch_latency_micro_secs")
+    self._windows = beam.metrics.Metrics.counter(NAMESPACE, "windows_packed")
 
   def setup(self):
     model = self._shared.acquire(lambda: load_preprocessor(self._path), tag=self._path)
@@ -69,36 +106,44 @@ class _PreprocessBatchFn(beam.DoFn):
     for group in (without, with_pair):
       if not group:
         continue
-      for record, packed, error in bisect.run_isolating_failures(group, self._tokenizer.pack):
+      if self._chunk_stride is not None and group is without:
+        pack = lambda rs: self._tokenizer.pack_windows(rs, self._chunk_stride)  # pylint: disable=cell-var-from-loop
+      else:
+        pack = lambda rs: [[p] for p in self._tokenizer.pack(rs)]
+      for record, windows, error in bisect.run_isolating_failures(group, pack):
         if error is not None:
           self._failed.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
               record.id, record.source, "preprocess", bisect.describe(error), record.text))
-        elif packed.num_tokens <= (2 if record.text_pair is None else 3):  # only [CLS]/[SEP]: no text survived
+        elif windows[0].num_tokens <= (2 if record.text_pair is None else 3):  # only [CLS]/[SEP]: no text left
           self._failed.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
               record.id, record.source, "preprocess", "text has no tokens after tokenizing", record.text))
         else:
           self._packed.inc()
-          if packed.truncated:
+          if windows[0].truncated:
             self._truncated.inc()
-          yield packed
+          if len(windows) > 1:
+            self._windows.inc(len(windows))
+          yield from windows
     self._latency.update(int((time.perf_counter() - start) * 1e6))
 
 
 class Preprocess(beam.PTransform):
   """PCollection[TextRecord] -> (PCollection[EncoderInput], PCollection[DeadLetter])."""
 
-  def __init__(self, preprocessor_path: str, seq_length: int = 128, batch_size: int = 256):
+  def __init__(self, preprocessor_path: str, seq_length: int = 128, batch_size: int = 256,
+               chunk_stride: Optional[int] = None):
     super().__init__()
     self._path = preprocessor_path
     self._seq_length = seq_length
     self._batch_size = batch_size
+    self._chunk_stride = chunk_stride
 
   def expand(self, records):
     results = (
         records
         | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=1, max_batch_size=self._batch_size)
-        | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._seq_length)).with_outputs(
+        | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._seq_length, self._chunk_stride)).with_outputs(
             DEAD_LETTER, main="packed"))
     return results.packed, results[DEAD_LETTER]

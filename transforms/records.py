@@ -30,18 +30,29 @@ class EncoderInput(NamedTuple):
   input_type_ids: np.ndarray
   num_tokens: int  # packed tokens, [CLS]/[SEP] included
   truncated: bool  # cut by bytes or by the packer's trimming
+  chunk: Optional[tuple] = None  # transforms.chunking.ChunkInfo for a window of a long text (--long-text chunk)
 
 
 class EmbeddingRecord(NamedTuple):
   """One output row."""
   id: str
-  embedding: np.ndarray  # float32 [H]
+  embedding: Optional[np.ndarray]  # float32 [H]; None only with --no-embeddings (MLM scores only)
   num_tokens: int
   truncated: bool
   text_sha256: str
   text: Optional[str] = None
   token_ids: Optional[np.ndarray] = None  # int32 [num_tokens]
   sequence_output: Optional[np.ndarray] = None  # float32 [num_tokens, H]
+  # With --mlm-scores (pseudo-log-likelihood over the packed tokens, natural log):
+  mlm_pll: Optional[float] = None
+  mlm_scored_tokens: Optional[int] = None
+  mlm_pseudo_perplexity: Optional[float] = None  # exp(-pll / scored tokens); None when nothing was scored
+  mlm_token_scores: Optional[np.ndarray] = None  # float32 [num_tokens], NaN at [CLS]/[SEP]; with --mlm-per-token
+  # With --long-text chunk --chunk-output rows, for a window of a long text (id = <parent id>#<k>):
+  parent_id: Optional[str] = None
+  chunk_index: Optional[int] = None
+  chunk_start_piece: Optional[int] = None
+  chunk_end_piece: Optional[int] = None
 
 
 class DeadLetter(NamedTuple):

@@ -9,10 +9,33 @@ Embedding rows must be checked with `ValidateEmbeddings` before `WriteEmbeddings
 wrong-length or non-finite vector (or other unwritable fields) leave as DeadLetter(stage="write")
 instead of failing the sink. `WriteEmbeddings` re-checks every batch and raises on a bad row, so a
 pipeline that forgets the validation fails loudly rather than writing corrupt rows.
+
+Which columns are written is chosen by the same keyword flags everywhere (ValidateEmbeddings,
+embedding_problem, WriteEmbeddings, parquet_schema, the tf.Example converters):
+
+  keep_text / emit_tokens: `text`; `token_ids` and `sequence_output`.
+  embeddings=False (--no-embeddings): no `embedding` column; a row's embedding is ignored.
+  mlm=True (--mlm-scores): `mlm_pll`, `mlm_scored_tokens`, `mlm_pseudo_perplexity`.
+  mlm_per_token=True (--mlm-per-token, needs mlm): `mlm_token_scores`.
+
+Types of the MLM columns:
+
+  column                  Parquet                          tf.Example
+  mlm_pll                 float64, not null                float_list [1] (float32: ~7 digits kept)
+  mlm_scored_tokens       int32, not null                  int64_list [1]
+  mlm_pseudo_perplexity   float64, null when None          float_list [1]; feature omitted when None
+  mlm_token_scores        list<float32>, items null at     float_list [num_tokens], NaN at [CLS]/[SEP]
+                          [CLS]/[SEP] (NaN in the row)     (tf.Example has no nulls)
+
+tf.Example float_list holds float32, so `mlm_pll` (a float64 sum) is rounded to about 7 significant
+digits in TFRecord output; use Parquet when the exact sum matters. A None pseudo-perplexity (no token
+scored) leaves the feature out of that row's Example: parse it with
+`tf.io.FixedLenFeature([], tf.float32, default_value=float("nan"))` or a VarLenFeature.
 """
 from __future__ import annotations
 
 import json
+import math
 import numbers
 import re
 from typing import Iterator, Optional, Sequence
@@ -138,23 +161,107 @@ def _tokens_problem(rec: EmbeddingRecord, dim: int) -> Optional[str]:
   return _float_array_problem("sequence_output", rec.sequence_output, (ids.size, dim))
 
 
-def embedding_problem(rec: EmbeddingRecord, dim: int, *, emit_tokens: bool = False) -> Optional[str]:
+def _is_real(value: object) -> bool:
+  return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _is_integer(value: object) -> bool:
+  return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _mlm_problem(rec: EmbeddingRecord) -> Optional[str]:
+  """Why the MLM scalars (pll, scored tokens, pseudo-perplexity) cannot be written, or None.
+
+  Expects a valid num_tokens.
+  """
+  pll, scored, perplexity = rec.mlm_pll, rec.mlm_scored_tokens, rec.mlm_pseudo_perplexity
+  if pll is None:
+    return "mlm_pll is missing"
+  if not _is_real(pll):
+    return f"mlm_pll is not a number but {type(pll).__name__}"
+  if not math.isfinite(pll):
+    return f"mlm_pll is not finite ({pll})"
+  if scored is None:
+    return "mlm_scored_tokens is missing"
+  if not _is_integer(scored):
+    return f"mlm_scored_tokens is not an integer but {type(scored).__name__}"
+  if not 0 <= int(scored) <= int(rec.num_tokens):
+    return f"mlm_scored_tokens {scored} is outside [0, num_tokens={rec.num_tokens}]"
+  if scored == 0:
+    if perplexity is not None:
+      return f"mlm_pseudo_perplexity is {perplexity} but no token was scored (it must be None)"
+    return None
+  if perplexity is None:
+    return f"mlm_pseudo_perplexity is missing although {scored} token(s) were scored"
+  if not _is_real(perplexity):
+    return f"mlm_pseudo_perplexity is not a number but {type(perplexity).__name__}"
+  if not (math.isfinite(perplexity) and perplexity > 0):
+    return f"mlm_pseudo_perplexity {perplexity} is not finite and positive"
+  return None
+
+
+def _token_scores_problem(rec: EmbeddingRecord) -> Optional[str]:
+  """Why mlm_token_scores cannot be written, or None. Expects a valid num_tokens.
+
+  NaN marks the positions that were not scored ([CLS]/[SEP]); when mlm_scored_tokens is an integer
+  it must equal the number of the other (scored) positions.
+  """
+  if rec.mlm_token_scores is None:
+    return "mlm_token_scores is missing"
+  try:
+    with np.errstate(all="ignore"):
+      scores = np.asarray(rec.mlm_token_scores, dtype=np.float32)
+  except (TypeError, ValueError) as e:
+    return f"mlm_token_scores is not numeric ({e})"
+  if scores.shape != (rec.num_tokens,):
+    return f"mlm_token_scores has shape {scores.shape}, expected ({rec.num_tokens},) (one per token)"
+  infinite = int(np.count_nonzero(np.isinf(scores)))
+  if infinite:
+    return f"mlm_token_scores has {infinite} infinite value(s)"
+  scored = int(np.count_nonzero(~np.isnan(scores)))
+  if _is_integer(rec.mlm_scored_tokens) and scored != rec.mlm_scored_tokens:
+    return (f"mlm_token_scores has {scored} scored (non-NaN) value(s) but mlm_scored_tokens is "
+            f"{rec.mlm_scored_tokens}")
+  return None
+
+
+def _check_columns(mlm: bool, mlm_per_token: bool) -> None:
+  """Raises ValueError on an impossible combination of column flags (embeddings combines with any)."""
+  if mlm_per_token and not mlm:
+    raise ValueError("mlm_per_token=True needs mlm=True (per-token scores come with the MLM scores)")
+
+
+def embedding_problem(rec: EmbeddingRecord, dim: int, *, emit_tokens: bool = False, embeddings: bool = True,
+                      mlm: bool = False, mlm_per_token: bool = False) -> Optional[str]:
   """Why `rec` cannot be written to the embedding files, or None when it can.
 
   The optional fields are checked whenever they are set (the embed stage sets them only when they
-  are to be written), so a row that passes can be written with any keep_text / emit_tokens.
+  are to be written), so a row that passes can be written with any keep_text / emit_tokens / mlm /
+  mlm_per_token. The embedding is the exception: with embeddings=False it is not written and is
+  ignored (normally None).
 
   Args:
     rec: the row.
-    dim: the model's hidden size H (the required embedding length).
+    dim: the model's hidden size H (the required embedding length and sequence_output width).
     emit_tokens: whether token_ids and sequence_output are written; then they are required.
+    embeddings: whether the embedding is written; then it is required.
+    mlm: whether mlm_pll / mlm_scored_tokens / mlm_pseudo_perplexity are written; then mlm_pll must be
+      finite, mlm_scored_tokens in [0, num_tokens] and mlm_pseudo_perplexity finite and positive, or
+      None exactly when no token was scored.
+    mlm_per_token: whether mlm_token_scores is written (needs mlm); then it must hold num_tokens
+      values, NaN where not scored, no infinities.
   """
+  _check_columns(mlm, mlm_per_token)
   if not isinstance(rec, EmbeddingRecord):
     return f"not an EmbeddingRecord but {type(rec).__name__}"
   problem = _string_problem("id", rec.id) or _string_problem("text_sha256", rec.text_sha256)
   if problem:
     return problem
-  problem = _float_array_problem("embedding", rec.embedding, (dim,)) or _num_tokens_problem(rec.num_tokens)
+  if embeddings:
+    problem = _float_array_problem("embedding", rec.embedding, (dim,))
+    if problem:
+      return problem
+  problem = _num_tokens_problem(rec.num_tokens)
   if problem:
     return problem
   if rec.text is not None:
@@ -162,14 +269,24 @@ def embedding_problem(rec: EmbeddingRecord, dim: int, *, emit_tokens: bool = Fal
     if problem:
       return problem
   if emit_tokens or rec.token_ids is not None or rec.sequence_output is not None:
-    return _tokens_problem(rec, dim)
+    problem = _tokens_problem(rec, dim)
+    if problem:
+      return problem
+  scalars = (rec.mlm_pll, rec.mlm_scored_tokens, rec.mlm_pseudo_perplexity)
+  if mlm or any(value is not None for value in scalars):
+    problem = _mlm_problem(rec)
+    if problem:
+      return problem
+  if mlm_per_token or rec.mlm_token_scores is not None:
+    return _token_scores_problem(rec)
   return None
 
 
-def _require_writable(records: Sequence[EmbeddingRecord], dim: int, emit_tokens: bool) -> None:
-  """Raises ValueError on the first row that would be written wrongly."""
+def _require_writable(records: Sequence[EmbeddingRecord], dim: int, emit_tokens: bool,
+                      **columns: bool) -> None:
+  """Raises ValueError on the first row that would be written wrongly (columns: embeddings, mlm, ...)."""
   for rec in records:
-    problem = embedding_problem(rec, dim, emit_tokens=emit_tokens)
+    problem = embedding_problem(rec, dim, emit_tokens=emit_tokens, **columns)
     if problem:
       raise ValueError(f"record {getattr(rec, 'id', None)!r} cannot be written: {problem}. "
                        "Apply ValidateEmbeddings before WriteEmbeddings to dead-letter such rows.")
@@ -178,14 +295,17 @@ def _require_writable(records: Sequence[EmbeddingRecord], dim: int, emit_tokens:
 class ValidateEmbeddingsFn(beam.DoFn):
   """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG."""
 
-  def __init__(self, dim: int, emit_tokens: bool = False):
+  def __init__(self, dim: int, emit_tokens: bool = False, *, embeddings: bool = True, mlm: bool = False,
+               mlm_per_token: bool = False):
     super().__init__()
+    _check_columns(mlm, mlm_per_token)
     self._dim = dim
     self._emit_tokens = emit_tokens
+    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token}
     self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_rejected_at_write")
 
   def process(self, rec: EmbeddingRecord) -> Iterator[object]:
-    problem = embedding_problem(rec, self._dim, emit_tokens=self._emit_tokens)
+    problem = embedding_problem(rec, self._dim, emit_tokens=self._emit_tokens, **self._columns)
     if problem is None:
       yield rec
       return
@@ -198,14 +318,18 @@ class ValidateEmbeddings(beam.PTransform):
   """Splits EmbeddingRecords into writable ones and write-stage dead letters.
 
   Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter),
-  which also unpacks as `valid, dead_letters = ...`. Use the dim of the WriteEmbeddings that follows;
-  emit_tokens=True additionally dead-letters rows that lack token_ids / sequence_output.
+  which also unpacks as `valid, dead_letters = ...`. Use the dim and column flags of the
+  WriteEmbeddings that follows (see embedding_problem): emit_tokens=True additionally dead-letters rows
+  that lack token_ids / sequence_output, embeddings=False stops requiring an embedding, mlm=True /
+  mlm_per_token=True require valid MLM scores / per-token scores.
   """
 
-  def __init__(self, dim: int, *, emit_tokens: bool = False):
+  def __init__(self, dim: int, *, emit_tokens: bool = False, embeddings: bool = True, mlm: bool = False,
+               mlm_per_token: bool = False):
     super().__init__()
     _check_dim(dim)
-    self._fn = ValidateEmbeddingsFn(dim, emit_tokens)
+    self._fn = ValidateEmbeddingsFn(dim, emit_tokens, embeddings=embeddings, mlm=mlm,
+                                    mlm_per_token=mlm_per_token)
 
   def expand(self, pcoll):
     return pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=VALID_TAG)
@@ -254,6 +378,17 @@ def _embedding_matrix(records: Sequence[EmbeddingRecord], dim: int) -> np.ndarra
   return np.stack([np.asarray(r.embedding, dtype=np.float32) for r in records])
 
 
+def _token_scores_column(records: Sequence[EmbeddingRecord], nan_as_null: bool) -> pa.ListArray:
+  """list<float32> of the per-token scores; NaN (unscored [CLS]/[SEP]) becomes a null item if nan_as_null.
+
+  Without nan_as_null the NaNs stay values: tfx-bsl would write a null item as 0.0.
+  """
+  flat = [np.asarray(r.mlm_token_scores, dtype=np.float32).reshape(-1) for r in records]
+  values = np.concatenate(flat) if flat else np.zeros(0, dtype=np.float32)
+  items = pa.array(values, type=pa.float32(), mask=np.isnan(values) if nan_as_null else None)
+  return _list_array([f.size for f in flat], items, pa.float32())
+
+
 def _sequence_column(records: Sequence[EmbeddingRecord], dim: int) -> pa.ListArray:
   """list<list<float32>>: per row, one H-vector per token."""
   seqs = [np.asarray(r.sequence_output, dtype=np.float32).reshape(-1, dim) for r in records]
@@ -263,16 +398,20 @@ def _sequence_column(records: Sequence[EmbeddingRecord], dim: int) -> pa.ListArr
 
 
 def parquet_schema(dim: int, keep_text: bool = False, emit_tokens: bool = False,
-                   file_metadata: Optional[dict[str, str]] = None) -> pa.Schema:
+                   file_metadata: Optional[dict[str, str]] = None, *, embeddings: bool = True,
+                   mlm: bool = False, mlm_per_token: bool = False) -> pa.Schema:
   """The Arrow schema of the Parquet files; `file_metadata` becomes the footer's key-value metadata.
 
   `dim` is not part of the Arrow types (the embedding is a plain list<float32>); callers record it
-  in `file_metadata`.
+  in `file_metadata`. The column flags are those of embedding_problem; records_to_table reads them
+  back from the column names.
   """
   _check_dim(dim)
-  fields = [
-      pa.field("id", pa.string(), nullable=False),
-      pa.field("embedding", pa.list_(pa.float32()), nullable=False),
+  _check_columns(mlm, mlm_per_token)
+  fields = [pa.field("id", pa.string(), nullable=False)]
+  if embeddings:
+    fields.append(pa.field("embedding", pa.list_(pa.float32()), nullable=False))
+  fields += [
       pa.field("num_tokens", pa.int32(), nullable=False),
       pa.field("truncated", pa.bool_(), nullable=False),
       pa.field("text_sha256", pa.string(), nullable=False),
@@ -282,27 +421,48 @@ def parquet_schema(dim: int, keep_text: bool = False, emit_tokens: bool = False,
   if emit_tokens:
     fields.append(pa.field("token_ids", pa.list_(pa.int32()), nullable=False))
     fields.append(pa.field("sequence_output", pa.list_(pa.list_(pa.float32())), nullable=False))
+  if mlm:
+    fields.append(pa.field("mlm_pll", pa.float64(), nullable=False))
+    fields.append(pa.field("mlm_scored_tokens", pa.int32(), nullable=False))
+    fields.append(pa.field("mlm_pseudo_perplexity", pa.float64()))  # null when nothing was scored
+  if mlm_per_token:
+    # Items are nullable (pa.list_'s default): null where the row's array holds NaN ([CLS]/[SEP]).
+    fields.append(pa.field("mlm_token_scores", pa.list_(pa.float32()), nullable=False))
   metadata = {str(k): str(v) for k, v in (file_metadata or {}).items()}
   return pa.schema(fields, metadata=metadata or None)
 
 
 def records_to_table(records: Sequence[EmbeddingRecord], schema: pa.Schema, dim: int) -> pa.Table:
-  """Converts rows to a table of `schema` (from parquet_schema). Raises ValueError on a bad row."""
-  keep_text = "text" in schema.names
-  emit_tokens = "token_ids" in schema.names
-  _require_writable(records, dim, emit_tokens)
+  """Converts rows to a table of `schema` (from parquet_schema). Raises ValueError on a bad row.
+
+  The columns written (and so the checks) follow the schema's column names.
+  """
+  names = set(schema.names)
+  keep_text = "text" in names
+  emit_tokens = "token_ids" in names
+  embeddings, mlm, mlm_per_token = "embedding" in names, "mlm_pll" in names, "mlm_token_scores" in names
+  _require_writable(records, dim, emit_tokens, embeddings=embeddings, mlm=mlm, mlm_per_token=mlm_per_token)
   columns = {
       "id": pa.array([r.id for r in records], type=pa.string()),
-      "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
       "num_tokens": pa.array([int(r.num_tokens) for r in records], type=pa.int32()),
       "truncated": pa.array([bool(r.truncated) for r in records], type=pa.bool_()),
       "text_sha256": pa.array([r.text_sha256 for r in records], type=pa.string()),
   }
+  if embeddings:
+    columns["embedding"] = _fixed_lists(_embedding_matrix(records, dim), pa.float32())
   if keep_text:
     columns["text"] = pa.array([r.text for r in records], type=pa.string())
   if emit_tokens:
     columns["token_ids"] = _ragged_lists([r.token_ids for r in records], np.int32, pa.int32())
     columns["sequence_output"] = _sequence_column(records, dim)
+  if mlm:
+    columns["mlm_pll"] = pa.array([float(r.mlm_pll) for r in records], type=pa.float64())
+    columns["mlm_scored_tokens"] = pa.array([int(r.mlm_scored_tokens) for r in records], type=pa.int32())
+    columns["mlm_pseudo_perplexity"] = pa.array(
+        [None if r.mlm_pseudo_perplexity is None else float(r.mlm_pseudo_perplexity) for r in records],
+        type=pa.float64())
+  if mlm_per_token:
+    columns["mlm_token_scores"] = _token_scores_column(records, nan_as_null=True)
   return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
@@ -315,22 +475,27 @@ def _first_length(values: object) -> int:
 
 
 def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool = False,
-                             emit_tokens: bool = False, dim: Optional[int] = None) -> pa.RecordBatch:
+                             emit_tokens: bool = False, dim: Optional[int] = None, *, embeddings: bool = True,
+                             mlm: bool = False, mlm_per_token: bool = False) -> pa.RecordBatch:
   """Rows as the list<binary> / list<int64> / list<float32> columns tfx-bsl encodes to tf.Examples.
 
-  With dim None, every row must have the first row's embedding length. A None text becomes an empty
-  bytes_list. Raises ValueError on a bad row.
+  With dim None, every row must have the first row's embedding length (or sequence_output width when
+  embeddings=False). A None text becomes an empty bytes_list. A None mlm_pseudo_perplexity becomes a
+  null list, which embeddings_to_examples turns into an omitted feature. The NaNs of mlm_token_scores
+  stay NaN values (tfx-bsl would write null items as 0.0). Raises ValueError on a bad row.
   """
+  _check_columns(mlm, mlm_per_token)
   if dim is None:
-    dim = _first_length(records[0].embedding) if records else 1
-  _require_writable(records, dim, emit_tokens)
-  columns = {
-      "id": _singletons([r.id.encode("utf-8") for r in records], pa.binary()),
-      "embedding": _fixed_lists(_embedding_matrix(records, dim), pa.float32()),
+    dim = _inferred_dim(records, embeddings)
+  _require_writable(records, dim, emit_tokens, embeddings=embeddings, mlm=mlm, mlm_per_token=mlm_per_token)
+  columns = {"id": _singletons([r.id.encode("utf-8") for r in records], pa.binary())}
+  if embeddings:
+    columns["embedding"] = _fixed_lists(_embedding_matrix(records, dim), pa.float32())
+  columns.update({
       "num_tokens": _singletons([int(r.num_tokens) for r in records], pa.int64()),
       "truncated": _singletons([int(bool(r.truncated)) for r in records], pa.int64()),
       "text_sha256": _singletons([r.text_sha256.encode("utf-8") for r in records], pa.binary()),
-  }
+  })
   if keep_text:
     texts = [[] if r.text is None else [r.text.encode("utf-8")] for r in records]
     columns["text"] = pa.array(texts, type=pa.list_(pa.binary()))
@@ -338,27 +503,75 @@ def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool
     columns["token_ids"] = _ragged_lists([r.token_ids for r in records], np.int64, pa.int64())
     columns["sequence_output"] = _ragged_lists([r.sequence_output for r in records], np.float32,
                                                pa.float32())
+  if mlm:
+    # float_list is float32: the float64 pll keeps about 7 significant digits.
+    columns["mlm_pll"] = _singletons([float(r.mlm_pll) for r in records], pa.float32())
+    columns["mlm_scored_tokens"] = _singletons([int(r.mlm_scored_tokens) for r in records], pa.int64())
+    columns["mlm_pseudo_perplexity"] = pa.array(
+        [None if r.mlm_pseudo_perplexity is None else [float(r.mlm_pseudo_perplexity)] for r in records],
+        type=pa.list_(pa.float32()))
+  if mlm_per_token:
+    columns["mlm_token_scores"] = _token_scores_column(records, nan_as_null=False)
   return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
+
+
+def _inferred_dim(records: Sequence[EmbeddingRecord], embeddings: bool) -> int:
+  """The H of a batch converted without an explicit dim."""
+  if not records:
+    return 1
+  if embeddings:
+    return _first_length(records[0].embedding)
+  sequence = records[0].sequence_output
+  width = np.shape(sequence)[-1] if sequence is not None and np.ndim(sequence) == 2 else 0
+  return int(width) or 1  # any positive dim: no column depends on it
+
+
+def _encode_examples(batch: pa.RecordBatch,
+                     encoder: example_coder.RecordBatchToExamplesEncoder) -> list[bytes]:
+  """tfx-bsl's encoding, except that a null list leaves the feature out of that row's Example.
+
+  (tfx-bsl itself writes a Feature with no value list for a null, which is neither a value nor an
+  absent key.) Rows are encoded in groups that share the same null columns, and put back in order.
+  """
+  nullable = [i for i, column in enumerate(batch.columns) if column.null_count]
+  if not nullable:
+    return encoder.encode(batch)
+  nulls = np.stack([batch.column(i).is_null().to_numpy(zero_copy_only=False) for i in nullable], axis=1)
+  patterns, group_of_row = np.unique(nulls, axis=0, return_inverse=True)
+  group_of_row = group_of_row.reshape(-1)
+  examples: list[Optional[bytes]] = [None] * batch.num_rows
+  for group, pattern in enumerate(patterns):
+    rows = np.flatnonzero(group_of_row == group)
+    dropped = {nullable[j] for j in np.flatnonzero(pattern)}
+    kept = [i for i in range(batch.num_columns) if i not in dropped]
+    for row, example in zip(rows, encoder.encode(batch.take(pa.array(rows)).select(kept))):
+      examples[row] = example
+  return examples
 
 
 def embeddings_to_examples(records: Sequence[EmbeddingRecord], keep_text: bool = False,
                            emit_tokens: bool = False, dim: Optional[int] = None,
-                           encoder: Optional[example_coder.RecordBatchToExamplesEncoder] = None
+                           encoder: Optional[example_coder.RecordBatchToExamplesEncoder] = None, *,
+                           embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False
                            ) -> list[bytes]:
-  """Serialized tf.Examples, one per row, encoded column-wise by tfx-bsl."""
+  """Serialized tf.Examples, one per row, encoded column-wise by tfx-bsl (see records_to_example_batch)."""
   encoder = encoder or example_coder.RecordBatchToExamplesEncoder()
-  return encoder.encode(records_to_example_batch(records, keep_text, emit_tokens, dim))
+  batch = records_to_example_batch(records, keep_text, emit_tokens, dim, embeddings=embeddings, mlm=mlm,
+                                   mlm_per_token=mlm_per_token)
+  return _encode_examples(batch, encoder)
 
 
-def embedding_to_example(rec: EmbeddingRecord, keep_text: bool = False, emit_tokens: bool = False) -> bytes:
+def embedding_to_example(rec: EmbeddingRecord, keep_text: bool = False, emit_tokens: bool = False, *,
+                         embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False) -> bytes:
   """One row as a serialized tf.Example (see embeddings_to_examples for batches)."""
-  return embeddings_to_examples([rec], keep_text, emit_tokens)[0]
+  return embeddings_to_examples([rec], keep_text, emit_tokens, embeddings=embeddings, mlm=mlm,
+                                mlm_per_token=mlm_per_token)[0]
 
 
 def record_bytes(rec: EmbeddingRecord) -> int:
   """Approximate in-memory size of a row, used to size batches."""
   size = 128 + sum(len(s) for s in (rec.id, rec.text) if isinstance(s, str))
-  for array in (rec.embedding, rec.token_ids, rec.sequence_output):
+  for array in (rec.embedding, rec.token_ids, rec.sequence_output, rec.mlm_token_scores):
     if array is not None:
       size += getattr(array, "nbytes", 4 * np.size(array))
   return size
@@ -386,11 +599,13 @@ class _ToArrowTableFn(beam.DoFn):
 class _ToExamplesFn(beam.DoFn):
   """A batch of rows -> serialized tf.Examples."""
 
-  def __init__(self, dim: int, keep_text: bool, emit_tokens: bool):
+  def __init__(self, dim: int, keep_text: bool, emit_tokens: bool, *, embeddings: bool = True,
+               mlm: bool = False, mlm_per_token: bool = False):
     super().__init__()
     self._dim = dim
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
+    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token}
     self._encoder = None
     self._written = Metrics.counter(METRICS_NAMESPACE, "records_written")
 
@@ -398,7 +613,8 @@ class _ToExamplesFn(beam.DoFn):
     self._encoder = example_coder.RecordBatchToExamplesEncoder()
 
   def process(self, batch: list[EmbeddingRecord]) -> Iterator[bytes]:
-    examples = embeddings_to_examples(batch, self._keep_text, self._emit_tokens, self._dim, self._encoder)
+    examples = embeddings_to_examples(batch, self._keep_text, self._emit_tokens, self._dim, self._encoder,
+                                      **self._columns)
     self._written.inc(len(examples))
     yield from examples
 
@@ -406,14 +622,16 @@ class _ToExamplesFn(beam.DoFn):
 class WriteEmbeddings(beam.PTransform):
   """Writes EmbeddingRecords to PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord; returns the file names.
 
-  Rows must already have passed ValidateEmbeddings (same dim); a bad row here fails the pipeline.
-  `file_metadata` goes into the Parquet footer (TFRecord has no place for it). Counter
-  bert_embed/records_written counts the rows handed to the sink.
+  Rows must already have passed ValidateEmbeddings (same dim and column flags); a bad row here fails
+  the pipeline. `file_metadata` goes into the Parquet footer (TFRecord has no place for it). The
+  column flags (keep_text, emit_tokens, embeddings, mlm, mlm_per_token) are described in the module
+  docstring. Counter bert_embed/records_written counts the rows handed to the sink.
   """
 
   def __init__(self, output_prefix: str, output_format: str, dim: int, *, num_shards: int = 0,
                keep_text: bool = False, emit_tokens: bool = False,
-               file_metadata: Optional[dict[str, str]] = None, batch_bytes: int = DEFAULT_BATCH_BYTES):
+               file_metadata: Optional[dict[str, str]] = None, batch_bytes: int = DEFAULT_BATCH_BYTES,
+               embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False):
     super().__init__()
     check_output_prefix(output_prefix)
     if output_format not in OUTPUT_FORMATS:
@@ -427,7 +645,8 @@ class WriteEmbeddings(beam.PTransform):
     self._num_shards = num_shards
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
-    self._schema = parquet_schema(dim, keep_text, emit_tokens, file_metadata)
+    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token}
+    self._schema = parquet_schema(dim, keep_text, emit_tokens, file_metadata, **self._columns)
     self._batch_bytes = max(1, int(batch_bytes))
 
   def expand(self, pcoll):
@@ -446,7 +665,8 @@ class WriteEmbeddings(beam.PTransform):
 
   def _write_tfrecord(self, batches):
     return (batches
-            | "ToExamples" >> beam.ParDo(_ToExamplesFn(self._dim, self._keep_text, self._emit_tokens))
+            | "ToExamples" >> beam.ParDo(_ToExamplesFn(self._dim, self._keep_text, self._emit_tokens,
+                                                        **self._columns))
             | "WriteTFRecord" >> beam.io.WriteToTFRecord(
                 self._prefix, file_name_suffix=".tfrecord", num_shards=self._num_shards,
                 compression_type=CompressionTypes.UNCOMPRESSED))

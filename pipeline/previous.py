@@ -1,0 +1,297 @@
+"""Incremental runs: finding the previous output, deciding whether its vectors can be reused, and saying why not.
+
+`--previous PREFIX` names the output prefix of an earlier run; `--previous latest:ROOT` follows ROOT/LATEST, a
+pointer file that successful runs write as their very last step. Either way the previous output is read through
+its manifest, whose presence means that output is complete.
+
+A previous vector is reused only when the *embedding fingerprint* of both runs is equal: the model fingerprint
+(pipeline/models.py: variable values, vocab, config, tokenizer behaviour), the dimension and every output-shaping
+option except those listed in NOT_VECTOR_SHAPING. Options not listed there, including ones added later, force a
+full re-embed when they change: erring towards recomputing is safe, reusing a stale vector is not.
+
+Where the pointer goes (`pointer_path`): ROOT/LATEST when the run was given `--previous latest:ROOT` and its output
+lies under ROOT; otherwise LATEST in the directory of the output prefix. The pointer holds the absolute output
+prefix on one line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import NamedTuple, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import manifest as manifest_lib
+from pipeline.options import UsageError
+
+LATEST_SCHEME = "latest:"
+LATEST_NAME = "LATEST"
+DEFAULT_DRIFT_SAMPLE = 100
+
+# Output-shaping options that never change a record's vector. format: previous rows are read in their own format
+# and written in the new one. keep_text: a reused row takes its text from the input (equal text_sha256, equal
+# text). emit_tokens: checked on its own (the previous output must have the token columns). The others decide which
+# records exist, which the join on id and text_sha256 already accounts for.
+NOT_VECTOR_SHAPING = frozenset({
+    "format", "keep_text", "emit_tokens", "input_format", "id_field", "text_field", "text_pair_field", "limit",
+    "on_duplicate_id", "dedupe_texts", "num_shards"})
+
+MODE_INCREMENTAL = "incremental"
+MODE_FULL = "full"
+
+
+class PreviousOutput(NamedTuple):
+  """The output a run compares against."""
+  requested: str  # the --previous value as given
+  prefix: Optional[str]  # None when latest:ROOT has no pointer yet (the first run under ROOT)
+  manifest: Optional[dict]
+  latest_root: Optional[str]  # ROOT of latest:ROOT
+
+
+class Plan(NamedTuple):
+  """What an incremental run does; static, decided when the pipeline is built."""
+  mode: str  # MODE_INCREMENTAL (reuse unchanged records) or MODE_FULL (encode every record)
+  reason: str  # why the run is full ("" when incremental)
+  previous: Optional[PreviousOutput]
+  fingerprint: str
+  fingerprint_inputs: dict
+  drift_sample: int  # > 0: compare old and new vectors of up to this many records (the fingerprint changed)
+  pointer: str  # the LATEST file this run writes last
+
+  @property
+  def incremental(self) -> bool:
+    return self.mode == MODE_INCREMENTAL
+
+  @property
+  def previous_files(self) -> Optional[list[str]]:
+    """The previous output's embedding files, or None when there is no previous output."""
+    if self.previous is None or self.previous.manifest is None:
+      return None
+    return list(self.previous.manifest.get("output_files") or [])
+
+  @property
+  def previous_format(self) -> Optional[str]:
+    if self.previous is None or self.previous.manifest is None:
+      return None
+    return previous_format(self.previous.manifest)
+
+
+def _is_remote(path: str) -> bool:
+  return "://" in path
+
+
+def normalize_prefix(prefix: str) -> str:
+  """A comparable spelling of an output prefix (absolute for local paths, no duplicate slashes)."""
+  prefix = prefix.strip()
+  if prefix.startswith("file://"):
+    prefix = prefix[len("file://"):]
+  if _is_remote(prefix):
+    scheme, rest = prefix.split("://", 1)
+    while "//" in rest:
+      rest = rest.replace("//", "/")
+    return f"{scheme}://{rest}"
+  return os.path.abspath(os.path.expanduser(prefix))
+
+
+def _join(directory: str, name: str) -> str:
+  return directory.rstrip("/") + "/" + name if _is_remote(directory) else os.path.join(directory, name)
+
+
+def _parent(prefix: str) -> str:
+  prefix = normalize_prefix(prefix)
+  return prefix.rsplit("/", 1)[0] if _is_remote(prefix) else os.path.dirname(prefix)
+
+
+def is_under(prefix: str, root: str) -> bool:
+  """True when the output prefix lies in directory `root` or below it."""
+  prefix, root = normalize_prefix(prefix), normalize_prefix(root)
+  separator = "/" if _is_remote(root) else os.sep
+  return prefix.startswith(root.rstrip(separator) + separator)
+
+
+def pointer_path(output: str, latest_root: Optional[str]) -> str:
+  """The LATEST file a run writing `output` updates (see the module docstring)."""
+  if latest_root and is_under(output, latest_root):
+    return _join(normalize_prefix(latest_root), LATEST_NAME)
+  return _join(_parent(output), LATEST_NAME)
+
+
+def read_pointer(path: str) -> Optional[str]:
+  """The prefix a LATEST file points at, or None when the file does not exist."""
+  if not FileSystems.exists(path):
+    return None
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+    lines = [line.strip() for line in f.read().decode("utf-8").splitlines() if line.strip()]
+  if not lines:
+    raise UsageError(f"{path} is empty: it should hold the output prefix of the last successful run")
+  return lines[0]
+
+
+def write_pointer(path: str, prefix: str) -> str:
+  """Points `path` (a LATEST file) at `prefix`, atomically; returns `path`."""
+  manifest_lib.write_atomically(path, (normalize_prefix(prefix) + "\n").encode("utf-8"), mime_type="text/plain")
+  return path
+
+
+def _read_previous_manifest(prefix: str, requested: str) -> dict:
+  path = manifest_lib.manifest_path(prefix)
+  if not FileSystems.exists(path):
+    raise UsageError(f"--previous {requested}: {path} does not exist, so {prefix} is not the output of a completed "
+                     "run (a run writes its manifest only after all its files)")
+  try:
+    manifest = manifest_lib.read_manifest(prefix)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"--previous {requested}: cannot read {path}: {e}") from None
+  if previous_format(manifest) is None or not isinstance(manifest.get("output_files"), list):
+    raise UsageError(f"--previous {requested}: {path} does not list Parquet or TFRecord output files")
+  return manifest
+
+
+def resolve_previous(requested: Optional[str], output: str) -> Optional[PreviousOutput]:
+  """Finds the previous output named by --previous; raises UsageError before anything is written.
+
+  Refuses a previous output equal to --output: the run deletes its output prefix's old files first, which would
+  destroy the data it is meant to read.
+  """
+  if requested is None or not requested.strip():
+    return None
+  requested = requested.strip()
+  latest_root = None
+  if requested.startswith(LATEST_SCHEME):
+    latest_root = requested[len(LATEST_SCHEME):].strip()
+    if not latest_root:
+      raise UsageError("--previous latest:ROOT needs a ROOT directory, e.g. latest:gs://bucket/embeddings")
+    prefix = read_pointer(_join(normalize_prefix(latest_root), LATEST_NAME))
+    if prefix is None:
+      return PreviousOutput(requested, None, None, latest_root)
+  else:
+    prefix = requested
+  if normalize_prefix(prefix) == normalize_prefix(output):
+    raise UsageError(f"--output {output} is the previous output ({requested}): a run replaces its output prefix, "
+                     "so write each run to a new prefix (e.g. ROOT/run-DATE/emb) and point --previous at the last one")
+  return PreviousOutput(requested, prefix, _read_previous_manifest(prefix, requested), latest_root)
+
+
+def previous_format(manifest: dict) -> Optional[str]:
+  """The previous output's format, from its options or else its file names."""
+  fmt = (manifest.get("options") or {}).get("format")
+  if fmt in ("parquet", "tfrecord"):
+    return fmt
+  files = manifest.get("output_files") or []
+  for fmt in ("parquet", "tfrecord"):
+    if files and all(f.endswith("." + fmt) for f in files):
+      return fmt
+  return None
+
+
+def fingerprint_inputs(model_fingerprint: Optional[str], dimension: Optional[int], options: Optional[dict]) -> dict:
+  """What the embedding fingerprint hashes (JSON-normalized, so a manifest's copy compares equal)."""
+  shaping = {k: v for k, v in (options or {}).items() if k not in NOT_VECTOR_SHAPING}
+  return json.loads(json.dumps({"model": model_fingerprint, "dimension": dimension, "options": shaping},
+                               sort_keys=True))
+
+
+def fingerprint(inputs: dict) -> str:
+  return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def manifest_fingerprint_inputs(manifest: dict) -> dict:
+  """The fingerprint inputs of an earlier run, rebuilt from its manifest's model, dimension and options."""
+  return fingerprint_inputs((manifest.get("model") or {}).get("fingerprint"), manifest.get("dimension"),
+                            manifest.get("options"))
+
+
+def _short(value) -> str:
+  if isinstance(value, str) and len(value) == 64:
+    return value[:12] + "…"
+  return json.dumps(value)
+
+
+def differences(old: dict, new: dict) -> list[str]:
+  """Human-readable differences between two fingerprint inputs, model first."""
+  out = []
+  if old.get("model") != new.get("model"):
+    out.append(f"the model changed (fingerprint {_short(old.get('model'))} -> {_short(new.get('model'))})")
+  if old.get("dimension") != new.get("dimension"):
+    out.append(f"dimension {old.get('dimension')} -> {new.get('dimension')}")
+  old_opts, new_opts = old.get("options") or {}, new.get("options") or {}
+  for key in sorted(set(old_opts) | set(new_opts)):
+    if old_opts.get(key, "<absent>") != new_opts.get(key, "<absent>"):
+      before = _short(old_opts[key]) if key in old_opts else "(absent)"
+      after = _short(new_opts[key]) if key in new_opts else "(absent)"
+      out.append(f"{key} {before} -> {after}")
+  return out
+
+
+def plan(cfg) -> Plan:
+  """Decides how the run `cfg` (a JobConfig) uses its previous output."""
+  current = fingerprint_inputs(cfg.model_info.fingerprint, cfg.model_info.dim, cfg.output_shaping_options())
+  previous = getattr(cfg, "previous", None)
+  sample = getattr(cfg, "drift_sample", DEFAULT_DRIFT_SAMPLE)
+  pointer = pointer_path(cfg.output, previous.latest_root if previous else None)
+
+  def full(reason: str, drift_sample: int = 0) -> Plan:
+    return Plan(MODE_FULL, reason, previous, fingerprint(current), current, drift_sample, pointer)
+
+  if previous is None:
+    return full("no --previous output was given")
+  if previous.manifest is None:
+    return full(f"no previous output yet: {_join(normalize_prefix(previous.latest_root), LATEST_NAME)} "
+                "does not exist (the first run under this root)")
+  old = manifest_fingerprint_inputs(previous.manifest)
+  changes = differences(old, current)
+  if changes:
+    same_dimension = old.get("dimension") == current.get("dimension")
+    return full("the embedding fingerprint changed: " + "; ".join(changes), sample if same_dimension else 0)
+  if cfg.emit_tokens and not (previous.manifest.get("options") or {}).get("emit_tokens"):
+    return full("--emit-tokens needs token_ids and sequence_output, which the previous output does not have")
+  return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer)
+
+
+def manifest_section(p: Plan) -> dict:
+  """The manifest's `incremental` field."""
+  prev = p.previous
+  return {
+      "mode": p.mode,
+      "reason": p.reason,
+      "previous": normalize_prefix(prev.prefix) if prev and prev.prefix else None,
+      "previous_requested": prev.requested if prev else None,
+      "fingerprint": p.fingerprint,
+      "fingerprint_inputs": p.fingerprint_inputs,
+      "drift_sample": p.drift_sample,
+      "latest_pointer": p.pointer,
+  }
+
+
+def summary_line(manifest: dict) -> Optional[str]:
+  """One line on what an incremental run reused, or None for a manifest without that section."""
+  section, c = manifest.get("incremental"), manifest.get("counts") or {}
+  if not section:
+    return None
+  line = (f"bert-embed: {section['mode']} run: {c.get('new', 0)} new, {c.get('changed', 0)} changed, "
+          f"{c.get('unchanged', 0)} unchanged, {c.get('deleted', 0)} deleted; {c.get('encoded', 0)} encoded")
+  if section.get("reason"):
+    line += f" ({section['reason']})"
+  drift = manifest.get("drift")
+  if drift and drift.get("sample_size"):
+    line += f"; drift: mean cosine {drift['mean_cosine']:.4f} over {drift['sample_size']} records"
+  return line
+
+
+class UpdateLatest(beam.PTransform):
+  """Writes the LATEST pointer once the manifest exists: the pipeline's last step, so it also happens on Dataflow.
+
+  Input: the PCollection of the manifest (one element). Output: the pointer path.
+  """
+
+  def __init__(self, pointer: str, output_prefix: str):
+    super().__init__()
+    self._pointer = pointer
+    self._prefix = normalize_prefix(output_prefix)  # here, on the launcher: a relative local path means its cwd
+
+  def expand(self, manifest):
+    return manifest | "WritePointer" >> beam.Map(lambda _, path, prefix: write_pointer(path, prefix),
+                                                 self._pointer, self._prefix)

@@ -1,0 +1,94 @@
+"""--long-text chunk: windows follow the tokenizer's own pieces; mean of windows; one-window texts unchanged."""
+import os
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401
+from apache_beam.testing.test_pipeline import TestPipeline
+from hypothesis import given, settings, strategies as st
+
+from pipeline.options import UsageError
+from pipeline.run import run
+from transforms.chunking import window_bounds
+
+SEQ = 16  # windows of 14 pieces
+LONG = " ".join(["the cat sat on the mat and the dog is hello world"] * 4)
+SHORT = ["hello world!", "the dog sat on the mat."]
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(0, 300), window=st.integers(1, 40), data=st.data())
+def test_window_bounds_cover_every_piece_with_the_stride_as_overlap(n, window, data):
+  stride = data.draw(st.integers(0, window - 1))
+  bounds = window_bounds(n, window, stride)
+  assert bounds[0][0] == 0 and bounds[-1][1] == n
+  covered = set()
+  for a, b in bounds:
+    assert 0 <= a <= b <= n and b - a <= window
+    covered.update(range(a, b))
+  assert covered == set(range(n))
+  for (a0, b0), (a1, b1) in zip(bounds, bounds[1:]):
+    assert a1 == a0 + window - stride and b0 - a1 == stride or b1 == n
+  assert len(bounds) == 1 or all(b - a == window for a, b in bounds[:-1])
+
+
+def _pieces(model_dir, text):
+  pre = tf.saved_model.load(os.path.join(model_dir, "preprocessor"))
+  return pre.tokenize(tf.constant([text])).merge_dims(-2, -1).flat_values.numpy().tolist()
+
+
+def _run(tmp_path, model_dir, name, *extra):
+  argv = ["--model", model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / name),
+          "--seq-length", str(SEQ), "--keep-text", "--pooling", "mean", *extra]
+  outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
+  rows = [r for f in outcome.manifest["output_files"] for r in pq.read_table(f).to_pylist()]
+  return outcome, rows
+
+
+def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_path, tiny_model_dir):
+  (tmp_path / "in.txt").write_text("\n".join([LONG] + SHORT) + "\n", encoding="utf-8")
+  long_id = f"{tmp_path / 'in.txt'}:1"
+  outcome, rows = _run(tmp_path, tiny_model_dir, "rows", "--long-text", "chunk", "--chunk-stride", "4",
+                       "--emit-tokens")
+  pieces = _pieces(tiny_model_dir, LONG)
+  windows = sorted((r for r in rows if r["parent_id"] == long_id), key=lambda r: r["chunk_index"])
+  assert [(r["chunk_start_piece"], r["chunk_end_piece"]) for r in windows] == window_bounds(len(pieces), SEQ - 2, 4)
+  for r in windows:
+    assert r["id"] == f"{long_id}#{r['chunk_index']}"
+    assert r["token_ids"][1:-1] == pieces[r["chunk_start_piece"]:r["chunk_end_piece"]]
+  for a, b in zip(windows, windows[1:]):
+    assert a["chunk_end_piece"] - b["chunk_start_piece"] == 4
+  c = outcome.manifest["counts"]
+  assert (c["read"], c["written"], c["rows"], c["windows"]) == (3, 3, len(windows) + 2, len(windows))
+  assert c["read"] == c["written"] + c["dead_lettered"]
+
+  outcome_mean, mean_rows = _run(tmp_path, tiny_model_dir, "mean", "--long-text", "chunk", "--chunk-stride", "4",
+                                 "--chunk-output", "mean", "--normalize")
+  by_id = {r["id"]: r for r in mean_rows}
+  assert sorted(by_id) == sorted([long_id, f"{tmp_path / 'in.txt'}:2", f"{tmp_path / 'in.txt'}:3"])
+  weights = np.array([r["chunk_end_piece"] - r["chunk_start_piece"] for r in windows], dtype=np.float64)
+  expected = (np.array([r["embedding"] for r in windows], dtype=np.float64) * weights[:, None]).sum(0) / weights.sum()
+  expected /= np.linalg.norm(expected)
+  np.testing.assert_allclose(by_id[long_id]["embedding"], expected, atol=1e-5)
+  assert by_id[long_id]["parent_id"] is None if "parent_id" in by_id[long_id] else True
+  assert outcome_mean.manifest["counts"]["windows"] == len(windows)
+
+  _, truncated_rows = _run(tmp_path, tiny_model_dir, "plain", "--normalize")
+  plain = {r["id"]: r for r in truncated_rows}
+  for key in (f"{tmp_path / 'in.txt'}:2", f"{tmp_path / 'in.txt'}:3"):  # texts that fit one window
+    np.testing.assert_allclose(by_id[key]["embedding"], plain[key]["embedding"], atol=1e-6)
+  assert plain[long_id]["truncated"] is True and by_id[long_id]["truncated"] is False
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--text-pair-field", "b", "--input-format", "jsonl"], "pairs"),
+    (["--chunk-stride", "14"], "--chunk-stride"),
+    (["--chunk-output", "mean", "--emit-tokens"], "--emit-tokens"),
+])
+def test_chunk_option_conflicts_fail_before_the_job(tmp_path, tiny_model_dir, extra, message):
+  (tmp_path / "in.txt").write_text("hello\n", encoding="utf-8")
+  with pytest.raises(UsageError, match=message):
+    run(["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "e"),
+         "--seq-length", str(SEQ), "--long-text", "chunk", *extra])

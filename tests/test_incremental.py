@@ -1,0 +1,363 @@
+"""Incremental re-embedding (--previous): the id/text_sha256 join, the fingerprint decision, and the proof that a
+second run encodes only new and changed records yet writes what a full recompute writes.
+
+The end-to-end tests share one scenario (module fixtures): run 1 under ROOT, then 10% of the texts changed, some
+records added and some deleted, run 2 with `--previous latest:ROOT`, a full recompute of the same corpus, and a run
+with another model against run 2.
+"""
+import json
+import os
+import shutil
+import types
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline import previous as previous_lib
+from pipeline.options import UsageError
+from pipeline.run import run
+from transforms import incremental
+from transforms import write
+from transforms.records import EmbeddingRecord, TextRecord, text_sha256
+
+SEQ = 32
+DIM = 4
+WORDS = ("the cat dog bird fish sat run walk jump play on the mat hat house tree car hello world good bad big "
+         "small red blue green quick brown fox lazy over under").split()
+
+
+# --------------------------------------------------------------------------------------------
+# The join, on hand-made previous outputs (no model).
+
+
+def _previous_rows():
+  rng = np.random.default_rng(0)
+  rows = []
+  for i, text in enumerate(["kept", "edited before", "gone"]):
+    rows.append(EmbeddingRecord(f"id{i}", rng.standard_normal(DIM).astype(np.float32), 3 + i, i == 1,
+                                text_sha256(text), None, np.arange(3 + i, dtype=np.int32),
+                                rng.standard_normal((3 + i, DIM)).astype(np.float32)))
+  return rows
+
+
+def _write_previous(tmp_path, output_format):
+  rows = _previous_rows()
+  if output_format == "parquet":
+    path = str(tmp_path / "prev-00000-of-00001.parquet")
+    pq.write_table(write.records_to_table(rows, write.parquet_schema(DIM, emit_tokens=True), DIM), path)
+  else:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    path = str(tmp_path / "prev-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+      for example in write.embeddings_to_examples(rows, emit_tokens=True, dim=DIM):
+        w.write(example)
+  return [path], rows
+
+
+NEW_RECORDS = [TextRecord("id0", "kept"), TextRecord("id1", "edited after"), TextRecord("id3", "added"),
+               TextRecord("id0", "kept")]  # a duplicate id (--on-duplicate-id keep) with the same text
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
+def test_split_carries_unchanged_rows_and_counts_every_kind(tmp_path, output_format):
+  files, old = _write_previous(tmp_path, output_format)
+  p = TestPipeline()
+  split = (p | beam.Create(NEW_RECORDS)) | incremental.SplitByPrevious(
+      files, output_format, DIM, carry_over=True, keep_text=True, emit_tokens=True)
+
+  def check_carried(rows):
+    assert len(rows) == 2 and {r.id for r in rows} == {"id0"}
+    for r in rows:
+      assert r.text == "kept" and r.num_tokens == old[0].num_tokens and r.text_sha256 == old[0].text_sha256
+      np.testing.assert_array_equal(r.embedding, old[0].embedding)
+      np.testing.assert_array_equal(r.token_ids, old[0].token_ids)
+      np.testing.assert_array_equal(r.sequence_output, old[0].sequence_output)
+
+  assert_that(split.carried, check_carried, label="Carried")
+  assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["id1", "id3"]), label="ToEncode")
+  totals = {k: v | f"Sum{k}" >> beam.CombineGlobally(sum) for k, v in split.counts.items()}
+  for kind, expected in {"new": 1, "changed": 1, "unchanged": 2, "deleted": 1}.items():
+    assert_that(totals[kind], equal_to([expected]), label=f"Count{kind}")
+  result = p.run()
+  result.wait_until_finish()
+  carried = result.metrics().query(MetricsFilter().with_name("records_carried_over"))["counters"]
+  assert sum(c.committed for c in carried) == 2
+
+
+def test_split_without_carry_over_encodes_everything_and_samples_for_drift(tmp_path):
+  files, old = _write_previous(tmp_path, "parquet")
+  p = TestPipeline()
+  split = (p | beam.Create(NEW_RECORDS[:3])) | incremental.SplitByPrevious(
+      files, "parquet", DIM, carry_over=False, drift_sample=2)
+  assert_that(split.carried, equal_to([]), label="NothingCarried")
+  assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["id0", "id1", "id3"]), label="ToEncode")
+  expected = sorted(old, key=lambda r: incremental.sample_key(r.id))[:2]
+  assert_that(split.drift_sample | beam.Map(lambda s: [t[1] for t in s]), equal_to([[r.id for r in expected]]),
+              label="Sample")
+  # The drift check compares sampled records whose text is unchanged: id0 (vector negated) and id2, not id1.
+  new_vectors = [EmbeddingRecord("id0", -old[0].embedding, 1, False, old[0].text_sha256),
+                 EmbeddingRecord("id1", old[1].embedding, 1, False, text_sha256("edited after")),
+                 EmbeddingRecord("id2", old[2].embedding, 1, False, old[2].text_sha256)]
+  drift = (p | "New" >> beam.Create(new_vectors)) | incremental.DriftCheck(split.drift_sample, 2)
+  cosines = sorted(-1.0 if r.id == "id0" else 1.0 for r in expected if r.id != "id1")
+
+  def check_drift(summaries):
+    (summary,) = summaries
+    assert summary["requested"] == 2 and summary["sample_size"] == len(cosines)
+    assert summary["min_cosine"] == pytest.approx(cosines[0]) and summary["max_cosine"] == pytest.approx(cosines[-1])
+
+  assert_that(drift, check_drift, label="Drift")
+  p.run().wait_until_finish()
+
+
+def test_no_previous_output_sends_every_record_to_the_encoder():
+  p = TestPipeline()
+  split = (p | beam.Create(NEW_RECORDS[:3])) | incremental.SplitByPrevious(None)
+  assert split.drift_sample is None
+  assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["id0", "id1", "id3"]), label="ToEncode")
+  assert_that(split.counts["new"] | beam.CombineGlobally(sum), equal_to([3]), label="New")
+  p.run().wait_until_finish()
+
+
+# --------------------------------------------------------------------------------------------
+# The decision: fingerprints, reasons and where the previous output is.
+
+OPTIONS = {"seq_length": 32, "pooling": "cls", "normalize": False, "layers": None, "precision": "fp32",
+           "max_text_bytes": 1024, "keep_text": False, "emit_tokens": False, "format": "parquet",
+           "input_format": "jsonl", "id_field": "id", "text_field": "text", "text_pair_field": None, "limit": None,
+           "on_duplicate_id": "dead-letter"}
+
+
+def _cfg(output, previous, model="m" * 64, dim=32, emit_tokens=False, **changes):
+  options = {**OPTIONS, "emit_tokens": emit_tokens, **changes}
+  return types.SimpleNamespace(
+      output=output, previous=previous, drift_sample=7, emit_tokens=emit_tokens,
+      model_info=types.SimpleNamespace(fingerprint=model, dim=dim), output_shaping_options=lambda: options)
+
+
+def _previous(manifest, prefix="/runs/1/emb", root=None):
+  return previous_lib.PreviousOutput(prefix, prefix, manifest, root)
+
+
+PREVIOUS_MANIFEST = {"model": {"fingerprint": "m" * 64}, "dimension": 32, "options": OPTIONS,
+                     "output_files": ["/runs/1/emb-00000-of-00001.parquet"]}
+
+
+@pytest.mark.parametrize("changes,mode,reason,drift", [
+    ({}, "incremental", "", 0),
+    ({"format": "tfrecord", "keep_text": True, "limit": 5, "on_duplicate_id": "keep"}, "incremental", "", 0),
+    ({"pooling": "mean"}, "full", 'pooling "cls" -> "mean"', 7),
+    ({"normalize": True, "seq_length": 64}, "full", "normalize false -> true; seq_length 32 -> 64", 7),
+    ({"mlm_top_k": 5}, "full", "mlm_top_k (absent) -> 5", 7),  # an option this module does not know
+    ({"model": "n" * 64}, "full", "the model changed (fingerprint mmmmmmmmmmmm… -> nnnnnnnnnnnn…)", 7),
+    ({"dim": 64}, "full", "dimension 32 -> 64", 0),  # vectors of other lengths cannot be compared
+    ({"emit_tokens": True}, "full", "--emit-tokens needs token_ids", 0),
+])
+def test_plan_reuses_vectors_only_when_the_fingerprint_matches(changes, mode, reason, drift):
+  changes = dict(changes)
+  kwargs = {k: changes.pop(k) for k in ("model", "dim", "emit_tokens") if k in changes}
+  plan = previous_lib.plan(_cfg("/runs/2/emb", _previous(PREVIOUS_MANIFEST), **kwargs, **changes))
+  assert plan.mode == mode and reason in plan.reason and plan.drift_sample == drift
+  assert plan.previous_files == PREVIOUS_MANIFEST["output_files"] and plan.previous_format == "parquet"
+  previous_fingerprint = previous_lib.fingerprint(previous_lib.manifest_fingerprint_inputs(PREVIOUS_MANIFEST))
+  assert (plan.fingerprint == previous_fingerprint) == (mode == "incremental" or "emit-tokens" in reason)
+  section = previous_lib.manifest_section(plan)
+  assert section["mode"] == mode and section["previous"] == "/runs/1/emb" and section["latest_pointer"]
+  json.dumps(section)
+
+
+def test_plan_without_a_previous_output_is_full_and_says_why():
+  assert "no --previous" in previous_lib.plan(_cfg("/runs/2/emb", None)).reason
+  first = previous_lib.plan(_cfg("/root/run1/emb", previous_lib.PreviousOutput("latest:/root", None, None, "/root")))
+  assert first.mode == "full" and "/root/LATEST does not exist" in first.reason
+  assert first.pointer == "/root/LATEST" and first.previous_files is None
+
+
+def test_pointer_goes_to_the_latest_root_or_next_to_the_output(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  assert previous_lib.pointer_path("gs://b/emb/2024-01-01/emb", "gs://b/emb/") == "gs://b/emb/LATEST"
+  assert previous_lib.pointer_path("gs://b/emb/2024-01-01/emb", None) == "gs://b/emb/2024-01-01/LATEST"
+  assert previous_lib.pointer_path("gs://b/other/emb", "gs://b/emb") == "gs://b/other/LATEST"
+  assert previous_lib.pointer_path("out/emb", None) == str(tmp_path / "out" / "LATEST")
+  assert previous_lib.pointer_path("root/a/b/emb", "./root") == str(tmp_path / "root" / "LATEST")
+  assert not previous_lib.is_under("rootx/emb", "root")
+
+
+def test_resolve_previous_refuses_the_output_itself_and_incomplete_outputs(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "root" / "run1").mkdir(parents=True)
+  with pytest.raises(UsageError, match="is the previous output"):
+    previous_lib.resolve_previous("./root/run1/emb", str(tmp_path / "root" / "run1" / "emb"))
+  with pytest.raises(UsageError, match="emb-manifest.json does not exist"):
+    previous_lib.resolve_previous("root/run1/emb", "root/run2/emb")
+  assert previous_lib.resolve_previous(None, "root/run2/emb") is None
+  first = previous_lib.resolve_previous("latest:root", "root/run1/emb")
+  assert first.prefix is None and first.manifest is None and first.latest_root == "root"
+  previous_lib.write_pointer(str(tmp_path / "root" / "LATEST"), "root/run1/emb")
+  assert (tmp_path / "root" / "LATEST").read_text() == str(tmp_path / "root" / "run1" / "emb") + "\n"
+  with pytest.raises(UsageError, match="is the previous output"):  # rerunning the last run's output
+    previous_lib.resolve_previous("latest:root", "root/run1/emb")
+  (tmp_path / "root" / "run1" / "emb-manifest.json").write_text(json.dumps(
+      {"schema_version": 1, **PREVIOUS_MANIFEST, "output_files": []}))
+  found = previous_lib.resolve_previous("latest:root/", "root/run2/emb")
+  assert found.prefix == str(tmp_path / "root" / "run1" / "emb") and found.manifest["dimension"] == 32
+  with pytest.raises(UsageError, match="needs a ROOT"):
+    previous_lib.resolve_previous("latest:", "root/run2/emb")
+
+
+# --------------------------------------------------------------------------------------------
+# End to end with the tiny model: the proof.
+
+
+def _texts(rng, n):
+  return [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) + "." for _ in range(n)]
+
+
+def _write_corpus(path, records):
+  with open(path, "w", encoding="utf-8") as f:
+    for record_id, text in records.items():
+      f.write(json.dumps({"id": record_id, "text": text}) + "\n")
+
+
+def _counter(outcome, name):
+  results = outcome.result.metrics().query(MetricsFilter().with_name(name))["counters"]
+  return sum(r.committed if r.committed is not None else r.attempted for r in results)
+
+
+def _rows(outcome):
+  tables = [pq.read_table(f) for f in outcome.manifest["output_files"]]
+  return {r["id"]: r for r in pa.concat_tables(tables).to_pylist()}
+
+
+def _run(tiny_model_dir, corpus, output, *extra, model=None):
+  argv = ["--model", model or tiny_model_dir, "--input", corpus, "--input-format", "jsonl", "--output", output,
+          "--seq-length", str(SEQ), "--pooling", "cls", *extra]
+  return run(argv, test_pipeline=TestPipeline(argv=argv))
+
+
+@pytest.fixture(scope="module")
+def scenario(tmp_path_factory, tiny_model_dir):
+  """Run 1 (TFRecord, tokens) under ROOT; 10% of texts changed, 5 added, 3 deleted; run 2 via latest:ROOT."""
+  tmp = tmp_path_factory.mktemp("incremental")
+  root = tmp / "root"
+  rng = np.random.default_rng(7)
+  first = {f"doc-{i:02d}": text for i, text in enumerate(_texts(rng, 40))}
+  run1 = _run(tiny_model_dir, _corpus(tmp, "v1", first), str(root / "run1" / "emb"), "--format", "tfrecord",
+              "--emit-tokens", "--previous", f"latest:{root}")
+  pointer_after_run1 = (root / "LATEST").read_text()
+  second = dict(first)
+  changed = [f"doc-{i:02d}" for i in (3, 11, 25, 38)]
+  deleted = [f"doc-{i:02d}" for i in (0, 17, 30)]
+  added = [f"new-{i}" for i in range(5)]
+  for record_id, text in zip(changed, _texts(rng, len(changed))):
+    second[record_id] = text
+  for record_id in deleted:
+    del second[record_id]
+  second.update(zip(added, _texts(rng, len(added))))
+  corpus2 = _corpus(tmp, "v2", second)
+  run2 = _run(tiny_model_dir, corpus2, str(root / "run2" / "emb"), "--emit-tokens", "--keep-text",
+              "--previous", f"latest:{root}")
+  return types.SimpleNamespace(tmp=tmp, root=root, run1=run1, run2=run2, corpus2=corpus2, second=second,
+                               changed=changed, deleted=deleted, added=added, pointer_after_run1=pointer_after_run1)
+
+
+def _corpus(tmp, name, records):
+  path = str(tmp / f"{name}.jsonl")
+  _write_corpus(path, records)
+  return path
+
+
+def test_first_run_under_a_root_is_full_and_points_latest_at_itself(scenario):
+  m = scenario.run1.manifest
+  assert m["incremental"]["mode"] == "full" and "LATEST does not exist" in m["incremental"]["reason"]
+  assert m["counts"]["new"] == 40 and m["counts"]["encoded"] == 40 and m["drift"] is None
+  assert scenario.pointer_after_run1.strip() == str(scenario.root / "run1" / "emb")
+
+
+def test_second_run_encodes_only_new_and_changed_records(scenario):
+  m, c = scenario.run2.manifest, scenario.run2.manifest["counts"]
+  n_new, n_changed = len(scenario.added), len(scenario.changed)
+  assert _counter(scenario.run2, "records_encoded") == n_new + n_changed == 9  # the pipeline's own metric
+  assert _counter(scenario.run2, "records_carried_over") == 40 - 3 - 4
+  assert {k: c[k] for k in ("new", "changed", "unchanged", "deleted", "encoded")} == {
+      "new": 5, "changed": 4, "unchanged": 33, "deleted": 3, "encoded": 9}
+  assert c["read"] == c["written"] == 42 and c["dead_lettered"] == 0
+  assert m["incremental"]["mode"] == "incremental" and m["incremental"]["reason"] == ""
+  assert m["incremental"]["previous"] == str(scenario.root / "run1" / "emb")
+  assert (scenario.root / "LATEST").read_text().strip() == str(scenario.root / "run2" / "emb")
+
+
+def test_second_run_output_equals_a_full_recompute(scenario, tiny_model_dir):
+  full = _run(tiny_model_dir, scenario.corpus2, str(scenario.tmp / "full" / "emb"), "--emit-tokens", "--keep-text")
+  assert full.manifest["incremental"]["mode"] == "full" and _counter(full, "records_encoded") == 42
+  assert full.manifest["incremental"]["fingerprint"] == scenario.run2.manifest["incremental"]["fingerprint"]
+  incremental_rows, full_rows = _rows(scenario.run2), _rows(full)
+  assert sorted(incremental_rows) == sorted(full_rows) == sorted(scenario.second)
+  for record_id, expected in full_rows.items():
+    got = incremental_rows[record_id]
+    assert got["text"] == expected["text"] == scenario.second[record_id]
+    assert (got["text_sha256"], got["num_tokens"], got["truncated"], got["token_ids"]) == (
+        expected["text_sha256"], expected["num_tokens"], expected["truncated"], expected["token_ids"])
+    np.testing.assert_allclose(got["embedding"], expected["embedding"], atol=1e-5)
+    np.testing.assert_allclose(np.array(got["sequence_output"]), np.array(expected["sequence_output"]), atol=1e-5)
+
+
+def test_output_equal_to_previous_is_refused_before_anything_is_touched(scenario, tiny_model_dir):
+  run2 = str(scenario.root / "run2" / "emb")
+  before = sorted(os.listdir(scenario.root / "run2"))
+  for previous in (run2, f"latest:{scenario.root}"):
+    with pytest.raises(UsageError, match="is the previous output"):
+      _run(tiny_model_dir, scenario.corpus2, run2, "--previous", previous)
+  assert sorted(os.listdir(scenario.root / "run2")) == before
+
+
+@pytest.fixture(scope="module")
+def seed2_model_dir(tmp_path_factory, tiny_config_file, tiny_vocab_file):
+  """The tiny model with other random weights (seed 2)."""
+  from modeling import export  # pylint: disable=import-outside-toplevel
+  out = tmp_path_factory.mktemp("seed2") / "export"
+  export.export_model(f"random:{tiny_config_file}", str(out), vocab=tiny_vocab_file, seq_length=SEQ, seed=2)
+  return str(out)
+
+
+@pytest.fixture(scope="module")
+def other_model_run(scenario, tiny_model_dir, seed2_model_dir):
+  """Corpus 2 embedded with the seed-2 model, --previous run 2 (its model fingerprint differs)."""
+  return _run(tiny_model_dir, scenario.corpus2, str(scenario.tmp / "other-model" / "emb"),
+              "--previous", str(scenario.root / "run2" / "emb"), "--drift-sample", "10", model=seed2_model_dir)
+
+
+def test_fingerprint_ignores_serialization_and_source_path_but_not_weights(
+    tmp_path, scenario, other_model_run, tiny_model_dir, tiny_config_file, tiny_vocab_file):
+  from modeling import export  # pylint: disable=import-outside-toplevel
+  from pipeline import models  # pylint: disable=import-outside-toplevel
+  config_copy = str(tmp_path / "elsewhere" / "tiny.json")  # same config, another source path in the metadata
+  os.makedirs(os.path.dirname(config_copy))
+  shutil.copy(tiny_config_file, config_copy)
+  again = str(tmp_path / "again")
+  export.export_model(f"random:{config_copy}", again, vocab=tiny_vocab_file, seq_length=SEQ, seed=1)
+  assert export.read_export_metadata(again)["source"] != export.read_export_metadata(tiny_model_dir)["source"]
+  original = scenario.run2.manifest["model"]["fingerprint"]  # tiny_model_dir's, as the pipeline recorded it
+  assert models.inspect_models(models.resolve_model(again, None, None), SEQ).fingerprint == original
+  assert other_model_run.manifest["model"]["fingerprint"] != original  # seed 2: other weights
+
+
+def test_a_model_change_re_embeds_everything_with_a_drift_check(scenario, other_model_run):
+  outcome = other_model_run
+  m, c = outcome.manifest, outcome.manifest["counts"]
+  assert m["incremental"]["mode"] == "full" and "the model changed" in m["incremental"]["reason"]
+  assert _counter(outcome, "records_encoded") == c["encoded"] == 42 and c["unchanged"] == 42
+  drift = m["drift"]
+  assert drift["requested"] == 10 and drift["sample_size"] == 10 and len(drift["lowest"]) == 5
+  assert -1 <= drift["min_cosine"] <= drift["mean_cosine"] <= drift["max_cosine"] <= 1
+  assert drift["mean_cosine"] < 0.99  # other weights, other vectors
+  old, new = _rows(scenario.run2), _rows(outcome)
+  lowest = drift["lowest"][0]
+  assert lowest["cosine"] == pytest.approx(incremental.cosine(old[lowest["id"]]["embedding"],
+                                                              new[lowest["id"]]["embedding"]), abs=1e-5)

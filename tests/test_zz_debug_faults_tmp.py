@@ -1,0 +1,190 @@
+"""Faults: a failing encoder batch loses only its poisonous record; a killed job leaves no output that looks complete.
+
+The encoder tests drive BertEncoderModelHandler.run_inference with a fake model object (no TensorFlow model), so
+the failure pattern is exact. The kill test runs `python -m pipeline.run` on the multi-processing DirectRunner in its
+own process group and SIGKILLs the whole group mid-run.
+"""
+import glob
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipeline.run import run
+from transforms.encode import BertEncoderModelHandler, EncodeError, Encoded, PoolingSpec
+from transforms.records import EncoderInput, TextRecord
+from transforms.saved_models import LoadedModel
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+HIDDEN = 4
+SEQ = 8
+MARKER = 100  # record i carries word id MARKER + i after [CLS]
+
+
+# --- a poisonous or flaky batch ------------------------------------------------------------------------------
+
+class _FakeEncoder:
+  """Stands in for a loaded encoder: pooled_output row = the record's marker id; fails when told to."""
+
+  def __init__(self, fails):
+    self._fails = fails  # (call number from 1, markers in the batch) -> bool
+    self.batch_sizes = []
+
+  def __call__(self, inputs):
+    markers = inputs["input_word_ids"].numpy()[:, 1]
+    self.batch_sizes.append(len(markers))
+    if self._fails(len(self.batch_sizes), set(markers.tolist())):
+      raise tf.errors.ResourceExhaustedError(None, None, "fake failure")
+    return {"pooled_output": tf.constant(np.repeat(markers[:, None], HIDDEN, axis=1).astype(np.float32))}
+
+
+def _batch(n=64):
+  out = []
+  for i in range(n):
+    ids = np.zeros(SEQ, np.int32)
+    ids[:3] = (2, MARKER + i, 3)
+    mask = (ids > 0).astype(np.int32)
+    out.append(EncoderInput(TextRecord(id=f"r{i}", text=f"text {i}"), ids, mask, np.zeros(SEQ, np.int32), 3, False))
+  return out
+
+
+def _infer(fails, n=64):
+  fake = _FakeEncoder(fails)
+  handler = BertEncoderModelHandler("fake-encoder", PoolingSpec("pooled"))
+  results = list(handler.run_inference(_batch(n), LoadedModel("fake-encoder", fake, "/CPU:0")))
+  assert [r.example.record.id for r in results] == [f"r{i}" for i in range(n)]  # one result per record, in order
+  failed = [r.example.record.id for r in results if isinstance(r.inference, EncodeError)]
+  for r in results:  # each success carries its own record's vector, not a neighbour's
+    if isinstance(r.inference, Encoded):
+      marker = r.example.input_word_ids[1]
+      np.testing.assert_array_equal(r.inference.embedding, np.full(HIDDEN, marker, np.float32))
+  return results, failed, fake.batch_sizes
+
+
+def test_one_poisonous_record_is_dead_lettered_alone_and_its_63_neighbours_are_encoded():
+  results, failed, sizes = _infer(lambda call, markers: MARKER + 13 in markers)
+  assert failed == ["r13"]
+  assert "ResourceExhaustedError: fake failure" in results[13].inference.reason
+  assert sum(isinstance(r.inference, Encoded) for r in results) == 63
+  # 64 -> 32 -> ... -> 1 fails (7 calls), plus each level's good half (6) and one retry of the lone record.
+  assert sizes.count(1) == 3 and len(sizes) == 7 + 6 + 1
+
+
+def test_a_transient_failure_of_the_whole_batch_dead_letters_nothing():
+  _, failed, sizes = _infer(lambda call, markers: call == 1)
+  assert failed == [] and sizes == [64, 32, 32]
+
+
+def test_a_transient_failure_that_reaches_a_lone_record_is_retried():
+  # The first 7 calls fail: the batch, then the first half at every level down to r0 alone; r0's retry succeeds.
+  _, failed, sizes = _infer(lambda call, markers: call <= 7)
+  assert failed == [] and sizes[:8] == [64, 32, 16, 8, 4, 2, 1, 1]
+
+
+def test_a_record_that_fails_twice_alone_is_dead_lettered():
+  alone = {"calls": 0}
+
+  def fails(unused_call, markers):  # r5 fails every batch it is in, and its first two calls alone
+    if MARKER + 5 not in markers:
+      return False
+    if len(markers) > 1:
+      return True
+    alone["calls"] += 1
+    return alone["calls"] <= 2
+
+  _, failed, _ = _infer(fails, n=8)
+  assert failed == ["r5"] and alone["calls"] == 2
+
+
+# --- a worker process killed mid-run -------------------------------------------------------------------------
+
+def _write_corpus(directory, files=4, lines=2000):
+  """Real sentences from sample_corpus/, each made distinct by a (file, line) suffix."""
+  sentences = [s.strip() for p in sorted(glob.glob(str(ROOT / "sample_corpus" / "*.txt")))
+               for s in open(p, encoding="utf-8") if s.strip()]
+  directory.mkdir()
+  for f in range(files):
+    with open(directory / f"part-{f}.txt", "w", encoding="utf-8") as out:
+      out.writelines(f"{sentences[(i * 7 + f) % len(sentences)]} ({f}.{i})\n" for i in range(lines))
+  return files * lines
+
+
+def _prefix_files(prefix):
+  """Every file named like this prefix's outputs (shards, error shards, manifest)."""
+  return sorted(glob.glob(prefix + "-*"))
+
+
+def _group_alive(pgid):
+  try:
+    os.killpg(pgid, 0)
+  except ProcessLookupError:
+    return False
+  return True
+
+
+def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_output(tmp_path, tiny_model_dir):
+  out = tmp_path / "out"
+  prefix = str(out / "emb")
+  common = ["--model", tiny_model_dir, "--seq-length", "32", "--pooling", "mean", "--output", prefix]
+
+  T0 = time.monotonic()
+  # 1. A complete earlier run under the same prefix: a manifest and 3 shards.
+  (tmp_path / "old.txt").write_text("".join(f"old line {i}\n" for i in range(30)), encoding="utf-8")
+  argv = common + ["--input", str(tmp_path / "old.txt"), "--num-shards", "3"]
+  old = run(argv, test_pipeline=TestPipeline(argv=argv))
+  assert old.manifest["counts"]["written"] == 30 and len(old.manifest["output_files"]) == 3
+  old_files = set(_prefix_files(prefix))
+  assert prefix + "-manifest.json" in old_files
+
+  print("T old", time.monotonic()-T0, flush=True)
+  # 2. A bigger job on 2 worker processes, SIGKILLed (the launcher and its workers) while it is running.
+  total = _write_corpus(tmp_path / "corpus")
+  argv = common + ["--input", str(tmp_path / "corpus" / "*.txt"), "--direct_num_workers=2",
+                   "--direct_running_mode=multi_processing"]
+  with open(tmp_path / "killed.log", "wb") as log:
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], cwd=ROOT, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+  pgid = os.getpgid(proc.pid)
+  try:
+    deadline = time.monotonic() + 120
+    while not glob.glob(str(out / "beam-temp-*")):  # the sinks have started: the job is under way
+      assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
+      assert time.monotonic() < deadline, "the job did not start writing within 120 s"
+      time.sleep(0.2)
+    print("T temp", time.monotonic()-T0, flush=True)
+    time.sleep(2)
+    assert proc.poll() is None, "the job finished before it could be killed: make the corpus bigger"
+    assert not os.path.exists(prefix + "-manifest.json")  # the old one went first, at start-up
+    os.killpg(pgid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    for _ in range(100):  # the workers die with the group
+      if not _group_alive(pgid):
+        break
+      time.sleep(0.1)
+    assert not _group_alive(pgid)
+  finally:
+    if proc.poll() is None or _group_alive(pgid):
+      os.killpg(pgid, signal.SIGKILL)
+      proc.wait(timeout=30)
+  partial = set(_prefix_files(prefix))
+  print("T killed", time.monotonic()-T0, sorted(os.listdir(out)), flush=True)
+  assert prefix + "-manifest.json" not in partial
+  assert not partial & old_files  # the old run's shards went with its manifest
+
+  # 3. A rerun completes and replaces the partial output: its manifest lists exactly the files on disk.
+  argv = common + ["--input", str(tmp_path / "corpus" / "*.txt")]
+  rerun = run(argv, test_pipeline=TestPipeline(argv=argv))
+  m = rerun.manifest
+  assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
+  assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
+  print("T rerun", time.monotonic()-T0, sorted(os.listdir(out)), flush=True)
+  rows = sum(pq.ParquetFile(f).metadata.num_rows for f in m["output_files"])
+  assert rows == total
