@@ -55,7 +55,11 @@ class JobConfig:
             "max_text_bytes": self.max_text_bytes, "keep_text": self.keep_text, "emit_tokens": self.emit_tokens,
             "format": self.output_format, "input_format": self.input_format, "id_field": self.id_field,
             "text_field": self.text_field, "text_pair_field": self.text_pair_field, "limit": self.limit,
-            "on_duplicate_id": self.on_duplicate_id}
+            "on_duplicate_id": self.on_duplicate_id, "embeddings": self.embeddings,
+            "mlm_scores": self.mlm is not None, "mlm_whole_word": bool(self.mlm and self.mlm.whole_word),
+            "mlm_per_token": bool(self.mlm and self.mlm.per_token), "long_text": self.long_text,
+            "chunk_stride": self.chunk_stride if self.long_text == "chunk" else None,
+            "chunk_output": self.chunk_output if self.long_text == "chunk" else None}
 
 
 def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import importlib.metadata
 import json
+import os
 import re
 import uuid
 from typing import Iterator, Mapping, Optional, Sequence
@@ -208,11 +209,29 @@ def _stale_manifest_tmp_files(output_prefix: str) -> list[str]:
   return sorted(p for p in candidates if re.fullmatch(name, path_basename(p)))
 
 
+def _stale_sink_scratch(output_prefix: str) -> list[str]:
+  """What the sinks of a killed run left: Beam's beam-temp-<stem>[-errors]-<uuid> directories by the outputs.
+
+  Local: the directories (deleted whole, even when empty). Other filesystems have no directories: their files.
+  """
+  base, stem = FileSystems.split(output_prefix)
+  name = re.compile(re.escape(f"beam-temp-{stem}") + r"(?:-errors)?-[0-9a-f]{32}")
+  if "://" not in base:
+    directory = base or "."
+    if not os.path.isdir(directory):
+      return []
+    return sorted(os.path.join(base, d) for d in os.listdir(directory)
+                  if name.fullmatch(d) and os.path.isdir(os.path.join(directory, d)))
+  files = _matching_files(FileSystems.join(base, f"beam-temp-{stem}-*", "*"))
+  return sorted(p for p in files if name.fullmatch(path_basename(p.rsplit("/", 1)[0])))
+
+
 def delete_previous_outputs(output_prefix: str) -> list[str]:
   """Deletes an earlier run's manifest, then its PREFIX-SSSSS-of-NNNNN.* and PREFIX-errors-* shards.
 
   The manifest goes first, so an interruption leaves files without a manifest (visibly incomplete),
-  never a manifest that vouches for a mix of old and new files. Returns the deleted paths.
+  never a manifest that vouches for a mix of old and new files. The sinks' scratch directories of a
+  killed run go too. Returns the deleted paths.
   """
   check_output_prefix(output_prefix)
   deleted = []
@@ -222,7 +241,8 @@ def delete_previous_outputs(output_prefix: str) -> list[str]:
     deleted.append(manifest)
   stale_tmp = _stale_manifest_tmp_files(output_prefix)
   shards = _previous_shards(output_prefix)
-  if stale_tmp + shards:
-    FileSystems.delete(stale_tmp + shards)
-  return deleted + stale_tmp + shards
+  scratch = _stale_sink_scratch(output_prefix)
+  if stale_tmp + shards + scratch:
+    FileSystems.delete(stale_tmp + shards + scratch)
+  return deleted + stale_tmp + shards + scratch
 

@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import manifest as manifest_lib
 from pipeline.options import UsageError
+from transforms import incremental
 
 LATEST_SCHEME = "latest:"
 LATEST_NAME = "LATEST"
@@ -60,6 +61,7 @@ class Plan(NamedTuple):
   fingerprint_inputs: dict
   drift_sample: int  # > 0: compare old and new vectors of up to this many records (the fingerprint changed)
   pointer: str  # the LATEST file this run writes last
+  columns: tuple = ()  # the columns a carried-over row needs (transforms.incremental.row_columns)
 
   @property
   def incremental(self) -> bool:
@@ -187,11 +189,43 @@ def previous_format(manifest: dict) -> Optional[str]:
   return None
 
 
-def fingerprint_inputs(model_fingerprint: Optional[str], dimension: Optional[int], options: Optional[dict]) -> dict:
-  """What the embedding fingerprint hashes (JSON-normalized, so a manifest's copy compares equal)."""
+# Settings that shape the rows but that JobConfig.output_shaping_options() may not list, with the values of a run
+# that did not have them (so manifests written before they existed compare equal when they are off).
+RUN_SHAPING_DEFAULTS = {"embeddings": True, "mlm": None, "long_text": "truncate", "chunk_stride": None,
+                        "chunk_output": None}
+
+
+def run_shaping(cfg) -> dict:
+  """RUN_SHAPING_DEFAULTS' settings of a JobConfig (absent attributes read as the defaults)."""
+  mlm = getattr(cfg, "mlm", None)
+  chunked = getattr(cfg, "long_text", "truncate") == "chunk"
+  return {
+      "embeddings": bool(getattr(cfg, "embeddings", True)),
+      "mlm": None if mlm is None else {"whole_word": bool(mlm.whole_word), "per_token": bool(mlm.per_token),
+                                       "max_tokens": int(mlm.max_tokens)},
+      "long_text": getattr(cfg, "long_text", "truncate"),
+      "chunk_stride": getattr(cfg, "chunk_stride", 0) if chunked else None,
+      "chunk_output": getattr(cfg, "chunk_output", "rows") if chunked else None,
+  }
+
+
+def fingerprint_inputs(model_fingerprint: Optional[str], dimension: Optional[int], options: Optional[dict],
+                       run: Optional[dict] = None) -> dict:
+  """What the embedding fingerprint hashes (JSON-normalized, so a manifest's copy compares equal).
+
+  `options` are output_shaping_options() (NOT_VECTOR_SHAPING left out); `run` adds run_shaping()'s settings that
+  the options do not already hold.
+  """
   shaping = {k: v for k, v in (options or {}).items() if k not in NOT_VECTOR_SHAPING}
+  for key, value in {**RUN_SHAPING_DEFAULTS, **(run or {})}.items():
+    shaping.setdefault(key, value)
   return json.loads(json.dumps({"model": model_fingerprint, "dimension": dimension, "options": shaping},
                                sort_keys=True))
+
+
+def current_fingerprint_inputs(cfg) -> dict:
+  return fingerprint_inputs(cfg.model_info.fingerprint, cfg.model_info.dim, cfg.output_shaping_options(),
+                            run_shaping(cfg))
 
 
 def fingerprint(inputs: dict) -> str:
@@ -199,7 +233,10 @@ def fingerprint(inputs: dict) -> str:
 
 
 def manifest_fingerprint_inputs(manifest: dict) -> dict:
-  """The fingerprint inputs of an earlier run, rebuilt from its manifest's model, dimension and options."""
+  """The fingerprint inputs of an earlier run: as it recorded them, else rebuilt from its model and options."""
+  recorded = (manifest.get("incremental") or {}).get("fingerprint_inputs")
+  if isinstance(recorded, dict):
+    return recorded
   return fingerprint_inputs((manifest.get("model") or {}).get("fingerprint"), manifest.get("dimension"),
                             manifest.get("options"))
 
@@ -226,15 +263,25 @@ def differences(old: dict, new: dict) -> list[str]:
   return out
 
 
+def row_columns_of(cfg) -> tuple[str, ...]:
+  """The columns a row reused for the run `cfg` must have: those it writes, text aside."""
+  mlm = getattr(cfg, "mlm", None)
+  chunks = getattr(cfg, "long_text", "truncate") == "chunk" and getattr(cfg, "chunk_output", "rows") == "rows"
+  return incremental.row_columns(embeddings=bool(getattr(cfg, "embeddings", True)), emit_tokens=cfg.emit_tokens,
+                                 mlm=mlm is not None, mlm_per_token=bool(mlm is not None and mlm.per_token),
+                                 chunks=chunks)
+
+
 def plan(cfg) -> Plan:
   """Decides how the run `cfg` (a JobConfig) uses its previous output."""
-  current = fingerprint_inputs(cfg.model_info.fingerprint, cfg.model_info.dim, cfg.output_shaping_options())
+  current = current_fingerprint_inputs(cfg)
+  columns = row_columns_of(cfg)
   previous = getattr(cfg, "previous", None)
   sample = getattr(cfg, "drift_sample", DEFAULT_DRIFT_SAMPLE)
   pointer = pointer_path(cfg.output, previous.latest_root if previous else None)
 
   def full(reason: str, drift_sample: int = 0) -> Plan:
-    return Plan(MODE_FULL, reason, previous, fingerprint(current), current, drift_sample, pointer)
+    return Plan(MODE_FULL, reason, previous, fingerprint(current), current, drift_sample, pointer, columns)
 
   if previous is None:
     return full("no --previous output was given")
@@ -244,11 +291,12 @@ def plan(cfg) -> Plan:
   old = manifest_fingerprint_inputs(previous.manifest)
   changes = differences(old, current)
   if changes:
-    same_dimension = old.get("dimension") == current.get("dimension")
-    return full("the embedding fingerprint changed: " + "; ".join(changes), sample if same_dimension else 0)
+    comparable = (old.get("dimension") == current.get("dimension")
+                  and all((inputs.get("options") or {}).get("embeddings", True) for inputs in (old, current)))
+    return full("the embedding fingerprint changed: " + "; ".join(changes), sample if comparable else 0)
   if cfg.emit_tokens and not (previous.manifest.get("options") or {}).get("emit_tokens"):
     return full("--emit-tokens needs token_ids and sequence_output, which the previous output does not have")
-  return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer)
+  return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer, columns)
 
 
 def manifest_section(p: Plan) -> dict:

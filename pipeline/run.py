@@ -58,7 +58,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   plan = previous_lib.plan(cfg)
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
-      keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample)
+      columns=plan.columns, keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample)
   embed = EmbedTexts(
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
@@ -71,14 +71,19 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     embedded = split.to_encode | "EmbedTexts" >> embed
   drift = embedded.embeddings | "DriftCheck" >> DriftCheck(split.drift_sample, plan.drift_sample)
   rows = (embedded.embeddings, split.carried) | "WithCarriedOver" >> beam.Flatten()
+  columns = {"embeddings": cfg.embeddings, "mlm": cfg.mlm is not None,
+             "mlm_per_token": cfg.mlm is not None and cfg.mlm.per_token}
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(
-      cfg.model_info.dim, emit_tokens=cfg.emit_tokens)
+      cfg.model_info.dim, emit_tokens=cfg.emit_tokens, **columns)
   valid, invalid = checked.valid, checked.dead_letters
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
-                   "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint}
+                   "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
+                   "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
+                   "long_text": cfg.long_text}
   output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(
       cfg.output, cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, keep_text=cfg.keep_text,
-      emit_tokens=cfg.emit_tokens, file_metadata=file_metadata)
+      emit_tokens=cfg.emit_tokens, file_metadata=file_metadata,
+      chunks=cfg.long_text == "chunk" and cfg.chunk_output == "rows", **columns)
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
   error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)

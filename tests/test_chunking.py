@@ -61,7 +61,9 @@ def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_p
   for a, b in zip(windows, windows[1:]):
     assert a["chunk_end_piece"] - b["chunk_start_piece"] == 4
   c = outcome.manifest["counts"]
-  assert (c["read"], c["written"], c["rows"], c["windows"]) == (3, 3, len(windows) + 2, len(windows))
+  assert (c["read"], c["written"], c["rows"], c["windows"]) == (3, 3, len(windows) + 2, len(windows) + 2)
+  short = {r["id"]: r for r in rows if r["parent_id"] != long_id}
+  assert sorted(short) == [f"{tmp_path / 'in.txt'}:{i}#0" for i in (2, 3)]  # a text that fits is window 0 of 1
   assert c["read"] == c["written"] + c["dead_lettered"]
 
   outcome_mean, mean_rows = _run(tmp_path, tiny_model_dir, "mean", "--long-text", "chunk", "--chunk-stride", "4",
@@ -72,8 +74,8 @@ def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_p
   expected = (np.array([r["embedding"] for r in windows], dtype=np.float64) * weights[:, None]).sum(0) / weights.sum()
   expected /= np.linalg.norm(expected)
   np.testing.assert_allclose(by_id[long_id]["embedding"], expected, atol=1e-5)
-  assert by_id[long_id]["parent_id"] is None if "parent_id" in by_id[long_id] else True
-  assert outcome_mean.manifest["counts"]["windows"] == len(windows)
+  assert "parent_id" not in by_id[long_id]
+  assert outcome_mean.manifest["counts"]["windows"] == len(windows) + 2
 
   _, truncated_rows = _run(tmp_path, tiny_model_dir, "plain", "--normalize")
   plain = {r["id"]: r for r in truncated_rows}

@@ -18,6 +18,7 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from pipeline.manifest import delete_previous_outputs
 from pipeline.run import run
 from transforms.encode import BertEncoderModelHandler, EncodeError, Encoded, PoolingSpec
 from transforms.records import EncoderInput, TextRecord
@@ -29,7 +30,7 @@ SEQ = 8
 MARKER = 100  # record i carries word id MARKER + i after [CLS]
 
 
-# --- a poisonous or flaky batch ------------------------------------------------------------------------------
+# --- a poisonous or flaky batch -----------------------------------------------------------------
 
 class _FakeEncoder:
   """Stands in for a loaded encoder: pooled_output row = the record's marker id; fails when told to."""
@@ -104,7 +105,19 @@ def test_a_record_that_fails_twice_alone_is_dead_lettered():
   assert failed == ["r5"] and alone["calls"] == 2
 
 
-# --- a worker process killed mid-run -------------------------------------------------------------------------
+# --- a worker process killed mid-run ------------------------------------------------------------
+
+def test_a_rerun_deletes_the_sink_scratch_of_its_own_prefix_only(tmp_path):
+  hexes = "0123456789abcdef" * 2
+  own = [tmp_path / f"beam-temp-emb-{hexes}", tmp_path / f"beam-temp-emb-errors-{hexes}"]
+  others = [tmp_path / f"beam-temp-emb2-{hexes}", tmp_path / f"beam-temp-other-{hexes}", tmp_path / "beam-temp-emb-x"]
+  for d in own + others:
+    d.mkdir()
+  (own[0] / "partial.emb.parquet").write_bytes(b"half a shard")
+  deleted = delete_previous_outputs(str(tmp_path / "emb"))
+  assert sorted(deleted) == sorted(str(d) for d in own)
+  assert sorted(os.listdir(tmp_path)) == sorted(d.name for d in others)
+
 
 def _write_corpus(directory, files=4, lines=2000):
   """Real sentences from sample_corpus/, each made distinct by a (file, line) suffix."""
@@ -181,5 +194,6 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
   m = rerun.manifest
   assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
   assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
+  assert not glob.glob(str(out / "beam-temp-*"))  # the killed run's sink scratch went with its shards
   rows = sum(pq.ParquetFile(f).metadata.num_rows for f in m["output_files"])
   assert rows == total

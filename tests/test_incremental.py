@@ -69,7 +69,8 @@ def test_split_carries_unchanged_rows_and_counts_every_kind(tmp_path, output_for
   files, old = _write_previous(tmp_path, output_format)
   p = TestPipeline()
   split = (p | beam.Create(NEW_RECORDS)) | incremental.SplitByPrevious(
-      files, output_format, DIM, carry_over=True, keep_text=True, emit_tokens=True)
+      files, output_format, DIM, carry_over=True, columns=incremental.row_columns(emit_tokens=True),
+      keep_text=True, emit_tokens=True)
 
   def check_carried(rows):
     assert len(rows) == 2 and {r.id for r in rows} == {"id0"}
@@ -293,8 +294,26 @@ def test_second_run_encodes_only_new_and_changed_records(scenario):
   assert (scenario.root / "LATEST").read_text().strip() == str(scenario.root / "run2" / "emb")
 
 
-def test_second_run_output_equals_a_full_recompute(scenario, tiny_model_dir):
-  full = _run(tiny_model_dir, scenario.corpus2, str(scenario.tmp / "full" / "emb"), "--emit-tokens", "--keep-text")
+@pytest.fixture(scope="module")
+def reexported_model_dir(tmp_path_factory, tiny_config_file, tiny_vocab_file):
+  """The tiny model's source exported a second time, from a copy of its config at another path."""
+  from modeling import export  # pylint: disable=import-outside-toplevel
+  tmp = tmp_path_factory.mktemp("reexport")
+  config_copy = str(tmp / "tiny.json")
+  shutil.copy(tiny_config_file, config_copy)
+  export.export_model(f"random:{config_copy}", str(tmp / "export"), vocab=tiny_vocab_file, seq_length=SEQ, seed=1)
+  return str(tmp / "export")
+
+
+@pytest.fixture(scope="module")
+def full_recompute(scenario, tiny_model_dir, reexported_model_dir):
+  """Corpus 2 embedded from scratch (no --previous), with the re-exported model."""
+  return _run(tiny_model_dir, scenario.corpus2, str(scenario.tmp / "full" / "emb"), "--emit-tokens", "--keep-text",
+              model=reexported_model_dir)
+
+
+def test_second_run_output_equals_a_full_recompute(scenario, full_recompute):
+  full = full_recompute
   assert full.manifest["incremental"]["mode"] == "full" and _counter(full, "records_encoded") == 42
   assert full.manifest["incremental"]["fingerprint"] == scenario.run2.manifest["incremental"]["fingerprint"]
   incremental_rows, full_rows = _rows(scenario.run2), _rows(full)
@@ -334,17 +353,14 @@ def other_model_run(scenario, tiny_model_dir, seed2_model_dir):
 
 
 def test_fingerprint_ignores_serialization_and_source_path_but_not_weights(
-    tmp_path, scenario, other_model_run, tiny_model_dir, tiny_config_file, tiny_vocab_file):
+    scenario, full_recompute, other_model_run, tiny_model_dir, reexported_model_dir):
   from modeling import export  # pylint: disable=import-outside-toplevel
-  from pipeline import models  # pylint: disable=import-outside-toplevel
-  config_copy = str(tmp_path / "elsewhere" / "tiny.json")  # same config, another source path in the metadata
-  os.makedirs(os.path.dirname(config_copy))
-  shutil.copy(tiny_config_file, config_copy)
-  again = str(tmp_path / "again")
-  export.export_model(f"random:{config_copy}", again, vocab=tiny_vocab_file, seq_length=SEQ, seed=1)
-  assert export.read_export_metadata(again)["source"] != export.read_export_metadata(tiny_model_dir)["source"]
-  original = scenario.run2.manifest["model"]["fingerprint"]  # tiny_model_dir's, as the pipeline recorded it
-  assert models.inspect_models(models.resolve_model(again, None, None), SEQ).fingerprint == original
+  # The same source exported twice: other SavedModel bytes and another source path in the metadata...
+  assert export.read_export_metadata(reexported_model_dir)["source"] != (
+      export.read_export_metadata(tiny_model_dir)["source"])
+  # ... but the same fingerprint, as the pipeline computed and recorded it.
+  original = scenario.run2.manifest["model"]["fingerprint"]
+  assert full_recompute.manifest["model"]["fingerprint"] == original
   assert other_model_run.manifest["model"]["fingerprint"] != original  # seed 2: other weights
 
 

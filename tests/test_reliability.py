@@ -63,7 +63,7 @@ def _by_id(dead):
   return {d["id"]: d for d in dead}
 
 
-# --- text: invalid UTF-8, NUL, blank lines, a 50 MB line, a truncated .gz, an empty file ----------------------
+# --- text: invalid UTF-8, NUL, blank lines, a 50 MB line, a truncated .gz, an empty file --------
 
 def test_text_bad_lines_a_50_mb_line_and_a_truncated_gz(tmp_path, tiny_model_dir):
   src = tmp_path / "in"
@@ -112,7 +112,7 @@ def test_empty_input_succeeds_with_zero_counts_and_a_manifest(tmp_path, tiny_mod
   assert all(value == 0 for name, value in c.items() if name != "blank_lines"), c
 
 
-# --- jsonl: NUL, empty and non-string texts, missing fields, duplicate ids -------------------------------------
+# --- jsonl: NUL, empty and non-string texts, missing fields, duplicate ids ----------------------
 
 def _jsonl(path, objects):
   path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objects), encoding="utf-8")
@@ -175,7 +175,7 @@ def test_duplicate_ids_fail_the_job_when_asked_and_no_manifest_is_written(tmp_pa
   assert not os.path.exists(tmp_path / "emb-manifest.json")
 
 
-# --- csv: malformed rows, missing values, invalid UTF-8; duplicate ids kept when asked -------------------------
+# --- csv: malformed rows, missing values, invalid UTF-8; duplicate ids kept when asked ----------
 
 def test_csv_malformed_rows_are_dead_lettered_and_duplicates_kept_on_request(tmp_path, tiny_model_dir):
   (tmp_path / "in.csv").write_bytes(b"\r\n".join([
@@ -203,7 +203,7 @@ def test_csv_malformed_rows_are_dead_lettered_and_duplicates_kept_on_request(tmp
   assert stages["c7"] == ("decode", "NUL byte in field 'text'")
 
 
-# --- parquet: a corrupt file, a truncated file, null / empty / non-string texts --------------------------------
+# --- parquet: a corrupt file, a truncated file, null / empty / non-string texts -----------------
 
 def test_parquet_corrupt_and_truncated_files_and_bad_rows(tmp_path, tiny_model_dir):
   pq.write_table(pa.table({"id": [1, 2, 3, 4], "text": [S[0], None, "", S[1]]}), tmp_path / "good.parquet")
@@ -223,7 +223,7 @@ def test_parquet_corrupt_and_truncated_files_and_bad_rows(tmp_path, tiny_model_d
   assert outcome.manifest["counts"]["files_failed"] == 2
 
 
-# --- fails before the job: globs, models ---------------------------------------------------------------------
+# --- fails before the job: globs, models --------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def other_vocab_model(tmp_path_factory, tiny_config_file, tiny_vocab_tokens):

@@ -490,9 +490,10 @@ def mlm_bad_records() -> dict[str, EmbeddingRecord]:
 
 
 @pytest.mark.parametrize("name, reason", [
-    ("pll_nan", "mlm_pll is not finite"), ("pll_inf", "mlm_pll is not finite"), ("pll_str", "mlm_pll is not a number"),
-    ("pll_missing", "mlm_pll is missing"), ("scored_missing", "mlm_scored_tokens is missing"),
-    ("scored_float", "mlm_scored_tokens is not an integer"), ("scored_bool", "mlm_scored_tokens is not an integer"),
+    ("pll_nan", "mlm_pll is not finite"), ("pll_inf", "mlm_pll is not finite"),
+    ("pll_str", "mlm_pll is not a number"), ("pll_missing", "mlm_pll is missing"),
+    ("scored_missing", "mlm_scored_tokens is missing"), ("scored_float", "mlm_scored_tokens is not an integer"),
+    ("scored_bool", "mlm_scored_tokens is not an integer"),
     ("scored_negative", "outside [0, num_tokens=5]"), ("scored_too_many", "outside [0, num_tokens=5]"),
     ("ppl_missing", "mlm_pseudo_perplexity is missing"), ("ppl_unscored", "must be None"),
     ("ppl_zero", "not finite and positive"), ("ppl_nan", "not finite and positive"),
@@ -509,9 +510,10 @@ def test_embedding_problem_names_the_mlm_defect(name, reason):
 
 
 def test_embedding_problem_mlm_flags():
-  rec = make_mlm_records(3, embeddings=False)[2]
+  rec = make_mlm_records(3, embeddings=False)[1]
+  assert rec.mlm_scored_tokens == 3
   assert write.embedding_problem(rec, DIM, embeddings=False, mlm=True, mlm_per_token=True) is None
-  assert "embedding has shape" in write.embedding_problem(rec, DIM, mlm=True)  # embeddings are required by default
+  assert "embedding has shape" in write.embedding_problem(rec, DIM, mlm=True)  # required by default
   bad_vector = rec._replace(embedding=np.full(DIM, np.nan, np.float32))
   assert write.embedding_problem(bad_vector, DIM, embeddings=False, mlm=True) is None  # not written: ignored
   plain = make_records(1)[0]
@@ -521,16 +523,19 @@ def test_embedding_problem_mlm_flags():
   assert write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True) is None
   assert "mlm_token_scores is missing" in write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True,
                                                                   mlm_per_token=True)
-  with_numpy_scalars = rec._replace(mlm_pll=np.float32(rec.mlm_pll), mlm_scored_tokens=np.int64(rec.mlm_scored_tokens),
+  with_numpy_scalars = rec._replace(mlm_pll=np.float32(rec.mlm_pll),
+                                    mlm_scored_tokens=np.int64(rec.mlm_scored_tokens),
                                     mlm_pseudo_perplexity=np.float64(rec.mlm_pseudo_perplexity))
-  assert write.embedding_problem(with_numpy_scalars, DIM, embeddings=False, mlm=True, mlm_per_token=True) is None
+  columns = {"embeddings": False, "mlm": True, "mlm_per_token": True}
+  assert write.embedding_problem(with_numpy_scalars, DIM, **columns) is None
   with pytest.raises(ValueError, match="mlm_per_token"):
     write.embedding_problem(rec, DIM, mlm_per_token=True)
 
 
 def test_scores_only_parquet_and_bad_mlm_rows_become_dead_letters(tmp_path):
   good = make_mlm_records(6, seed=5, embeddings=False, per_token=False)
-  bad = [r._replace(mlm_token_scores=None) for r in mlm_bad_records().values() if not r.id.startswith("scores_")]
+  bad = [r._replace(mlm_token_scores=None) for r in mlm_bad_records().values()
+         if not r.id.startswith("scores_")]
   prefix = str(tmp_path / "emb")
   result = run_mlm_write(good + bad, prefix, "parquet", embeddings=False, mlm=True)
 
@@ -577,7 +582,8 @@ def test_tfrecord_mlm_round_trip_with_tf_parsing(tmp_path):
     row = rows[rec.id]
     assert row["has_perplexity"] == (rec.mlm_pseudo_perplexity is not None)  # omitted when None
     assert_mlm_equal(row, rec, float32=True)  # float_list: the pll is rounded to float32
-    assert np.isnan(row["mlm_token_scores"][[0, -1]]).all()  # NaN at [CLS]/[SEP]: tf.Example has no nulls
+    if rec.num_tokens:  # NaN at [CLS]/[SEP]: tf.Example has no nulls
+      assert np.isnan(row["mlm_token_scores"][[0, -1]]).all()
 
 
 def test_columnar_encoder_mlm_features_keep_row_order():
@@ -593,12 +599,14 @@ def test_columnar_encoder_mlm_features_keep_row_order():
     assert tf.train.Example.FromString(write.embedding_to_example(rec, **columns)) == example
     feature = example.features.feature
     assert feature["id"].bytes_list.value == [rec.id.encode()]
+    omitted = {"mlm_pseudo_perplexity"} if rec.mlm_pseudo_perplexity is None else set()
     assert set(feature) == {"id", "embedding", "num_tokens", "truncated", "text_sha256", *MLM_NAMES,
-                            "mlm_token_scores"} - ({"mlm_pseudo_perplexity"} if rec.mlm_scored_tokens == 0 else set())
+                            "mlm_token_scores"} - omitted
     assert feature["mlm_pll"].float_list.value == [np.float32(rec.mlm_pll)]
     assert feature["mlm_scored_tokens"].int64_list.value == [rec.mlm_scored_tokens]
     np.testing.assert_array_equal(np.array(feature["mlm_token_scores"].float_list.value, np.float32),
                                   rec.mlm_token_scores)
-  assert sum(r.mlm_pseudo_perplexity is None for r in records) == 2
+  perplexities = [r.mlm_pseudo_perplexity is None for r in records]
+  assert perplexities[0] and perplexities[3] and not all(perplexities)  # groups interleave
   plain = tf.train.Example.FromString(write.embedding_to_example(make_records(1)[0]))
   assert not set(plain.features.feature) & set(MLM_NAMES)

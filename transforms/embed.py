@@ -63,15 +63,18 @@ def _chunk_fields(element: EncoderInput) -> dict:
   if info is None:
     return {}
   return {"parent_id": info.parent_id, "chunk_index": info.index, "chunk_start_piece": info.start_piece,
-          "chunk_end_piece": info.end_piece}
+          "chunk_end_piece": info.end_piece, "num_windows": info.num_windows}
 
 
 def _encode_dead_letter(element: EncoderInput, reason: str):
   """A record that failed to encode; a window of a long text goes to MergeWindows, keyed by its parent."""
-  record = element.record
+  record, chunk = element.record, element.chunk
+  if chunk is not None and chunk.num_windows == 1:  # the whole text: dead-letter it under its own id
+    return beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
+        chunk.parent_id, record.source, "encode", reason, record.text))
   dead = DeadLetter.make(record.id, record.source, "encode", reason, record.text)
-  if element.chunk is not None:
-    return beam.pvalue.TaggedOutput(WINDOW_FAILED, (element.chunk.parent_id, dead))
+  if chunk is not None:
+    return beam.pvalue.TaggedOutput(WINDOW_FAILED, (chunk.parent_id, dead))
   return beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
 
 

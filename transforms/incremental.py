@@ -9,9 +9,10 @@ Each input record is classified against the previous rows of its id:
   deleted    a previous row whose id no longer occurs in the input -> dropped
 
 The join is a CoGroupByKey on the id, so it scales with the runner's shuffle: no worker holds more than one id's
-records and rows. Carried-over rows take their text from the input (same hash, same text) and keep their token
-columns only with emit_tokens. Counters in the bert_embed namespace: records_new, records_changed,
-records_unchanged, records_deleted, records_carried_over.
+records and rows. Only the columns a carried row needs are read (`row_columns`), never the text: carried rows take
+it from the input (same hash, same text). Rows written as windows of a long text (`<id>#<k>`, with parent_id) join
+under their parent's id, and an unchanged record carries all its windows. Counters in the bert_embed namespace:
+records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
 
 `DriftCheck` compares the vectors of a deterministic sample of previous rows (the smallest SHA-256 of the id) with
 the newly encoded vectors of the same, unchanged records: the cosine tells how far a model or option change moved
@@ -25,6 +26,9 @@ from typing import Iterable, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
@@ -44,13 +48,51 @@ class IncrementalResult(NamedTuple):
 # --------------------------------------------------------------------------------------------
 # Reading the previous output.
 
+# How each EmbeddingRecord field is stored (text is never read back: the input has it).
+_STRINGS = ("id", "text_sha256", "parent_id")
+_INTS = ("num_tokens", "mlm_scored_tokens", "chunk_index", "chunk_start_piece", "chunk_end_piece")
+_BOOLS = ("truncated",)
+_FLOATS = ("mlm_pll", "mlm_pseudo_perplexity")
+_ARRAYS = {"embedding": np.float32, "token_ids": np.int32, "mlm_token_scores": np.float32}
+_MATRICES = ("sequence_output",)  # [num_tokens, dim]; flattened in tf.Examples
+KEY_COLUMNS = ("id", "text_sha256")
+ROW_COLUMNS = ("num_tokens", "truncated")  # besides the key: what every carried row needs
+TOKEN_COLUMNS = ("token_ids", "sequence_output")
+MLM_COLUMNS = ("mlm_pll", "mlm_scored_tokens", "mlm_pseudo_perplexity")
+CHUNK_COLUMNS = ("parent_id", "chunk_index", "chunk_start_piece", "chunk_end_piece")
 
-def _id_column(column) -> list[str]:
-  return [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in column.to_pylist()]
+
+def row_columns(*, embeddings: bool = True, emit_tokens: bool = False, mlm: bool = False,
+                mlm_per_token: bool = False, chunks: bool = False) -> tuple[str, ...]:
+  """The columns a carried-over row needs, for the output columns of the current run."""
+  columns = list(KEY_COLUMNS + ROW_COLUMNS)
+  columns += ["embedding"] if embeddings else []
+  columns += list(TOKEN_COLUMNS) if emit_tokens else []
+  columns += list(MLM_COLUMNS) if mlm else []
+  columns += ["mlm_token_scores"] if mlm_per_token else []
+  columns += list(CHUNK_COLUMNS) if chunks else []
+  return tuple(columns)
+
+
+def _convert(name: str, value, dim: int):
+  """One stored value -> the EmbeddingRecord field's type."""
+  if value is None:
+    return None
+  if name in _STRINGS:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+  if name in _INTS:
+    return int(value)
+  if name in _BOOLS:
+    return bool(value)
+  if name in _FLOATS:
+    return float(value)
+  if name in _MATRICES:
+    return np.asarray(value, dtype=np.float32).reshape(-1, dim)
+  return np.asarray(value, dtype=_ARRAYS[name])  # a None item (Parquet null) becomes NaN
 
 
 def _vectors(column, dim: int) -> np.ndarray:
-  """A list<float32> column of equal-length lists -> float32 [rows, dim]."""
+  """A list<float32> column of equal-length lists -> float32 [rows, dim], without a Python float per value."""
   array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   values = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
   if values.size != len(array) * dim:
@@ -58,42 +100,59 @@ def _vectors(column, dim: int) -> np.ndarray:
   return values.reshape(len(array), dim)
 
 
-def table_to_records(table: pa.Table, dim: int, with_vectors: bool = True,
-                     with_tokens: bool = False) -> Iterable[EmbeddingRecord]:
-  """Rows of a previous Parquet output -> EmbeddingRecords (text is never read: the input has it)."""
-  n = table.num_rows
-  ids = _id_column(table.column("id"))
-  shas = table.column("text_sha256").to_pylist()
-  vectors = _vectors(table.column("embedding"), dim) if with_vectors else None
-  num_tokens = table.column("num_tokens").to_pylist() if with_vectors else [0] * n
-  truncated = table.column("truncated").to_pylist() if with_vectors else [False] * n
-  token_ids = table.column("token_ids").to_pylist() if with_tokens else None
-  sequences = table.column("sequence_output").to_pylist() if with_tokens else None
-  for i in range(n):
-    yield EmbeddingRecord(
-        id=ids[i],
-        embedding=vectors[i].copy() if vectors is not None else None,
-        num_tokens=int(num_tokens[i]),
-        truncated=bool(truncated[i]),
-        text_sha256=shas[i],
-        token_ids=np.asarray(token_ids[i], dtype=np.int32) if with_tokens else None,
-        sequence_output=(np.asarray(sequences[i], dtype=np.float32).reshape(-1, dim) if with_tokens else None))
+def table_to_records(table: pa.Table, dim: int, columns: Sequence[str]) -> Iterable[EmbeddingRecord]:
+  """Rows of a previous Parquet output -> EmbeddingRecords with the given columns (absent ones None)."""
+  fields = {}
+  columns = [name for name in columns if name in table.column_names]
+  for name in columns:
+    if name == "embedding":
+      fields[name] = _vectors(table.column(name), dim)
+    else:
+      fields[name] = [_convert(name, v, dim) for v in table.column(name).to_pylist()]
+  defaults = {"num_tokens": 0, "truncated": False, "embedding": None}
+  for i in range(table.num_rows):
+    values = {name: fields[name][i] for name in columns}
+    yield EmbeddingRecord(**{**defaults, **values})
 
 
-def example_to_record(serialized: bytes, dim: int, with_tokens: bool = False) -> EmbeddingRecord:
-  """One tf.Example of a previous TFRecord output -> an EmbeddingRecord."""
+def example_to_record(serialized: bytes, dim: int, columns: Sequence[str]) -> EmbeddingRecord:
+  """One tf.Example of a previous TFRecord output -> an EmbeddingRecord with the given columns."""
   from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
   features = example_pb2.Example.FromString(serialized).features.feature
-  num_tokens = int(features["num_tokens"].int64_list.value[0])
-  return EmbeddingRecord(
-      id=features["id"].bytes_list.value[0].decode("utf-8"),
-      embedding=np.asarray(features["embedding"].float_list.value, dtype=np.float32),
-      num_tokens=num_tokens,
-      truncated=bool(features["truncated"].int64_list.value[0]),
-      text_sha256=features["text_sha256"].bytes_list.value[0].decode("utf-8"),
-      token_ids=np.asarray(features["token_ids"].int64_list.value, dtype=np.int32) if with_tokens else None,
-      sequence_output=(np.asarray(features["sequence_output"].float_list.value, dtype=np.float32).reshape(-1, dim)
-                       if with_tokens else None))
+  values = {"num_tokens": 0, "truncated": False, "embedding": None}
+  for name in columns:
+    if name not in features:  # an omitted feature is a None (e.g. mlm_pseudo_perplexity)
+      values[name] = None
+      continue
+    feature = features[name]
+    kind = feature.WhichOneof("kind")
+    stored = list(getattr(feature, kind).value) if kind else []
+    if name in _ARRAYS or name in _MATRICES:
+      values[name] = _convert(name, stored, dim)
+    else:
+      values[name] = _convert(name, stored[0] if stored else None, dim)
+  return EmbeddingRecord(**values)
+
+
+def _open(path: str):
+  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _row_groups(path: str) -> Iterable[tuple[str, int]]:
+  """A Parquet file -> (path, row group index) pairs: the unit of parallel reading."""
+  with _open(path) as f:
+    for i in range(pq.ParquetFile(f).num_row_groups):
+      yield path, i
+
+
+def _read_row_group(part: tuple[str, int], dim: int, columns: Sequence[str]) -> Iterable[EmbeddingRecord]:
+  """One row group, reading only the wanted columns the file has (e.g. no window columns: not windowed)."""
+  path, index = part
+  with _open(path) as f:
+    parquet = pq.ParquetFile(f)
+    present = [name for name in columns if name in parquet.schema_arrow.names]
+    table = parquet.read_row_group(index, columns=present)
+  yield from table_to_records(table, dim, present)
 
 
 class ReadPreviousEmbeddings(beam.PTransform):
@@ -103,44 +162,60 @@ class ReadPreviousEmbeddings(beam.PTransform):
     files: the previous manifest's output_files.
     output_format: "parquet" or "tfrecord".
     dim: the embedding dimension.
-    with_vectors: read vectors, token counts and flags (else only id and text_sha256, for Parquet).
-    with_tokens: also read token_ids and sequence_output.
+    columns: the fields to read (see row_columns); id and text_sha256 always.
   """
 
-  def __init__(self, files: Sequence[str], output_format: str, dim: int, *, with_vectors: bool = True,
-               with_tokens: bool = False):
+  def __init__(self, files: Sequence[str], output_format: str, dim: int, columns: Sequence[str] = KEY_COLUMNS):
     super().__init__()
     if output_format not in ("parquet", "tfrecord"):
       raise ValueError(f"previous output format must be parquet or tfrecord, got {output_format!r}")
+    unknown = sorted(set(columns) - set(EmbeddingRecord._fields) | ({"text"} & set(columns)))
+    if unknown:
+      raise ValueError(f"cannot read previous columns {unknown}")
     self._files = list(files)
     self._format = output_format
     self._dim = dim
-    self._with_vectors = with_vectors or with_tokens
-    self._with_tokens = with_tokens
+    self._columns = tuple(dict.fromkeys(KEY_COLUMNS + tuple(columns)))
 
   def expand(self, pbegin):
     files = pbegin | "PreviousFiles" >> beam.Create(self._files)
-    dim, with_vectors, with_tokens = self._dim, self._with_vectors, self._with_tokens
     if self._format == "tfrecord":
       return (files
               | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord()
-              | "ToRecords" >> beam.Map(example_to_record, dim, with_tokens))
-    columns = ["id", "text_sha256"]
-    if with_vectors:
-      columns += ["embedding", "num_tokens", "truncated"]
-    if with_tokens:
-      columns += ["token_ids", "sequence_output"]
+              | "ToRecords" >> beam.Map(example_to_record, self._dim, self._columns))
     return (files
-            | "ReadParquet" >> beam.io.ReadAllFromParquetBatched(columns=columns)
-            | "ToRecords" >> beam.FlatMap(table_to_records, dim, with_vectors, with_tokens))
+            | "RowGroups" >> beam.FlatMap(_row_groups)
+            | "SpreadRowGroups" >> beam.Reshuffle()
+            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._columns))
 
 
 # --------------------------------------------------------------------------------------------
 # The join.
 
 
+class _Old(NamedTuple):
+  """What the join needs of a previous row without carry-over: its hash and whether it starts a record."""
+  text_sha256: str
+  chunk_index: Optional[int] = None
+
+
+def _starts_record(old) -> bool:
+  """One row per previous record: the row itself, or window 0 of a record written as several windows."""
+  return old.chunk_index is None or old.chunk_index == 0
+
+
+def _rows_of_record(olds: list) -> list:
+  """The rows to carry for one record: the first row, or the first of each window (sorted) for windowed rows."""
+  if all(o.chunk_index is None for o in olds):
+    return olds[:1]
+  windows = {}
+  for old in olds:
+    windows.setdefault(old.chunk_index, old)
+  return [windows[k] for k in sorted(windows)]
+
+
 class _ClassifyFn(beam.DoFn):
-  """(id, {new: [TextRecord], old: [EmbeddingRecord or text_sha256]}) -> records to encode; carried rows; counts."""
+  """(id, {new: [TextRecord], old: [EmbeddingRecord or _Old]}) -> records to encode; carried rows; counts."""
 
   def __init__(self, carry_over: bool, keep_text: bool, emit_tokens: bool):
     super().__init__()
@@ -164,25 +239,26 @@ class _ClassifyFn(beam.DoFn):
     _, grouped = element
     news, olds = list(grouped[_NEW]), list(grouped[_OLD])
     if not news:
-      yield self._count("deleted", len(olds))
+      yield self._count("deleted", sum(1 for old in olds if _starts_record(old)))
       return
     old_by_sha = {}
     for old in olds:
-      old_by_sha.setdefault(old if isinstance(old, str) else old.text_sha256, old)
+      old_by_sha.setdefault(old.text_sha256, []).append(old)
     for record in news:
       if not olds:
         yield self._count("new")
         yield record
         continue
       sha = text_sha256(record.text, record.text_pair) if isinstance(record.text, str) else None
-      old = old_by_sha.get(sha)
-      if old is None:
+      rows = old_by_sha.get(sha)
+      if rows is None:
         yield self._count("changed")
         yield record
       elif self._carry_over:
         yield self._count("unchanged")
         self._carried.inc()
-        yield beam.pvalue.TaggedOutput(CARRIED, self._carry(old, record))
+        for row in _rows_of_record(rows):
+          yield beam.pvalue.TaggedOutput(CARRIED, self._carry(row, record))
       else:
         yield self._count("unchanged")
         yield record
@@ -190,6 +266,11 @@ class _ClassifyFn(beam.DoFn):
 
 def _record_id(record) -> str:
   return str(record.id)
+
+
+def _previous_key(row: EmbeddingRecord) -> str:
+  """The input record a previous row came from: its id, or the parent's id for a window row (<id>#<k>)."""
+  return row.parent_id if row.parent_id is not None else row.id
 
 
 def sample_key(record_id: str) -> str:
@@ -206,13 +287,15 @@ class SplitByPrevious(beam.PTransform):
     previous_format: "parquet" or "tfrecord".
     dim: the embedding dimension of the previous output.
     carry_over: reuse the rows of unchanged records (the fingerprints match); else only classify and count.
-    keep_text, emit_tokens: the columns the new output has.
-    drift_sample: > 0 to also return up to this many previous rows (by `sample_key`) for DriftCheck.
+    columns: the columns of a carried row (see row_columns); only id and text_sha256 are read without carry_over.
+    keep_text, emit_tokens: the text and token columns the new output has.
+    drift_sample: > 0 to also return up to this many previous rows (by `sample_key`) for DriftCheck; their
+      embedding column is then read.
   """
 
   def __init__(self, previous_files: Optional[Sequence[str]], previous_format: Optional[str] = None,
-               dim: int = 0, *, carry_over: bool = False, keep_text: bool = False, emit_tokens: bool = False,
-               drift_sample: int = 0):
+               dim: int = 0, *, carry_over: bool = False, columns: Sequence[str] = (), keep_text: bool = False,
+               emit_tokens: bool = False, drift_sample: int = 0):
     super().__init__()
     self._files = None if previous_files is None else list(previous_files)
     self._format = previous_format
@@ -221,6 +304,10 @@ class SplitByPrevious(beam.PTransform):
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
     self._drift_sample = drift_sample
+    read = list(KEY_COLUMNS) + (list(columns) if carry_over else ["parent_id", "chunk_index"])
+    if drift_sample > 0 and "embedding" not in read:
+      read.append("embedding")
+    self._columns = tuple(dict.fromkeys(read))
 
   def expand(self, records) -> IncrementalResult:
     pipeline = records.pipeline
@@ -228,14 +315,13 @@ class SplitByPrevious(beam.PTransform):
       counts = {kind: pipeline | f"No{kind.capitalize()}" >> beam.Create([]) for kind in KINDS if kind != "new"}
       counts["new"] = records | "CountNew" >> beam.Map(lambda _: 1)
       return IncrementalResult(records, pipeline | "NothingCarried" >> beam.Create([]), counts, None)
-    with_vectors = self._carry_over or self._drift_sample > 0
     previous = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(
-        self._files, self._format, self._dim, with_vectors=with_vectors,
-        with_tokens=self._carry_over and self._emit_tokens)
+        self._files, self._format, self._dim, self._columns)
     if self._carry_over:
-      old = previous | "KeyPrevious" >> beam.Map(lambda r: (r.id, r))
-    else:  # only the hash takes part in the join
-      old = previous | "KeyPreviousHashes" >> beam.Map(lambda r: (r.id, r.text_sha256))
+      old = previous | "KeyPrevious" >> beam.Map(lambda r: (_previous_key(r), r))
+    else:  # only the hash (and window number) takes part in the join
+      old = previous | "KeyPreviousHashes" >> beam.Map(
+          lambda r: (_previous_key(r), _Old(r.text_sha256, r.chunk_index)))
     new = records | "KeyRecords" >> beam.Map(lambda r: (_record_id(r), r))
     split = ({_NEW: new, _OLD: old}
              | "JoinById" >> beam.CoGroupByKey()
@@ -244,6 +330,7 @@ class SplitByPrevious(beam.PTransform):
     sample = None
     if self._drift_sample > 0:
       sample = (previous
+                | "WithVectors" >> beam.Filter(lambda r: r.embedding is not None)
                 | "SampleKeys" >> beam.Map(lambda r: (sample_key(r.id), r.id, r.text_sha256, r.embedding))
                 | "DriftSample" >> beam.combiners.Top.Of(self._drift_sample, key=lambda t: t[0], reverse=True))
     return IncrementalResult(split.to_encode, split[CARRIED], {kind: split[kind] for kind in KINDS}, sample)
@@ -267,7 +354,7 @@ def _sample_lookup(sample: list) -> dict:
 
 def _compare_sampled(rec: EmbeddingRecord, lookup: dict):
   old = lookup.get(rec.id)
-  if old is not None and old[0] == rec.text_sha256:
+  if old is not None and old[0] == rec.text_sha256 and rec.embedding is not None:
     yield rec.id, cosine(old[1], rec.embedding)
 
 

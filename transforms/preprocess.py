@@ -45,8 +45,9 @@ class Tokenizer:
 
 
   def pack_windows(self, records: Sequence[TextRecord], stride: int) -> list[list[EncoderInput]]:
-    """Single-segment records -> their windows: a text that fits is one window (packed exactly as `pack` does);
-    a longer one is split into windows of seq_length - 2 wordpieces sharing `stride` pieces. Raises on failure."""
+    """Single-segment records -> their windows (ids <id>#<k>, with ChunkInfo): a text that fits is one window,
+    packed exactly as `pack` packs it; a longer one is split into windows of seq_length - 2 wordpieces sharing
+    `stride` pieces. Raises on failure."""
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     window = self._seq_length - 2
     with tf.device("/CPU:0"):
@@ -70,10 +71,8 @@ class Tokenizer:
     out = [[] for _ in records]
     for j, (i, k, a, b, n) in enumerate(owners):
       r = records[i]
-      info = None
-      if n > 1:
-        info = chunking.ChunkInfo(r.id, k, a, b, n)
-        r = r._replace(id=chunking.window_id(r.id, k))
+      info = chunking.ChunkInfo(r.id, k, a, b, n)
+      r = r._replace(id=chunking.window_id(r.id, k))
       out[i].append(EncoderInput(record=r, input_word_ids=word_ids[j], input_mask=mask[j], input_type_ids=type_ids[j],
                                  num_tokens=int(mask[j].sum()), truncated=bool(records[i].truncated), chunk=info))
     return out
@@ -123,7 +122,7 @@ class _PreprocessBatchFn(beam.DoFn):
           self._packed.inc()
           if windows[0].truncated:
             self._truncated.inc()
-          if len(windows) > 1:
+          if windows[0].chunk is not None:
             self._windows.inc(len(windows))
           yield from windows
     self._latency.update(int((time.perf_counter() - start) * 1e6))

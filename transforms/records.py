@@ -53,6 +53,7 @@ class EmbeddingRecord(NamedTuple):
   chunk_index: Optional[int] = None
   chunk_start_piece: Optional[int] = None
   chunk_end_piece: Optional[int] = None
+  num_windows: Optional[int] = None  # windows of the parent text (not written; used to reassemble it)
 
 
 class DeadLetter(NamedTuple):

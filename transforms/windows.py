@@ -16,13 +16,20 @@ WINDOW_FAILED = "window_failed"
 DEAD = "dead"
 
 
-def _is_window(rec: EmbeddingRecord) -> bool:
-  return rec.parent_id is not None
+def _is_split(rec: EmbeddingRecord) -> bool:
+  """A window of a text that needed more than one."""
+  return bool(rec.num_windows and rec.num_windows > 1)
 
 
-def _normalized(rec: EmbeddingRecord) -> EmbeddingRecord:
+def _as_record(rec: EmbeddingRecord, embedding: np.ndarray) -> EmbeddingRecord:
+  """A window standing for its whole text (mean output): the parent's id, no window fields."""
+  return rec._replace(id=rec.parent_id, embedding=embedding, parent_id=None, chunk_index=None,
+                      chunk_start_piece=None, chunk_end_piece=None, num_windows=None)
+
+
+def _whole_text_mean(rec: EmbeddingRecord, normalize: bool) -> EmbeddingRecord:
   v = rec.embedding.astype(np.float32)
-  return rec._replace(embedding=v / max(float(np.linalg.norm(v)), 1e-12))
+  return _as_record(rec, v / max(float(np.linalg.norm(v)), 1e-12) if normalize else v)
 
 
 def _merge(element, output: str, normalize: bool):
@@ -39,16 +46,15 @@ def _merge(element, output: str, normalize: bool):
     return
   merged = chunking.weighted_mean([r.embedding for r in rows],
                                   [r.chunk_end_piece - r.chunk_start_piece for r in rows], normalize)
-  yield rows[0]._replace(id=parent_id, embedding=merged, num_tokens=sum(r.num_tokens for r in rows),
-                         truncated=any(r.truncated for r in rows), parent_id=None, chunk_index=None,
-                         chunk_start_piece=None, chunk_end_piece=None)
+  yield _as_record(rows[0], merged)._replace(num_tokens=sum(r.num_tokens for r in rows),
+                                             truncated=any(r.truncated for r in rows))
 
 
 class MergeWindows(beam.PTransform):
-  """(embedding rows, (parent id, DeadLetter) window failures) -> (records' rows, dead letters).
+  """(window rows, (parent id, DeadLetter) window failures) -> (output rows, dead letters).
 
-  Rows of texts that fitted one window pass through (normalised here in `mean` mode, where the encoder is asked
-  for raw vectors so that windows are averaged before normalising).
+  `rows`: every window is a row (a text that fits is window 0 of 1). `mean`: one row per text under its own id;
+  the encoder is asked for raw vectors so that windows are averaged before normalising, here.
   """
 
   def __init__(self, output: str, normalize: bool):
@@ -60,10 +66,10 @@ class MergeWindows(beam.PTransform):
 
   def expand(self, inputs):
     rows, window_failures = inputs
-    split = rows | "SplitWindows" >> beam.Partition(lambda r, _: int(_is_window(r)), 2)
+    split = rows | "SplitWindows" >> beam.Partition(lambda r, _: int(_is_split(r)), 2)
     whole, windows = split[0], split[1]
-    if self._output == "mean" and self._normalize:
-      whole = whole | "NormalizeWhole" >> beam.Map(_normalized)
+    if self._output == "mean":
+      whole = whole | "WholeTexts" >> beam.Map(_whole_text_mean, self._normalize)
     merged = ({"rows": windows | "KeyWindows" >> beam.Map(lambda r: (r.parent_id, r)),
                "failed": window_failures}
               | "GroupWindows" >> beam.CoGroupByKey()

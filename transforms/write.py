@@ -399,7 +399,7 @@ def _sequence_column(records: Sequence[EmbeddingRecord], dim: int) -> pa.ListArr
 
 def parquet_schema(dim: int, keep_text: bool = False, emit_tokens: bool = False,
                    file_metadata: Optional[dict[str, str]] = None, *, embeddings: bool = True,
-                   mlm: bool = False, mlm_per_token: bool = False) -> pa.Schema:
+                   mlm: bool = False, mlm_per_token: bool = False, chunks: bool = False) -> pa.Schema:
   """The Arrow schema of the Parquet files; `file_metadata` becomes the footer's key-value metadata.
 
   `dim` is not part of the Arrow types (the embedding is a plain list<float32>); callers record it
@@ -428,8 +428,20 @@ def parquet_schema(dim: int, keep_text: bool = False, emit_tokens: bool = False,
   if mlm_per_token:
     # Items are nullable (pa.list_'s default): null where the row's array holds NaN ([CLS]/[SEP]).
     fields.append(pa.field("mlm_token_scores", pa.list_(pa.float32()), nullable=False))
+  if chunks:  # --long-text chunk --chunk-output rows: every row is a window of its parent text
+    fields += [pa.field(name, pa.string() if name == "parent_id" else pa.int32(), nullable=False)
+               for name in CHUNK_COLUMNS]
   metadata = {str(k): str(v) for k, v in (file_metadata or {}).items()}
   return pa.schema(fields, metadata=metadata or None)
+
+
+CHUNK_COLUMNS = ("parent_id", "chunk_index", "chunk_start_piece", "chunk_end_piece")
+
+
+def _require_chunk_fields(records: Sequence[EmbeddingRecord]) -> None:
+  for r in records:
+    if any(getattr(r, name) is None for name in CHUNK_COLUMNS):
+      raise ValueError(f"row {r.id!r} has no window fields, but the output has window columns")
 
 
 def records_to_table(records: Sequence[EmbeddingRecord], schema: pa.Schema, dim: int) -> pa.Table:
@@ -463,6 +475,11 @@ def records_to_table(records: Sequence[EmbeddingRecord], schema: pa.Schema, dim:
         type=pa.float64())
   if mlm_per_token:
     columns["mlm_token_scores"] = _token_scores_column(records, nan_as_null=True)
+  if "parent_id" in names:
+    _require_chunk_fields(records)
+    columns["parent_id"] = pa.array([r.parent_id for r in records], type=pa.string())
+    for name in CHUNK_COLUMNS[1:]:
+      columns[name] = pa.array([int(getattr(r, name)) for r in records], type=pa.int32())
   return pa.Table.from_arrays([columns[name] for name in schema.names], schema=schema)
 
 
@@ -476,7 +493,8 @@ def _first_length(values: object) -> int:
 
 def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool = False,
                              emit_tokens: bool = False, dim: Optional[int] = None, *, embeddings: bool = True,
-                             mlm: bool = False, mlm_per_token: bool = False) -> pa.RecordBatch:
+                             mlm: bool = False, mlm_per_token: bool = False, chunks: bool = False
+                             ) -> pa.RecordBatch:
   """Rows as the list<binary> / list<int64> / list<float32> columns tfx-bsl encodes to tf.Examples.
 
   With dim None, every row must have the first row's embedding length (or sequence_output width when
@@ -512,6 +530,11 @@ def records_to_example_batch(records: Sequence[EmbeddingRecord], keep_text: bool
         type=pa.list_(pa.float32()))
   if mlm_per_token:
     columns["mlm_token_scores"] = _token_scores_column(records, nan_as_null=False)
+  if chunks:
+    _require_chunk_fields(records)
+    columns["parent_id"] = _singletons([r.parent_id.encode("utf-8") for r in records], pa.binary())
+    for name in CHUNK_COLUMNS[1:]:
+      columns[name] = _singletons([int(getattr(r, name)) for r in records], pa.int64())
   return pa.RecordBatch.from_arrays(list(columns.values()), names=list(columns))
 
 
@@ -552,12 +575,12 @@ def _encode_examples(batch: pa.RecordBatch,
 def embeddings_to_examples(records: Sequence[EmbeddingRecord], keep_text: bool = False,
                            emit_tokens: bool = False, dim: Optional[int] = None,
                            encoder: Optional[example_coder.RecordBatchToExamplesEncoder] = None, *,
-                           embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False
-                           ) -> list[bytes]:
+                           embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False,
+                           chunks: bool = False) -> list[bytes]:
   """Serialized tf.Examples, one per row, encoded column-wise by tfx-bsl (see records_to_example_batch)."""
   encoder = encoder or example_coder.RecordBatchToExamplesEncoder()
   batch = records_to_example_batch(records, keep_text, emit_tokens, dim, embeddings=embeddings, mlm=mlm,
-                                   mlm_per_token=mlm_per_token)
+                                   mlm_per_token=mlm_per_token, chunks=chunks)
   return _encode_examples(batch, encoder)
 
 
@@ -600,12 +623,12 @@ class _ToExamplesFn(beam.DoFn):
   """A batch of rows -> serialized tf.Examples."""
 
   def __init__(self, dim: int, keep_text: bool, emit_tokens: bool, *, embeddings: bool = True,
-               mlm: bool = False, mlm_per_token: bool = False):
+               mlm: bool = False, mlm_per_token: bool = False, chunks: bool = False):
     super().__init__()
     self._dim = dim
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
-    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token}
+    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token, "chunks": chunks}
     self._encoder = None
     self._written = Metrics.counter(METRICS_NAMESPACE, "records_written")
 
@@ -631,7 +654,7 @@ class WriteEmbeddings(beam.PTransform):
   def __init__(self, output_prefix: str, output_format: str, dim: int, *, num_shards: int = 0,
                keep_text: bool = False, emit_tokens: bool = False,
                file_metadata: Optional[dict[str, str]] = None, batch_bytes: int = DEFAULT_BATCH_BYTES,
-               embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False):
+               embeddings: bool = True, mlm: bool = False, mlm_per_token: bool = False, chunks: bool = False):
     super().__init__()
     check_output_prefix(output_prefix)
     if output_format not in OUTPUT_FORMATS:
@@ -645,7 +668,7 @@ class WriteEmbeddings(beam.PTransform):
     self._num_shards = num_shards
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
-    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token}
+    self._columns = {"embeddings": embeddings, "mlm": mlm, "mlm_per_token": mlm_per_token, "chunks": chunks}
     self._schema = parquet_schema(dim, keep_text, emit_tokens, file_metadata, **self._columns)
     self._batch_bytes = max(1, int(batch_bytes))
 
