@@ -91,6 +91,56 @@ def test_split_carries_unchanged_rows_and_counts_every_kind(tmp_path, output_for
   assert sum(c.committed for c in carried) == 2
 
 
+def _window_rows():
+  """Record w (two windows, MLM scores, no embedding column) and record x (one window), as --long-text chunk
+  --chunk-output rows --mlm-scores --mlm-per-token --no-embeddings writes them."""
+  rows = []
+  for parent, text, windows in (("w", "a long text", 2), ("x", "short", 1)):
+    for k in range(windows):
+      scored = k == 0  # window 1 scores nothing: no pseudo-perplexity
+      rows.append(EmbeddingRecord(
+          f"{parent}#{k}", None, 3, k == 0 and windows > 1, text_sha256(text), mlm_pll=-1.5 if scored else 0.0,
+          mlm_scored_tokens=int(scored), mlm_pseudo_perplexity=4.5 if scored else None,
+          mlm_token_scores=np.array([np.nan, -1.5 if scored else np.nan, np.nan], np.float32),
+          parent_id=parent, chunk_index=k, chunk_start_piece=k, chunk_end_piece=k + 1))
+  return rows
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
+def test_window_rows_with_mlm_scores_are_carried_whole(tmp_path, output_format):
+  rows = _window_rows()
+  columns = {"embeddings": False, "mlm": True, "mlm_per_token": True, "chunks": True}
+  if output_format == "parquet":
+    path = str(tmp_path / "prev-00000-of-00001.parquet")
+    pq.write_table(write.records_to_table(rows, write.parquet_schema(DIM, **columns), DIM), path)
+  else:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    path = str(tmp_path / "prev-00000-of-00001.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+      for example in write.embeddings_to_examples(rows, dim=DIM, **columns):
+        w.write(example)
+  p = TestPipeline()
+  split = (p | beam.Create([TextRecord("w", "a long text"), TextRecord("y", "new")])) | incremental.SplitByPrevious(
+      [path], output_format, DIM, carry_over=True, columns=incremental.row_columns(**columns))
+
+  def check_carried(carried):
+    assert sorted(r.id for r in carried) == ["w#0", "w#1"]
+    for got in carried:
+      expected = rows[int(got.id[-1])]
+      for name in ("parent_id", "chunk_index", "chunk_start_piece", "chunk_end_piece", "mlm_scored_tokens",
+                   "num_tokens", "truncated", "text_sha256", "embedding", "mlm_pseudo_perplexity"):
+        assert getattr(got, name) == getattr(expected, name), name
+      assert got.mlm_pll == pytest.approx(expected.mlm_pll)
+      np.testing.assert_array_equal(got.mlm_token_scores, expected.mlm_token_scores)  # NaNs where they were
+
+  assert_that(split.carried, check_carried, label="Carried")
+  assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["y"]), label="ToEncode")
+  totals = {k: v | f"Sum{k}" >> beam.CombineGlobally(sum) for k, v in split.counts.items()}
+  for kind, expected in {"new": 1, "changed": 0, "unchanged": 1, "deleted": 1}.items():  # x: 1 record, 1 row
+    assert_that(totals[kind], equal_to([expected]), label=f"Count{kind}")
+  p.run().wait_until_finish()
+
+
 def test_split_without_carry_over_encodes_everything_and_samples_for_drift(tmp_path):
   files, old = _write_previous(tmp_path, "parquet")
   p = TestPipeline()

@@ -1,0 +1,140 @@
+"""Length-bucketed encoder batches: each batch is padded only to its bucket's length and sized by a token budget.
+
+A record of n packed tokens goes to the smallest bucket length >= n (the last bucket is always --seq-length). A
+batch holds records of one bucket only, at most `max_batch_tokens // bucket` of them (and at most
+`max_batch_size`), and the encoder sees it as int32 [rows, bucket]. Short texts therefore stop paying for
+padding up to --seq-length, and the encoder only ever sees a handful of sequence lengths (no surprises from
+shape-specialised kernels or compilation caches). Padding never changes a record's vector: padded positions are
+masked out of attention and pooling.
+
+Why not Beam's own knobs: in a batch pipeline `BatchElements` ignores `length_fn` / `bucket_boundaries` unless
+`max_batch_duration_secs` is set, and that switches to a stateful, keyed implementation (a shuffle of the packed
+inputs); `ModelHandler(max_batch_weight=...)` is forwarded to `BatchElements`, which has no such argument. Here a
+plain DoFn, fused with the tokenizer and the encoder, keeps one open batch per (window, bucket): a batch leaves as
+soon as it is full, the rest when the bundle ends, so memory stays bounded by one batch per bucket.
+"""
+from __future__ import annotations
+
+import bisect
+import collections
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.transforms import window as beam_window
+from apache_beam.utils import windowed_value
+
+NAMESPACE = "bert_embed"
+DEFAULT_BUCKET_LENGTHS = (16, 32, 64, 96, 128)
+DEFAULT_MAX_BATCH_TOKENS = 4096
+
+
+class BucketSpec(NamedTuple):
+  """How packed records are grouped into encoder batches (small and picklable)."""
+  lengths: tuple[int, ...]  # ascending; the last one is the packed length (--seq-length)
+  max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+  max_batch_size: int = 64
+
+  def bucket(self, num_tokens: int) -> int:
+    """The padded length for a record of `num_tokens` packed tokens: the smallest bucket length >= it."""
+    i = bisect.bisect_left(self.lengths, num_tokens)
+    if i == len(self.lengths):
+      raise ValueError(f"{num_tokens} tokens exceed the longest bucket {self.lengths[-1]}")
+    return self.lengths[i]
+
+  def rows(self, bucket: int) -> int:
+    """Records per batch of `bucket`: the token budget divided by the padded length (at least 1)."""
+    return max(1, min(self.max_batch_size, self.max_batch_tokens // bucket))
+
+
+def parse_bucket_lengths(value) -> tuple[int, ...]:
+  """'16,32,64' (or a sequence of ints) -> (16, 32, 64); raises ValueError on anything else."""
+  if value is None:
+    return DEFAULT_BUCKET_LENGTHS
+  parts = value.split(",") if isinstance(value, str) else list(value)
+  try:
+    lengths = [int(str(p).strip()) for p in parts if str(p).strip()]
+  except ValueError:
+    raise ValueError(f"bucket lengths must be comma-separated integers, got {value!r}") from None
+  if not lengths or any(n <= 0 for n in lengths):
+    raise ValueError(f"bucket lengths must be positive integers, got {value!r}")
+  return tuple(sorted(set(lengths)))
+
+
+def make_spec(seq_length: int, lengths: Optional[Sequence[int]] = None,
+              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = 64) -> BucketSpec:
+  """Buckets no longer than `seq_length`, with `seq_length` itself as the last one."""
+  wanted = parse_bucket_lengths(lengths) if lengths is not None else DEFAULT_BUCKET_LENGTHS
+  kept = tuple(n for n in wanted if n < seq_length) + (seq_length,)
+  if max_batch_tokens <= 0 or max_batch_size <= 0:
+    raise ValueError("max_batch_tokens and max_batch_size must be positive")
+  return BucketSpec(kept, int(max_batch_tokens), int(max_batch_size))
+
+
+def padded_length(spec: Optional[BucketSpec], longest: int) -> int:
+  """The length a batch whose longest record has `longest` tokens is padded to (no spec: `longest`)."""
+  return longest if spec is None else spec.bucket(longest)
+
+
+class _Open:
+  __slots__ = ("elements", "timestamp")
+
+  def __init__(self):
+    self.elements = []
+    self.timestamp = None
+
+
+class _BucketBatchFn(beam.DoFn):
+  """EncoderInput -> list[EncoderInput] of one bucket, at most `spec.rows(bucket)` long."""
+
+  def __init__(self, spec: BucketSpec):
+    self._spec = spec
+    self._batches = beam.metrics.Metrics.counter(NAMESPACE, "encoder_batches")
+    self._real = beam.metrics.Metrics.counter(NAMESPACE, "encoder_real_tokens")
+    self._padded = beam.metrics.Metrics.counter(NAMESPACE, "encoder_padded_tokens")
+    self._open = None
+
+  def start_bundle(self):
+    self._open = collections.OrderedDict()
+
+  def _emit(self, key, batch: _Open):
+    win, bucket = key
+    self._batches.inc()
+    self._real.inc(sum(e.num_tokens for e in batch.elements))
+    self._padded.inc(bucket * len(batch.elements))
+    return windowed_value.WindowedValue(batch.elements, win.max_timestamp(), (win,))
+
+  def process(self, element, win=beam.DoFn.WindowParam) -> Iterable:
+    bucket = self._spec.bucket(element.num_tokens)
+    key = (win, bucket)
+    batch = self._open.get(key)
+    if batch is None:
+      batch = self._open[key] = _Open()
+    batch.elements.append(element)
+    if len(batch.elements) >= self._spec.rows(bucket):
+      del self._open[key]
+      yield self._emit(key, batch)
+
+  def finish_bundle(self) -> Iterable:
+    for key, batch in self._open.items():
+      yield self._emit(key, batch)
+    self._open = collections.OrderedDict()
+
+
+class BucketBatches(beam.PTransform):
+  """PCollection[EncoderInput] -> PCollection[list[EncoderInput]], one bucket per batch (see the module doc)."""
+
+  def __init__(self, spec: BucketSpec):
+    super().__init__()
+    self._spec = spec
+
+  def expand(self, packed):
+    return packed | "BucketByLength" >> beam.ParDo(_BucketBatchFn(self._spec))
+
+
+def bucket_batches(elements: Sequence, spec: BucketSpec) -> list[list]:
+  """The batches `BucketBatches` makes of `elements` in one bundle (for code outside Beam, e.g. benchmarks)."""
+  fn = _BucketBatchFn(spec)
+  fn.start_bundle()
+  win = beam_window.GlobalWindow()
+  out = [wv.value for e in elements for wv in fn.process(e, win)]
+  return out + [wv.value for wv in fn.finish_bundle()]

@@ -1,0 +1,281 @@
+"""Reduced-precision encoding of an unchanged fp32 encoder SavedModel (any TF Hub BERT, not only our exports).
+
+How: the SavedModel's function is called under a thread-local grappler configuration that turns on TF's
+auto-mixed-precision graph rewrite. TF instantiates a function once per (function, configuration), so the fp32
+and the reduced-precision variants of one loaded model live side by side in one process, and nothing global is
+switched: other threads and other models keep running in fp32.
+
+  bf16 on CPU  `auto_mixed_precision_onednn_bfloat16` (oneDNN; AMX or AVX512_BF16 kernels)
+  fp16 on GPU  `auto_mixed_precision` (CUDA tensor cores)
+
+Only the matrix products (MatMul / BatchMatMul / Einsum / convolutions) run in reduced precision: the
+element-wise ops (GELU's erf, LayerNorm's moments, residual adds, softmax) are kept in fp32 through the rewrite's
+op lists. Measured on an AVX512_BF16 CPU, TF's bf16 element-wise kernels are slower than their fp32 ones
+(bf16 Erfc ~9x), and keeping them in fp32 also keeps the vectors closer to fp32 (cosine ~0.99998 instead of
+~0.9999 on BERT-base). The lists are set through TF's documented environment variables, only when the user has
+not set them.
+
+Which precisions exist on a worker: bf16 where the CPU has AMX-BF16 or AVX512_BF16 (otherwise oneDNN emulates it,
+slower than fp32); fp16 on NVIDIA GPUs. bf16 on a GPU has no TF graph rewrite (TF's CUDA rewrite only makes
+fp16), so a bf16 request on a GPU worker runs fp32 and says so. Every reduced variant is checked at load on
+probe texts: if its output is bit-identical to fp32, the rewrite did not apply on this worker, and the worker
+reports fp32. `auto` picks the fastest variant whose probe vectors are within cosine 0.999 of fp32 (and that is
+at least 10% faster; otherwise fp32).
+
+Reduced precision never changes which records succeed: a batch whose reduced-precision output is not finite is
+encoded again in fp32 (see `PrecisionRunner.call`).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import os
+import threading
+import time
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+_LOG = logging.getLogger(__name__)
+
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
+REDUCED = ("bf16", "fp16")
+COSINE_FLOOR = 0.999
+AUTO_MIN_SPEEDUP = 1.1
+
+# Element-wise ops kept in fp32 by the rewrite (removed from TF's infer/clear lists, added to its deny list).
+FP32_OPS = ("Add", "AddN", "AddV2", "BiasAdd", "Erf", "Erfc", "Exp", "Gelu", "Log", "Mean", "Mul", "Neg", "Pow",
+            "RealDiv", "Rsqrt", "Softmax", "Sqrt", "Square", "SquaredDifference", "Sub", "Sum", "Tanh")
+_LIST_ENV = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_"
+
+PROBE_TEXTS = (
+    "The quick brown fox jumps over the lazy dog.",
+    "Fix a crash when the configuration file is empty.",
+    "Return the number of items in the container.",
+    "Updated translations for German, French and Japanese.",
+    "This release drops support for Python 2 and adds type hints throughout the public API.",
+    "Hello world!",
+    "If the socket is closed before the handshake completes, the client now retries with exponential backoff "
+    "instead of failing immediately.",
+    "New upstream version.",
+)
+
+
+def cpu_flags() -> set[str]:
+  """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return set(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def cpu_has_bf16(flags: Optional[set[str]] = None) -> bool:
+  flags = cpu_flags() if flags is None else flags
+  return bool({"amx_bf16", "avx512_bf16"} & flags)
+
+
+def available(device: str, flags: Optional[set[str]] = None) -> tuple[str, ...]:
+  """Reduced precisions this worker can run fast on `device` ('/CPU:0' or '/GPU:0'), fastest-first guess."""
+  if "GPU" in device.upper():
+    return ("fp16",)
+  return ("bf16",) if cpu_has_bf16(flags) else ()
+
+
+def rewrite_name(precision: str, device: str) -> Optional[str]:
+  """The grappler rewrite that makes `precision` on `device`, or None when there is none."""
+  on_gpu = "GPU" in device.upper()
+  if precision == "bf16" and not on_gpu:
+    return "auto_mixed_precision_onednn_bfloat16"
+  if precision == "fp16" and on_gpu:
+    return "auto_mixed_precision"
+  return None
+
+
+def keep_elementwise_ops_in_fp32() -> None:
+  """Sets TF's rewrite op lists (read when a function is optimized) unless the user has set any of them."""
+  names = [_LIST_ENV + suffix for suffix in ("DENYLIST_ADD", "INFERLIST_REMOVE", "CLEARLIST_REMOVE")]
+  if any(n in os.environ for n in names):
+    return
+  ops = ",".join(FP32_OPS)
+  for name in names:
+    os.environ[name] = ops
+
+
+@contextlib.contextmanager
+def _no_rewrite():
+  yield
+
+
+def rewrite_scope(rewrite: Optional[str]) -> Callable[[], contextlib.AbstractContextManager]:
+  """A factory of context managers under which this thread's tf.function calls use the `rewrite` optimizer."""
+  if rewrite is None:
+    return _no_rewrite
+  from tensorflow.core.protobuf import rewriter_config_pb2  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+  config = context.context().config
+  setattr(config.graph_options.rewrite_options, rewrite, rewriter_config_pb2.RewriterConfig.ON)
+  serialized = config.SerializeToString(deterministic=True)
+
+  @contextlib.contextmanager
+  def scope():
+    ctx = context.context()
+    previous = ctx.function_call_options
+    options = copy.copy(previous)
+    options.config_proto_serialized = serialized
+    ctx.function_call_options = options  # thread-local
+    try:
+      yield
+    finally:
+      ctx.function_call_options = previous
+
+  return scope
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+  """Row-wise cosine similarity of two [N, H] arrays."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  denom = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
+  return np.sum(a * b, axis=-1) / np.maximum(denom, 1e-30)
+
+
+class PrecisionRunner:
+  """Calls one loaded encoder in the precision resolved for this worker; one per model, shared by threads.
+
+  `call(inputs)` returns the encoder's outputs as numpy arrays and the precision that produced them. Calls are
+  serialized: each one already uses every core (TF's intra-op pool), and concurrent calls would only multiply
+  the activation memory.
+  """
+
+  def __init__(self, encoder, device: str, requested: str, precision: str, report: dict):
+    self._encoder = encoder
+    self._device = device
+    self.requested = requested
+    self.precision = precision
+    self.report = report
+    self._scopes = {"fp32": _no_rewrite}
+    if precision != "fp32":
+      self._scopes[precision] = rewrite_scope(rewrite_name(precision, device))
+    self._lock = threading.Lock()
+
+  def _run(self, precision: str, inputs: dict, fetch: Callable) -> dict:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    with self._lock, tf.device(self._device), self._scopes[precision]():
+      outputs = self._encoder({k: tf.constant(v) for k, v in inputs.items()})
+      return fetch(outputs)
+
+  def call(self, inputs: dict, fetch: Callable, check: Optional[Callable] = None) -> tuple[dict, str]:
+    """Runs `fetch(encoder(inputs))` (which must return numpy arrays) in the resolved precision.
+
+    A reduced-precision result for which `check(result)` is False (default: any non-finite array) is computed
+    again in fp32, so reduced precision never turns a record that fp32 encodes into a failure.
+    """
+    if self.precision == "fp32":
+      return self._run("fp32", inputs, fetch), "fp32"
+    check = check or _all_finite
+    try:
+      result = self._run(self.precision, inputs, fetch)
+      if check(result):
+        return result, self.precision
+    except Exception:  # pylint: disable=broad-except  (fp32 decides whether the batch really fails)
+      _LOG.warning("%s encoder call failed; retrying the batch in fp32", self.precision, exc_info=True)
+    return self._run("fp32", inputs, fetch), "fp32"
+
+
+def _all_finite(result) -> bool:
+  arrays = result.values() if isinstance(result, dict) else result
+  return all(np.all(np.isfinite(a)) for a in arrays if isinstance(a, np.ndarray))
+
+
+def _time(fn: Callable[[], object], repeats: int) -> float:
+  best = float("inf")
+  for _ in range(repeats):
+    start = time.perf_counter()
+    fn()
+    best = min(best, time.perf_counter() - start)
+  return best
+
+
+def resolve(encoder, device: str, requested: str, probe_inputs: dict, *, flags: Optional[set[str]] = None,
+            repeats: int = 3, candidates: Optional[Sequence[str]] = None) -> PrecisionRunner:
+  """Resolves `requested` (fp32 | bf16 | fp16 | auto) for this worker by encoding `probe_inputs` each way.
+
+  Explicit bf16 / fp16: used when the rewrite exists here and changes the output; otherwise fp32 (logged).
+  A variant outside cosine 0.999 of fp32 is still used when asked for explicitly (with a warning), never by auto.
+  auto: the fastest variant within cosine 0.999, if it beats fp32 by AUTO_MIN_SPEEDUP; otherwise fp32.
+  The returned runner's `report` says what was measured.
+  """
+  if requested not in PRECISIONS:
+    raise ValueError(f"unknown precision {requested!r}; expected one of {PRECISIONS}")
+  report = {"requested": requested, "device": device, "candidates": {}}
+  if requested == "fp32":
+    report["resolved"] = "fp32"
+    return PrecisionRunner(encoder, device, requested, "fp32", report)
+  keep_elementwise_ops_in_fp32()
+  if candidates is None:
+    candidates = available(device, flags) if requested == "auto" else (requested,)
+  fetch = _pooled
+  base = PrecisionRunner(encoder, device, "fp32", "fp32", {})
+  reference = base.call(probe_inputs, fetch)[0]["pooled_output"]
+  timings = {"fp32": None}
+  chosen = "fp32"
+  for precision in candidates:
+    entry = report["candidates"].setdefault(precision, {})
+    if rewrite_name(precision, device) is None:
+      entry["skipped"] = f"no {precision} rewrite on {device}"
+      continue
+    runner = PrecisionRunner(encoder, device, precision, precision, {})
+    try:
+      out = runner._run(precision, probe_inputs, fetch)["pooled_output"]  # pylint: disable=protected-access
+    except Exception as e:  # pylint: disable=broad-except
+      entry["skipped"] = f"failed: {type(e).__name__}: {e}"
+      continue
+    if np.array_equal(out, reference):
+      entry["skipped"] = "the rewrite did not change the graph on this worker"
+      continue
+    if not np.all(np.isfinite(out)):
+      entry["skipped"] = "non-finite output on probe texts"
+      continue
+    entry["min_cosine"] = float(cosine(out, reference).min())
+    if requested != "auto":
+      if entry["min_cosine"] < COSINE_FLOOR:
+        _LOG.warning("%s vectors are only within cosine %.5f of fp32 on probe texts", precision, entry["min_cosine"])
+      chosen = precision
+      break
+    if entry["min_cosine"] < COSINE_FLOOR:
+      entry["skipped"] = f"cosine {entry['min_cosine']:.5f} < {COSINE_FLOOR}"
+      continue
+    if timings["fp32"] is None:
+      timings["fp32"] = _time(lambda: base.call(probe_inputs, fetch), repeats)
+    timings[precision] = _time(lambda r=runner, p=precision: r._run(p, probe_inputs, fetch), repeats)  # pylint: disable=protected-access
+    entry["speedup"] = round(timings["fp32"] / timings[precision], 3)
+    best = timings[chosen] if chosen != "fp32" else timings["fp32"] / AUTO_MIN_SPEEDUP
+    if timings[precision] < best:
+      chosen = precision
+  report["resolved"] = chosen
+  if requested != "auto" and chosen != requested:
+    _LOG.warning("--precision %s is not available on this worker (%s): encoding in fp32", requested,
+                 report["candidates"].get(requested, {}).get("skipped"))
+  _LOG.info("encoder precision: %s", report)
+  return PrecisionRunner(encoder, device, requested, chosen, report)
+
+
+def _pooled(outputs) -> dict:
+  return {"pooled_output": outputs["pooled_output"].numpy()}
+
+
+def probe_inputs(preprocessor, seq_length: int, rows: int = 32, texts: Sequence[str] = PROBE_TEXTS) -> dict:
+  """Packed int32 inputs of the probe texts (repeated to `rows`), trimmed to their longest record."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  chosen = [texts[i % len(texts)] for i in range(rows)]
+  with tf.device("/CPU:0"):
+    packed = preprocessor.bert_pack_inputs([preprocessor.tokenize(tf.constant(chosen))],
+                                           seq_length=tf.constant(seq_length, tf.int32))
+  arrays = {k: v.numpy().astype(np.int32) for k, v in packed.items()}
+  longest = int(arrays["input_mask"].sum(axis=1).max())
+  return {k: v[:, :longest] for k, v in arrays.items()}
