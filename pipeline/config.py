@@ -9,6 +9,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
+from transforms import batching
 from transforms import pooling as pooling_lib
 from transforms.encode import MlmSpec
 
@@ -47,6 +48,8 @@ class JobConfig:
   on_duplicate_id: str = "dead-letter"
   previous: Optional[previous_lib.PreviousOutput] = None  # --previous, resolved (see pipeline/previous.py)
   drift_sample: int = previous_lib.DEFAULT_DRIFT_SAMPLE
+  bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
+  max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS
 
   def output_shaping_options(self) -> dict:
     """Every option that changes what is written for a record (recorded in the manifest)."""
@@ -111,6 +114,16 @@ def check_long_text(o: BertEmbedOptions) -> int:
   return stride
 
 
+def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
+  """--bucket-lengths: 'none' (or empty) -> None, else the sorted lengths; raises UsageError."""
+  if value is None or str(value).strip().lower() in ("", "none"):
+    return None
+  try:
+    return batching.parse_bucket_lengths(value)
+  except ValueError as e:
+    raise UsageError(f"--bucket-lengths: {e}") from None
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
   """Validates the options, matches the inputs and loads the models once; raises UsageError on any problem."""
   from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
@@ -157,4 +170,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
       preprocess_batch_size=o.preprocess_batch_size, dedupe_texts=o.dedupe_texts,
       mlm=mlm_spec, embeddings=not o.no_embeddings, long_text=o.long_text, chunk_stride=chunk_stride,
       chunk_output=o.chunk_output, on_duplicate_id=o.on_duplicate_id,
-      previous=previous, drift_sample=o.drift_sample)
+      previous=previous, drift_sample=o.drift_sample, bucket_lengths=resolve_buckets(o.bucket_lengths),
+      max_batch_tokens=o.max_batch_tokens)

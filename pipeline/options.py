@@ -11,7 +11,7 @@ from transforms.pooling import POOLINGS
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 OUTPUT_FORMATS = ("parquet", "tfrecord")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 
@@ -106,7 +106,10 @@ class BertEmbedOptions(PipelineOptions):
     _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation with its pooling).")
     _flag(g, "layers", default=None,
           help="Comma-separated encoder layers (negative from the end) averaged before cls/mean pooling.")
-    _flag(g, "precision", choices=PRECISIONS, default="fp32", help="Compute precision of the encoder.")
+    _flag(g, "precision", choices=PRECISIONS, default="fp32",
+          help="Compute precision of the encoder's matrix products: fp32 (exact), bf16 (CPUs with AMX or "
+               "AVX512_BF16), fp16 (GPUs), or auto (each worker picks the fastest within cosine 0.999 of fp32). "
+               "The manifest's precision_used counts the records encoded in each.")
     # Output.
     _flag(g, "output", default=None, help="Output prefix: PREFIX-SSSSS-of-NNNNN.<format>, PREFIX-manifest.json, "
                                           "PREFIX-errors-*.jsonl.")
@@ -144,3 +147,9 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
+    _flag(g, "bucket_lengths", default="16,32,64,96,128",
+          help="Comma-separated padded lengths: an encoder batch holds records of one bucket, padded to its length "
+               "(lengths above --seq-length are dropped; --seq-length is always the last bucket). 'none' pads "
+               "each batch to its longest record instead.")
+    _flag(g, "max_batch_tokens", type=positive_int, default=4096,
+          help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")

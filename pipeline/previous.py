@@ -9,6 +9,12 @@ A previous vector is reused only when the *embedding fingerprint* of both runs i
 option except those listed in NOT_VECTOR_SHAPING. Options not listed there, including ones added later, force a
 full re-embed when they change: erring towards recomputing is safe, reusing a stale vector is not.
 
+Precision: the requested --precision is part of the fingerprint, but bf16/fp16/auto resolve on each worker. Reuse
+also needs the previous output to be of one resolved precision (its manifest's precision_used), fp32 when this run
+asks for fp32. A reduced-precision run reuses vectors on the assumption that its workers resolve the same way as the
+previous run's (same machine type); the manifest records both (`incremental.previous_precision_used`,
+`precision_used`).
+
 Where the pointer goes (`pointer_path`): ROOT/LATEST when the run was given `--previous latest:ROOT` and its output
 lies under ROOT; otherwise LATEST in the directory of the output prefix. The pointer holds the absolute output
 prefix on one line.
@@ -27,6 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import manifest as manifest_lib
 from pipeline.options import UsageError
 from transforms import incremental
+from transforms.write import path_basename
 
 LATEST_SCHEME = "latest:"
 LATEST_NAME = "LATEST"
@@ -69,10 +76,15 @@ class Plan(NamedTuple):
 
   @property
   def previous_files(self) -> Optional[list[str]]:
-    """The previous output's embedding files, or None when there is no previous output."""
+    """The previous output's embedding files, or None when there is no previous output.
+
+    Located next to the previous prefix (the manifest's paths may be relative to that run's working directory,
+    and a ROOT may have been copied elsewhere since).
+    """
     if self.previous is None or self.previous.manifest is None:
       return None
-    return list(self.previous.manifest.get("output_files") or [])
+    directory = _parent(self.previous.prefix)
+    return [_join(directory, path_basename(f)) for f in self.previous.manifest.get("output_files") or []]
 
   @property
   def previous_format(self) -> Optional[str]:
@@ -263,6 +275,12 @@ def differences(old: dict, new: dict) -> list[str]:
   return out
 
 
+def resolved_precisions(manifest: dict) -> list[str]:
+  """The precisions an earlier run's records were encoded in (its manifest's precision_used); [] when unknown."""
+  used = manifest.get("precision_used") or {}
+  return sorted(name for name, count in used.items() if count) if isinstance(used, dict) else []
+
+
 def row_columns_of(cfg) -> tuple[str, ...]:
   """The columns a row reused for the run `cfg` must have: those it writes, text aside."""
   mlm = getattr(cfg, "mlm", None)
@@ -296,6 +314,12 @@ def plan(cfg) -> Plan:
     return full("the embedding fingerprint changed: " + "; ".join(changes), sample if comparable else 0)
   if cfg.emit_tokens and not (previous.manifest.get("options") or {}).get("emit_tokens"):
     return full("--emit-tokens needs token_ids and sequence_output, which the previous output does not have")
+  resolved = resolved_precisions(previous.manifest)
+  if len(resolved) > 1:
+    return full(f"the previous output mixes precisions ({', '.join(resolved)}: workers resolved "
+                f"--precision {current['options'].get('precision')} differently), so its vectors are not one snapshot")
+  if current["options"].get("precision", "fp32") == "fp32" and resolved not in ([], ["fp32"]):
+    return full(f"the previous output was encoded in {resolved[0]}, this run encodes in fp32")
   return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer, columns)
 
 
@@ -310,6 +334,7 @@ def manifest_section(p: Plan) -> dict:
       "fingerprint": p.fingerprint,
       "fingerprint_inputs": p.fingerprint_inputs,
       "drift_sample": p.drift_sample,
+      "previous_precision_used": resolved_precisions(prev.manifest) if prev and prev.manifest else None,
       "latest_pointer": p.pointer,
   }
 

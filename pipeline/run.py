@@ -41,6 +41,16 @@ def _ones(pcoll, label: str):
   return pcoll | label >> beam.Map(lambda _: 1)
 
 
+def _precision_used(p: beam.Pipeline, embedded):
+  """{precision: records encoded in it}, as each worker resolved --precision (see transforms/precision.py)."""
+  used = getattr(embedded, "precision_used", None)
+  if used is None:
+    used = p | "NoPrecisionReport" >> beam.Create([])
+  return (used
+          | "CountPrecisions" >> beam.combiners.Count.PerElement()
+          | "PrecisionsToDict" >> beam.combiners.ToDict())
+
+
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   """Wires the job's transforms onto `p`; returns the main PCollections (for tests)."""
   read = p | "ReadTexts" >> ReadTexts(
@@ -64,7 +74,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
       min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size,
       embeddings=cfg.embeddings, mlm=cfg.mlm, long_text=cfg.long_text, chunk_stride=cfg.chunk_stride,
-      chunk_output=cfg.chunk_output)
+      chunk_output=cfg.chunk_output, bucket_lengths=cfg.bucket_lengths, max_batch_tokens=cfg.max_batch_tokens,
+      precision=cfg.precision)
   if cfg.dedupe_texts:
     embedded = split.to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
@@ -112,7 +123,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "incremental": previous_lib.manifest_section(plan),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
-  manifest = {"files": files, "counts": counts, "fields": {"drift": drift}} | "WriteManifest" >> (
+  fields = {"drift": drift, "precision_used": _precision_used(p, embedded)}
+  manifest = {"files": files, "counts": counts, "fields": fields} | "WriteManifest" >> (
       manifest_lib.WriteManifest(cfg.output, static, COUNTS))
   _ = manifest | "UpdateLatest" >> previous_lib.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}

@@ -223,6 +223,26 @@ def test_plan_reuses_vectors_only_when_the_fingerprint_matches(changes, mode, re
   json.dumps(section)
 
 
+@pytest.mark.parametrize("precision,used,mode,reason", [
+    ("bf16", {"bf16": 10}, "incremental", ""),
+    ("auto", {"bf16": 10, "fp32": 0}, "incremental", ""),
+    ("auto", {"bf16": 6, "fp32": 4}, "full", "mixes precisions (bf16, fp32"),
+    ("fp32", {"fp32": 10}, "incremental", ""),
+])
+def test_plan_reuses_only_vectors_of_one_resolved_precision(precision, used, mode, reason):
+  options = {**OPTIONS, "precision": precision}
+  manifest = {**PREVIOUS_MANIFEST, "options": options, "precision_used": used}
+  plan = previous_lib.plan(_cfg("/runs/2/emb", _previous(manifest), precision=precision))
+  assert plan.mode == mode and reason in plan.reason
+  assert previous_lib.manifest_section(plan)["previous_precision_used"] == sorted(k for k, n in used.items() if n)
+
+
+def test_previous_files_are_found_next_to_the_previous_prefix():
+  moved = {**PREVIOUS_MANIFEST, "output_files": ["out/emb-00000-of-00002.parquet", "out/emb-00001-of-00002.parquet"]}
+  plan = previous_lib.plan(_cfg("/copy/run2/emb", _previous(moved, prefix="/copy/run1/emb")))
+  assert plan.previous_files == ["/copy/run1/emb-00000-of-00002.parquet", "/copy/run1/emb-00001-of-00002.parquet"]
+
+
 def test_plan_without_a_previous_output_is_full_and_says_why():
   assert "no --previous" in previous_lib.plan(_cfg("/runs/2/emb", None)).reason
   first = previous_lib.plan(_cfg("/root/run1/emb", previous_lib.PreviousOutput("latest:/root", None, None, "/root")))

@@ -33,10 +33,14 @@ _JSON_RECORD = st.one_of(
 )
 _JSON_LINE = st.one_of(_JSON_RECORD, _JSON_RECORD, _JSON_RECORD, _SHORT)  # a bare string: usually not JSON
 
-_CORPUS = st.one_of(
-    st.tuples(st.just("text"), st.lists(st.lists(_LINE, max_size=25), min_size=1, max_size=3)),
-    st.tuples(st.just("jsonl"), st.lists(st.lists(_JSON_LINE, max_size=25), min_size=1, max_size=3)),
-)
+
+
+def _files(line):
+  """1-3 files (some may be empty) with at least 5 lines in all (test_reliability.py has the empty corpus)."""
+  return st.lists(st.lists(line, max_size=40), min_size=1, max_size=3).filter(lambda fs: sum(map(len, fs)) >= 5)
+
+
+_CORPUS = st.one_of(st.tuples(st.just("text"), _files(_LINE)), st.tuples(st.just("jsonl"), _files(_JSON_LINE)))
 
 
 def _render(input_format, line):

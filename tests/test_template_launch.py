@@ -1,6 +1,7 @@
 """The Flex Template's entry point builds the job the CLI builds, from `--name=value` parameters; the scheduling
 examples use real template parameters. No cloud: the pipeline is built, converted to its runner proto, not run."""
 import ast
+import dataclasses
 import json
 import pathlib
 import runpy
@@ -77,8 +78,7 @@ def test_launcher_builds_the_same_graph_as_the_cli_from_name_value_parameters(
   assert flex_graph == cli_graph
   assert flex_cfg.keep_text is True and flex_cfg.normalize is True and flex_cfg.emit_tokens is False
   assert flex_cfg.previous.prefix == cli_cfg.previous.prefix == previous
-  assert flex_cfg._replace_previous() == cli_cfg._replace_previous() if hasattr(flex_cfg, "_replace_previous") else (
-      flex_cfg.__dict__ | {"previous": None} == cli_cfg.__dict__ | {"previous": None})
+  assert dataclasses.replace(flex_cfg, previous=None) == dataclasses.replace(cli_cfg, previous=None)
   for label in ("SplitByPrevious/ReadPrevious/ReadRowGroups", "SplitByPrevious/JoinById", "DriftCheck/Summarize",
                 "UpdateLatest/WritePointer"):
     assert any(name.startswith(label) for name in flex_graph), label

@@ -68,4 +68,4 @@ class EmbedDistinctTexts(beam.PTransform):
                "others": split[FANOUT]}
               | "JoinDuplicates" >> beam.CoGroupByKey()
               | "FanOut" >> beam.FlatMap(_fan_out).with_outputs("dead", main="embeddings"))
-    return EmbedResult(joined.embeddings, joined.dead, embedded.embeddings)
+    return EmbedResult(joined.embeddings, joined.dead, embedded.embeddings, embedded.precision_used)

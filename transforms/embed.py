@@ -6,7 +6,7 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from transforms import bisect, chunking
+from transforms import batching, bisect, chunking
 from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
 from transforms.preprocess import Preprocess
 from transforms.windows import WINDOW_FAILED, MergeWindows
@@ -20,6 +20,7 @@ class EmbedResult(NamedTuple):
   embeddings: beam.PCollection  # EmbeddingRecord, one per input record that succeeded
   dead_letters: beam.PCollection  # DeadLetter
   encoded: Optional[beam.PCollection] = None  # EmbeddingRecord, one per encoder call result (differs with dedupe)
+  precision_used: Optional[beam.PCollection] = None  # str per encoded record: the precision its vector came from
 
 
 class _ToEmbeddingRecord(beam.DoFn):
@@ -128,6 +129,10 @@ class EmbedTexts(beam.PTransform):
     emit_tokens: also return token ids and the token-level sequence_output of real tokens.
     keep_text: carry the text into the output records.
     batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: tokenizer batch.
+    bucket_lengths / max_batch_tokens: length buckets (capped at seq_length) and the padded-token budget of an
+      encoder batch (transforms/batching.py); bucket_lengths=None batches with RunInference's BatchElements and
+      pads each batch to its longest record instead. batch_size still caps the records of a batch.
+    precision: fp32 | bf16 | fp16 | auto, resolved on each worker (transforms/precision.py).
     embeddings: compute vectors (False: MLM scores only).
     mlm: MLM pseudo-log-likelihood scoring settings (transforms.encode.MlmSpec), or None.
     long_text: 'truncate' (the packer trims) or 'chunk' (windows of seq_length - 2 pieces, `chunk_stride` shared).
@@ -138,7 +143,9 @@ class EmbedTexts(beam.PTransform):
                layers: Optional[tuple[int, ...]] = None, seq_length: int = 128, emit_tokens: bool = False,
                keep_text: bool = False, batch_size: int = 64, min_batch_size: int = 1,
                preprocess_batch_size: int = 256, embeddings: bool = True, mlm: Optional[MlmSpec] = None,
-               long_text: str = "truncate", chunk_stride: int = 0, chunk_output: str = "rows"):
+               long_text: str = "truncate", chunk_stride: int = 0, chunk_output: str = "rows",
+               bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS,
+               max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS, precision: str = "fp32"):
     super().__init__()
     chunking.validate(long_text, chunk_stride, seq_length, None)
     self._chunk_stride = chunk_stride if long_text == "chunk" else None
@@ -151,16 +158,23 @@ class EmbedTexts(beam.PTransform):
     self._preprocess_batch_size = preprocess_batch_size
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
+    self._buckets = None if bucket_lengths is None else batching.make_spec(
+        seq_length, bucket_lengths, max_batch_tokens, batch_size)
     self._handler = BertEncoderModelHandler(
         encoder, PoolingSpec(pooling, normalize, tuple(layers) if layers else None, emit_tokens),
-        min_batch_size=min_batch_size, max_batch_size=batch_size, embeddings=embeddings, mlm=mlm)
+        min_batch_size=min_batch_size, max_batch_size=batch_size, embeddings=embeddings, mlm=mlm,
+        buckets=self._buckets, precision=precision, preprocessor_path=preprocessor)
 
   def expand(self, inputs) -> EmbedResult:
     checked = inputs | "AsTextRecords" >> beam.FlatMap(_as_text_record).with_outputs(DEAD_LETTER, main="records")
     records, invalid = checked.records, checked[DEAD_LETTER]
     packed, preprocess_failed = records | "Preprocess" >> Preprocess(
         self._preprocessor, self._seq_length, self._preprocess_batch_size, self._chunk_stride)
+    if self._buckets is not None:
+      packed = packed | "BucketBatches" >> batching.BucketBatches(self._buckets)
     predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
+    precision_used = predictions | "PrecisionUsed" >> beam.FlatMap(
+        lambda r: [r.inference.precision] if getattr(r.inference, "precision", None) else [])
     converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
         _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(
             DEAD_LETTER, WINDOW_FAILED, main="embeddings")
@@ -175,4 +189,4 @@ class EmbedTexts(beam.PTransform):
           self._chunk_output, self._normalize)
       dead_letters.append(window_dead)
     dead = tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()
-    return EmbedResult(embeddings, dead, converted.embeddings)
+    return EmbedResult(embeddings, dead, converted.embeddings, precision_used)

@@ -119,14 +119,13 @@ def rewrite_scope(rewrite: Optional[str]) -> Callable[[], contextlib.AbstractCon
   from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
   config = context.context().config
   setattr(config.graph_options.rewrite_options, rewrite, rewriter_config_pb2.RewriterConfig.ON)
-  serialized = config.SerializeToString(deterministic=True)
 
   @contextlib.contextmanager
   def scope():
     ctx = context.context()
     previous = ctx.function_call_options
     options = copy.copy(previous)
-    options.config_proto_serialized = serialized
+    options.config_proto_serialized = config  # TF's setter serializes it deterministically
     ctx.function_call_options = options  # thread-local
     try:
       yield

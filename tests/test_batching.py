@@ -1,0 +1,126 @@
+"""Length-bucketed batching (transforms/batching.py): bucket choice, token budget, and vectors equal to unbucketed."""
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that
+from apache_beam.transforms import window
+
+from transforms import batching
+from transforms.embed import EmbedTexts
+from transforms.records import EncoderInput, TextRecord
+
+
+def _element(i: int, num_tokens: int, seq_length: int = 128) -> EncoderInput:
+  ids = np.zeros(seq_length, np.int32)
+  ids[:num_tokens] = 7
+  mask = (ids != 0).astype(np.int32)
+  return EncoderInput(record=TextRecord(id=str(i), text="x"), input_word_ids=ids, input_mask=mask,
+                      input_type_ids=np.zeros(seq_length, np.int32), num_tokens=num_tokens, truncated=False)
+
+
+def test_bucket_lengths_are_capped_at_seq_length_which_is_always_the_last():
+  assert batching.make_spec(128).lengths == (16, 32, 64, 96, 128)
+  assert batching.make_spec(64).lengths == (16, 32, 64)
+  assert batching.make_spec(50).lengths == (16, 32, 50)
+  assert batching.make_spec(256).lengths == (16, 32, 64, 96, 128, 256)
+  assert batching.make_spec(12).lengths == (12,)
+  assert batching.make_spec(128, "128").lengths == (128,)
+  assert batching.make_spec(128, (64, 8, 64)).lengths == (8, 64, 128)
+
+
+@pytest.mark.parametrize("bad", ["", "a,b", "0,16", "-4", " , "])
+def test_bad_bucket_lengths_are_rejected(bad):
+  with pytest.raises(ValueError):
+    batching.parse_bucket_lengths(bad)
+
+
+def test_a_record_goes_to_the_smallest_bucket_that_holds_it():
+  spec = batching.make_spec(128)
+  assert [spec.bucket(n) for n in (1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 128)] == [
+      16, 16, 16, 32, 32, 64, 64, 96, 96, 128, 128]
+  with pytest.raises(ValueError):
+    spec.bucket(129)
+
+
+def test_rows_per_batch_come_from_the_token_budget_and_the_row_cap():
+  spec = batching.make_spec(128, max_batch_tokens=4096, max_batch_size=64)
+  assert [spec.rows(b) for b in spec.lengths] == [64, 64, 64, 42, 32]
+  assert batching.make_spec(128, max_batch_tokens=100, max_batch_size=64).rows(128) == 1  # never 0
+
+
+def test_batches_hold_one_bucket_each_within_the_token_budget_and_every_record_once():
+  rng = np.random.default_rng(0)
+  lengths = rng.integers(3, 129, 1000)
+  spec = batching.make_spec(128, max_batch_tokens=2048, max_batch_size=100)
+  batches = batching.bucket_batches([_element(i, int(n)) for i, n in enumerate(lengths)], spec)
+  seen = [e.record.id for b in batches for e in b]
+  assert sorted(seen) == sorted(str(i) for i in range(len(lengths)))
+  full = {}
+  for batch in batches:
+    buckets = {spec.bucket(e.num_tokens) for e in batch}
+    assert len(buckets) == 1
+    bucket = buckets.pop()
+    assert len(batch) * bucket <= 2048
+    assert len(batch) <= 100
+    full[bucket] = full.get(bucket, 0) + (len(batch) < spec.rows(bucket))
+  assert all(n <= 1 for n in full.values()), "at most one partial batch per bucket per bundle"
+
+
+def test_bucket_batches_in_beam_keep_windows_apart():
+  spec = batching.make_spec(64, max_batch_tokens=64, max_batch_size=8)
+
+  def check(batches):
+    assert sorted(int(e.record.id) for b in batches for e in b) == list(range(40))
+    for b in batches:
+      assert len({spec.bucket(e.num_tokens) for e in b}) == 1
+      assert len({int(e.record.id) % 2 for e in b}) == 1  # the two windows never share a batch
+      assert len(b) * spec.bucket(b[0].num_tokens) <= 64
+
+  with TestPipeline() as p:
+    out = (p
+           | beam.Create([_element(i, 3 + (i * 7) % 60, 64) for i in range(40)])
+           | beam.Map(lambda e: window.TimestampedValue(e, int(e.record.id) % 2 * 100))
+           | beam.WindowInto(window.FixedWindows(50))
+           | batching.BucketBatches(spec))
+    assert_that(out, check)
+
+
+# Texts of 1 to ~40 wordpieces, so that they fall into several buckets.
+TINY_TEXTS = [
+    "hello world!",
+    "the cat sat on the mat.",
+    "a dog is on the mat, the cat is not.",
+    "the quick brown fox jumps over the lazy dog, and the dog does not play with the fox at night.",
+    "cats",
+    " ".join(["the big red car was in the house"] * 5),
+    "is the world hello?",
+    "what time is it in the night when the people walk and the children play in the tree house?",
+]
+
+
+def _embed(export_dir, texts, seq_length, **kwargs):
+  result = {}
+  with TestPipeline() as p:
+    records = p | beam.Create([TextRecord(id=f"r{i}", text=t) for i, t in enumerate(texts)])
+    embedded = records | EmbedTexts(os.path.join(export_dir, "preprocessor"), os.path.join(export_dir, "encoder"),
+                                    seq_length=seq_length, **kwargs)
+    _ = embedded.embeddings | beam.Map(lambda r: result.__setitem__(r.id, r.embedding))
+  return result
+
+
+@pytest.mark.parametrize("model", ["tiny", "minilm"])
+def test_bucketed_vectors_equal_unbucketed_and_fixed_length_ones(request, model):
+  export_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "minilm_model_dir")
+  seq_length = 32 if model == "tiny" else 128
+  texts = TINY_TEXTS if model == "tiny" else TINY_TEXTS + [
+      "Fix a crash when the configuration file is empty; the parser now reports the missing section instead."]
+  bucketed = _embed(export_dir, texts, seq_length, max_batch_tokens=64)
+  unbucketed = _embed(export_dir, texts, seq_length, bucket_lengths=None)
+  fixed = _embed(export_dir, texts, seq_length, bucket_lengths=(seq_length,))
+  assert sorted(bucketed) == sorted(unbucketed) == sorted(fixed) == [f"r{i}" for i in range(len(texts))]
+  for key in bucketed:
+    np.testing.assert_allclose(bucketed[key], unbucketed[key], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(bucketed[key], fixed[key], atol=1e-5, rtol=0)
