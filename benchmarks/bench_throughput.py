@@ -1,6 +1,6 @@
 """Benchmark: embedding throughput of a BERT-base-shaped model, every comparison of issue 5 in one run.
 
-    .venv/bin/python -m benchmarks.bench_throughput [--num 1200] [--subset 256] [--hf-python /work/hf-venv/bin/python]
+    .venv/bin/python -m benchmarks.bench_throughput [--num 1500] [--subset 256] [--hf-python /work/hf-venv/bin/python]
 
 Steps (each measured path runs in a process of its own, so that its peak RSS is its own):
   1. a corpus of real sentences from this machine (benchmarks/corpus.py) and a BERT-base model with random weights
@@ -11,7 +11,8 @@ Steps (each measured path runs in a process of its own, so that its peak RSS is 
      so the launcher's fixed costs (imports, loading and fingerprinting the models, the worker's model load and the
      auto probe) are not counted; they are reported separately;
   4. the Hugging Face PyTorch loop (benchmarks/hf_loop.py, sorted, padded to batch max, batch 32, bf16 autocast and
-     fp32) on the same texts and weights, in the separate environment given by --hf-python, when it exists.
+     fp32) on the same texts and weights, in the separate environment given by --hf-python, when it exists; the bf16
+     loop runs before and after the pipeline and the faster of the two counts.
 Prints a table, the target ratios, and writes everything to <work>/throughput.json.
 """
 from __future__ import annotations
@@ -69,12 +70,12 @@ def _row(name, records, seconds, tokens, rss, cpu=None, note=""):
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--num", type=int, default=1200, help="sentences in the corpus")
+  parser.add_argument("--num", type=int, default=1500, help="sentences in the corpus")
   parser.add_argument("--subset", type=int, default=256, help="sentences for the fixed-128 comparison")
   parser.add_argument("--small", type=int, default=32, help="sentences of the pipeline's fixed-cost run")
   parser.add_argument("--work", default="/tmp/bert-embed-bench")
   parser.add_argument("--hf-python", default="/work/hf-venv/bin/python")
-  parser.add_argument("--skip-pipeline-fp32", action="store_true")
+  parser.add_argument("--pipeline-fp32", action="store_true", help="also run the pipeline in fp32")
   args = parser.parse_args()
 
   os.makedirs(args.work, exist_ok=True)
@@ -101,9 +102,11 @@ def main() -> None:
   # 3 + 4, alternating so that the pipeline and the HF loop see similar load.
   runs = {}
   have_hf = os.path.exists(args.hf_python)
-  steps = [("pipeline-small", small_file, "auto"), ("hf-bf16", None, True), ("pipeline-auto", corpus_file, "auto"),
-           ("hf-fp32", None, False)]
-  if not args.skip_pipeline_fp32:
+  # The HF bf16 loop runs twice, before and after the pipeline, and its better run counts (torch's OpenMP threads
+  # slow down far more than TF's thread pool when other processes share the cores).
+  steps = [("hf-bf16", None, True), ("pipeline-small", small_file, "auto"), ("pipeline-auto", corpus_file, "auto"),
+           ("hf-bf16-again", None, True), ("hf-fp32", None, False)]
+  if args.pipeline_fp32:
     steps += [("pipeline-small-fp32", small_file, "fp32"), ("pipeline-fp32", corpus_file, "fp32")]
   for name, texts_file, setting in steps:
     log = os.path.join(args.work, name + ".log")
@@ -141,7 +144,11 @@ def main() -> None:
     rows.append(_row(f"{label} ({used})", n_full - n_small, t_full - t_small, tokens,
                      max(runs[full]["peak_rss_mb"], runs[small]["peak_rss_mb"]), note="all, marginal"))
     fixed_costs[full] = t_small
-  for name, label in (("hf-bf16", "HF PyTorch loop, bf16 autocast"), ("hf-fp32", "HF PyTorch loop, fp32")):
+  if "hf-bf16-again" in runs:
+    runs["hf-bf16-first"] = runs["hf-bf16"]
+    runs["hf-bf16"] = min(runs["hf-bf16-first"], runs["hf-bf16-again"], key=lambda r: r["seconds"])
+  for name, label in (("hf-bf16", "HF PyTorch loop, bf16 autocast (better of 2)"),
+                      ("hf-fp32", "HF PyTorch loop, fp32")):
     if name in runs:
       r = runs[name]
       rows.append(_row(label, r["records"], r["seconds"], r["tokens"], r["peak_rss_mb"], note="all"))

@@ -168,10 +168,16 @@ class WriteManifest(beam.PTransform):
             | "Write" >> beam.ParDo(write_fn, *side_inputs))
 
   def _sum_counts(self, pipeline, counts: dict):
-    """One {name: total} dict; names whose PCollection is empty are absent (read as 0)."""
+    """One {name: total} dict; names whose PCollection is empty are absent (read as 0).
+
+    Each count is summed first on its own (a combine the runner lifts into the stage producing it), so a few
+    partial sums rather than one element per record reach the Flatten (which the DirectRunner materializes).
+    """
     if not counts:
       return pipeline | "NoCounts" >> beam.Create([{}])
-    tagged = [pcoll | f"Tag[{name}]" >> beam.Map(_tag_count, name) for name, pcoll in sorted(counts.items())]
+    tagged = [pcoll
+              | f"Sum[{name}]" >> beam.CombineGlobally(sum).without_defaults()
+              | f"Tag[{name}]" >> beam.Map(_tag_count, name) for name, pcoll in sorted(counts.items())]
     return (tagged
             | "FlattenCounts" >> beam.Flatten()
             | "SumCounts" >> beam.CombinePerKey(sum)

@@ -81,7 +81,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   else:
     embedded = split.to_encode | "EmbedTexts" >> embed
   drift = embedded.embeddings | "DriftCheck" >> DriftCheck(split.drift_sample, plan.drift_sample)
-  rows = (embedded.embeddings, split.carried) | "WithCarriedOver" >> beam.Flatten()
+  rows = embedded.embeddings
+  if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
+    rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
   columns = {"embeddings": cfg.embeddings, "mlm": cfg.mlm is not None,
              "mlm_per_token": cfg.mlm is not None and cfg.mlm.per_token}
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(

@@ -10,10 +10,10 @@ import tempfile
 
 import numpy as np
 import pyarrow.parquet as pq
+from apache_beam.testing.test_pipeline import TestPipeline
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline.run import run
 
 DIM = 32

@@ -290,3 +290,26 @@ def test_a_glob_matching_nothing_fails_before_the_model_is_loaded(tmp_path):
   with pytest.raises(UsageError, match=r"part-\*\.jsonl' matches no files"):
     run(argv)
   assert sorted(os.listdir(tmp_path)) == ["in.txt"]
+
+
+# --- scale: the packer sees few batch shapes ------------------------------------------------------
+
+def test_padding_a_tokenizer_batch_to_a_power_of_two_changes_no_record(tiny_model_dir):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from transforms.preprocess import Tokenizer, padded_batch_size  # pylint: disable=import-outside-toplevel
+  from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
+  from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
+  assert [padded_batch_size(n) for n in (0, 1, 2, 3, 5, 64, 65, 256)] == [1, 1, 2, 4, 8, 64, 128, 256]
+  pre = load_preprocessor(os.path.join(tiny_model_dir, "preprocessor")).obj
+  tokenizer = Tokenizer(pre, SEQ)
+  records = [TextRecord(id=str(i), text=s, text_pair=S[-1 - i]) for i, s in enumerate(S[:5])]
+  batch = tokenizer.pack(records)  # padded from 5 to 8
+  direct = pre.bert_pack_inputs([pre.tokenize(tf.constant([r.text for r in records])),
+                                 pre.tokenize(tf.constant([r.text_pair for r in records]))],
+                                seq_length=tf.constant(SEQ, tf.int32))
+  assert [e.record for e in batch] == records
+  for i, (together, alone) in enumerate(zip(batch, (tokenizer.pack([r])[0] for r in records))):
+    for name in ("input_word_ids", "input_mask", "input_type_ids"):
+      np.testing.assert_array_equal(getattr(together, name), direct[name].numpy()[i])
+      np.testing.assert_array_equal(getattr(together, name), getattr(alone, name))
+    assert (together.num_tokens, together.truncated) == (alone.num_tokens, alone.truncated)

@@ -16,6 +16,11 @@ DEAD_LETTER = "dead_letter"
 NAMESPACE = "bert_embed"
 
 
+def padded_batch_size(n: int) -> int:
+  """The smallest power of two >= n (>= 1): the few batch shapes the packer is called with."""
+  return 1 << max(0, n - 1).bit_length()
+
+
 class Tokenizer:
   """Tokenizes and packs lists of records with a loaded TF Hub-form preprocessor."""
 
@@ -24,12 +29,17 @@ class Tokenizer:
     self._seq_length = seq_length
 
   def pack(self, records: Sequence[TextRecord]) -> list[EncoderInput]:
-    """Packs records that all have, or all lack, a text pair. Raises on failure (callers bisect)."""
+    """Packs records that all have, or all lack, a text pair. Raises on failure (callers bisect).
+
+    The batch is padded with empty texts to a power of two: a loaded packer pays ~0.1 s and some MB for every new
+    batch size it sees, and Beam's adaptive batches come in every size (measured: 10x slower and +0.5 GB RSS).
+    """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    padding = [""] * (padded_batch_size(len(records)) - len(records))
     with tf.device("/CPU:0"):
-      segments = [self._pre.tokenize(tf.constant([r.text for r in records]))]
+      segments = [self._pre.tokenize(tf.constant([r.text for r in records] + padding))]
       if records[0].text_pair is not None:
-        segments.append(self._pre.tokenize(tf.constant([r.text_pair for r in records])))
+        segments.append(self._pre.tokenize(tf.constant([r.text_pair for r in records] + padding)))
       packed = self._pre.bert_pack_inputs(segments, seq_length=tf.constant(self._seq_length, tf.int32))
       pieces = sum(s.merge_dims(-2, -1).row_lengths().numpy() for s in segments)
     budget = self._seq_length - (len(segments) + 1)

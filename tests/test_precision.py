@@ -1,0 +1,169 @@
+"""Reduced precision (transforms/precision.py): bf16 vectors near fp32, the same records succeed, honest reporting."""
+import contextlib
+import os
+import threading
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
+
+from pipeline.run import run
+from transforms import precision
+
+needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has neither AMX-BF16 nor AVX512_BF16")
+
+SENTENCES = [
+    "the cat sat on the mat.",
+    "hello world!",
+    "a dog is on the mat, the cat is not.",
+    "is the world hello?",
+    "the quick brown fox jumps over the lazy dog and the dog does not play.",
+    "cats and dogs are sitting on mats in the world.",
+]
+
+
+def test_hardware_detection_from_cpu_flags():
+  assert precision.cpu_has_bf16({"avx512f", "avx512_bf16"})
+  assert precision.cpu_has_bf16({"amx_bf16", "amx_tile"})
+  assert not precision.cpu_has_bf16({"avx512f", "avx2"})
+  assert precision.available("/CPU:0", {"avx512_bf16"}) == ("bf16",)
+  assert precision.available("/CPU:0", {"avx2"}) == ()
+  assert precision.available("/GPU:0", set()) == ("fp16",)
+
+
+def test_rewrites_exist_only_where_tf_has_them():
+  assert precision.rewrite_name("bf16", "/CPU:0") == "auto_mixed_precision_onednn_bfloat16"
+  assert precision.rewrite_name("fp16", "/GPU:0") == "auto_mixed_precision"
+  assert precision.rewrite_name("bf16", "/GPU:0") is None  # TF's CUDA rewrite only makes fp16
+  assert precision.rewrite_name("fp16", "/CPU:0") is None
+  assert precision.rewrite_name("fp32", "/CPU:0") is None
+
+
+def _loaded(export_dir, seq_length):
+  pre = tf.saved_model.load(os.path.join(export_dir, "preprocessor"))
+  enc = tf.saved_model.load(os.path.join(export_dir, "encoder"))
+  return enc, precision.probe_inputs(pre, seq_length)
+
+
+@needs_bf16
+@pytest.mark.parametrize("model", ["tiny", "minilm"])
+def test_bf16_is_within_cosine_0999_of_fp32_and_leaves_fp32_exact(request, model):
+  export_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "minilm_model_dir")
+  enc, probe = _loaded(export_dir, 32 if model == "tiny" else 128)
+  before = enc(probe)["pooled_output"].numpy()
+  runner = precision.resolve(enc, "/CPU:0", "bf16", probe)
+  assert runner.precision == "bf16", runner.report
+  fetch = lambda out: {"sequence_output": out["sequence_output"].numpy(), "pooled": out["pooled_output"].numpy()}
+  reduced, used = runner.call(probe, fetch)
+  assert used == "bf16"
+  assert precision.cosine(reduced["pooled"], before).min() >= 0.999
+  mask = probe["input_mask"].astype(bool)
+  tokens = enc(probe)["sequence_output"].numpy()[mask]
+  assert precision.cosine(reduced["sequence_output"][mask], tokens).min() >= 0.999
+  assert not np.array_equal(reduced["pooled"], before)  # the rewrite really ran
+  np.testing.assert_array_equal(enc(probe)["pooled_output"].numpy(), before)  # nothing global was switched
+
+
+@needs_bf16
+def test_the_rewrite_is_thread_local(tiny_model_dir):
+  enc, probe = _loaded(tiny_model_dir, 32)
+  exact = enc(probe)["pooled_output"].numpy()
+  scope = precision.rewrite_scope("auto_mixed_precision_onednn_bfloat16")
+  inside, outside = threading.Event(), threading.Event()
+  seen = {}
+
+  def reduced_thread():
+    with scope():
+      seen["bf16"] = enc(probe)["pooled_output"].numpy()
+      inside.set()
+      outside.wait(30)
+
+  worker = threading.Thread(target=reduced_thread)
+  worker.start()
+  assert inside.wait(60)
+  seen["fp32"] = enc(probe)["pooled_output"].numpy()  # while the other thread is inside its scope
+  outside.set()
+  worker.join()
+  np.testing.assert_array_equal(seen["fp32"], exact)
+  assert not np.array_equal(seen["bf16"], exact)
+
+
+def test_a_non_finite_reduced_result_is_recomputed_in_fp32():
+  calls = []
+  state = threading.local()
+
+  def encoder(inputs):
+    calls.append(getattr(state, "reduced", False))
+    value = np.nan if getattr(state, "reduced", False) else 1.0
+    return {"pooled_output": tf.fill([2, 3], value)}
+
+  @contextlib.contextmanager
+  def fake_scope():
+    state.reduced = True
+    try:
+      yield
+    finally:
+      state.reduced = False
+
+  runner = precision.PrecisionRunner(encoder, "/CPU:0", "bf16", "fp32", {})
+  runner.precision = "bf16"
+  runner._scopes["bf16"] = fake_scope  # pylint: disable=protected-access
+  out, used = runner.call({"input_word_ids": np.zeros((2, 3), np.int32)},
+                          lambda o: {"pooled_output": o["pooled_output"].numpy()})
+  assert used == "fp32" and calls == [True, False]
+  assert np.all(out["pooled_output"] == 1.0)
+
+
+def test_explicit_bf16_without_a_rewrite_reports_fp32(tiny_model_dir):
+  enc, probe = _loaded(tiny_model_dir, 32)
+  runner = precision.resolve(enc, "/GPU:0", "bf16", probe)  # no GPU here: TF places it on the CPU
+  assert runner.precision == "fp32"
+  assert "no bf16 rewrite" in runner.report["candidates"]["bf16"]["skipped"]
+
+
+def test_auto_on_a_cpu_without_bf16_is_fp32(tiny_model_dir):
+  enc, probe = _loaded(tiny_model_dir, 32)
+  runner = precision.resolve(enc, "/CPU:0", "auto", probe, flags={"avx2"})
+  assert runner.precision == "fp32" and runner.report["candidates"] == {}
+
+
+@needs_bf16
+def test_auto_picks_bf16_only_when_it_is_faster(tiny_model_dir, monkeypatch):
+  enc, probe = _loaded(tiny_model_dir, 32)
+  timings = iter([1.0, 0.5])  # fp32, then bf16
+  monkeypatch.setattr(precision, "_time", lambda fn, repeats: next(timings))
+  assert precision.resolve(enc, "/CPU:0", "auto", probe).precision == "bf16"
+  timings = iter([1.0, 0.95])  # not AUTO_MIN_SPEEDUP faster
+  monkeypatch.setattr(precision, "_time", lambda fn, repeats: next(timings))
+  runner = precision.resolve(enc, "/CPU:0", "auto", probe)
+  assert runner.precision == "fp32" and runner.report["candidates"]["bf16"]["speedup"] < precision.AUTO_MIN_SPEEDUP
+
+
+def _pipeline_vectors(tmp_path, export_dir, name, extra):
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  out = run(["--model", export_dir, "--input", str(tmp_path / "in.jsonl"), "--input-format", "jsonl",
+             "--output", str(tmp_path / name / "emb"), *extra])
+  rows = pa.concat_tables([pq.read_table(f) for f in out.manifest["output_files"]]).to_pylist()
+  return {r["id"]: np.asarray(r["embedding"], np.float32) for r in rows}, out.manifest
+
+
+@needs_bf16
+@pytest.mark.parametrize("model", ["tiny", "minilm"])
+def test_the_pipeline_in_bf16_writes_the_same_ids_within_cosine_0999(request, tmp_path, model):
+  import json  # pylint: disable=import-outside-toplevel
+  export_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "minilm_model_dir")
+  seq = "32" if model == "tiny" else "128"
+  lines = [{"id": f"s{i}", "text": t} for i, t in enumerate(SENTENCES)]
+  lines += [{"id": "blank", "text": "   "}, {"id": "no-text"}]  # dead letters in both precisions
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+  fp32, m32 = _pipeline_vectors(tmp_path, export_dir, "fp32", ["--seq-length", seq])
+  bf16, m16 = _pipeline_vectors(tmp_path, export_dir, "bf16", ["--seq-length", seq, "--precision", "bf16"])
+  assert sorted(fp32) == sorted(bf16) == sorted(f"s{i}" for i in range(len(SENTENCES)))
+  assert m32["counts"]["dead_lettered"] == m16["counts"]["dead_lettered"] == 2
+  assert m32["precision_used"] == {"fp32": len(SENTENCES)}
+  assert m16["precision_used"] == {"bf16": len(SENTENCES)}
+  assert m16["options"]["precision"] == "bf16"
+  for key, vector in fp32.items():
+    assert precision.cosine(bf16[key][None], vector[None])[0] >= 0.999
