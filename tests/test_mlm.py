@@ -13,7 +13,7 @@ import tensorflow as tf
 from hypothesis import strategies as st
 
 from transforms import mlm, mlm_plan, mlm_vocab
-from transforms.encode import EncodeError
+from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
 from transforms.preprocess import Tokenizer
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import load_saved_model
@@ -264,8 +264,9 @@ def test_whole_word_needs_the_vocab(loaded_exports, tiny_model_dir):
 
 def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exports):
   model = loaded_exports(tiny_model_dir)
-  handler = mlm.MlmScoringModelHandler(os.path.join(tiny_model_dir, "encoder"), model.special,
-                                       whole_word=True, continuation=_continuation(model), per_token=True)
+  spec = MlmSpec(model.special, whole_word=True, continuation=_continuation(model), per_token=True)
+  handler = BertEncoderModelHandler(os.path.join(tiny_model_dir, "encoder"), PoolingSpec(), embeddings=False,
+                                    mlm=spec)
   loaded = handler.load_model()
   bad_ids = model.inputs[1].input_word_ids.copy()
   bad_ids[2] = 10 ** 6  # outside the vocab
@@ -276,7 +277,7 @@ def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exp
   assert isinstance(results[3].inference, EncodeError) and "vocab" in results[3].inference.reason
   expected = mlm.score_records(model.enc, model.inputs, model.special, whole_word=True,
                                continuation=_continuation(model))
-  good = [r.inference for r in results if r.example.record.id != "bad"]
+  good = [r.inference.mlm for r in results if r.example.record.id != "bad"]
   np.testing.assert_allclose([g.pll for g in good], [e.pll for e in expected], rtol=1e-5)
   assert all(g.token_scores is not None for g in good)
 

@@ -14,17 +14,14 @@ Efficiency: the copies of all records of a call are pooled, sorted by length and
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
-from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms import bisect, mlm_plan
-from transforms.encode import EncodeError
+from transforms import mlm_plan
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel, load_encoder
+from transforms.saved_models import LoadedModel
 
-NAMESPACE = "bert_embed"
 DEFAULT_MAX_TOKENS = 8192
 DEFAULT_MAX_COPIES = 512
 
@@ -190,60 +187,3 @@ def check_has_mlm(encoder) -> None:
     raise MissingMlmHeadError(_missing_message(
         where, f"has a `.mlm` that does not take `masked_lm_positions` and return `mlm_logits` [B, P, V] "
         f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''})")) from e
-
-
-class MlmScoringModelHandler(ModelHandler[EncoderInput, PredictionResult, LoadedModel]):
-  """Scores packed BERT inputs with the `.mlm` of a TF Hub-form encoder SavedModel; inference = `MlmScore`.
-
-  The model is loaded (and shared) like `BertEncoderModelHandler`'s. Each RunInference batch of records is scored
-  with `score_records`, which re-batches the records' masked copies under the token budget; a batch that fails is
-  bisected so that only the records that fail alone come back as `EncodeError`s.
-
-  Args:
-    encoder_path: the encoder SavedModel (local or a Beam filesystem URL).
-    special: the preprocessor's special token ids (`mlm_vocab.load_special_tokens`), computed at launch.
-    whole_word: PLL-word-l2r masking; needs `continuation`.
-    continuation: bool [V] (`mlm_vocab.load_continuation_table`), computed at launch.
-    per_token: fill `MlmScore.token_scores`.
-    max_tokens / max_copies: per-`.mlm`-call budget of the copy batches.
-    min_batch_size / max_batch_size: RunInference's batching of records.
-  """
-
-  def __init__(self, encoder_path: str, special: Mapping[str, int], *, whole_word: bool = False,
-               continuation: Optional[np.ndarray] = None, per_token: bool = False,
-               max_tokens: int = DEFAULT_MAX_TOKENS, max_copies: int = DEFAULT_MAX_COPIES,
-               min_batch_size: int = 1, max_batch_size: int = 64, **kwargs):
-    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **kwargs)
-    if whole_word and continuation is None:
-      raise ValueError("whole_word scoring needs `continuation` (mlm_vocab.load_continuation_table)")
-    self._path = encoder_path
-    self._special = {k: int(v) for k, v in special.items()}
-    self._whole_word = whole_word
-    self._continuation = np.asarray(continuation, bool) if whole_word else None
-    self._per_token = per_token
-    self._max_tokens = max_tokens
-    self._max_copies = max_copies
-
-  def load_model(self) -> LoadedModel:
-    model = load_encoder(self._path)
-    if getattr(model.obj, "mlm", None) is None:
-      raise MissingMlmHeadError(_missing_message(self._path, "has no `.mlm` subobject"))
-    return model
-
-  def _score(self, model: LoadedModel, part: Sequence[EncoderInput]) -> list[MlmScore]:
-    return score_records(model, part, self._special, whole_word=self._whole_word, continuation=self._continuation,
-                         max_tokens=self._max_tokens, max_copies=self._max_copies, per_token=self._per_token)
-
-  def run_inference(self, batch: Sequence[EncoderInput], model: LoadedModel,
-                    inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
-    results = []
-    for element, score, error in bisect.run_isolating_failures(batch, lambda part: self._score(model, part)):
-      inference = EncodeError(bisect.describe(error)) if error is not None else score
-      results.append(PredictionResult(element, inference, self._path))
-    return results
-
-  def get_num_bytes(self, batch: Sequence[EncoderInput]) -> int:
-    return sum(e.input_word_ids.nbytes * 3 for e in batch)
-
-  def get_metrics_namespace(self) -> str:
-    return NAMESPACE
