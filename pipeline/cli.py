@@ -60,6 +60,7 @@ def _pop_int_flag(argv: list[str], name: str) -> tuple[list[str], int]:
 
 def _run(argv: list[str]) -> int:
   from pipeline.run import run  # pylint: disable=import-outside-toplevel
+  from transforms.duplicates import DuplicateIdError  # pylint: disable=import-outside-toplevel
   argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
   if "-h" in argv or "--help" in argv:
     from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
@@ -76,6 +77,9 @@ def _run(argv: list[str]) -> int:
   except UsageError as e:
     print(f"bert-embed run: error: {e}", file=sys.stderr)
     return 2
+  except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
+    print(f"bert-embed run: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
+    return 1
   if neighbours and outcome.manifest and outcome.config.output_format == "parquet":
     from pipeline.neighbours import report  # pylint: disable=import-outside-toplevel
     print(report(outcome.manifest["output_files"], neighbours))

@@ -5,6 +5,7 @@ import argparse
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms import batching
 from transforms.duplicates import DEFAULT_POLICY as DEFAULT_DUPLICATE_ID_POLICY
 from transforms.duplicates import POLICIES as DUPLICATE_ID_POLICIES
 from transforms.pooling import POOLINGS
@@ -147,7 +148,7 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
-    _flag(g, "bucket_lengths", default="16,32,64,96,128",
+    _flag(g, "bucket_lengths", default=",".join(map(str, batching.DEFAULT_BUCKET_LENGTHS)),
           help="Comma-separated padded lengths: an encoder batch holds records of one bucket, padded to its length "
                "(lengths above --seq-length are dropped; --seq-length is always the last bucket). 'none' pads "
                "each batch to its longest record instead.")

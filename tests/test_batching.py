@@ -23,11 +23,12 @@ def _element(i: int, num_tokens: int, seq_length: int = 128) -> EncoderInput:
 
 
 def test_bucket_lengths_are_capped_at_seq_length_which_is_always_the_last():
-  assert batching.make_spec(128).lengths == (16, 32, 64, 96, 128)
-  assert batching.make_spec(64).lengths == (16, 32, 64)
-  assert batching.make_spec(50).lengths == (16, 32, 50)
-  assert batching.make_spec(256).lengths == (16, 32, 64, 96, 128, 256)
-  assert batching.make_spec(12).lengths == (12,)
+  assert batching.make_spec(128).lengths == batching.DEFAULT_BUCKET_LENGTHS
+  assert batching.DEFAULT_BUCKET_LENGTHS[-1] == 128
+  assert batching.make_spec(64).lengths == (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64)
+  assert batching.make_spec(50).lengths == (8, 12, 16, 20, 24, 28, 32, 40, 48, 50)
+  assert batching.make_spec(256).lengths == batching.DEFAULT_BUCKET_LENGTHS + (256,)
+  assert batching.make_spec(12).lengths == (8, 12)
   assert batching.make_spec(128, "128").lengths == (128,)
   assert batching.make_spec(128, (64, 8, 64)).lengths == (8, 64, 128)
 
@@ -39,7 +40,7 @@ def test_bad_bucket_lengths_are_rejected(bad):
 
 
 def test_a_record_goes_to_the_smallest_bucket_that_holds_it():
-  spec = batching.make_spec(128)
+  spec = batching.make_spec(128, "16,32,64,96")
   assert [spec.bucket(n) for n in (1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 128)] == [
       16, 16, 16, 32, 32, 64, 64, 96, 96, 128, 128]
   with pytest.raises(ValueError):
@@ -47,27 +48,42 @@ def test_a_record_goes_to_the_smallest_bucket_that_holds_it():
 
 
 def test_rows_per_batch_come_from_the_token_budget_and_the_row_cap():
-  spec = batching.make_spec(128, max_batch_tokens=4096, max_batch_size=64)
+  spec = batching.make_spec(128, "16,32,64,96", max_batch_tokens=4096, max_batch_size=64)
   assert [spec.rows(b) for b in spec.lengths] == [64, 64, 64, 42, 32]
   assert batching.make_spec(128, max_batch_tokens=100, max_batch_size=64).rows(128) == 1  # never 0
 
 
-def test_batches_hold_one_bucket_each_within_the_token_budget_and_every_record_once():
+def _check_budget(batches, spec, budget, cap):
+  for batch in batches:
+    padded = spec.bucket(max(e.num_tokens for e in batch))
+    assert len(batch) * padded <= budget and len(batch) <= cap
+
+
+def test_batches_fill_the_token_budget_and_hold_every_record_once():
   rng = np.random.default_rng(0)
   lengths = rng.integers(3, 129, 1000)
   spec = batching.make_spec(128, max_batch_tokens=2048, max_batch_size=100)
   batches = batching.bucket_batches([_element(i, int(n)) for i, n in enumerate(lengths)], spec)
   seen = [e.record.id for b in batches for e in b]
   assert sorted(seen) == sorted(str(i) for i in range(len(lengths)))
-  full = {}
-  for batch in batches:
-    buckets = {spec.bucket(e.num_tokens) for e in batch}
-    assert len(buckets) == 1
-    bucket = buckets.pop()
-    assert len(batch) * bucket <= 2048
-    assert len(batch) <= 100
-    full[bucket] = full.get(bucket, 0) + (len(batch) < spec.rows(bucket))
-  assert all(n <= 1 for n in full.values()), "at most one partial batch per bucket per bundle"
+  _check_budget(batches, spec, 2048, 100)
+  # Partial batches of neighbouring buckets are merged: fewer batches than one partial per bucket would make.
+  per_bucket = np.bincount([spec.lengths.index(spec.bucket(int(n))) for n in lengths])
+  one_partial_each = sum(-(-int(n) // spec.rows(b)) for n, b in zip(per_bucket, spec.lengths))
+  assert len(batches) < one_partial_each
+
+
+def test_leftovers_are_packed_shortest_first_and_each_batch_is_as_full_as_its_budget_allows():
+  rng = np.random.default_rng(1)
+  spec = batching.make_spec(128, max_batch_tokens=1024, max_batch_size=48)
+  elements = [_element(i, int(n)) for i, n in enumerate(rng.integers(3, 129, 300))]
+  packed = batching.pack_sorted(elements, spec)
+  batches = [b for _, b in packed]
+  assert [e.num_tokens for b in batches for e in b] == sorted(e.num_tokens for e in elements)
+  _check_budget(batches, spec, 1024, 48)
+  for (padded, batch), (_, following) in zip(packed, packed[1:]):
+    assert padded == spec.bucket(batch[-1].num_tokens)
+    assert len(batch) + 1 > spec.rows(spec.bucket(following[0].num_tokens)), "the next record would have fitted"
 
 
 def test_bucket_batches_in_beam_keep_windows_apart():
@@ -75,10 +91,9 @@ def test_bucket_batches_in_beam_keep_windows_apart():
 
   def check(batches):
     assert sorted(int(e.record.id) for b in batches for e in b) == list(range(40))
+    _check_budget(batches, spec, 64, 8)
     for b in batches:
-      assert len({spec.bucket(e.num_tokens) for e in b}) == 1
       assert len({int(e.record.id) % 2 for e in b}) == 1  # the two windows never share a batch
-      assert len(b) * spec.bucket(b[0].num_tokens) <= 64
 
   with TestPipeline() as p:
     out = (p

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from pipeline import cli
 from pipeline.options import UsageError
 from pipeline.run import run
 from transforms.duplicates import DuplicateIdError
@@ -167,12 +168,17 @@ def test_jsonl_bad_fields_and_duplicate_ids_are_dead_lettered(tmp_path, tiny_mod
   assert outcome.manifest["options"]["on_duplicate_id"] == "dead-letter"
 
 
-def test_duplicate_ids_fail_the_job_when_asked_and_no_manifest_is_written(tmp_path, tiny_model_dir):
+def test_duplicate_ids_fail_the_job_when_asked_and_no_manifest_is_written(tmp_path, tiny_model_dir, capsys):
   src = _jsonl(tmp_path / "in.jsonl", [{"id": "x", "text": S[0]}, {"id": "y", "text": S[1]},
                                        {"id": "x", "text": S[2]}])
   with pytest.raises(DuplicateIdError, match=r"duplicate id 'x': records at .*in.jsonl:1 and .*in.jsonl:3"):
     _run(tiny_model_dir, src, str(tmp_path / "emb"), "--input-format", "jsonl", "--on-duplicate-id", "fail")
   assert not os.path.exists(tmp_path / "emb-manifest.json")
+  code = cli.main(["run", "--model", tiny_model_dir, "--input", src, "--output", str(tmp_path / "cli"),
+                   "--input-format", "jsonl", "--on-duplicate-id", "fail"])
+  err = capsys.readouterr().err
+  assert code == 1 and "bert-embed run: error: duplicate id 'x'" in err and "Traceback" not in err
+  assert not os.path.exists(tmp_path / "cli-manifest.json")
 
 
 # --- csv: malformed rows, missing values, invalid UTF-8; duplicate ids kept when asked ----------

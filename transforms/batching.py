@@ -1,11 +1,18 @@
 """Length-bucketed encoder batches: each batch is padded only to its bucket's length and sized by a token budget.
 
 A record of n packed tokens goes to the smallest bucket length >= n (the last bucket is always --seq-length). A
-batch holds records of one bucket only, at most `max_batch_tokens // bucket` of them (and at most
-`max_batch_size`), and the encoder sees it as int32 [rows, bucket]. Short texts therefore stop paying for
-padding up to --seq-length, and the encoder only ever sees a handful of sequence lengths (no surprises from
-shape-specialised kernels or compilation caches). Padding never changes a record's vector: padded positions are
-masked out of attention and pooling.
+batch holds records of one bucket, at most `max_batch_tokens // bucket` of them (and at most `max_batch_size`),
+and the encoder sees it as int32 [rows, bucket]. Short texts therefore stop paying for padding up to
+--seq-length, and the encoder sees a bounded set of sequence lengths (no surprises from shape-specialised kernels
+or compilation caches). Padding never changes a record's vector: padded positions are masked out of attention and
+pooling.
+
+The default lengths step by 4 up to 32, by 8 up to 64, then by 16: sentence corpora are mostly short, and on the
+benchmark corpus (22 packed tokens on average) they keep 92% of the encoded tokens real, against 71% for
+16/32/64/96/128 and 94% for sorting the whole corpus and padding each batch of 32 to its longest (the Hugging Face
+recipe). A bundle's leftover records (the partial batch of each bucket) are pooled, sorted by length and cut
+again under the same budget, each batch padded to the bucket of its longest record, so that many fine buckets
+do not turn into many small batches (small batches run several times slower per token on CPU).
 
 Why not Beam's own knobs: in a batch pipeline `BatchElements` ignores `length_fn` / `bucket_boundaries` unless
 `max_batch_duration_secs` is set, and that switches to a stateful, keyed implementation (a shuffle of the packed
@@ -24,7 +31,7 @@ from apache_beam.transforms import window as beam_window
 from apache_beam.utils import windowed_value
 
 NAMESPACE = "bert_embed"
-DEFAULT_BUCKET_LENGTHS = (16, 32, 64, 96, 128)
+DEFAULT_BUCKET_LENGTHS = (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64, 80, 96, 112, 128)
 DEFAULT_MAX_BATCH_TOKENS = 4096
 
 
@@ -75,16 +82,8 @@ def padded_length(spec: Optional[BucketSpec], longest: int) -> int:
   return longest if spec is None else spec.bucket(longest)
 
 
-class _Open:
-  __slots__ = ("elements", "timestamp")
-
-  def __init__(self):
-    self.elements = []
-    self.timestamp = None
-
-
 class _BucketBatchFn(beam.DoFn):
-  """EncoderInput -> list[EncoderInput] of one bucket, at most `spec.rows(bucket)` long."""
+  """EncoderInput -> list[EncoderInput], at most `spec.rows` of the bucket of its longest record long."""
 
   def __init__(self, spec: BucketSpec):
     self._spec = spec
@@ -96,28 +95,50 @@ class _BucketBatchFn(beam.DoFn):
   def start_bundle(self):
     self._open = collections.OrderedDict()
 
-  def _emit(self, key, batch: _Open):
+  def _emit(self, key, elements: list):
     win, bucket = key
     self._batches.inc()
-    self._real.inc(sum(e.num_tokens for e in batch.elements))
-    self._padded.inc(bucket * len(batch.elements))
-    return windowed_value.WindowedValue(batch.elements, win.max_timestamp(), (win,))
+    self._real.inc(sum(e.num_tokens for e in elements))
+    self._padded.inc(bucket * len(elements))
+    return windowed_value.WindowedValue(elements, win.max_timestamp(), (win,))
 
   def process(self, element, win=beam.DoFn.WindowParam) -> Iterable:
     bucket = self._spec.bucket(element.num_tokens)
     key = (win, bucket)
-    batch = self._open.get(key)
-    if batch is None:
-      batch = self._open[key] = _Open()
-    batch.elements.append(element)
-    if len(batch.elements) >= self._spec.rows(bucket):
+    batch = self._open.setdefault(key, [])
+    batch.append(element)
+    if len(batch) >= self._spec.rows(bucket):
       del self._open[key]
       yield self._emit(key, batch)
 
   def finish_bundle(self) -> Iterable:
-    for key, batch in self._open.items():
-      yield self._emit(key, batch)
+    leftovers = collections.defaultdict(list)  # window -> the records of its partial batches
+    for (win, _), batch in self._open.items():
+      leftovers[win].extend(batch)
     self._open = collections.OrderedDict()
+    for win, elements in leftovers.items():
+      for bucket, batch in pack_sorted(elements, self._spec):
+        yield self._emit((win, bucket), batch)
+
+
+def pack_sorted(elements: Sequence, spec: BucketSpec) -> list[tuple[int, list]]:
+  """Cuts records, shortest first, into batches under the budget: [(padded length, batch)].
+
+  A batch grows while its rows still fit `spec.rows` of the bucket of its newest (longest) record; as rows only
+  shrink with longer buckets, every batch respects the budget of the length it is padded to.
+  """
+  out = []
+  batch, bucket = [], None
+  for element in sorted(elements, key=lambda e: e.num_tokens):
+    grown = spec.bucket(element.num_tokens)
+    if batch and len(batch) + 1 > spec.rows(grown):
+      out.append((bucket, batch))
+      batch = []
+    batch.append(element)
+    bucket = grown
+  if batch:
+    out.append((bucket, batch))
+  return out
 
 
 class BucketBatches(beam.PTransform):
