@@ -73,17 +73,29 @@ def test_batches_fill_the_token_budget_and_hold_every_record_once():
   assert len(batches) < one_partial_each
 
 
-def test_leftovers_are_packed_shortest_first_and_each_batch_is_as_full_as_its_budget_allows():
-  rng = np.random.default_rng(1)
-  spec = batching.make_spec(128, max_batch_tokens=1024, max_batch_size=48)
-  elements = [_element(i, int(n)) for i, n in enumerate(rng.integers(3, 129, 300))]
-  packed = batching.pack_sorted(elements, spec)
+def _segmentations(n: int):
+  """Every way to cut a sequence of n items into contiguous non-empty runs, as lists of (start, end)."""
+  for mask in range(1 << max(0, n - 1)):
+    cuts = [0] + [k + 1 for k in range(n - 1) if mask >> k & 1] + [n]
+    yield list(zip(cuts, cuts[1:]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_leftovers_are_cut_at_the_cheapest_points_a_brute_force_finds(seed):
+  rng = np.random.default_rng(seed)
+  spec = batching.make_spec(64, max_batch_tokens=96, max_batch_size=5)
+  elements = [_element(i, int(n), 64) for i, n in enumerate(rng.integers(3, 65, 11))]
+  packed = batching.pack_sorted(elements, spec, overhead_tokens=20)
   batches = [b for _, b in packed]
   assert [e.num_tokens for b in batches for e in b] == sorted(e.num_tokens for e in elements)
-  _check_budget(batches, spec, 1024, 48)
-  for (padded, batch), (_, following) in zip(packed, packed[1:]):
-    assert padded == spec.bucket(batch[-1].num_tokens)
-    assert len(batch) + 1 > spec.rows(spec.bucket(following[0].num_tokens)), "the next record would have fitted"
+  _check_budget(batches, spec, 96, 5)
+  assert all(length == spec.bucket(b[-1].num_tokens) for length, b in packed)
+  got = sum(len(b) * length + 20 for length, b in packed)
+  ordered = sorted(e.num_tokens for e in elements)
+  best = min(sum((j - i) * spec.bucket(ordered[j - 1]) + 20 for i, j in cuts)
+             for cuts in _segmentations(len(ordered))
+             if all(j - i <= spec.rows(spec.bucket(ordered[j - 1])) for i, j in cuts))
+  assert got == best
 
 
 def test_bucket_batches_in_beam_keep_windows_apart():
