@@ -149,8 +149,8 @@ class BertEmbedOptions(PipelineOptions):
     _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
     _flag(g, "bucket_lengths", default=",".join(map(str, batching.DEFAULT_BUCKET_LENGTHS)),
-          help="Comma-separated padded lengths: an encoder batch holds records of one bucket, padded to its length "
-               "(lengths above --seq-length are dropped; --seq-length is always the last bucket). 'none' pads "
-               "each batch to its longest record instead.")
+          help="Comma-separated padded lengths: an encoder batch is padded to the smallest of them that holds its "
+               "longest record (lengths above --seq-length are dropped; --seq-length is always the last bucket). "
+               "'none' pads each batch to its longest record instead.")
     _flag(g, "max_batch_tokens", type=positive_int, default=4096,
           help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")

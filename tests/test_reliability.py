@@ -175,7 +175,7 @@ def test_duplicate_ids_fail_the_job_when_asked_and_no_manifest_is_written(tmp_pa
     _run(tiny_model_dir, src, str(tmp_path / "emb"), "--input-format", "jsonl", "--on-duplicate-id", "fail")
   assert not os.path.exists(tmp_path / "emb-manifest.json")
   code = cli.main(["run", "--model", tiny_model_dir, "--input", src, "--output", str(tmp_path / "cli"),
-                   "--input-format", "jsonl", "--on-duplicate-id", "fail"])
+                   "--seq-length", str(SEQ), "--input-format", "jsonl", "--on-duplicate-id", "fail"])
   err = capsys.readouterr().err
   assert code == 1 and "bert-embed run: error: duplicate id 'x'" in err and "Traceback" not in err
   assert not os.path.exists(tmp_path / "cli-manifest.json")
