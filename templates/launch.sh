@@ -24,4 +24,4 @@ if [ "$variant" = gpu ]; then
 fi
 gcloud dataflow flex-template run "bert-embed-$(date +%Y%m%d-%H%M%S)" --project "$PROJECT" --region "$REGION" \
   --template-file-gcs-location "${BUCKET}/templates/bert-embed-${variant}.json" \
-  --temp-location "${BUCKET}/tmp" --parameters "$params" "${extra[@]}"
+  --temp-location "${BUCKET}/tmp" --parameters "$params" ${extra[@]+"${extra[@]}"}
