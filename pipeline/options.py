@@ -146,7 +146,9 @@ class BertEmbedOptions(PipelineOptions):
                "(cosine, in the manifest's drift). 0 turns the check off.")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
-    _flag(g, "min_batch_size", type=positive_int, default=1, help="Smallest encoder batch.")
+    _flag(g, "min_batch_size", type=positive_int, default=1,
+          help="Smallest encoder batch (RunInference min_batch_size); only with --bucket-lengths none, as length "
+               "buckets size their batches by --max-batch-tokens.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
     _flag(g, "bucket_lengths", default=",".join(map(str, batching.DEFAULT_BUCKET_LENGTHS)),
           help="Comma-separated padded lengths: an encoder batch is padded to the smallest of them that holds its "
