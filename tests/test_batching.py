@@ -59,7 +59,7 @@ def _check_budget(batches, spec, budget, cap):
     assert len(batch) * padded <= budget and len(batch) <= cap
 
 
-def test_batches_fill_the_token_budget_and_hold_every_record_once():
+def test_batches_stay_within_the_token_budget_and_hold_every_record_once():
   rng = np.random.default_rng(0)
   lengths = rng.integers(3, 129, 1000)
   spec = batching.make_spec(128, max_batch_tokens=2048, max_batch_size=100)
@@ -149,13 +149,15 @@ def _embed(export_dir, texts, seq_length, out_file, **kwargs):
 
 
 @pytest.mark.parametrize("model", ["tiny", "minilm"])
-def test_bucketed_vectors_equal_unbucketed_ones(request, tmp_path, model):
+def test_bucketed_vectors_equal_unbucketed_and_fixed_length_ones(request, tmp_path, model):
   export_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "minilm_model_dir")
   seq_length = 32 if model == "tiny" else 128
   texts = TINY_TEXTS if model == "tiny" else TINY_TEXTS + [
       "Fix a crash when the configuration file is empty; the parser now reports the missing section instead."]
   bucketed = _embed(export_dir, texts, seq_length, str(tmp_path / "bucketed.json"), max_batch_tokens=64)
   unbucketed = _embed(export_dir, texts, seq_length, str(tmp_path / "unbucketed.json"), bucket_lengths=None)
-  assert sorted(bucketed) == sorted(unbucketed) == sorted(f"r{i}" for i in range(len(texts)))
+  fixed = _embed(export_dir, texts, seq_length, str(tmp_path / "fixed.json"), bucket_lengths=(seq_length,))
+  assert sorted(bucketed) == sorted(unbucketed) == sorted(fixed) == sorted(f"r{i}" for i in range(len(texts)))
   for key in bucketed:
     np.testing.assert_allclose(bucketed[key], unbucketed[key], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(bucketed[key], fixed[key], atol=1e-5, rtol=0)
