@@ -6,6 +6,7 @@ the bundled MiniLM package, so texts tokenize as they would for bert-base-uncase
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -32,8 +33,17 @@ def minilm_vocab_file() -> str:
   return str(pathlib.Path(list(spec.submodule_search_locations)[0]) / "model" / "vocab.txt")
 
 
+def _modeling_fingerprint() -> str:
+  """A hash of the modeling package's sources: a change to the encoder's graph means a new export."""
+  package = pathlib.Path(__file__).resolve().parent.parent / "modeling"
+  digest = hashlib.sha256()
+  for path in sorted(package.rglob("*.py")):
+    digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+  return digest.hexdigest()
+
+
 def ensure(root: str, seed: int = 0) -> dict[str, str]:
-  """Builds `<root>/hf` and `<root>/export` unless present; returns their paths."""
+  """Builds `<root>/hf` and `<root>/export` unless present (from the same modeling code); returns their paths."""
   from modeling import checkpoint_writers, export  # pylint: disable=import-outside-toplevel
   from modeling import weight_names as wn  # pylint: disable=import-outside-toplevel
   from modeling.config import BertConfig  # pylint: disable=import-outside-toplevel
@@ -41,7 +51,7 @@ def ensure(root: str, seed: int = 0) -> dict[str, str]:
   hf_dir = os.path.join(root, "hf")
   export_dir = os.path.join(root, "export")
   stamp = os.path.join(root, "done.json")
-  wanted = {"config": BERT_BASE, "seed": seed}
+  wanted = {"config": BERT_BASE, "seed": seed, "modeling": _modeling_fingerprint()}
   if os.path.exists(stamp):
     with open(stamp, encoding="utf-8") as f:
       if json.load(f) == wanted:

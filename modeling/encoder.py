@@ -27,8 +27,9 @@ ENCODER_INPUT_SPEC = {
 MLM_INPUT_SPEC = {**ENCODER_INPUT_SPEC, "masked_lm_positions": _IDS_SPEC}
 
 
-def _dense(weights, prefix, scope):
-  return Dense(weights[f"{prefix}/kernel"], weights[f"{prefix}/bias"], scope)
+def _dense(weights, prefix, scope, activation=None):
+  return Dense(weights[f"{prefix}/kernel"], weights[f"{prefix}/bias"], scope,
+               activation)
 
 
 def _layer_norm(weights, prefix, eps, scope):
@@ -76,12 +77,11 @@ class BertNetwork(tf.Module):
               weights, f"{src}/attention/output/LayerNorm", eps,
               f"{dst}/attention_layer_norm"),
           intermediate=_dense(weights, f"{src}/intermediate/dense",
-                              f"{dst}/intermediate"),
+                              f"{dst}/intermediate", activation),
           output=_dense(weights, f"{src}/output/dense", f"{dst}/output"),
           output_layer_norm=_layer_norm(
               weights, f"{src}/output/LayerNorm", eps,
               f"{dst}/output_layer_norm"),
-          activation=activation,
           name=f"layer_{n}"))
     self.has_pooler = f"{wn.POOLER_DENSE}/kernel" in weights
     if self.has_pooler:
@@ -127,19 +127,19 @@ class MaskedLMHead(tf.Module):
   def __init__(self, config: BertConfig, weights: Mapping[str, np.ndarray],
                word_embeddings: Embedding):
     super().__init__(name="mlm")
-    self.transform = _dense(weights, wn.MLM_TRANSFORM_DENSE, "mlm/transform")
+    self.transform = _dense(weights, wn.MLM_TRANSFORM_DENSE, "mlm/transform",
+                            get_activation(config.hidden_act))
     self.layer_norm = _layer_norm(weights, wn.MLM_TRANSFORM_LAYER_NORM,
                                   config.layer_norm_eps, "mlm/layer_norm")
     self.output_bias = tf.Variable(
         np.asarray(weights[wn.MLM_OUTPUT_BIAS], np.float32),
         name="mlm/output_bias", trainable=False)
     self.word_embeddings = word_embeddings
-    self._activation = get_activation(config.hidden_act)
 
   def __call__(self, sequence_output: tf.Tensor,
                positions: tf.Tensor) -> tf.Tensor:
     gathered = tf.gather(sequence_output, positions, batch_dims=1)  # [B,P,H]
-    x = self.layer_norm(self._activation(self.transform(gathered)))
+    x = self.layer_norm(self.transform(gathered))
     logits = tf.einsum("bph,vh->bpv", x, self.word_embeddings.embeddings)
     return logits + self.output_bias
 

@@ -8,12 +8,14 @@ switched: other threads and other models keep running in fp32.
   bf16 on CPU  `auto_mixed_precision_onednn_bfloat16` (oneDNN; AMX or AVX512_BF16 kernels)
   fp16 on GPU  `auto_mixed_precision` (CUDA tensor cores)
 
-Only the matrix products (MatMul / BatchMatMul / Einsum / convolutions) run in reduced precision: the
-element-wise ops (GELU's erf, LayerNorm's moments, residual adds, softmax) are kept in fp32 through the rewrite's
-op lists. Measured on an AVX512_BF16 CPU, TF's bf16 element-wise kernels are slower than their fp32 ones
-(bf16 Erfc ~9x), and keeping them in fp32 also keeps the vectors closer to fp32 (cosine ~0.99998 instead of
-~0.9999 on BERT-base). The lists are set through TF's documented environment variables, only when the user has
-not set them.
+The matrix products (MatMul / BatchMatMul / Einsum / convolutions) run in reduced precision, and so do the ops
+that TF's remapper folds into them afterwards as oneDNN post-ops: the bias add and the GELU that this project's
+exports spell in the fusable form (`modeling/activations.py`). The other element-wise ops (LayerNorm's moments,
+softmax, Erfc, Exp, divisions) are kept in fp32 through the rewrite's op lists. Measured on an AVX512_BF16 CPU,
+TF's stand-alone bf16 element-wise kernels are slower than their fp32 ones (bf16 Erfc ~9x), and keeping them in
+fp32 also keeps the vectors closer to fp32 (cosine ~0.99998 instead of ~0.9999 on BERT-base); AddV2/Mul/Erf
+only turn bf16 where they sit between two reduced-precision products, which in a BERT graph is the activation.
+The lists are set through TF's documented environment variables, only when the user has not set them.
 
 Which precisions exist on a worker: bf16 where the CPU has AMX-BF16 or AVX512_BF16 (otherwise oneDNN emulates it,
 slower than fp32); fp16 on NVIDIA GPUs. bf16 on a GPU has no TF graph rewrite (TF's CUDA rewrite only makes
@@ -45,8 +47,10 @@ COSINE_FLOOR = 0.999
 AUTO_MIN_SPEEDUP = 1.1
 
 # Element-wise ops kept in fp32 by the rewrite (removed from TF's infer/clear lists, added to its deny list).
-FP32_OPS = ("Add", "AddN", "AddV2", "BiasAdd", "Erf", "Erfc", "Exp", "Gelu", "Log", "Mean", "Mul", "Neg", "Pow",
-            "RealDiv", "Rsqrt", "Softmax", "Sqrt", "Square", "SquaredDifference", "Sub", "Sum", "Tanh")
+# BiasAdd, AddV2, Mul and Erf are absent on purpose: the fused bias add and GELU need them in the product's
+# precision (bf16 +10-18% on BERT-base shapes here, benchmarks/RESULTS.md).
+FP32_OPS = ("Add", "AddN", "Erfc", "Exp", "Gelu", "Log", "Mean", "Neg", "Pow", "RealDiv", "Rsqrt", "Softmax",
+            "Sqrt", "Square", "SquaredDifference", "Sub", "Sum", "Tanh")
 _LIST_ENV = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_"
 
 PROBE_TEXTS = (
