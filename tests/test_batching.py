@@ -25,15 +25,22 @@ def _element(i: int, num_tokens: int, seq_length: int = 128) -> EncoderInput:
 def test_bucket_lengths_are_capped_at_seq_length_which_is_always_the_last():
   assert batching.make_spec(128).lengths == batching.DEFAULT_BUCKET_LENGTHS
   assert batching.DEFAULT_BUCKET_LENGTHS[-1] == 128
-  assert batching.make_spec(64).lengths == (8, 12, 16, 20, 24, 28, 32, 40, 48, 56, 64)
-  assert batching.make_spec(50).lengths == (8, 12, 16, 20, 24, 28, 32, 40, 48, 50)
+  assert batching.make_spec(64).lengths == tuple(range(2, 65))
+  assert batching.make_spec(50).lengths == tuple(range(2, 51))
   assert batching.make_spec(256).lengths == batching.DEFAULT_BUCKET_LENGTHS + (256,)
-  assert batching.make_spec(12).lengths == (8, 12)
+  assert batching.make_spec(12).lengths == tuple(range(2, 13))
+  assert batching.make_spec(128, "8-32/8,100").lengths == (8, 16, 24, 32, 100, 128)
   assert batching.make_spec(128, "128").lengths == (128,)
   assert batching.make_spec(128, (64, 8, 64)).lengths == (8, 64, 128)
 
 
-@pytest.mark.parametrize("bad", ["", "a,b", "0,16", "-4", " , "])
+def test_bucket_length_ranges():
+  assert batching.parse_bucket_lengths("2-64,72-128/8") == batching.DEFAULT_BUCKET_LENGTHS
+  assert batching.DEFAULT_BUCKET_LENGTHS == tuple(range(2, 65)) + (72, 80, 88, 96, 104, 112, 120, 128)
+  assert batching.parse_bucket_lengths("16, 4-6, 10-20/5") == (4, 5, 6, 10, 15, 16, 20)
+
+
+@pytest.mark.parametrize("bad", ["", "a,b", "0,16", "-4", " , ", "8-4", "3/2", "2-10/0", "2-x"])
 def test_bad_bucket_lengths_are_rejected(bad):
   with pytest.raises(ValueError):
     batching.parse_bucket_lengths(bad)
