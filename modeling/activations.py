@@ -7,9 +7,8 @@ is not fused there. Keep the operand order: the remapper's patterns are order-se
 fusion happens.
 """
 
-from typing import Callable
-
 import math
+from typing import Callable
 
 import tensorflow as tf
 

@@ -151,8 +151,9 @@ class BertEmbedOptions(PipelineOptions):
                "buckets size their batches by --max-batch-tokens.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
     _flag(g, "bucket_lengths", default=batching.DEFAULT_BUCKET_SPEC,
-          help="Comma-separated padded lengths or ranges (a-b: every length; a-b/s: every s-th): an encoder batch is padded to the smallest of them that holds its "
-               "longest record (lengths above --seq-length are dropped; --seq-length is always the last bucket). "
-               "'none' pads each batch to its longest record instead.")
+          help="Comma-separated padded lengths or ranges (a-b: every length; a-b/s: every s-th): an encoder batch "
+               "is padded to the smallest of them that holds its longest record (lengths above --seq-length are "
+               "dropped; --seq-length is always the last bucket). 'none' pads each batch to its longest record "
+               "instead.")
     _flag(g, "max_batch_tokens", type=positive_int, default=4096,
           help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")
