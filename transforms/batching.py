@@ -75,7 +75,7 @@ def parse_bucket_lengths(value) -> tuple[int, ...]:
 
 def _parse_bucket_item(item: str, value) -> range:
   span, _, step = item.partition("/")
-  first, dash, last = span.partition("-") if not span.startswith("-") else (span, "", "")
+  first, dash, last = span.partition("-")
   try:
     start = int(first)
     stop = int(last) if dash else start
@@ -171,7 +171,8 @@ def pack_sorted(elements: Sequence, spec: BucketSpec,
 
 
 class BucketBatches(beam.PTransform):
-  """PCollection[EncoderInput] -> PCollection[list[EncoderInput]], one bucket per batch (see the module doc)."""
+  """PCollection[EncoderInput] -> PCollection[list[EncoderInput]], each batch padded to the bucket of its longest
+  record (see the module doc)."""
 
   def __init__(self, spec: BucketSpec):
     super().__init__()
