@@ -268,35 +268,60 @@ def test_layer_and_variable_names_follow_official_style(encoder):
     assert expected in names, expected
 
 
-def _fused_matmuls(run):
-  """The fused inner products TF actually ran for `run()`: [(fused ops, dtype enum)], from the run metadata."""
-  from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
-  ctx = context.context()
-  ctx.enable_run_metadata()
-  try:
-    run()
-    metadata = ctx.export_run_metadata()
-  finally:
-    ctx.disable_run_metadata()
-  return [(tuple(s.decode() for s in node.attr["fused_ops"].list.s), node.attr["T"].type)
-          for graph in metadata.function_graphs for partition in graph.partition_graphs
-          for node in partition.node if "MatMul" in node.op and "fused_ops" in node.attr]
+def _gelu_chains(graph_def) -> list[str]:
+  """The MatMul nodes whose output runs through BiasAdd and then exactly the op chain of `gelu_exact`:
+  ((Erf(y * sqrt(1/2)) + 1) * 0.5) * y, with y the BiasAdd, each op feeding only the next one. This is the
+  pattern that TF's oneDNN remapper folds into one inner product with a GELU post-op; whether a given CPU does
+  it is measured by benchmarks/bench_fusion.py, not asserted here."""
+  nodes = {n.name: n for n in graph_def.node}
+  consumers: dict[str, list] = {}
+  for n in graph_def.node:
+    for i, name in enumerate(n.input):
+      consumers.setdefault(name.split(":")[0].lstrip("^"), []).append((n, i))
+
+  def const_value(name):
+    node = nodes[name.split(":")[0]]
+    return float(tf.make_ndarray(node.attr["value"].tensor)) if node.op == "Const" else None
+
+  def only_consumer(node, op):
+    users = consumers.get(node.name, [])
+    return users[0][0] if len(users) == 1 and users[0][0].op == op else None
+
+  chains = []
+  for matmul in (n for n in graph_def.node if n.op == "MatMul"):
+    bias = only_consumer(matmul, "BiasAdd")
+    if bias is None:
+      continue
+    users = {n.op: n for n, _ in consumers.get(bias.name, [])}
+    scale = users.get("Mul")
+    if set(users) != {"Mul"} or len(consumers[bias.name]) != 2:
+      continue
+    scales = [n for n, _ in consumers[bias.name] if any(
+        const_value(x) is not None and abs(const_value(x) - math.sqrt(0.5)) < 1e-6 for x in n.input)]
+    if len(scales) != 1:
+      continue
+    scale = scales[0]
+    erf = only_consumer(scale, "Erf")
+    plus_one = erf and only_consumer(erf, "AddV2")
+    half = plus_one and only_consumer(plus_one, "Mul")
+    times_x = half and only_consumer(half, "Mul")
+    if (times_x is not None and const_value(plus_one.input[1]) == 1.0 and const_value(half.input[1]) == 0.5
+        and times_x.input[0] == half.name and times_x.input[1] == bias.name):
+      chains.append(matmul.name)
+  return chains
 
 
-def test_exact_gelu_is_fused_into_the_intermediate_product():
-  """The exact GELU is spelled so that TF's remapper folds it into the MatMul + BiasAdd before it (one oneDNN
-  inner product per layer instead of five element-wise passes), in fp32 and in the bf16 rewrite."""
-  from transforms import precision  # pylint: disable=import-outside-toplevel
+def test_exact_gelu_follows_its_intermediate_product_in_the_fusable_form(tmp_path):
+  """Every layer's intermediate Dense is one 2-D MatMul + BiasAdd followed by gelu_exact's op chain, in the
+  exported graph, before and after a save/load round trip (what TF then runs is hardware-dependent)."""
   config = BertConfig(**{**_CONFIG.to_dict(), "hidden_act": "gelu"})
   enc = encoder_lib.build_encoder(config, _weights(config))
-  inputs = _inputs(2, 5, config.vocab_size)
-  fp32 = _fused_matmuls(lambda: enc(inputs))
-  gelu_fp32 = [ops for ops, dtype in fp32 if ops == ("BiasAdd", "GeluExact") and dtype == tf.float32]
-  assert len(gelu_fp32) == config.num_hidden_layers, fp32
-  if not precision.cpu_has_bf16():
-    return  # the bf16 rewrite does nothing on such a CPU; nothing more to check
-  precision.keep_elementwise_ops_in_fp32()
-  with precision.rewrite_scope(precision.rewrite_name("bf16", "/CPU:0"))():
-    bf16 = _fused_matmuls(lambda: enc(inputs))
-  gelu_bf16 = [ops for ops, dtype in bf16 if ops == ("BiasAdd", "GeluExact") and dtype == tf.bfloat16]
-  assert len(gelu_bf16) == config.num_hidden_layers, bf16
+  graph = enc.__call__.get_concrete_function().graph.as_graph_def()
+  chains = _gelu_chains(graph)
+  assert len(chains) == config.num_hidden_layers, chains
+  tf.saved_model.save(enc, str(tmp_path / "encoder"))
+  loaded = tf.saved_model.load(str(tmp_path / "encoder"))
+  loaded_graph = loaded.__call__.concrete_functions[0].graph.as_graph_def()
+  assert len(_gelu_chains(loaded_graph)) == config.num_hidden_layers
+  relu = encoder_lib.build_encoder(BertConfig(**{**_CONFIG.to_dict(), "hidden_act": "relu"}), _weights(config))
+  assert _gelu_chains(relu.__call__.get_concrete_function().graph.as_graph_def()) == []  # the check can fail

@@ -11,7 +11,11 @@ import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 from pipeline.run import run
 from transforms import precision
 
-needs_bf16 = pytest.mark.skipif(not precision.cpu_has_bf16(), reason="this CPU has neither AMX-BF16 nor AVX512_BF16")
+# Whether TF's bf16 rewrite changes anything depends on the CPU (it does nothing without AVX512_BF16 or AMX). The
+# tests below assert the contract on every CPU: bf16 where this worker runs it, else fp32 with the reason, and
+# vectors within cosine 0.999 of fp32 either way.
+HAS_BF16 = precision.cpu_has_bf16()
+
 
 SENTENCES = [
     "the cat sat on the mat.",
@@ -46,27 +50,62 @@ def _loaded(export_dir, seq_length):
   return enc, precision.probe_inputs(pre, seq_length)
 
 
-@needs_bf16
 @pytest.mark.parametrize("model", ["tiny", "minilm"])
 def test_bf16_is_within_cosine_0999_of_fp32_and_leaves_fp32_exact(request, model):
   export_dir = request.getfixturevalue("tiny_model_dir" if model == "tiny" else "minilm_model_dir")
   enc, probe = _loaded(export_dir, 32 if model == "tiny" else 128)
   before = enc(probe)["pooled_output"].numpy()
   runner = precision.resolve(enc, "/CPU:0", "bf16", probe)
-  assert runner.precision == "bf16", runner.report
   fetch = lambda out: {"sequence_output": out["sequence_output"].numpy(), "pooled": out["pooled_output"].numpy()}
   reduced, used = runner.call(probe, fetch)
-  assert used == "bf16"
+  assert used == runner.precision
+  if HAS_BF16:
+    assert runner.precision == "bf16", runner.report
+    assert not np.array_equal(reduced["pooled"], before)  # the rewrite really ran
+  else:  # TF's rewrite leaves the graph alone here: fp32, and the report says why
+    assert runner.precision == "fp32", runner.report
+    assert "did not change" in runner.report["candidates"]["bf16"]["skipped"]
+    np.testing.assert_array_equal(reduced["pooled"], before)
   assert precision.cosine(reduced["pooled"], before).min() >= 0.999
   mask = probe["input_mask"].astype(bool)
   tokens = enc(probe)["sequence_output"].numpy()[mask]
   assert precision.cosine(reduced["sequence_output"][mask], tokens).min() >= 0.999
-  assert not np.array_equal(reduced["pooled"], before)  # the rewrite really ran
   np.testing.assert_array_equal(enc(probe)["pooled_output"].numpy(), before)  # nothing global was switched
 
 
-@needs_bf16
-def test_the_rewrite_is_thread_local(tiny_model_dir):
+def test_the_rewrite_scope_is_thread_local():
+  """The scope switches the rewrite on in this thread's function-call options only (checked on the options TF
+  reads, so on every CPU; whether the rewrite then changes numbers is hardware-dependent)."""
+  from tensorflow.core.protobuf import config_pb2  # pylint: disable=import-outside-toplevel
+  from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
+
+  def rewrite_on() -> bool:
+    config = config_pb2.ConfigProto.FromString(context.context().function_call_options.config_proto_serialized)
+    return config.graph_options.rewrite_options.auto_mixed_precision_onednn_bfloat16 == 1  # RewriterConfig.ON
+
+  scope = precision.rewrite_scope("auto_mixed_precision_onednn_bfloat16")
+  inside, outside = threading.Event(), threading.Event()
+  seen = {}
+
+  def reduced_thread():
+    with scope():
+      seen["inside"] = rewrite_on()
+      inside.set()
+      outside.wait(30)
+    seen["after"] = rewrite_on()
+
+  assert not rewrite_on()
+  worker = threading.Thread(target=reduced_thread)
+  worker.start()
+  assert inside.wait(60)
+  seen["other thread"] = rewrite_on()  # while the worker is inside its scope
+  outside.set()
+  worker.join()
+  assert seen == {"inside": True, "other thread": False, "after": False}
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="needs a CPU on which TF's bf16 rewrite runs (AVX512_BF16 or AMX)")
+def test_the_rewrite_is_thread_local_in_numbers(tiny_model_dir):
   enc, probe = _loaded(tiny_model_dir, 32)
   exact = enc(probe)["pooled_output"].numpy()
   scope = precision.rewrite_scope("auto_mixed_precision_onednn_bfloat16")
@@ -128,16 +167,26 @@ def test_auto_on_a_cpu_without_bf16_is_fp32(tiny_model_dir):
   assert runner.precision == "fp32" and runner.report["candidates"] == {}
 
 
-@needs_bf16
 def test_auto_picks_bf16_only_when_it_is_faster(tiny_model_dir, monkeypatch):
+  """The decision alone, on every CPU: the bf16 variant's output is the fp32 one nudged (as the rewrite would
+  change it), its timing is given, and flags say the CPU has bf16."""
   enc, probe = _loaded(tiny_model_dir, 32)
+  real_run = precision.PrecisionRunner._run  # pylint: disable=protected-access
+
+  def nudged_run(self, name, inputs, fetch):
+    out = real_run(self, "fp32", inputs, fetch)
+    return {k: v * np.float32(1.001) for k, v in out.items()} if name == "bf16" else out
+
+  monkeypatch.setattr(precision.PrecisionRunner, "_run", nudged_run)
   timings = iter([1.0, 0.5])  # fp32, then bf16
   monkeypatch.setattr(precision, "_time", lambda fn, repeats: next(timings))
-  assert precision.resolve(enc, "/CPU:0", "auto", probe).precision == "bf16"
+  assert precision.resolve(enc, "/CPU:0", "auto", probe, flags={"avx512_bf16"}).precision == "bf16"
   timings = iter([1.0, 0.95])  # not AUTO_MIN_SPEEDUP faster
   monkeypatch.setattr(precision, "_time", lambda fn, repeats: next(timings))
-  runner = precision.resolve(enc, "/CPU:0", "auto", probe)
+  runner = precision.resolve(enc, "/CPU:0", "auto", probe, flags={"avx512_bf16"})
   assert runner.precision == "fp32" and runner.report["candidates"]["bf16"]["speedup"] < precision.AUTO_MIN_SPEEDUP
+  runner = precision.resolve(enc, "/CPU:0", "auto", probe, flags={"avx2"})  # no candidate at all
+  assert runner.precision == "fp32" and runner.report["candidates"] == {}
 
 
 def _pipeline_vectors(tmp_path, export_dir, name, extra):
@@ -149,7 +198,6 @@ def _pipeline_vectors(tmp_path, export_dir, name, extra):
   return {r["id"]: np.asarray(r["embedding"], np.float32) for r in rows}, out.manifest
 
 
-@needs_bf16
 @pytest.mark.parametrize("model", ["tiny", "minilm"])
 def test_the_pipeline_in_bf16_writes_the_same_ids_within_cosine_0999(request, tmp_path, model):
   import json  # pylint: disable=import-outside-toplevel
@@ -163,7 +211,20 @@ def test_the_pipeline_in_bf16_writes_the_same_ids_within_cosine_0999(request, tm
   assert sorted(fp32) == sorted(bf16) == sorted(f"s{i}" for i in range(len(SENTENCES)))
   assert m32["counts"]["dead_lettered"] == m16["counts"]["dead_lettered"] == 2
   assert m32["precision_used"] == {"fp32": len(SENTENCES)}
-  assert m16["precision_used"] == {"bf16": len(SENTENCES)}
+  assert m16["precision_used"] == {("bf16" if HAS_BF16 else "fp32"): len(SENTENCES)}
   assert m16["options"]["precision"] == "bf16"
   for key, vector in fp32.items():
     assert precision.cosine(bf16[key][None], vector[None])[0] >= 0.999
+
+
+def test_the_pipeline_with_auto_on_a_cpu_without_bf16_encodes_in_fp32(tiny_model_dir, tmp_path, monkeypatch):
+  import json  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(precision, "cpu_flags", lambda: {"avx2", "fma"})  # in-process DirectRunner: seen by workers
+  lines = [{"id": f"s{i}", "text": t} for i, t in enumerate(SENTENCES)]
+  (tmp_path / "in.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+  fp32, _ = _pipeline_vectors(tmp_path, tiny_model_dir, "fp32", ["--seq-length", "32"])
+  auto, manifest = _pipeline_vectors(tmp_path, tiny_model_dir, "auto", ["--seq-length", "32", "--precision", "auto"])
+  assert manifest["precision_used"] == {"fp32": len(SENTENCES)}
+  assert sorted(auto) == sorted(fp32)
+  for key, vector in fp32.items():
+    np.testing.assert_array_equal(auto[key], vector)
