@@ -26,12 +26,60 @@ def test_embed_equals_the_pipeline_output(tmp_path, tiny_model_dir):
     np.testing.assert_allclose(vectors[TEXTS.index(r["text"])], r["embedding"], atol=1e-5)
 
 
-def test_embed_defaults_to_the_models_recommended_pooling_and_rejects_empty_text(tiny_model_dir):
-  pooled = embed(TEXTS[:2], tiny_model_dir)
-  explicit = embed(TEXTS[:2], tiny_model_dir, pooling="pooled", normalize=False)
-  np.testing.assert_array_equal(pooled, explicit)
-  with pytest.raises(ValueError, match="text 1 has no tokens"):
-    embed(["hello", "   "], tiny_model_dir)
+def _with_recommendation(tmp_path, model_dir, pooling, normalize):
+  """A copy of `model_dir` whose export metadata recommends `pooling` / `normalize`."""
+  import json  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  copy = tmp_path / "recommending"
+  shutil.copytree(model_dir, copy)
+  path = copy / "encoder" / "assets" / "bert_embed_export.json"
+  metadata = json.loads(path.read_text())
+  assert metadata["recommended_pooling"] != pooling  # else the test could not tell recommendation from fallback
+  path.write_text(json.dumps({**metadata, "recommended_pooling": pooling, "recommended_normalize": normalize}))
+  return str(copy)
+
+
+def test_embed_defaults_to_the_models_recommended_pooling(tmp_path, tiny_model_dir):
+  recommending = _with_recommendation(tmp_path, tiny_model_dir, "mean", True)
+  default = embed(TEXTS[:2], recommending)
+  np.testing.assert_allclose(default, embed(TEXTS[:2], recommending, pooling="mean", normalize=True), atol=1e-6)
+  assert not np.allclose(default, embed(TEXTS[:2], recommending, pooling="pooled", normalize=False), atol=1e-3)
+  np.testing.assert_allclose(np.linalg.norm(default, axis=1), 1.0, atol=1e-5)
+  # an explicit --normalize still overrides the recommended one
+  assert not np.allclose(np.linalg.norm(embed(TEXTS[:2], recommending, normalize=False), axis=1), 1.0, atol=1e-3)
+
+
+def test_one_string_gives_one_vector_and_no_texts_give_an_empty_matrix(tiny_model_dir):
+  many = embed(TEXTS, tiny_model_dir, seq_length=32)
+  one = embed(TEXTS[1], tiny_model_dir, seq_length=32)
+  assert one.shape == (many.shape[1],)
+  np.testing.assert_allclose(one, many[1], atol=1e-5)
+  empty = embed([], tiny_model_dir)
+  assert empty.shape == (0, many.shape[1]) and empty.dtype == np.float32
+  assert embed(iter(TEXTS[:2]), tiny_model_dir, seq_length=32).shape == (2, many.shape[1])  # any iterable
+
+
+@pytest.mark.parametrize("texts, kwargs, error, message", [
+    (["hello", "   "], {}, ValueError, r"texts\[1\]: empty text"),
+    (["hello", "\u200b"], {}, ValueError, "text 1 has no tokens"),  # not blank, but no tokens
+    (None, {}, TypeError, "texts must be a string or a sequence"),
+    (b"bytes", {}, TypeError, "texts must be a string or a sequence"),
+    (["ok", 3], {}, TypeError, r"texts\[1\] must be a string, not int"),
+    (["ok", None], {}, TypeError, r"texts\[1\] must be a string, not NoneType"),
+    (["a\x00b"], {}, ValueError, r"texts\[0\]: NUL byte"),
+    (["ok", "lone \ud800 surrogate"], {}, ValueError, r"texts\[1\]: lone surrogate"),
+    (["ok"], {"batch_size": 0}, ValueError, "batch_size must be positive"),
+    (["ok"], {"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+    (["ok"], {"seq_length": -1}, ValueError, "seq_length must be positive"),
+    (["ok"], {"pooling": "max"}, ValueError, "pooling must be one of"),
+    (["ok"], {"pooling": "mean", "layers": [99]}, ValueError, "index 99 is out of range for an encoder with 2"),
+    (["ok"], {"pooling": "mean", "layers": ["-1"]}, TypeError, "layers must be a non-empty sequence of ints"),
+    (["ok"], {"pooling": "pooled", "layers": [-1]}, ValueError, "layers apply to cls and mean"),
+    (["ok", "ok"], {"pairs": ["one"]}, ValueError, "1 pairs for 2 texts"),
+])
+def test_bad_arguments_raise_with_a_message(tiny_model_dir, texts, kwargs, error, message):
+  with pytest.raises(error, match=message):
+    embed(texts, tiny_model_dir, **kwargs)
 
 
 def test_embed_texts_composes_in_a_users_pipeline(tiny_model_dir):
