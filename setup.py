@@ -17,6 +17,7 @@ TEST_REQUIRES = [
     "pytest",
     "hypothesis",
     "tokenizers",  # independent WordPiece reference for tokenizer parity tests
+    "gcp-storage-emulator",  # gs:// on loopback (tests/gcs_emulator.py)
 ]
 
 setup(

@@ -297,3 +297,26 @@ def ref_cased_export(ref_cased_checkpoint, tmp_path_factory):
   loaded = _RefLoadedExport(out)
   loaded.metadata = metadata
   return loaded
+
+
+# --- remote storage ---
+# A GCS emulator on loopback for gs:// paths (owner: pipeline I/O). Started once, only by the tests that ask for it.
+
+import gcs_emulator as _gcs_emulator  # noqa: E402  pylint: disable=wrong-import-position
+
+
+@pytest.fixture(scope="session")
+def gcs(tmp_path_factory):
+  """gs://b/ served by a local emulator; the environment (inherited by worker and CLI subprocesses) points Beam's
+  FileSystems at it. Yields the bucket root, 'gs://b'."""
+  with _gcs_emulator.running(str(tmp_path_factory.mktemp("gcs"))) as env:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+      yield f"gs://{_gcs_emulator.BUCKET}"
+    finally:
+      for k, v in saved.items():
+        if v is None:
+          os.environ.pop(k, None)
+        else:
+          os.environ[k] = v
