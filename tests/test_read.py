@@ -95,9 +95,9 @@ def tfrecord_bytes(payloads) -> bytes:
 def test_text_one_record_per_line_ids_and_blank_lines(tmp_path):
   path = write(tmp_path, "a.txt", "first line\r\n\n   \t\nsecond\rstill second\n\nlast without newline")
   records, dead, stats = read(path)
-  assert pairs(records) == [(f"{path}:1", "first line"), (f"{path}:4", "second\rstill second"),
-                            (f"{path}:6", "last without newline")]
-  assert [r.position for r in records] == [1, 4, 6]
+  assert pairs(records) == [(f"{path}:1", "first line"), (f"{path}:4", "second"), (f"{path}:5", "still second"),
+                            (f"{path}:7", "last without newline")]
+  assert [r.position for r in records] == [1, 4, 5, 7]
   assert {r.source for r in records} == {path}
   assert not any(r.truncated for r in records) and all(r.text_pair is None for r in records)
   assert dead == [] and stats.blank_lines == 3 and not stats.failed
@@ -346,10 +346,170 @@ def test_truncated_and_corrupt_tfrecords(tmp_path):
   assert pairs(records) == [("0", "t0"), ("1", "t1")]
   assert dead_pairs(dead) == [(f"{path}:2", "read")] and stats.failed
   corrupt = bytearray(data)
-  corrupt[20] ^= 0xFF  # inside the first payload: its checksum no longer matches
+  corrupt[20] ^= 0xFF  # inside the first payload: its checksum no longer matches, its frame is intact
   path = write(tmp_path, "crc.tfrecord", bytes(corrupt))
   records, dead, stats = read(path, "tfrecord")
-  assert records == [] and dead_pairs(dead) == [(path, "read")] and "checksum" in dead[0].reason
+  assert pairs(records) == [("1", "t1"), ("2", "t2")]
+  assert dead_pairs(dead) == [(f"{path}:0", "read")] and "payload checksum" in dead[0].reason
+  assert not stats.failed
+
+
+# --- damaged inputs: every line, row or record ends in a record or a dead letter ----------------
+
+@pytest.mark.parametrize("name", ["mac.txt", "mac.txt.gz"])
+def test_text_a_lone_cr_ends_a_line_and_crlf_is_one_line_end(tmp_path, name):
+  path = write(tmp_path, name, "a\rb\rc\r")
+  records, dead, stats = read(path)
+  assert pairs(records) == [(f"{path}:1", "a"), (f"{path}:2", "b"), (f"{path}:3", "c")]
+  assert dead == [] and stats.blank_lines == 0
+  path = write(tmp_path, "mixed-" + name, b"\xef\xbb\xbfone\r\ntwo\r\rthree\n\r\nbad \xff\rfour")
+  records, dead, stats = read(path)
+  assert pairs(records) == [(f"{path}:1", "one"), (f"{path}:2", "two"), (f"{path}:4", "three"),
+                            (f"{path}:7", "four")]
+  assert dead_pairs(dead) == [(f"{path}:6", "decode")]
+  assert stats.blank_lines == 2 and not stats.failed
+
+
+def test_text_line_ends_split_across_read_chunks(tmp_path, monkeypatch):
+  import transforms.formats as formats  # pylint: disable=import-outside-toplevel
+  data = b"ab\r\ncd\r\r\nef\n\n\rgh\r" + b"x" * 40 + b"\r\n\r\nlast"
+  expected = [line.decode() for line in data.splitlines()]  # bytes split at \n, \r\n and \r only
+  path = write(tmp_path, "chunks.txt", data)
+  for size in (1, 2, 3, 5, 7):
+    monkeypatch.setattr(formats, "_READ_CHUNK_BYTES", size)
+    records, _, stats = read(path)
+    assert [(r.position, r.text) for r in records] == [(i, t) for i, t in enumerate(expected, 1) if t], size
+    assert stats.blank_lines == expected.count("")
+
+
+@pytest.mark.parametrize("name", ["q.csv", "q.csv.gz"])
+def test_csv_an_unterminated_quote_costs_one_row_not_the_rest_of_the_file(tmp_path, name):
+  path = write(tmp_path, name, 'id,text\nu0,before\nu1,"unterminated quote\nu2,second\nu3,third\n')
+  records, dead, stats = read(path, "csv")
+  assert [(r.id, r.text, r.position) for r in records] == [
+      ("u0", "before", 2), ("u2", "second", 4), ("u3", "third", 5)]
+  assert dead_pairs(dead) == [(f"{path}:3", "parse")]
+  assert "never closed" in dead[0].reason and "lines 4-5 are read again" in dead[0].reason
+  assert dead[0].snippet.startswith('u1,"unterminated')
+  assert not stats.failed
+
+
+def test_csv_a_stray_quote_pairing_with_a_later_one_does_not_swallow_the_rows_between(tmp_path):
+  path = write(tmp_path, "s.csv", 'id,text\r\nu1,"opens\r\nu2,two\r\nu3,"closes" late\r\nu4,four\r\nu5,"x"y\r\n')
+  records, dead, _ = read(path, "csv")
+  assert pairs(records) == [("u2", "two"), ("u4", "four")]
+  assert dead_pairs(dead) == [(f"{path}:2", "parse"), (f"{path}:4", "parse"), (f"{path}:6", "parse")]
+  assert "on line 4; lines 3-4 are read again" in dead[0].reason
+  assert dead[1].reason == dead[2].reason == "malformed CSV: ',' expected after '\"'"
+
+
+def test_csv_a_quoted_field_never_grows_past_max_text_bytes(tmp_path):
+  rows = "".join(f"r{i},row number {i}\n" for i in range(200))  # ~3.4 kB after the open quote
+  path = write(tmp_path, "runaway.csv.gz", 'id,text\nok,"fine\nacross lines"\nbad,"never closed\n' + rows)
+  records, dead, stats = read(path, "csv", max_text_bytes=100)
+  assert pairs(records) == [("ok", "fine\nacross lines")] + [(f"r{i}", f"row number {i}") for i in range(200)]
+  assert [r.position for r in records] == [2] + list(range(5, 205))
+  assert dead_pairs(dead) == [(f"{path}:4", "parse")]
+  reason = dead[0].reason
+  assert "still inside a quoted field" in reason and "100-byte text limit" in reason and "never" not in reason
+  rows_read = int(reason.split(" lines and ")[0].rsplit(" ", 1)[1])
+  assert 1 < rows_read < 10  # stopped near the limit, not at the end of the file
+  assert reason.endswith(f"lines 5-{3 + rows_read} are read again as rows")
+  assert not stats.failed
+
+
+def test_csv_a_closed_quoted_field_longer_than_max_text_bytes_is_cut_not_dead_lettered(tmp_path):
+  path = write(tmp_path, "long.csv", 'id,text\nlong,"' + "w" * 500 + ', on one line"\nnext,x\n')
+  records, dead, _ = read(path, "csv", max_text_bytes=100)
+  assert [(r.id, r.text, r.truncated) for r in records] == [("long", "w" * 100, True), ("next", "x", False)]
+  assert dead == []
+
+
+def _tfrecord_file_bytes(tmp_path, payloads) -> bytes:
+  """Bytes that TensorFlow's own writer frames (independent of the reader's checksum code)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  path = os.path.join(str(tmp_path), "written-by-tf.tfrecord")
+  with tf.io.TFRecordWriter(path) as writer:
+    for payload in payloads:
+      writer.write(payload)
+  with open(path, "rb") as f:
+    return f.read()
+
+
+def _frame_offsets(payloads) -> list:
+  offsets, offset = [], 0
+  for payload in payloads:
+    offsets.append(offset)
+    offset += 12 + len(payload) + 4
+  return offsets + [offset]
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_tfrecord_a_damaged_payload_is_dead_lettered_and_the_records_after_it_are_read(tmp_path, suffix):
+  payloads = [tf_example(id=i, text=f"text {i}") for i in range(5)]
+  data = bytearray(_tfrecord_file_bytes(tmp_path, payloads))
+  offsets = _frame_offsets(payloads)
+  data[offsets[1] + 12 + 3] ^= 0x01  # a payload byte of record 1
+  data[offsets[3 + 1] - 1] ^= 0x80  # record 3's payload checksum
+  path = write(tmp_path, "d.tfrecord" + suffix, bytes(data))
+  records, dead, stats = read(path, "tfrecord")
+  assert pairs(records) == [("0", "text 0"), ("2", "text 2"), ("4", "text 4")]
+  assert [r.position for r in records] == [0, 2, 4]
+  assert dead_pairs(dead) == [(f"{path}:1", "read"), (f"{path}:3", "read")]
+  assert f"payload checksum mismatch in the record at byte {offsets[1]}" in dead[0].reason
+  assert f"at byte {offsets[3]}" in dead[1].reason
+  assert not stats.failed
+
+
+@pytest.mark.parametrize("suffix", ["", ".gz"])
+def test_tfrecord_a_broken_frame_ends_the_file_saying_how_many_bytes_were_skipped(tmp_path, suffix):
+  payloads = [tf_example(id=i, text=f"text {i}") for i in range(4)]
+  good = _tfrecord_file_bytes(tmp_path, payloads)
+  offsets = _frame_offsets(payloads)
+  bad_length = bytearray(good)
+  bad_length[offsets[2]] ^= 0x01  # record 2's length no longer matches its checksum
+  cases = {
+      "length": (bytes(bad_length), 2, f"length checksum mismatch at byte {offsets[2]}",
+                 f"skipped the rest of the file: 12 + {len(good) - offsets[2] - 12} bytes"),
+      "payload": (good[:offsets[3] + 12 + 7], 3, f"ends inside the record at byte {offsets[3]}",
+                  "skipped its last 19 bytes"),
+      "header": (good[:offsets[3] + 5], 3, f"ends inside a record's header at byte {offsets[3]}",
+                 "skipped its last 5 bytes"),
+      "first": (bytes([good[0] ^ 1]) + good[1:], 0, "length checksum mismatch at byte 0",
+                f"skipped the rest of the file: 12 + {len(good) - 12} bytes"),
+  }
+  for name, (data, kept, where, skipped) in cases.items():
+    path = write(tmp_path, f"{name}.tfrecord{suffix}", data)
+    records, dead, stats = read(path, "tfrecord")
+    assert pairs(records) == [(str(i), f"text {i}") for i in range(kept)], name
+    assert dead_pairs(dead) == [(f"{path}:{kept}" if kept else path, "read")], name
+    assert where in dead[0].reason and skipped in dead[0].reason, (name, dead[0].reason)
+    assert stats.failed
+
+
+def test_a_file_named_with_glob_characters_is_read_once_as_itself(tmp_path):
+  bracket = write(tmp_path, "br[1].txt", "from the bracket file\n")
+  plain = write(tmp_path, "br1.txt", "from br1\n")
+  found = match_inputs([os.path.join(str(tmp_path), "br*.txt")])
+  assert found == sorted([bracket, plain])
+  assert match_inputs(found) == found  # matched paths are paths: not matched again as patterns
+  os.remove(plain)
+  assert match_inputs([bracket]) == [bracket]  # a name that matches nothing as a glob but is a file
+  write(tmp_path, "br1.txt", "from br1\n")
+  with test_pipeline.TestPipeline() as p:
+    result = p | ReadTexts(found)  # as the job does with the paths it matched
+    assert_that(result.records | beam.Map(lambda r: (r.id, r.text)),
+                equal_to([(f"{bracket}:1", "from the bracket file"), (f"{plain}:1", "from br1")]))
+
+
+def test_a_directory_as_input_is_a_clear_error(tmp_path):
+  directory = os.path.join(str(tmp_path), "corpus")
+  os.mkdir(directory)
+  inside = write(directory, "a.txt", "x\n")
+  message = r"^input '.*corpus' is a directory, not a file or a glob; use e\.g\. '.*corpus/\*'$"
+  with pytest.raises(InputError, match=message):
+    match_inputs([directory])
+  assert match_inputs([directory + os.sep]) == [inside]  # Beam reads `dir/` as `dir/*`
 
 
 # --- matching and options -----------------------------------------------------------------------
@@ -380,7 +540,9 @@ def test_read_texts_rejects_bad_options():
 # --- property -----------------------------------------------------------------------------------
 
 _LINE_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\ufeff")
-_LINES = st.lists(st.text(_LINE_CHARS, max_size=12), min_size=0, max_size=15)
+_TEXT_LINE_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters="\n\r\ufeff")
+_LINES = st.lists(st.tuples(st.text(_TEXT_LINE_CHARS, max_size=12), st.sampled_from(["\n", "\r\n", "\r"])),
+                  min_size=0, max_size=15)
 
 
 def _is_blank(line: str) -> bool:
@@ -388,10 +550,15 @@ def _is_blank(line: str) -> bool:
 
 
 @settings(max_examples=25, deadline=None)
-@given(lines=_LINES)
-def test_property_text_every_non_blank_line_is_a_record_or_a_dead_letter(lines):
+@given(ended_lines=_LINES, last_ended=st.booleans())
+def test_property_text_every_non_blank_line_is_a_record_or_a_dead_letter(ended_lines, last_ended):
+  content = "".join(line + end for line, end in ended_lines)
+  if ended_lines and not last_ended:
+    content = content[:-len(ended_lines[-1][1])]  # a last line without its end is still a line
+  lines = content.encode("utf-8").splitlines()  # bytes split at \n, \r\n and \r only: universal newlines
+  lines = [line.decode("utf-8") for line in lines]
   with tempfile.TemporaryDirectory() as directory:
-    path = write(directory, "r.txt", "".join(line + "\n" for line in lines))
+    path = write(directory, "r.txt", content)
     records, dead, stats = read(path)
   non_blank = [i for i, line in enumerate(lines, 1) if not _is_blank(line)]
   assert len(records) + len(dead) == len(non_blank)
@@ -399,7 +566,7 @@ def test_property_text_every_non_blank_line_is_a_record_or_a_dead_letter(lines):
   ids = [r.id for r in records] + [d.id for d in dead]
   assert len(set(ids)) == len(ids) and sorted(ids) == sorted(f"{path}:{i}" for i in non_blank)
   for r in records:
-    assert r.text == lines[r.position - 1].removesuffix("\r")
+    assert r.text == lines[r.position - 1]
   assert stats.blank_lines == len(lines) - len(non_blank) and not stats.failed
 
 

@@ -209,6 +209,21 @@ def test_csv_malformed_rows_are_dead_lettered_and_duplicates_kept_on_request(tmp
   assert stages["c7"] == ("decode", "NUL byte in field 'text'")
 
 
+def test_csv_an_unterminated_quote_in_a_file_named_with_glob_characters(tmp_path, tiny_model_dir):
+  """The glob's matches are read as paths (`in[1].csv.gz` is not matched again as a pattern, where it would mean
+  `in1.csv.gz`), and an unterminated quote dead-letters its own row, not the rows after it."""
+  bracket = tmp_path / "in[1].csv.gz"
+  bracket.write_bytes(gzip.compress(f'id,text\nu1,"{S[0]}\nu2,{S[1]}\nu3,{S[3]}\n'.encode()))
+  (tmp_path / "in1.csv").write_text(f"id,text\nc1,{S[4]}\n", encoding="utf-8")
+  outcome = _run(tiny_model_dir, str(tmp_path / "in*.csv*"), str(tmp_path / "emb"), "--input-format", "csv",
+                 "--keep-text")
+  rows, dead = _check_accounting(outcome, written=3, dead_lettered=1)
+  assert sorted((r["id"], r["text"]) for r in rows) == [("c1", S[4]), ("u2", S[1]), ("u3", S[3])]
+  assert [(d["id"], d["stage"]) for d in dead] == [(f"{bracket}:2", "parse")]
+  assert "never closed" in dead[0]["reason"]
+  assert outcome.manifest["inputs"]["files"] == 2
+
+
 # --- parquet: a corrupt file, a truncated file, null / empty / non-string texts -----------------
 
 def test_parquet_corrupt_and_truncated_files_and_bad_rows(tmp_path, tiny_model_dir):
@@ -319,3 +334,13 @@ def test_padding_a_tokenizer_batch_to_a_power_of_two_changes_no_record(tiny_mode
       np.testing.assert_array_equal(getattr(together, name), direct[name].numpy()[i])
       np.testing.assert_array_equal(getattr(together, name), getattr(alone, name))
     assert (together.num_tokens, together.truncated) == (alone.num_tokens, alone.truncated)
+
+
+def test_a_directory_as_input_fails_before_the_model_is_loaded(tmp_path):
+  (tmp_path / "corpus").mkdir()
+  (tmp_path / "corpus" / "a.txt").write_text(S[0] + "\n", encoding="utf-8")
+  argv = ["--input", str(tmp_path / "corpus"), "--output", str(tmp_path / "emb"),
+          "--model", str(tmp_path / "no-model-needed")]
+  with pytest.raises(UsageError, match=r"^input '.*corpus' is a directory, not a file or a glob; use e\.g\. '.*/\*'$"):
+    run(argv)
+  assert sorted(os.listdir(tmp_path)) == ["corpus"]

@@ -5,12 +5,15 @@ notes blank lines and failures in a FileStats. Nothing here needs a pipeline,
 so the parsing rules can be tested directly.
 
 Positions: 1-based line numbers for text, jsonl and csv (a CSV row's first
-line); 0-based record indexes for parquet and tfrecord. A dead letter whose
-id could not be read is named `<path>:<position>`.
+line); 0-based record indexes for parquet and tfrecord. Text and CSV lines end
+at \\n, \\r\\n or a lone \\r (universal newlines); jsonl lines at \\n or \\r\\n, as
+a lone \\r is JSON whitespace. A dead letter whose id could not be read is
+named `<path>:<position>`.
 """
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
 import dataclasses
 import io
@@ -24,6 +27,7 @@ from transforms.records import SNIPPET_CHARS, DeadLetter, TextRecord
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 
 PARQUET_BATCH_ROWS = 1024
+_READ_CHUNK_BYTES = 1 << 16  # text lines and skipped TFRecord bytes are read this much at a time
 _CSV_FIELD_LIMIT = (1 << 31) - 1  # the largest limit every platform's C long accepts
 _MAX_REASON_CHARS = 500
 _SNIPPET_BYTES = SNIPPET_CHARS * 4  # enough bytes for SNIPPET_CHARS characters of UTF-8
@@ -193,13 +197,63 @@ def _strip_newline(line: bytes) -> bytes:
   return line
 
 
-def _numbered_lines(stream: io.BufferedIOBase, stats: FileStats) -> Iterator[tuple[int, bytes]]:
-  """Yields (1-based line number, line without its newline); a UTF-8 byte-order mark opening the file is dropped."""
-  for number, line in enumerate(stream, start=1):
+def _without_line_end(line: bytes) -> bytes:
+  """Removes one trailing \\r\\n, \\n or \\r."""
+  if line.endswith(b"\n"):
+    return line[:-2] if line.endswith(b"\r\n") else line[:-1]
+  return line[:-1] if line.endswith(b"\r") else line
+
+
+def _universal_lines(stream: io.BufferedIOBase) -> Iterator[bytes]:
+  """Yields lines without their ends; \\n, \\r\\n and a lone \\r each end a line, as in Python's universal newlines.
+
+  Read in chunks rather than by the stream's own iteration (which splits at \\n only), so that a file with \\r
+  line ends is not held in memory whole. A chunk ending in \\r ends its line there; a \\n opening the next chunk
+  is then the second half of that \\r\\n, not an empty line.
+  """
+  parts: list[bytes] = []  # the start of a line whose end is in a later chunk
+  skip_lf = False
+  while True:
+    chunk = stream.read1(_READ_CHUNK_BYTES)  # what is at hand: the lines before damage further on come out first
+    if not chunk:
+      break
+    if skip_lf:
+      skip_lf = False
+      if chunk.startswith(b"\n"):
+        chunk = chunk[1:]
+    pieces = chunk.splitlines(keepends=True)  # bytes split at \n, \r\n and \r only
+    if not pieces:
+      continue
+    last = pieces.pop()
+    for piece in pieces:
+      if parts:
+        parts.append(piece)
+        piece = b"".join(parts)
+        parts = []
+      yield _without_line_end(piece)
+    parts.append(last)
+    if last.endswith(b"\r"):
+      skip_lf = True
+    if last.endswith((b"\n", b"\r")):
+      line = b"".join(parts)
+      parts = []
+      yield _without_line_end(line)
+  if parts:
+    yield b"".join(parts)
+
+
+def _numbered_lines(stream: io.BufferedIOBase, stats: FileStats,
+                    universal: bool = False) -> Iterator[tuple[int, bytes]]:
+  """Yields (1-based line number, line without its end); a UTF-8 byte-order mark opening the file is dropped.
+
+  Lines end at \\n or \\r\\n, and with universal=True also at a lone \\r.
+  """
+  lines = _universal_lines(stream) if universal else map(_strip_newline, stream)
+  for number, line in enumerate(lines, start=1):
     if number == 1 and line.startswith(codecs.BOM_UTF8):
       line = line[len(codecs.BOM_UTF8):]
     stats.resume_at = number + 1
-    yield number, _strip_newline(line)
+    yield number, line
 
 
 def decode_line(raw: bytes) -> str:
@@ -211,8 +265,8 @@ def decode_line(raw: bytes) -> str:
 
 
 def _read_text(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: FileStats) -> Iterator[Item]:
-  """One record per non-blank line, named `<path>:<line>`."""
-  for number, raw in _numbered_lines(stream, stats):
+  """One record per non-blank line, named `<path>:<line>`; a lone \\r ends a line too (classic Mac files)."""
+  for number, raw in _numbered_lines(stream, stats, universal=True):
     record_id = f"{path}:{number}"
     try:
       text = decode_line(raw)
@@ -263,20 +317,106 @@ def _csv_value(value: str) -> Union[str, bytes]:
     return value.encode("utf-8", errors="surrogateescape")
 
 
-def _csv_rows(reader, stats: FileStats) -> Iterator[tuple[int, Union[list[str], csv.Error]]]:
-  """Yields (first line of the row, row or the csv.Error that row raised)."""
+class _RunawayQuote(Exception):
+  """A CSV row still inside a quoted field past the byte limit."""
+
+
+class _CsvLines:
+  """The csv reader's source of lines: numbers them, keeps the current row's lines, and can read them again.
+
+  The csv module asks for a further line only while a row is still open inside a quoted field. So a row that asks
+  for one after `limit` bytes is a runaway quote (most likely an unterminated one swallowing the rows after it):
+  __next__ raises _RunawayQuote instead of letting it grow. After a malformed row, replay_after_first() puts the
+  row's lines after its first back in front, so the rows a stray quote swallowed are read as rows after all.
+  """
+
+  def __init__(self, lines: Iterator[str], limit: Optional[int]):
+    self._lines = lines
+    self._limit = limit
+    self._replay: collections.deque[tuple[int, str]] = collections.deque()
+    self._fresh = 1  # the number of the next line not read yet
+    self.row: list[tuple[int, str]] = []  # (line number, line) of the row being read
+    self.row_bytes = 0  # UTF-8 bytes of the row's lines, measured only once it spans lines
+    self._measured = 0
+    self.hit_end = False  # the row asked for a line after the last one
+
+  def start_row(self) -> None:
+    self.row = []
+    self.row_bytes = self._measured = 0
+    self.hit_end = False
+
+  @property
+  def next_line(self) -> int:
+    """The number of the first line that has not been read yet, or is to be read again."""
+    return self._replay[0][0] if self._replay else self._fresh
+
+  def replay_after_first(self) -> None:
+    self._replay.extendleft(reversed(self.row[1:]))
+
+  def __iter__(self) -> "_CsvLines":
+    return self
+
+  def __next__(self) -> str:
+    if self.row and self._limit is not None:  # the row is open: it has grown by a line, measure it
+      for _, line in self.row[self._measured:]:
+        self.row_bytes += len(line) if line.isascii() else len(line.encode("utf-8", errors="surrogateescape"))
+      self._measured = len(self.row)
+      if self.row_bytes > self._limit:
+        raise _RunawayQuote()
+    if self._replay:
+      number, line = self._replay.popleft()
+    else:
+      try:
+        line = next(self._lines)
+      except StopIteration:
+        self.hit_end = True
+        raise
+      number = self._fresh
+      self._fresh += 1
+    self.row.append((number, line))
+    return line
+
+
+class _MalformedRow(NamedTuple):
+  reason: str
+  snippet: str
+
+
+def _malformed(lines: _CsvLines, error: Exception, limit: Optional[int]) -> _MalformedRow:
+  """Describes the row that failed, and queues its lines after the first to be read again."""
+  first, last = lines.row[0][0], lines.row[-1][0]
+  if isinstance(error, _RunawayQuote):
+    count = len(lines.row)
+    detail = (f"the row is still inside a quoted field after {count} line{'s' * (count != 1)} and "
+              f"{lines.row_bytes} bytes, more than the {limit}-byte text limit (an unterminated quote?)")
+  elif lines.hit_end:
+    detail = f"a quoted field is never closed ({error})"
+  else:
+    detail = str(error) if first == last else f"{error} on line {last}"
+  if last > first:
+    detail += f"; lines {first + 1}-{last} are read again as rows"
+  lines.replay_after_first()
+  return _MalformedRow(f"malformed CSV: {detail}", lines.row[0][1])
+
+
+def _csv_rows(text: Iterator[str], limit: Optional[int],
+              stats: FileStats) -> Iterator[tuple[int, Union[list[str], _MalformedRow]]]:
+  """Yields (first line of the row, row or _MalformedRow), in strict CSV (a stray character after a closing quote,
+  or a quoted field open at the end of the file, is an error rather than silently glued on)."""
+  lines = _CsvLines(text, limit)
+  reader = csv.reader(lines, strict=True)
   while True:
-    start = reader.line_num + 1
+    lines.start_row()
     try:
       row = next(reader)
     except StopIteration:
       return
-    except csv.Error as error:
-      if reader.line_num < start:  # the reader made no progress: give up on the file
+    except (csv.Error, _RunawayQuote) as error:
+      if not lines.row:  # the reader failed without reading a line: give up on the file
         raise
-      row = error
-    stats.resume_at = reader.line_num + 1
-    yield start, row
+      row = _malformed(lines, error, limit)
+    stats.resume_at = lines.next_line
+    yield lines.row[0][0], row
 
 
 def _is_blank_row(row: list[str]) -> bool:
@@ -284,15 +424,19 @@ def _is_blank_row(row: list[str]) -> bool:
 
 
 def _read_csv(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: FileStats) -> Iterator[Item]:
-  """One record per row after the header row; a row's position is its first line."""
+  """One record per row after the header row; a row's position is its first line.
+
+  Lines end at \\n, \\r\\n or a lone \\r outside quotes. A malformed row is dead-lettered under its first line and
+  the lines after that are read again as rows, so a stray quote costs one row, not the rest of the file.
+  """
   csv.field_size_limit(_CSV_FIELD_LIMIT)
   text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
   header: Optional[list[str]] = None
   columns: list[tuple[str, int]] = []
-  for start, row in _csv_rows(csv.reader(text), stats):
+  for start, row in _csv_rows(text, options.max_text_bytes, stats):
     where = f"{path}:{start}"
-    if isinstance(row, csv.Error):
-      yield DeadLetter.make(where, path, "parse", f"malformed CSV: {row}")
+    if isinstance(row, _MalformedRow):
+      yield DeadLetter.make(where, path, "parse", row.reason, _snippet(row.snippet))
       continue
     if _is_blank_row(row):
       stats.blank_lines += 1
@@ -337,29 +481,56 @@ def _masked_crc32c(data: bytes) -> int:
   return _TFRecordUtil._masked_crc32c(data)  # pylint: disable=protected-access
 
 
-def _read_exactly(stream: io.BufferedIOBase, size: int, what: str) -> bytes:
-  data = stream.read(size)
-  if len(data) != size:
-    raise EOFError(f"TFRecord file ends inside a record's {what} ({len(data)} of {size} bytes)")
-  return data
+class _DamagedPayload(NamedTuple):
+  """A TFRecord whose framing is intact but whose payload fails its checksum."""
+  offset: int  # of the record's header in the (decompressed) file
+  payload: bytes
 
 
-def tfrecord_payloads(stream: io.BufferedIOBase) -> Iterator[bytes]:
-  """Yields each record's payload, checking the length and payload checksums."""
+def _skip_rest(stream: io.BufferedIOBase) -> str:
+  """Reads the stream to its end; describes how many bytes that was (and why it stopped early, if it did)."""
+  skipped = 0
+  try:
+    while True:
+      chunk = stream.read(_READ_CHUNK_BYTES)
+      if not chunk:
+        return f"{skipped} bytes"
+      skipped += len(chunk)
+  except Exception as error:  # pylint: disable=broad-except
+    return f"at least {skipped} bytes (then {describe_error(error)})"
+
+
+class TFRecordFrameError(ValueError):
+  """A TFRecord frame (length, its checksum, or the bytes it promises) is broken: the rest of the file is lost."""
+
+
+def tfrecord_payloads(stream: io.BufferedIOBase) -> Iterator[Union[bytes, _DamagedPayload]]:
+  """Yields each record's payload, or a _DamagedPayload when only the payload's checksum fails.
+
+  A record's frame is a length with its own checksum, so a damaged payload can be stepped over; a broken frame
+  (length checksum mismatch, or a file ending inside a record) cannot, and raises TFRecordFrameError saying at
+  which byte and how many bytes are lost.
+  """
+  offset = 0
   while True:
     header = stream.read(_TFRECORD_HEADER.size)
     if not header:
       return
     if len(header) != _TFRECORD_HEADER.size:
-      raise EOFError(f"TFRecord file ends inside a record's header ({len(header)} bytes)")
+      raise TFRecordFrameError(f"the file ends inside a record's header at byte {offset}; "
+                               f"skipped its last {len(header)} bytes")
     length, length_crc = _TFRECORD_HEADER.unpack(header)
     if _masked_crc32c(header[:8]) != length_crc:
-      raise ValueError("TFRecord length checksum mismatch: not a TFRecord file, or a corrupt one")
-    payload = _read_exactly(stream, length, "payload")
-    (payload_crc,) = _TFRECORD_FOOTER.unpack(_read_exactly(stream, _TFRECORD_FOOTER.size, "checksum"))
-    if _masked_crc32c(payload) != payload_crc:
-      raise ValueError("TFRecord payload checksum mismatch: the file is corrupt")
-    yield payload
+      raise TFRecordFrameError(f"length checksum mismatch at byte {offset} (not a TFRecord file, or a corrupt one); "
+                               f"skipped the rest of the file: {len(header)} + {_skip_rest(stream)}")
+    payload = stream.read(length)
+    footer = stream.read(_TFRECORD_FOOTER.size) if len(payload) == length else b""
+    if len(footer) != _TFRECORD_FOOTER.size:
+      raise TFRecordFrameError(f"the file ends inside the record at byte {offset} ({length}-byte payload); "
+                               f"skipped its last {len(header) + len(payload) + len(footer)} bytes")
+    (payload_crc,) = _TFRECORD_FOOTER.unpack(footer)
+    yield payload if _masked_crc32c(payload) == payload_crc else _DamagedPayload(offset, payload)
+    offset += len(header) + length + len(footer)
 
 
 def _feature_value(feature) -> Any:
@@ -372,12 +543,22 @@ def _feature_value(feature) -> Any:
 
 
 def _read_tfrecord(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: FileStats) -> Iterator[Item]:
-  """One record per tf.Example; bytes features are decoded as UTF-8, int64 ids become strings."""
+  """One record per tf.Example; bytes features are decoded as UTF-8, int64 ids become strings.
+
+  A record failing its payload checksum is a dead letter and reading goes on; a broken frame ends the file (a
+  "read" dead letter from read_file saying how many bytes were skipped).
+  """
   from google.protobuf.message import DecodeError  # pylint: disable=import-outside-toplevel
   from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
   wanted = _wanted_fields(options)
   for index, payload in enumerate(tfrecord_payloads(stream)):
     stats.resume_at = index + 1
+    if isinstance(payload, _DamagedPayload):
+      yield DeadLetter.make(f"{path}:{index}", path, "read",
+                            f"TFRecord payload checksum mismatch in the record at byte {payload.offset} "
+                            f"({len(payload.payload)} bytes): the record is corrupt; the records after it are read",
+                            _snippet(payload.payload))
+      continue
     example = example_pb2.Example()
     try:
       example.ParseFromString(payload)

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.formats import INPUT_FORMATS, FileStats, ReadOptions, describe_error, read_file
 from transforms.records import DeadLetter
 
-__all__ = ["INPUT_FORMATS", "InputError", "ReadResult", "ReadTexts", "match_inputs"]
+__all__ = ["INPUT_FORMATS", "InputError", "MatchedPath", "ReadResult", "ReadTexts", "match_inputs"]
 
 NAMESPACE = "bert_embed"
 DEAD_LETTERS = "dead_letters"
@@ -36,12 +36,32 @@ class ReadResult(NamedTuple):
   files_failed: beam.PCollection  # str, one path per file that could not be read fully
 
 
+class MatchedPath(str):
+  """A path match_inputs found. Matching it again would treat it as a pattern (a file named `br[1].txt` would
+  match `br1.txt`, or nothing), so match_inputs and ReadTexts take it as it is."""
+  __slots__ = ()
+
+
 def _is_local_directory(path: str) -> bool:
   return "://" not in path and os.path.isdir(path)
 
 
+def _exists(path: str) -> bool:
+  try:
+    return FileSystems.exists(path)
+  except (BeamIOError, ValueError):
+    return False
+
+
 def _match_one(pattern: str) -> list[str]:
-  """The files one pattern matches; raises InputError when it matches none or matching fails."""
+  """The files one pattern matches; raises InputError when it matches none or matching fails.
+
+  A pattern matching no file that names one literally (its name holds glob characters) is that file. A directory
+  is an error unless written with a trailing separator (`dir/`, which Beam reads as `dir/*`).
+  """
+  if not pattern.endswith(("/", os.sep)) and _is_local_directory(pattern):
+    raise InputError(f"input {pattern!r} is a directory, not a file or a glob; "
+                     f"use e.g. {os.path.join(pattern, '*')!r}")
   try:
     (result,) = FileSystems.match([pattern])
   except BeamIOError as error:
@@ -50,13 +70,17 @@ def _match_one(pattern: str) -> list[str]:
   except ValueError as error:  # e.g. a scheme no filesystem handles
     raise InputError(f"cannot match input pattern {pattern!r}: {error}") from error
   paths = [m.path for m in result.metadata_list if not _is_local_directory(m.path)]
+  if not paths and _exists(pattern):
+    paths = [pattern]
   if not paths:
     raise InputError(f"input pattern {pattern!r} matches no files")
   return paths
 
 
-def match_inputs(patterns: Union[str, Sequence[str]]) -> list[str]:
+def match_inputs(patterns: Union[str, Sequence[str]]) -> list[MatchedPath]:
   """Expands file patterns (local or any Beam filesystem, e.g. gs://) into sorted, distinct paths.
+
+  A MatchedPath (what this returns) is kept as it is, not matched again.
 
   Raises:
     InputError: naming the first pattern that matches no file, or when there is no pattern.
@@ -67,10 +91,13 @@ def match_inputs(patterns: Union[str, Sequence[str]]) -> list[str]:
     raise InputError("no input pattern given")
   paths = set()
   for pattern in patterns:
+    if isinstance(pattern, MatchedPath):
+      paths.add(str(pattern))
+      continue
     if not pattern or not pattern.strip():
       raise InputError("an input pattern is empty")
     paths.update(_match_one(pattern))
-  return sorted(paths)
+  return [MatchedPath(path) for path in sorted(paths)]
 
 
 def _check_field(name: str, value: Optional[str], optional: bool = False) -> None:
@@ -124,7 +151,8 @@ class ReadTexts(beam.PTransform):
   """Reads text records from files in one of INPUT_FORMATS (see transforms.formats for the rules).
 
   Args:
-    patterns: file patterns (globs; local or gs://); .gz/.bz2/.xz/.zst/.deflate files are decompressed.
+    patterns: file patterns (globs; local or gs://), or paths match_inputs returned (read as they are);
+      .gz/.bz2/.xz/.zst/.deflate files are decompressed.
     input_format: one of INPUT_FORMATS.
     id_field, text_field, text_pair_field: field, column or feature names (not used for "text").
     max_text_bytes: when set, texts longer than this many UTF-8 bytes are cut and marked truncated.
@@ -141,7 +169,7 @@ class ReadTexts(beam.PTransform):
     self._options = _options(input_format, id_field, text_field, text_pair_field, max_text_bytes)
 
   def expand(self, pbegin) -> ReadResult:
-    files = match_inputs(self._patterns)
+    files = [str(path) for path in match_inputs(self._patterns)]
     read = (
         pbegin
         | "Files" >> beam.Create(files)
