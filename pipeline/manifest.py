@@ -20,7 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.write import check_output_prefix, is_error_file, is_output_file, path_basename
+from transforms.write import check_output_prefix, is_error_file, is_output_file, is_scratch_dir, path_basename
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "-manifest.json"
@@ -216,28 +216,31 @@ def _stale_manifest_tmp_files(output_prefix: str) -> list[str]:
 
 
 def _stale_sink_scratch(output_prefix: str) -> list[str]:
-  """What the sinks of a killed run left: Beam's beam-temp-<stem>[-errors]-<uuid> directories by the outputs.
+  """What the sinks of a killed run left: their beam-temp-KIND-UUID-STEM directories by the outputs.
 
   Local: the directories (deleted whole, even when empty). Other filesystems have no directories: their files.
+  Only this prefix's (transforms.write.scratch_dir_name): never the scratch of a run with another prefix.
   """
   base, stem = FileSystems.split(output_prefix)
-  name = re.compile(re.escape(f"beam-temp-{stem}") + r"(?:-errors)?-[0-9a-f]{32}")
   if "://" not in base:
     directory = base or "."
     if not os.path.isdir(directory):
       return []
     return sorted(os.path.join(base, d) for d in os.listdir(directory)
-                  if name.fullmatch(d) and os.path.isdir(os.path.join(directory, d)))
-  files = _matching_files(FileSystems.join(base, f"beam-temp-{stem}-*", "*"))
-  return sorted(p for p in files if name.fullmatch(path_basename(p.rsplit("/", 1)[0])))
+                  if is_scratch_dir(d, output_prefix) and os.path.isdir(os.path.join(directory, d)))
+  files = _matching_files(FileSystems.join(base, f"beam-temp-*-{stem}", "*"))
+  return sorted(p for p in files if is_scratch_dir(p.rsplit("/", 1)[0], output_prefix))
 
 
 def delete_previous_outputs(output_prefix: str) -> list[str]:
-  """Deletes an earlier run's manifest, then its PREFIX-SSSSS-of-NNNNN.* and PREFIX-errors-* shards.
+  """Deletes an earlier run's files of this prefix, and nothing else; returns the deleted paths.
 
+  Exactly: PREFIX-manifest.json, PREFIX-SSSSS-of-NNNNN.parquet / .tfrecord, PREFIX-errors-SSSSS-of-NNNNN.jsonl
+  (5-digit numbers), a killed manifest write's PREFIX-manifest.json.tmp-<uuid> and the sinks' scratch
+  directories of this prefix. Another run's files stay, also when its prefix starts with this one
+  (`emb-large-*` for `emb`) and files that only look similar (`emb-00000-of-00001.parquet.bak`, `emb-notes.txt`).
   The manifest goes first, so an interruption leaves files without a manifest (visibly incomplete),
-  never a manifest that vouches for a mix of old and new files. The sinks' scratch directories of a
-  killed run go too. Returns the deleted paths.
+  never a manifest that vouches for a mix of old and new files.
   """
   check_output_prefix(output_prefix)
   deleted = []

@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -85,6 +85,13 @@ class Plan(NamedTuple):
       return None
     directory = _parent(self.previous.prefix)
     return [_join(directory, path_basename(f)) for f in self.previous.manifest.get("output_files") or []]
+
+  @property
+  def previous_normalized(self) -> bool:
+    """Whether the previous output's vectors were L2-normalised (its options say --normalize)."""
+    if self.previous is None or self.previous.manifest is None:
+      return False
+    return bool((manifest_fingerprint_inputs(self.previous.manifest).get("options") or {}).get("normalize"))
 
   @property
   def previous_format(self) -> Optional[str]:
@@ -323,12 +330,26 @@ def plan(cfg) -> Plan:
   return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer, columns)
 
 
-def manifest_section(p: Plan) -> dict:
-  """The manifest's `incremental` field."""
+def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dict:
+  """The manifest's `incremental` field.
+
+  `unreadable`: (file, reason) of the previous output's parts that could not be read (damaged, failed a checksum):
+  then the run was a full re-embed whatever the plan said, and the reason says so.
+  """
   prev = p.previous
+  mode, reason = p.mode, p.reason
+  failures = {}
+  for path, why in sorted(unreadable):
+    failures.setdefault(path, why)
+  if failures:
+    first, why = next(iter(failures.items()))
+    more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
+    damaged = (f"the previous output could not be read ({first}: {why}{more}), so every record was encoded "
+               "again")
+    mode, reason = MODE_FULL, f"{reason}; {damaged}" if reason else damaged
   return {
-      "mode": p.mode,
-      "reason": p.reason,
+      "mode": mode,
+      "reason": reason,
       "previous": normalize_prefix(prev.prefix) if prev and prev.prefix else None,
       "previous_requested": prev.requested if prev else None,
       "fingerprint": p.fingerprint,
@@ -336,7 +357,24 @@ def manifest_section(p: Plan) -> dict:
       "drift_sample": p.drift_sample,
       "previous_precision_used": resolved_precisions(prev.manifest) if prev and prev.manifest else None,
       "latest_pointer": p.pointer,
+      "previous_unreadable": [{"file": path, "reason": why} for path, why in failures.items()],
   }
+
+
+class ManifestSection(beam.PTransform):
+  """The manifest's `incremental` field, known only once the previous output has been read (manifest_section).
+
+  Input: the (file, reason) pairs of IncrementalResult.unreadable. Output: one dict.
+  """
+
+  def __init__(self, p: Plan):
+    super().__init__()
+    self._plan = p
+
+  def expand(self, unreadable):
+    return (unreadable
+            | "AllUnreadable" >> beam.combiners.ToList()
+            | "Section" >> beam.Map(lambda failures, p: manifest_section(p, failures), self._plan))
 
 
 def summary_line(manifest: dict) -> Optional[str]:
@@ -346,6 +384,8 @@ def summary_line(manifest: dict) -> Optional[str]:
     return None
   line = (f"bert-embed: {section['mode']} run: {c.get('new', 0)} new, {c.get('changed', 0)} changed, "
           f"{c.get('unchanged', 0)} unchanged, {c.get('deleted', 0)} deleted; {c.get('encoded', 0)} encoded")
+  if c.get(incremental.DAMAGED):
+    line += f"; {c[incremental.DAMAGED]} unchanged records encoded again because their previous row was damaged"
   if section.get("reason"):
     line += f" ({section['reason']})"
   drift = manifest.get("drift")

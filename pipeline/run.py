@@ -27,7 +27,7 @@ from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddin
 
 COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
           "encoded", "windows",
-          "new", "changed", "unchanged", "deleted")
+          "new", "changed", "unchanged", "deleted", "previous_damaged")
 _LOG = logging.getLogger(__name__)
 
 
@@ -68,7 +68,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   plan = previous_lib.plan(cfg)
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
-      columns=plan.columns, keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample)
+      columns=plan.columns, keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample,
+      unit_norm=plan.previous_normalized)
   embed = EmbedTexts(
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
@@ -122,10 +123,10 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "dimension": cfg.model_info.dim,
       "start_time": start_time,
       "package_versions": manifest_lib.package_versions(),
-      "incremental": previous_lib.manifest_section(plan),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
-  fields = {"drift": drift, "precision_used": _precision_used(p, embedded)}
+  fields = {"drift": drift, "precision_used": _precision_used(p, embedded),
+            "incremental": split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)}
   manifest = {"files": files, "counts": counts, "fields": fields} | "WriteManifest" >> (
       manifest_lib.WriteManifest(cfg.output, static, COUNTS))
   _ = manifest | "UpdateLatest" >> previous_lib.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete

@@ -109,8 +109,10 @@ def test_a_record_that_fails_twice_alone_is_dead_lettered():
 
 def test_a_rerun_deletes_the_sink_scratch_of_its_own_prefix_only(tmp_path):
   hexes = "0123456789abcdef" * 2
-  own = [tmp_path / f"beam-temp-emb-{hexes}", tmp_path / f"beam-temp-emb-errors-{hexes}"]
-  others = [tmp_path / f"beam-temp-emb2-{hexes}", tmp_path / f"beam-temp-other-{hexes}", tmp_path / "beam-temp-emb-x"]
+  own = [tmp_path / f"beam-temp-embeddings-{hexes}-emb", tmp_path / f"beam-temp-errors-{hexes}-emb"]
+  others = [tmp_path / f"beam-temp-embeddings-{hexes}-emb2", tmp_path / f"beam-temp-errors-{hexes}-emb-large",
+            tmp_path / f"beam-temp-embeddings-{hexes}-emb-errors", tmp_path / f"beam-temp-emb-errors-{hexes}",
+            tmp_path / "beam-temp-emb-x"]  # Beam's own naming: the scratch of emb's dead letters or of emb-errors
   for d in own + others:
     d.mkdir()
   (own[0] / "partial.emb.parquet").write_bytes(b"half a shard")

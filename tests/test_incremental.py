@@ -447,3 +447,128 @@ def test_a_model_change_re_embeds_everything_with_a_drift_check(scenario, other_
   lowest = drift["lowest"][0]
   assert lowest["cosine"] == pytest.approx(incremental.cosine(old[lowest["id"]]["embedding"],
                                                               new[lowest["id"]]["embedding"]), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged previous outputs: never copied. Run 1 (normalised, Parquet) is the fresh full run every repair must equal.
+
+DAMAGE_RECORDS = 12
+
+
+@pytest.fixture(scope="module")
+def normalized_run(tmp_path_factory, tiny_model_dir):
+  tmp = tmp_path_factory.mktemp("damage")
+  rng = np.random.default_rng(11)
+  corpus = _corpus(tmp, "corpus", {f"d{i:02d}": text for i, text in enumerate(_texts(rng, DAMAGE_RECORDS))})
+  outcome = _run(tiny_model_dir, corpus, str(tmp / "run1" / "emb"), "--normalize", "--format", "parquet")
+  assert len(outcome.manifest["output_files"]) == 1
+  return types.SimpleNamespace(tmp=tmp, corpus=corpus, outcome=outcome, rows=_rows(outcome))
+
+
+def _copy_previous(run, name):
+  """A copy of run 1's directory (its manifest lists paths under run1/: they are found next to the prefix)."""
+  shutil.copytree(run.tmp / "run1", run.tmp / name)
+  return str(run.tmp / name / "emb"), str(run.tmp / name / os.path.basename(run.outcome.manifest["output_files"][0]))
+
+
+def _assert_equals_fresh_run(outcome, fresh_rows):
+  rows = _rows(outcome)
+  assert sorted(rows) == sorted(fresh_rows)
+  for record_id, expected in fresh_rows.items():
+    np.testing.assert_allclose(rows[record_id]["embedding"], expected["embedding"], atol=1e-5)
+    assert abs(np.linalg.norm(rows[record_id]["embedding"]) - 1) < 1e-5
+
+
+def _counts(outcome):
+  c = outcome.manifest["counts"]
+  return {k: c[k] for k in ("new", "changed", "unchanged", "deleted", "previous_damaged", "encoded", "written",
+                            "dead_lettered")}
+
+
+def test_damaged_previous_rows_are_encoded_again_not_copied(normalized_run, tiny_model_dir):
+  prefix, shard = _copy_previous(normalized_run, "rows-damaged")
+  table = pq.read_table(shard)
+  vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+  ids = table.column("id").to_pylist()
+  nan_id, far_id = ids[2], ids[7]
+  vectors[2, 5] = np.nan
+  vectors[7] *= 8945.0  # finite, right dimension, wrong norm
+  embedding = pa.array([list(v) for v in vectors], type=table.schema.field("embedding").type)
+  damaged = table.set_column(table.schema.get_field_index("embedding"), table.schema.field("embedding"), embedding)
+  pq.write_table(damaged, shard)
+  outcome = _run(tiny_model_dir, normalized_run.corpus, str(normalized_run.tmp / "rows-run2" / "emb"), "--normalize",
+                 "--previous", prefix)
+  assert outcome.manifest["incremental"]["mode"] == "incremental"
+  assert _counts(outcome) == {"new": 0, "changed": 0, "unchanged": DAMAGE_RECORDS, "deleted": 0,
+                              "previous_damaged": 2, "encoded": 2, "written": DAMAGE_RECORDS, "dead_lettered": 0}
+  assert _counter(outcome, "records_carried_over") == DAMAGE_RECORDS - 2
+  assert _counter(outcome, "records_previous_damaged") == 2
+  assert {nan_id, far_id} <= set(ids)
+  _assert_equals_fresh_run(outcome, normalized_run.rows)
+
+
+def _flip(path, needle: bytes, count: int):
+  data = bytearray(open(path, "rb").read())
+  offset = data.find(needle)
+  assert offset >= 0 and data.find(needle, offset + 1) < 0
+  data[offset:offset + count] = bytes(b ^ 0xA5 for b in data[offset:offset + count])
+  open(path, "wb").write(bytes(data))
+
+
+def _assert_full_re_embed(outcome, damaged_file):
+  section = outcome.manifest["incremental"]
+  assert section["mode"] == "full" and "could not be read" in section["reason"]
+  assert [entry["file"].split(" ")[0] for entry in section["previous_unreadable"]] == [damaged_file]
+  assert _counts(outcome) == {"new": DAMAGE_RECORDS, "changed": 0, "unchanged": 0, "deleted": 0,
+                              "previous_damaged": 0, "encoded": DAMAGE_RECORDS, "written": DAMAGE_RECORDS,
+                              "dead_lettered": 0}
+  assert _counter(outcome, "records_carried_over") == 0
+
+
+def test_a_parquet_page_with_flipped_bytes_means_a_full_re_embed(normalized_run, tiny_model_dir):
+  prefix, shard = _copy_previous(normalized_run, "page-damaged")
+  some_vector = np.asarray(normalized_run.rows["d05"]["embedding"], dtype=np.float32)
+  _flip(shard, some_vector.tobytes()[16:96], 64)  # 64 bytes inside the vector data
+  outcome = _run(tiny_model_dir, normalized_run.corpus, str(normalized_run.tmp / "page-run2" / "emb"), "--normalize",
+                 "--previous", prefix)
+  _assert_full_re_embed(outcome, shard)
+  assert "checksum" in outcome.manifest["incremental"]["previous_unreadable"][0]["reason"]
+  _assert_equals_fresh_run(outcome, normalized_run.rows)
+
+
+def test_a_tfrecord_with_a_changed_value_means_a_full_re_embed(normalized_run, tiny_model_dir):
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  directory = normalized_run.tmp / "tfrecord-damaged"
+  directory.mkdir()
+  table = pq.read_table(normalized_run.outcome.manifest["output_files"][0])
+  rows = list(incremental.table_to_records(table, 32, incremental.row_columns()))
+  shard = str(directory / "emb-00000-of-00001.tfrecord")
+  with tf.io.TFRecordWriter(shard) as w:
+    for example in write.embeddings_to_examples(rows, dim=32):
+      w.write(example)
+  manifest = dict(normalized_run.outcome.manifest)
+  manifest.update(options={**manifest["options"], "format": "tfrecord"}, output_files=[shard], files=[shard])
+  (directory / "emb-manifest.json").write_text(json.dumps(manifest))
+  _flip(shard, rows[4].embedding[3:4].tobytes(), 2)  # one float changed: the record's data CRC no longer matches
+  outcome = _run(tiny_model_dir, normalized_run.corpus, str(normalized_run.tmp / "tfrecord-run2" / "emb"),
+                 "--normalize", "--previous", str(directory / "emb"))
+  _assert_full_re_embed(outcome, shard)
+  _assert_equals_fresh_run(outcome, normalized_run.rows)
+
+
+def test_carried_row_checks():
+  good = EmbeddingRecord("a", np.eye(DIM, dtype=np.float32)[0], 3, False, "0" * 64, text="t")
+  columns = incremental.row_columns()
+  assert incremental.carried_row_problem(good, DIM, columns, False, unit_norm=True) is None
+  assert incremental.carried_row_problem(good._replace(embedding=good.embedding * 2), DIM, columns, False,
+                                         unit_norm=False) is None
+  assert "norm 2" in incremental.carried_row_problem(good._replace(embedding=good.embedding * 2), DIM, columns,
+                                                      False, unit_norm=True)
+  assert incremental.carried_row_problem(good._replace(embedding=np.zeros(DIM, np.float32)), DIM, columns, False,
+                                         unit_norm=True) is None  # normalising a zero vector leaves it zero
+  assert "shape" in incremental.carried_row_problem(good._replace(embedding=np.ones(DIM + 1, np.float32)), DIM,
+                                                     columns, False, unit_norm=False)
+  assert "non-finite" in incremental.carried_row_problem(
+      good._replace(embedding=np.array([np.nan, 0, 0, 1], np.float32)), DIM, columns, False, unit_norm=False)
+  assert "token_ids is missing" in incremental.carried_row_problem(
+      good, DIM, incremental.row_columns(emit_tokens=True), True, unit_norm=False)

@@ -8,6 +8,7 @@ import os
 
 import apache_beam as beam
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
@@ -162,7 +163,11 @@ def test_delete_previous_outputs_only_touches_its_own_prefix(tmp_path, monkeypat
       "emb2-00000-of-00001.parquet", "emb2-manifest.json", "emb2-errors-00000-of-00001.jsonl",
       "emb-x-00000-of-00001.parquet", "emb-errors-manifest.json", "emb-errors2-00000-of-00001.jsonl",
       "emb-0000-of-00001.parquet", "emb.parquet", "emb-notes.txt", "xemb-00000-of-00001.parquet",
-      "sub/emb-00000-of-00001.parquet")]
+      "sub/emb-00000-of-00001.parquet", "emb-large-00000-of-00001.parquet", "emb-large-manifest.json",
+      "emb-large-errors-00000-of-00001.jsonl", "emb-00007-of-00009.parquet.bak", "emb-00000-of-00001.jsonl",
+      "emb-errors-00000-of-00001.parquet", "emb-errors-errors-00000-of-00001.jsonl",
+      "emb-errors-00000-of-00001.jsonl.bak", "emb-000000-of-000001.parquet", "emb-manifest.json.bak",
+      "emb-manifest.json.tmp-xyz")]
   calls = []
   real_delete = FileSystems.delete
   monkeypatch.setattr(FileSystems, "delete", lambda paths: (calls.append(list(paths)), real_delete(paths)))
@@ -174,6 +179,60 @@ def test_delete_previous_outputs_only_touches_its_own_prefix(tmp_path, monkeypat
   assert all(not os.path.exists(p) for p in own)
   assert all(os.path.exists(p) for p in others)
   assert manifest.delete_previous_outputs(str(out / "emb")) == []
+
+
+def _corpus(path, lines: list[str]) -> str:
+  path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+  return str(path)
+
+
+def _run(model_dir: str, corpus: str, prefix: str, *extra: str):
+  from pipeline.run import run  # pylint: disable=import-outside-toplevel
+  argv = ["--model", model_dir, "--input", corpus, "--input-format", "jsonl", "--output", prefix,
+          "--seq-length", "32", "--pooling", "mean", *extra]
+  return run(argv, test_pipeline=test_pipeline.TestPipeline(argv=argv))
+
+
+def _own_files(directory, prefix: str) -> list[str]:
+  names = (str(directory / n) for n in os.listdir(directory))
+  return sorted(p for p in names if write.is_output_file(p, prefix) or write.is_error_file(p, prefix))
+
+
+def test_runs_with_overlapping_prefixes_in_one_directory_keep_each_others_outputs(tmp_path, tiny_model_dir):
+  out = tmp_path / "out"
+  out.mkdir()
+  decoys = {name: f"{name} is not an output".encode() for name in (
+      "emb-00007-of-00009.parquet.bak", "emb-notes.txt", "emb-00000-of-00001.json", "emb-manifest.json.bak")}
+  for name, data in decoys.items():
+    (out / name).write_bytes(data)
+  runs = {  # prefix -> (texts, extra options); each has one bad line, so each writes a dead letter
+      "emb-large": (["a big dog.", "the red car.", "hello world."], ["--format", "tfrecord"]),
+      "emb": (["good day.", "blue tree.", "big house.", "a bird."], ["--format", "parquet"]),
+  }  # (the sinks' own test covers emb-errors)
+  manifests = {}
+  for prefix, (texts, extra) in runs.items():
+    lines = [json.dumps({"id": f"{prefix}:{i}", "text": t}) for i, t in enumerate(texts)] + ["{not json"]
+    outcome = _run(tiny_model_dir, _corpus(tmp_path / f"{prefix}.jsonl", lines), str(out / prefix), *extra)
+    manifests[prefix] = outcome.manifest
+  for prefix, (texts, extra) in runs.items():
+    m = manifest.read_manifest(str(out / prefix))
+    assert m == manifests[prefix]
+    assert m["files"] == _own_files(out, str(out / prefix))  # exactly its files, all still there
+    assert m["counts"]["written"] == len(texts) and m["counts"]["dead_lettered"] == 1
+    ids = []
+    for path in m["output_files"]:
+      if extra[1] == "parquet":
+        ids += pq.read_table(path, columns=["id"]).column("id").to_pylist()
+      else:
+        import tensorflow as tf  # pylint: disable=import-outside-toplevel
+        ids += [tf.train.Example.FromString(r.numpy()).features.feature["id"].bytes_list.value[0].decode()
+                for r in tf.data.TFRecordDataset(path)]
+    assert sorted(ids) == sorted(f"{prefix}:{i}" for i in range(len(texts)))
+    errors = [json.loads(line) for path in m["error_files"] for line in open(path, encoding="utf-8")]
+    assert [e["snippet"] for e in errors] == ["{not json"]
+  for name, data in decoys.items():
+    assert (out / name).read_bytes() == data
+  assert not [n for n in os.listdir(out) if n.startswith("beam-temp-")]
 
 
 def test_prefixes_with_glob_characters_are_refused(tmp_path):

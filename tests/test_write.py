@@ -348,6 +348,93 @@ def test_file_name_helpers_only_match_their_own_prefix():
   assert not write.is_error_file("out/emb-errors-00000-of-00001.parquet", "out/emb")
 
 
+@pytest.mark.parametrize("name,prefix,output,error", [
+    ("emb-00000-of-00001.parquet", "emb", True, False),
+    ("emb-00003-of-00004.tfrecord", "emb", True, False),
+    ("emb-errors-00000-of-00001.jsonl", "emb", False, True),
+    # Another run's shards, whose prefix starts with this one.
+    ("emb-large-00000-of-00001.parquet", "emb", False, False),
+    ("emb-large-errors-00000-of-00001.jsonl", "emb", False, False),
+    ("emb-errors-00000-of-00001.parquet", "emb", False, False),  # the output of the prefix emb-errors
+    ("emb-errors-errors-00000-of-00001.jsonl", "emb", False, False),  # its dead letters
+    # ... and, seen from the prefix emb-errors, emb's dead letters are not its own.
+    ("emb-errors-00000-of-00001.jsonl", "emb-errors", False, False),
+    ("emb-errors-00000-of-00001.parquet", "emb-errors", True, False),
+    ("emb-errors-errors-00000-of-00001.jsonl", "emb-errors", False, True),
+    # Look-alikes: other extensions, backups, other digit counts.
+    ("emb-00007-of-00009.parquet.bak", "emb", False, False),
+    ("emb-00000-of-00001.jsonl", "emb", False, False),
+    ("emb-00000-of-00001.txt", "emb", False, False),
+    ("emb-errors-00000-of-00001.jsonl.gz", "emb", False, False),
+    ("emb-0000-of-00001.parquet", "emb", False, False),
+    ("emb-000000-of-000001.parquet", "emb", False, False),
+    ("emb-manifest.json", "emb", False, False),
+    ("emb-notes.txt", "emb", False, False),
+    ("xemb-00000-of-00001.parquet", "emb", False, False),
+])
+def test_own_file_names_are_exact(name, prefix, output, error):
+  for directory in ("out/", "gs://bucket/out/"):
+    assert write.is_output_file(directory + name, directory + prefix) is output
+    assert write.is_error_file(directory + name, directory + prefix) is error
+
+
+def test_scratch_dir_names_belong_to_one_prefix():
+  token = "0123456789abcdef" * 2
+  name = write.scratch_dir_name("out/emb", "errors", token)
+  assert name == f"beam-temp-errors-{token}-emb"
+  assert write.is_scratch_dir("out/" + name, "out/emb")
+  for prefix in ("out/emb-errors", "out/em", "out/errors-emb"):
+    assert not write.is_scratch_dir("out/" + name, prefix)
+  assert not write.is_scratch_dir("out/" + write.scratch_dir_name("out/emb-errors", "embeddings", token), "out/emb")
+  assert not write.is_scratch_dir(f"out/beam-temp-emb-{token}", "out/emb")  # Beam's own naming is ambiguous
+
+
+def _shard_names(directory) -> list[str]:
+  return sorted(os.listdir(directory))
+
+
+def test_sinks_replace_only_their_own_shards(tmp_path):
+  """Beam's sinks delete PREFIX-*-of-NNNNN.ext before the rename: emb-large's and emb-errors' shards with it."""
+  foreign = {name: f"{name} stays".encode() for name in (
+      "emb-large-00000-of-00001.parquet", "emb-large-00000-of-00001.tfrecord",
+      "emb-errors-00000-of-00001.parquet", "emb-errors-errors-00000-of-00001.jsonl",
+      "emb-large-errors-00000-of-00001.jsonl", "emb-00007-of-00009.parquet.bak", "emb-notes.txt")}
+  for name, data in foreign.items():
+    (tmp_path / name).write_bytes(data)
+  (tmp_path / "emb-00000-of-00001.parquet").write_bytes(b"a stale shard of this prefix")
+  records = make_records(3)
+  for output_format in ("parquet", "tfrecord"):
+    p = test_pipeline.TestPipeline()
+    rows = p | f"Rows{output_format}" >> beam.Create(records, reshuffle=False)
+    _ = rows | write.WriteEmbeddings(str(tmp_path / "emb"), output_format, DIM, num_shards=1, emit_tokens=True)
+    _ = (p | beam.Create([DeadLetter.make("x", "f", "read", "bad")])) | write.WriteDeadLetters(str(tmp_path / "emb"))
+    p.run().wait_until_finish()
+  for name, data in foreign.items():
+    assert (tmp_path / name).read_bytes() == data, name
+  assert _shard_names(tmp_path) == sorted([*foreign, "emb-00000-of-00001.parquet", "emb-00000-of-00001.tfrecord",
+                                           "emb-errors-00000-of-00001.jsonl"])  # no scratch left either
+  assert pq.read_table(str(tmp_path / "emb-00000-of-00001.parquet")).num_rows == 3
+  errors = (tmp_path / "emb-errors-00000-of-00001.jsonl").read_text(encoding="utf-8").splitlines()
+  assert [json.loads(line)["id"] for line in errors] == ["x"]
+
+
+def test_parquet_pages_carry_checksums(tmp_path):
+  records = make_records(5)
+  p = test_pipeline.TestPipeline()
+  _ = (p | beam.Create(records, reshuffle=False)) | write.WriteEmbeddings(str(tmp_path / "emb"), "parquet", DIM)
+  p.run().wait_until_finish()
+  (path,) = glob.glob(str(tmp_path / "emb-*.parquet"))
+  data = bytearray(open(path, "rb").read())
+  offset = data.find(records[2].embedding.tobytes())
+  assert offset > 0
+  data[offset:offset + 8] = bytes(b ^ 0x5A for b in data[offset:offset + 8])
+  damaged = str(tmp_path / "damaged.parquet")
+  open(damaged, "wb").write(bytes(data))
+  assert pq.ParquetFile(path, page_checksum_verification=True).read().num_rows == 5
+  with pytest.raises(OSError, match="CRC checksum verification failed"):
+    pq.ParquetFile(damaged, page_checksum_verification=True).read()
+
+
 def test_arguments_are_checked():
   with pytest.raises(ValueError, match="output format"):
     write.WriteEmbeddings("out/emb", "csv", DIM)

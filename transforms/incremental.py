@@ -17,10 +17,19 @@ records_new, records_changed, records_unchanged, records_deleted, records_carrie
 `DriftCheck` compares the vectors of a deterministic sample of previous rows (the smallest SHA-256 of the id) with
 the newly encoded vectors of the same, unchanged records: the cosine tells how far a model or option change moved
 the vectors.
+
+Damaged previous outputs are never copied. Parquet pages are read with their CRC checksums verified, TFRecord
+records with theirs. A previous file (or a row group of one) that cannot be read, fails a checksum or does not
+parse makes the whole run a full re-embed: every record is then counted as new and encoded, and the unreadable
+files come out on `IncrementalResult.unreadable` for the manifest. A previous row that reads but would not be
+written as it stands (wrong dimension, non-finite values, other invalid fields, or not unit length although the
+previous output was normalised) is not carried: its record is encoded again and counted as `previous_damaged`
+(still `unchanged`: its text is), counter records_previous_damaged.
 """
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Iterable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -28,21 +37,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io import tfrecordio
 from apache_beam.io.filesystems import FileSystems
 
+from transforms import write
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
 NAMESPACE = "bert_embed"
 KINDS = ("new", "changed", "unchanged", "deleted")
+DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"
+UNREADABLE = "unreadable"
 _NEW, _OLD = "new", "old"
+# A normalised vector's norm is 1 up to float32 rounding (~1e-7 per component); a damaged one is far off.
+UNIT_NORM_TOLERANCE = 1e-3
+_LOG = logging.getLogger(__name__)
 
 
 class IncrementalResult(NamedTuple):
   to_encode: beam.PCollection  # TextRecord: new and changed records (and unchanged ones without carry_over)
   carried: beam.PCollection  # EmbeddingRecord reused from the previous output
-  counts: dict  # {kind: PCollection[int]} for every kind in KINDS, summed by the manifest step
+  counts: dict  # {kind: PCollection[int]} for every kind in KINDS and DAMAGED, summed by the manifest step
   drift_sample: Optional[beam.PCollection]  # one list of (key, id, text_sha256, vector), or None
+  unreadable: Optional[beam.PCollection] = None  # (file, reason) of each previous file part that could not be read
 
 
 # --------------------------------------------------------------------------------------------
@@ -91,13 +108,14 @@ def _convert(name: str, value, dim: int):
   return np.asarray(value, dtype=_ARRAYS[name])  # a None item (Parquet null) becomes NaN
 
 
-def _vectors(column, dim: int) -> np.ndarray:
-  """A list<float32> column of equal-length lists -> float32 [rows, dim], without a Python float per value."""
+def _vectors(column, dim: int):
+  """A list<float32> column -> float32 [rows, dim] without a Python float per value, when every row has `dim`
+  values; else one array (or None for a null) per row, for the row check to reject the odd ones."""
   array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
   values = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-  if values.size != len(array) * dim:
-    raise ValueError(f"previous embeddings do not all have dimension {dim}")
-  return values.reshape(len(array), dim)
+  if values.size == len(array) * dim and not array.null_count:
+    return values.reshape(len(array), dim)
+  return [None if v is None else np.asarray(v, dtype=np.float32) for v in array.to_pylist()]
 
 
 def table_to_records(table: pa.Table, dim: int, columns: Sequence[str]) -> Iterable[EmbeddingRecord]:
@@ -138,25 +156,62 @@ def _open(path: str):
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
-def _row_groups(path: str) -> Iterable[tuple[str, int]]:
-  """A Parquet file -> (path, row group index) pairs: the unit of parallel reading."""
-  with _open(path) as f:
-    for i in range(pq.ParquetFile(f).num_row_groups):
-      yield path, i
+def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
+  reason = f"{type(error).__name__}: {error}"
+  _LOG.warning("previous output %s cannot be read (%s): this run encodes every record", path, reason)
+  return beam.pvalue.TaggedOutput(UNREADABLE, (path, reason[:500]))
 
 
-def _read_row_group(part: tuple[str, int], dim: int, columns: Sequence[str]) -> Iterable[EmbeddingRecord]:
-  """One row group, reading only the wanted columns the file has (e.g. no window columns: not windowed)."""
+def _row_groups(path: str) -> Iterable[object]:
+  """A Parquet file -> (path, row group index) pairs: the unit of parallel reading (or one UNREADABLE output)."""
+  try:
+    with _open(path) as f:
+      count = pq.ParquetFile(f).num_row_groups
+  except Exception as e:  # pylint: disable=broad-except  (a missing, truncated or garbled file)
+    yield _unreadable(path, e)
+    return
+  for i in range(count):
+    yield path, i
+
+
+def _read_row_group(part: tuple[str, int], dim: int, columns: Sequence[str]) -> Iterable[object]:
+  """One row group, its page checksums verified, reading only the wanted columns the file has (e.g. no window
+  columns: not windowed); on any failure one UNREADABLE output and no rows."""
   path, index = part
-  with _open(path) as f:
-    parquet = pq.ParquetFile(f)
-    present = [name for name in columns if name in parquet.schema_arrow.names]
-    table = parquet.read_row_group(index, columns=present)
-  yield from table_to_records(table, dim, present)
+  try:
+    with _open(path) as f:
+      parquet = pq.ParquetFile(f, page_checksum_verification=True)
+      present = [name for name in columns if name in parquet.schema_arrow.names]
+      table = parquet.read_row_group(index, columns=present)
+    rows = list(table_to_records(table, dim, present))
+  except Exception as e:  # pylint: disable=broad-except  (checksum failures, undecodable pages, bad values)
+    yield _unreadable(f"{path} (row group {index})", e)
+    return
+  yield from rows
+
+
+def _read_tfrecords(path: str, dim: int, columns: Sequence[str]) -> Iterable[object]:
+  """One TFRecord file, each record's length and data CRC verified; on any failure one UNREADABLE output (the
+  rows before it may have been emitted: an unreadable previous output carries nothing anyway)."""
+  try:
+    with _open(path) as f:
+      while True:
+        record = tfrecordio._TFRecordUtil.read_record(f)  # pylint: disable=protected-access
+        if record is None:
+          return
+        yield example_to_record(record, dim, columns)
+  except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
+    yield _unreadable(path, e)
+
+
+class PreviousRows(NamedTuple):
+  rows: beam.PCollection  # EmbeddingRecord
+  unreadable: beam.PCollection  # (file, reason) for each file (or Parquet row group) that could not be read
 
 
 class ReadPreviousEmbeddings(beam.PTransform):
-  """The rows of a previous output's files (as listed by its manifest) as EmbeddingRecords.
+  """The rows of a previous output's files (as listed by its manifest) as EmbeddingRecords, and what could not be
+  read (see PreviousRows): checksums are verified, and a damaged file never fails the pipeline.
 
   Args:
     files: the previous manifest's output_files.
@@ -177,16 +232,56 @@ class ReadPreviousEmbeddings(beam.PTransform):
     self._dim = dim
     self._columns = tuple(dict.fromkeys(KEY_COLUMNS + tuple(columns)))
 
-  def expand(self, pbegin):
+  def expand(self, pbegin) -> PreviousRows:
     files = pbegin | "PreviousFiles" >> beam.Create(self._files)
     if self._format == "tfrecord":
-      return (files
-              | "ReadTFRecords" >> beam.io.ReadAllFromTFRecord()
-              | "ToRecords" >> beam.Map(example_to_record, self._dim, self._columns))
-    return (files
-            | "RowGroups" >> beam.FlatMap(_row_groups)
+      read = (files
+              | "SpreadFiles" >> beam.Reshuffle()
+              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._columns)
+              .with_outputs(UNREADABLE, main="rows"))
+      return PreviousRows(read.rows, read[UNREADABLE])
+    parts = files | "RowGroups" >> beam.FlatMap(_row_groups).with_outputs(UNREADABLE, main="parts")
+    read = (parts.parts
             | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._columns))
+            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._columns)
+            .with_outputs(UNREADABLE, main="rows"))
+    unreadable = (parts[UNREADABLE], read[UNREADABLE]) | "Unreadable" >> beam.Flatten()
+    return PreviousRows(read.rows, unreadable)
+
+
+def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
+  """Why a previous embedding must not be reused: not `dim` finite floats, or (unit_norm) not of length 1.
+
+  A zero vector passes the unit-norm check: normalising one leaves it zero.
+  """
+  problem = write._float_array_problem("embedding", vector, (dim,))  # pylint: disable=protected-access
+  if problem or not unit_norm:
+    return problem
+  norm = float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
+  if norm != 0.0 and abs(norm - 1.0) > UNIT_NORM_TOLERANCE:
+    return f"embedding has norm {norm:.6g}, but the previous output is normalised"
+  return None
+
+
+def carried_row_problem(row: EmbeddingRecord, dim: int, columns: Sequence[str], emit_tokens: bool,
+                        unit_norm: bool) -> Optional[str]:
+  """Why a previous row, as it would be carried (text from the input), must not be written again, or None.
+
+  The same checks as ValidateEmbeddings for the columns the run writes (`columns`: see row_columns), the window
+  fields of windowed output, and the unit norm of a normalised output's vectors.
+  """
+  embeddings, mlm, mlm_per_token = "embedding" in columns, "mlm_pll" in columns, "mlm_token_scores" in columns
+  problem = write.embedding_problem(row, dim, emit_tokens=emit_tokens, embeddings=embeddings, mlm=mlm,
+                                    mlm_per_token=mlm_per_token)
+  if problem:
+    return problem
+  if "parent_id" in columns and row.chunk_index is not None:
+    missing = [name for name in CHUNK_COLUMNS if getattr(row, name) is None]
+    if missing:
+      return f"window row without {', '.join(missing)}"
+  if embeddings:
+    return vector_problem(row.embedding, dim, unit_norm)
+  return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -215,14 +310,21 @@ def _rows_of_record(olds: list) -> list:
 
 
 class _ClassifyFn(beam.DoFn):
-  """(id, {new: [TextRecord], old: [EmbeddingRecord or _Old]}) -> records to encode; carried rows; counts."""
+  """(id, {new: [TextRecord], old: [EmbeddingRecord or _Old]}) -> records to encode; carried rows; counts.
 
-  def __init__(self, carry_over: bool, keep_text: bool, emit_tokens: bool):
+  Side input: the unreadable parts of the previous output; when there are any, every record is new.
+  """
+
+  def __init__(self, carry_over: bool, keep_text: bool, emit_tokens: bool, dim: int = 0,
+               columns: Sequence[str] = (), unit_norm: bool = False):
     super().__init__()
     self._carry_over = carry_over
     self._keep_text = keep_text
     self._emit_tokens = emit_tokens
-    self._counters = {kind: beam.metrics.Metrics.counter(NAMESPACE, f"records_{kind}") for kind in KINDS}
+    self._dim = dim
+    self._columns = tuple(columns)
+    self._unit_norm = unit_norm
+    self._counters = {kind: beam.metrics.Metrics.counter(NAMESPACE, f"records_{kind}") for kind in KINDS + (DAMAGED,)}
     self._carried = beam.metrics.Metrics.counter(NAMESPACE, "records_carried_over")
 
   def _count(self, kind: str, n: int = 1):
@@ -235,9 +337,23 @@ class _ClassifyFn(beam.DoFn):
         token_ids=old.token_ids if self._emit_tokens else None,
         sequence_output=old.sequence_output if self._emit_tokens else None)
 
-  def process(self, element):
+  def _damage(self, rows: list, record: TextRecord) -> Optional[str]:
+    """Why one of the rows to carry for `record` is damaged, or None."""
+    for row in rows:
+      problem = carried_row_problem(self._carry(row, record), self._dim, self._columns, self._emit_tokens,
+                                    self._unit_norm)
+      if problem:
+        return f"{row.id}: {problem}"
+    return None
+
+  def process(self, element, unreadable=()):
     _, grouped = element
     news, olds = list(grouped[_NEW]), list(grouped[_OLD])
+    if unreadable:  # the previous output is incomplete: nothing in it can be relied on
+      for record in news:
+        yield self._count("new")
+        yield record
+      return
     if not news:
       yield self._count("deleted", sum(1 for old in olds if _starts_record(old)))
       return
@@ -256,8 +372,15 @@ class _ClassifyFn(beam.DoFn):
         yield record
       elif self._carry_over:
         yield self._count("unchanged")
+        carried = _rows_of_record(rows)
+        damage = self._damage(carried, record)
+        if damage:
+          _LOG.warning("previous row of %r is damaged, encoding the record again: %s", record.id, damage)
+          yield self._count(DAMAGED)
+          yield record
+          continue
         self._carried.inc()
-        for row in _rows_of_record(rows):
+        for row in carried:
           yield beam.pvalue.TaggedOutput(CARRIED, self._carry(row, record))
       else:
         yield self._count("unchanged")
@@ -291,12 +414,16 @@ class SplitByPrevious(beam.PTransform):
     keep_text, emit_tokens: the text and token columns the new output has.
     drift_sample: > 0 to also return up to this many previous rows (by `sample_key`) for DriftCheck; their
       embedding column is then read.
+    unit_norm: the previous output's vectors are normalised (--normalize): a carried or sampled vector must have
+      norm 1 (within UNIT_NORM_TOLERANCE).
   """
 
   def __init__(self, previous_files: Optional[Sequence[str]], previous_format: Optional[str] = None,
                dim: int = 0, *, carry_over: bool = False, columns: Sequence[str] = (), keep_text: bool = False,
-               emit_tokens: bool = False, drift_sample: int = 0):
+               emit_tokens: bool = False, drift_sample: int = 0, unit_norm: bool = False):
     super().__init__()
+    self._unit_norm = unit_norm
+    self._row_columns = tuple(columns)
     self._files = None if previous_files is None else list(previous_files)
     self._format = previous_format
     self._dim = dim
@@ -314,26 +441,33 @@ class SplitByPrevious(beam.PTransform):
     if self._files is None:
       counts = {kind: pipeline | f"No{kind.capitalize()}" >> beam.Create([]) for kind in KINDS if kind != "new"}
       counts["new"] = records | "CountNew" >> beam.Map(lambda _: 1)
-      return IncrementalResult(records, pipeline | "NothingCarried" >> beam.Create([]), counts, None)
-    previous = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(
-        self._files, self._format, self._dim, self._columns)
+      counts[DAMAGED] = pipeline | "NoneDamaged" >> beam.Create([])
+      return IncrementalResult(records, pipeline | "NothingCarried" >> beam.Create([]), counts, None,
+                               pipeline | "NothingUnreadable" >> beam.Create([]))
+    read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._columns)
+    previous = read.rows
     if self._carry_over:
       old = previous | "KeyPrevious" >> beam.Map(lambda r: (_previous_key(r), r))
     else:  # only the hash (and window number) takes part in the join
       old = previous | "KeyPreviousHashes" >> beam.Map(
           lambda r: (_previous_key(r), _Old(r.text_sha256, r.chunk_index)))
     new = records | "KeyRecords" >> beam.Map(lambda r: (_record_id(r), r))
+    classify = _ClassifyFn(self._carry_over, self._keep_text, self._emit_tokens, self._dim, self._row_columns,
+                           self._unit_norm)
     split = ({_NEW: new, _OLD: old}
              | "JoinById" >> beam.CoGroupByKey()
-             | "Classify" >> beam.ParDo(_ClassifyFn(self._carry_over, self._keep_text, self._emit_tokens))
-             .with_outputs(CARRIED, *KINDS, main="to_encode"))
+             | "Classify" >> beam.ParDo(classify, unreadable=beam.pvalue.AsList(read.unreadable))
+             .with_outputs(CARRIED, DAMAGED, *KINDS, main="to_encode"))
     sample = None
     if self._drift_sample > 0:
+      dim, unit_norm = self._dim, self._unit_norm
       sample = (previous
-                | "WithVectors" >> beam.Filter(lambda r: r.embedding is not None)
+                | "WithVectors" >> beam.Filter(
+                    lambda r: r.embedding is not None and vector_problem(r.embedding, dim, unit_norm) is None)
                 | "SampleKeys" >> beam.Map(lambda r: (sample_key(r.id), r.id, r.text_sha256, r.embedding))
                 | "DriftSample" >> beam.combiners.Top.Of(self._drift_sample, key=lambda t: t[0], reverse=True))
-    return IncrementalResult(split.to_encode, split[CARRIED], {kind: split[kind] for kind in KINDS}, sample)
+    counts = {kind: split[kind] for kind in KINDS + (DAMAGED,)}
+    return IncrementalResult(split.to_encode, split[CARRIED], counts, sample, read.unreadable)
 
 
 # --------------------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ finished shards into place, so a reader never sees a half-written `PREFIX-SSSSS-
 Every sink returns the PCollection of its final file names, also for an empty input (Beam then
 writes one empty shard), so the manifest step can list them.
 
+A run touches only its own files. Beam's sinks delete everything matching `PREFIX-*-of-NNNNN.ext`
+before renaming, which also takes the shards of another run whose prefix starts with this one
+(`emb` would delete `emb-large-00000-of-00001.parquet`); the sinks here (`_OwnShardsOnly`) delete
+only the exact names they are about to write, and name their scratch directories so that no other
+prefix's clean-up can mistake them for its own (`scratch_dir_name`). Parquet pages carry CRC
+checksums, which a later `--previous` run verifies before reusing a vector.
+
 Embedding rows must be checked with `ValidateEmbeddings` before `WriteEmbeddings`: rows with a
 wrong-length or non-finite vector (or other unwritable fields) leave as DeadLetter(stage="write")
 instead of failing the sink. `WriteEmbeddings` re-checks every batch and raises on a bad row, so a
@@ -38,12 +45,19 @@ import json
 import math
 import numbers
 import re
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
+
+import uuid
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam import coders
+from apache_beam.io import filebasedsink, textio, tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.io.iobase import Write
 from apache_beam.metrics import Metrics
 from tfx_bsl.coders import example_coder
 
@@ -65,8 +79,11 @@ DEFAULT_BATCH_BYTES = 32 << 20
 PARQUET_CODEC = "snappy"
 
 _INT32_MAX = 2**31 - 1
-# Beam's default shard template '-SSSSS-of-NNNNN' pads to 5 digits and grows past 99999 shards.
-_SHARD_PATTERN = r"-\d{5,}-of-\d{5,}"
+# Beam's default shard template '-SSSSS-of-NNNNN': shard number and count, 5 digits each.
+_SHARD_PATTERN = r"-\d{5}-of-\d{5}"
+_OUTPUT_EXTENSIONS = r"\.(?:parquet|tfrecord)"
+# The kinds of sink scratch directory (see scratch_dir_name).
+SCRATCH_KINDS = ("embeddings", "errors")
 
 
 # --------------------------------------------------------------------------------------------
@@ -96,15 +113,42 @@ def path_basename(path: str) -> str:
 
 
 def is_output_file(path: str, output_prefix: str) -> bool:
-  """True when `path` is named like one of `output_prefix`'s embedding shards (any extension)."""
+  """True when `path` is named exactly like one of `output_prefix`'s embedding shards.
+
+  That is PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord: not `PREFIX-large-00000-of-00001.parquet` (the
+  prefix `PREFIX-large`), nor `PREFIX-00000-of-00001.parquet.bak`. Only the file names are compared.
+  """
   stem = re.escape(path_basename(output_prefix))
-  return re.fullmatch(stem + _SHARD_PATTERN + r"\.[^/\\]+", path_basename(path)) is not None
+  return re.fullmatch(stem + _SHARD_PATTERN + _OUTPUT_EXTENSIONS, path_basename(path)) is not None
 
 
 def is_error_file(path: str, output_prefix: str) -> bool:
-  """True when `path` is named like one of `output_prefix`'s dead-letter shards."""
+  """True when `path` is named exactly like one of `output_prefix`'s dead-letter shards.
+
+  `emb-errors-00000-of-00001.jsonl` is the prefix `emb`'s; the prefix `emb-errors` writes
+  `emb-errors-00000-of-00001.parquet` and `emb-errors-errors-00000-of-00001.jsonl`.
+  """
   stem = re.escape(path_basename(errors_prefix(output_prefix)))
   return re.fullmatch(stem + _SHARD_PATTERN + re.escape(ERRORS_SUFFIX), path_basename(path)) is not None
+
+
+def scratch_dir_name(output_prefix: str, kind: str, token: str) -> str:
+  """The name of a sink's scratch directory: beam-temp-KIND-TOKEN-STEM (TOKEN: 32 hex digits).
+
+  Beam's own `beam-temp-STEM-UUID` cannot tell the dead-letter sink of `emb` (stem `emb-errors`) from
+  the embedding sink of `emb-errors`; with the run's stem last, after fixed-length fields, a name
+  belongs to exactly one prefix.
+  """
+  if kind not in SCRATCH_KINDS:
+    raise ValueError(f"scratch kind must be one of {SCRATCH_KINDS}, got {kind!r}")
+  return f"beam-temp-{kind}-{token}-{path_basename(output_prefix)}"
+
+
+def is_scratch_dir(path: str, output_prefix: str) -> bool:
+  """True when `path` is named like a sink scratch directory of `output_prefix` (see scratch_dir_name)."""
+  kinds = "|".join(SCRATCH_KINDS)
+  pattern = rf"beam-temp-(?:{kinds})-[0-9a-f]{{32}}-" + re.escape(path_basename(output_prefix))
+  return re.fullmatch(pattern, path_basename(path.rstrip("/\\"))) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -604,6 +648,97 @@ def record_bytes(rec: EmbeddingRecord) -> int:
 # Sinks.
 
 
+class _OwnShardsOnly:
+  """Mixin for a Beam FileBasedSink: deletes only its own shard names, keeps scratch names unambiguous.
+
+  FileBasedSink.pre_finalize deletes every file matching PREFIX-*-of-NNNNN.ext before the rename, so
+  a run with the prefix `emb` would delete the shards of a finished run with the prefix `emb-large`.
+  Here only the exact names this sink is about to write are deleted (a stale shard of the same name
+  would otherwise confuse the rename's already-renamed check). The subclass sets `_run_prefix` (the
+  run's output prefix, also for the dead-letter sink) and `_scratch_kind` (one of SCRATCH_KINDS).
+  """
+
+  _run_prefix: str
+  _scratch_kind: str
+
+  def _create_temp_dir(self, file_path_prefix):
+    base, _ = FileSystems.split(file_path_prefix)
+    return FileSystems.join(base, scratch_dir_name(self._run_prefix, self._scratch_kind, uuid.uuid1().hex))
+
+  def pre_finalize(self, init_result, writer_results):
+    self._delete_own_shards(len(list(writer_results)), None)
+
+  def pre_finalize_windowed(self, init_result, writer_results, window=None):
+    self._delete_own_shards(len(list(writer_results)), window)
+
+  def _delete_own_shards(self, num_shards: int, window) -> None:
+    own = {path_basename(self._get_final_name(i, num_shards, window)) for i in range(num_shards)}
+    candidates = FileSystems.match([self._get_final_name_glob(num_shards, window)])
+    existing = [m.path for result in candidates for m in result.metadata_list if path_basename(m.path) in own]
+    if existing:
+      FileSystems.delete(existing)
+
+
+class _ParquetShard(NamedTuple):
+  handle: object  # the file handle FileBasedSink.open returned
+  writer: pq.ParquetWriter
+
+
+class _ParquetSink(_OwnShardsOnly, filebasedsink.FileBasedSink):
+  """pyarrow.Tables -> PREFIX-SSSSS-of-NNNNN.parquet, one row group per table, with page checksums."""
+
+  def __init__(self, output_prefix: str, schema: pa.Schema, num_shards: int):
+    super().__init__(output_prefix, coder=None, file_name_suffix=".parquet", num_shards=num_shards,
+                     mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
+    self._run_prefix = output_prefix
+    self._scratch_kind = "embeddings"
+    self._schema = schema
+
+  def open(self, temp_path):
+    handle = super().open(temp_path)
+    return _ParquetShard(handle, pq.ParquetWriter(
+        handle, self._schema, compression=PARQUET_CODEC, use_compliant_nested_type=True,
+        write_page_checksum=True))
+
+  def write_record(self, file_handle, value):
+    file_handle.writer.write_table(value)
+
+  def close(self, file_handle):
+    file_handle.writer.close()
+    file_handle.handle.close()
+
+
+class _TFRecordSink(_OwnShardsOnly, tfrecordio._TFRecordSink):  # pylint: disable=protected-access
+  """Serialized tf.Examples -> PREFIX-SSSSS-of-NNNNN.tfrecord (each record with its CRCs)."""
+
+  def __init__(self, output_prefix: str, num_shards: int):
+    super().__init__(output_prefix, coders.BytesCoder(), ".tfrecord", num_shards, None,
+                     CompressionTypes.UNCOMPRESSED, None)
+    self._run_prefix = output_prefix
+    self._scratch_kind = "embeddings"
+
+
+class _JsonLinesSink(_OwnShardsOnly, textio._TextSink):  # pylint: disable=protected-access
+  """Dead-letter lines -> PREFIX-errors-SSSSS-of-NNNNN.jsonl."""
+
+  def __init__(self, output_prefix: str, num_shards: int):
+    super().__init__(errors_prefix(output_prefix), file_name_suffix=ERRORS_SUFFIX, num_shards=num_shards,
+                     compression_type=CompressionTypes.UNCOMPRESSED)
+    self._run_prefix = output_prefix
+    self._scratch_kind = "errors"
+
+
+class _WriteFiles(beam.PTransform):
+  """Writes through one of the sinks above (as Beam's WriteToParquetBatched etc. do: one `Write` step)."""
+
+  def __init__(self, sink: filebasedsink.FileBasedSink):
+    super().__init__()
+    self._sink = sink
+
+  def expand(self, pcoll):
+    return pcoll | Write(self._sink)
+
+
 class _ToArrowTableFn(beam.DoFn):
   """A batch of rows -> one pyarrow.Table (one Parquet row group)."""
 
@@ -682,17 +817,13 @@ class WriteEmbeddings(beam.PTransform):
   def _write_parquet(self, batches):
     return (batches
             | "ToArrow" >> beam.ParDo(_ToArrowTableFn(self._schema, self._dim))
-            | "WriteParquet" >> beam.io.WriteToParquetBatched(
-                self._prefix, schema=self._schema, codec=PARQUET_CODEC, use_compliant_nested_type=True,
-                file_name_suffix=".parquet", num_shards=self._num_shards))
+            | "WriteParquet" >> _WriteFiles(_ParquetSink(self._prefix, self._schema, self._num_shards)))
 
   def _write_tfrecord(self, batches):
     return (batches
             | "ToExamples" >> beam.ParDo(_ToExamplesFn(self._dim, self._keep_text, self._emit_tokens,
                                                         **self._columns))
-            | "WriteTFRecord" >> beam.io.WriteToTFRecord(
-                self._prefix, file_name_suffix=".tfrecord", num_shards=self._num_shards,
-                compression_type=CompressionTypes.UNCOMPRESSED))
+            | "WriteTFRecord" >> _WriteFiles(_TFRecordSink(self._prefix, self._num_shards)))
 
 
 def dead_letter_line(dead_letter: DeadLetter) -> bytes:
@@ -730,13 +861,11 @@ class WriteDeadLetters(beam.PTransform):
     check_output_prefix(output_prefix)
     if num_shards < 0:
       raise ValueError(f"num_shards must be >= 0, got {num_shards}")
-    self._prefix = errors_prefix(output_prefix)
+    self._prefix = output_prefix
     self._num_shards = num_shards
 
   def expand(self, pcoll):
     return (pcoll
             | "ToJsonLines" >> beam.ParDo(_DeadLetterLineFn())
-            | "WriteJsonLines" >> beam.io.WriteToText(
-                self._prefix, file_name_suffix=ERRORS_SUFFIX, num_shards=self._num_shards,
-                compression_type=CompressionTypes.UNCOMPRESSED))
+            | "WriteJsonLines" >> _WriteFiles(_JsonLinesSink(self._prefix, self._num_shards)))
 
