@@ -231,11 +231,15 @@ def _duration(seconds: float) -> str:
 
 
 def progress_line(now: Snapshot, first_encoded: Optional[Snapshot], total_bytes: Optional[int]) -> str:
-  """One progress line; the rate counts from the first snapshot that saw encoded records."""
+  """One progress line. The rate: encoded records over the time from the first worker's model load to the last
+  encoded record (side channel), else between the first snapshot that saw encoded records and `now`."""
   c = now.counts
   line = f"bert-embed: progress: {c['read']} read, {c['encoded']} encoded, {c['written']} written"
   rate = None
-  if first_encoded is not None and now.seconds > first_encoded.seconds:
+  ready, last = c.get("encoder_ready") or 0.0, c.get("last_encoded_at") or 0.0
+  if ready and last > ready:  # the side channel's clock: the summary's definition, and no decay while writing
+    rate = c["encoded"] / (last - ready)
+  elif first_encoded is not None and now.seconds > first_encoded.seconds:
     rate = (c["encoded"] - first_encoded.counts["encoded"]) / (now.seconds - first_encoded.seconds)
   if rate is not None:
     line += f"; {rate:.1f} records/s"

@@ -44,14 +44,22 @@ def is_enabled() -> bool:
   return os.environ.get(ENV) == "1"
 
 
+# Relayed from the DirectRunner's worker processes (multi_processing): the workers parse the job's options without
+# this project's option classes, and run without a staging directory; neither is anything to act on.
+_WORKER_NOISE = ("No semi_persistent_directory found", "Discarding unparseable args")
+
+
 class _DropBeamResourceWarning(logging.Filter):
-  """Drops Beam's per-load `Resource module is not available` warning (nothing the user can act on)."""
+  """Drops Beam's per-load `Resource module is not available` warning and local workers' start-up notices."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     try:
-      return BEAM_RESOURCE_WARNING not in record.getMessage()
+      message = record.getMessage()
     except Exception:  # pylint: disable=broad-except  (a malformed record is someone else's problem)
       return True
+    if BEAM_RESOURCE_WARNING in message:
+      return False
+    return not (message.startswith("Worker: ") and any(noise in message for noise in _WORKER_NOISE))
 
 
 _FILTER = _DropBeamResourceWarning()
