@@ -59,6 +59,7 @@ def _pop_int_flag(argv: list[str], name: str) -> tuple[list[str], int]:
 
 
 def _run(argv: list[str]) -> int:
+  from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
   from pipeline.run import run  # pylint: disable=import-outside-toplevel
   from transforms.duplicates import DuplicateIdError  # pylint: disable=import-outside-toplevel
   argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
@@ -73,7 +74,7 @@ def _run(argv: list[str]) -> int:
     del PipelineOptions
     return 0
   try:
-    outcome = run(argv)
+    outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
   except UsageError as e:
     print(f"bert-embed run: error: {e}", file=sys.stderr)
     return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -137,16 +138,87 @@ def _fingerprint(variables, preprocessor_path: str, metadata: Optional[dict] = N
   return h.hexdigest()
 
 
-def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
-  """Loads both SavedModels and encodes probe texts, so an unreadable or mismatched model fails before the job."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
+FINGERPRINT_CACHE_FORMAT = 1  # bump when _fingerprint changes, so cached values are recomputed
+
+
+def _file_stats(root: str) -> Optional[list]:
+  """(relative path, size, mtime_ns) of every file under a local directory; None for remote or unreadable ones."""
+  if "://" in root and not root.startswith("file://"):
+    return None
+  root = root[len("file://"):] if root.startswith("file://") else root
+  stats = []
   try:
-    pre = load_saved_model(spec.preprocessor)
+    for directory, _, names in os.walk(root):
+      for name in names:
+        path = os.path.join(directory, name)
+        st = os.stat(path)
+        stats.append((os.path.relpath(path, root), st.st_size, st.st_mtime_ns))
+  except OSError:
+    return None
+  return sorted(stats) or None
+
+
+def fingerprint_cache_key(spec: ModelSpec, metadata: Optional[dict], probe_token_ids: Optional[list]) -> Optional[str]:
+  """Key of a model's cached fingerprint: the sizes and mtimes of all its files, plus what the fingerprint hashes
+  besides the variables (export metadata, tokenizer probe ids: cheap, and computed anyway). None when unknown."""
+  files = {role: _file_stats(path) for role, path in (("preprocessor", spec.preprocessor), ("encoder", spec.encoder))}
+  if any(v is None for v in files.values()):
+    return None
+  semantic = {k: (metadata or {}).get(k) for k in _SEMANTIC_METADATA_KEYS} if metadata else None
+  payload = {"format": FINGERPRINT_CACHE_FORMAT, "files": files, "export": semantic,
+             "probe_token_ids": probe_token_ids,
+             "paths": [os.path.abspath(spec.preprocessor), os.path.abspath(spec.encoder)]}
+  return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint_cache_path(key: str) -> str:
+  from pipeline.default_model import cache_root  # pylint: disable=import-outside-toplevel
+  return os.path.join(str(cache_root()), "fingerprints", key[:2], key + ".json")
+
+
+def cached_fingerprint(key: Optional[str], compute) -> str:
+  """The fingerprint stored under `key`, else `compute()` (stored for next time when the cache is writable).
+
+  Hashing the variables costs ~1 s per 100 MB of weights at every start; the key changes when any model file's
+  size or mtime does, so a rewritten model is fingerprinted anew.
+  """
+  path = _fingerprint_cache_path(key) if key else None
+  if path:
+    try:
+      with open(path, encoding="utf-8") as f:
+        value = json.load(f).get("fingerprint")
+      if isinstance(value, str) and len(value) == 64:
+        return value
+    except (OSError, ValueError):
+      pass
+  value = compute()
+  if path:
+    try:
+      os.makedirs(os.path.dirname(path), exist_ok=True)
+      tmp = f"{path}.{os.getpid()}.tmp"
+      with open(tmp, "w", encoding="utf-8") as f:
+        json.dump({"fingerprint": value}, f)
+      os.replace(tmp, path)
+    except OSError as e:
+      _LOG.debug("cannot cache the model fingerprint at %s: %s", path, e)
+  return value
+
+
+def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
+  """Loads both SavedModels and encodes probe texts, so an unreadable or mismatched model fails before the job.
+
+  The loads go through the workers' process-level cache (transforms/saved_models.py): on the DirectRunner the
+  workers then reuse these objects instead of loading the models again.
+  """
+  from transforms import quiet  # pylint: disable=import-outside-toplevel
+  from transforms.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
+  tf = quiet.import_tensorflow()
+  try:
+    pre = load_preprocessor(spec.preprocessor).obj
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"cannot load the preprocessor {spec.preprocessor}: {type(e).__name__}: {e}") from None
   try:
-    enc = load_saved_model(spec.encoder)
+    enc = load_encoder(spec.encoder).obj
   except Exception as e:  # pylint: disable=broad-except
     raise UsageError(f"cannot load the encoder {spec.encoder}: {type(e).__name__}: {e}") from None
   try:
@@ -175,8 +247,11 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
     raise UsageError(f"the encoder {spec.encoder} returned non-finite values on probe texts")
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
   metadata = read_export_metadata(spec.encoder)
+  fingerprint = cached_fingerprint(
+      fingerprint_cache_key(spec, metadata, probe_token_ids),
+      lambda: _fingerprint(variables, spec.preprocessor, metadata, probe_token_ids))
   return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=hasattr(enc, "mlm"),
-                   metadata=metadata, fingerprint=_fingerprint(variables, spec.preprocessor, metadata, probe_token_ids))
+                   metadata=metadata, fingerprint=fingerprint)
 
 
 def describe(spec: ModelSpec, info: ModelInfo) -> dict:

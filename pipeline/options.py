@@ -157,3 +157,5 @@ class BertEmbedOptions(PipelineOptions):
                "instead.")
     _flag(g, "max_batch_tokens", type=positive_int, default=4096,
           help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")
+    _bool_flag(g, "quiet", False, "No progress lines on stderr while the job runs.")
+    _bool_flag(g, "verbose", False, "Show TensorFlow's and Beam's start-up messages (CUDA probing, absl notices).")

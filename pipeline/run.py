@@ -16,8 +16,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import manifest as manifest_lib
 from pipeline import models
 from pipeline import previous as previous_lib
+from pipeline import progress
 from pipeline.config import JobConfig, resolve
-from pipeline.options import UsageError
+from pipeline.options import BertEmbedOptions, UsageError
+from transforms import quiet
 from transforms.duplicates import ResolveDuplicateIds
 from transforms.dedupe import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
@@ -39,6 +41,15 @@ class RunOutcome(NamedTuple):
 
 def _ones(pcoll, label: str):
   return pcoll | label >> beam.Map(lambda _: 1)
+
+
+def _counted(pcoll, label: str, kind: str, value=None, input_format=None):
+  """Like _ones (or `value` per element), also tallied for the progress lines (pipeline/progress.py)."""
+  return pcoll | label >> beam.ParDo(progress.CountFn(kind, value, input_format))
+
+
+def _written(record) -> int:
+  return int(not record.chunk_index)  # records, not windows
 
 
 def _precision_used(p: beam.Pipeline, embedded):
@@ -102,12 +113,13 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
           | "AllDeadLetters" >> beam.Flatten())
   error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)
   counts = {
-      "read": ((_ones(records, "CountRecords"), _ones(read.dead_letters, "CountUnreadable"),
-                _ones(duplicates.dead_letters, "CountDuplicates"))
+      "read": ((_counted(records, "CountRecords", "read", input_format=cfg.input_format),
+                _counted(read.dead_letters, "CountUnreadable", "read"),
+                _counted(duplicates.dead_letters, "CountDuplicates", "read"))
                | "CountRead" >> beam.Flatten()),
-      "written": valid | "CountWritten" >> beam.Map(lambda r: int(not r.chunk_index)),  # records, not windows
+      "written": _counted(valid, "CountWritten", "written", _written),
       "rows": _ones(valid, "CountRows"),
-      "encoded": _ones(embedded.encoded, "CountEncoded"),
+      "encoded": _counted(embedded.encoded, "CountEncoded", "encoded"),
       "windows": embedded.encoded | "CountWindows" >> beam.Map(lambda r: int(r.parent_id is not None)),
       "dead_lettered": _ones(dead, "CountDeadLettered"),
       "blank_lines": read.blank_lines,
@@ -133,34 +145,76 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
 
 
-def summary_line(m: dict, seconds: float) -> str:
+def timing(seconds: float, totals: Optional[dict], end: Optional[float] = None) -> str:
+  """Wall time, start-up (until the worker's encoder was loaded) and the encoding rate after it, when known.
+
+  The rate counts encoded records over the time from the encoder's load to the last encoded record, so it leaves
+  out imports, model inspection, graph construction and the model load, which a one-line job is mostly made of.
+  """
+  text = f"{seconds:.1f} s wall"
+  totals = totals or {}
+  ready, last = totals.get("encoder_ready") or 0.0, totals.get("last_encoded_at") or 0.0
+  if ready:
+    end = time.time() if end is None else end
+    text += f", {max(0.0, seconds - (end - ready)):.1f} s start-up"
+    if last > ready and totals.get("encoded"):
+      text += f", encoding {totals['encoded'] / (last - ready):.1f} records/s"
+  return text
+
+
+def summary_line(m: dict, seconds: float, totals: Optional[dict] = None) -> str:
+  """The run's counts and timings; `seconds` is the total wall time, `totals` the progress side channel's."""
   c = m["counts"]
-  rate = c["written"] / seconds if seconds > 0 else 0.0
+  if totals is None or not totals.get("encoder_ready"):
+    when = f"{seconds:.1f} s wall, {c['written'] / seconds if seconds > 0 else 0.0:.1f} records/s overall"
+  else:
+    when = timing(seconds, totals)
   ok = "ok" if c["read"] == c["written"] + c["dead_lettered"] else "VIOLATED"
   return (f"bert-embed: {c['read']} records read, {c['written']} written ({c.get('encoded', c['written'])} through "
           f"the model), {c['dead_lettered']} dead-lettered, "
           f"{c['blank_lines']} blank lines, {c['files_failed']} files failed; {c['tokens']} tokens, "
-          f"{c['truncated']} truncated; {rate:.1f} records/s; read == written + dead-lettered: {ok}")
+          f"{c['truncated']} truncated; {when}; read == written + dead-lettered: {ok}")
 
 
-def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None) -> RunOutcome:
-  """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits."""
+def _is_local(p: beam.Pipeline) -> bool:
+  """DirectRunner (in-process or its worker subprocesses): progress goes through the local side channel."""
+  return "DirectRunner" in type(p.runner).__name__
+
+
+def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None, *,
+        started_at: Optional[float] = None) -> RunOutcome:
+  """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
+
+  `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
+  process's start, so the imports count; by default, this call.
+  """
+  start = time.time() if started_at is None else started_at
   options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+  flags = options.view_as(BertEmbedOptions)
+  quiet.enable(not flags.verbose)  # before TensorFlow is imported
   cfg = resolve(options)
   manifest_lib.delete_previous_outputs(cfg.output)  # a rerun replaces a partial or stale output
-  start = time.time()
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
   build_pipeline(p, cfg, start_iso)
-  result = p.run()
-  result.wait_until_finish()
+  total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
+  reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if _is_local(p) else None
+  if reporter is not None:
+    reporter.start()
+  try:
+    result = p.run()
+    if reporter is None and not flags.quiet:  # a remote runner: its counters, queried while the job runs
+      reporter = progress.Reporter(total_bytes=total_bytes, source=lambda: progress.metrics_totals(result)).start()
+    result.wait_until_finish()
+  finally:
+    totals = reporter.stop() if reporter is not None else None
   manifest = None
   try:
     manifest = manifest_lib.read_manifest(cfg.output)
   except Exception:  # pylint: disable=broad-except  (a remote runner may still be running)
     _LOG.info("no manifest yet at %s", manifest_lib.manifest_path(cfg.output))
   if manifest is not None:
-    print(summary_line(manifest, time.time() - start))
+    print(summary_line(manifest, time.time() - start, totals))
     print(f"bert-embed: output {cfg.output}-*.{'parquet' if cfg.output_format == 'parquet' else 'tfrecord'}, "
           f"manifest {manifest_lib.manifest_path(cfg.output)}")
     if (incremental := previous_lib.summary_line(manifest)) is not None:
@@ -171,7 +225,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
 def main(argv: Optional[list[str]] = None) -> int:
   logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
   try:
-    run(argv)
+    run(argv, started_at=progress.process_start())
   except UsageError as e:
     print(f"bert-embed: error: {e}", file=sys.stderr)
     return 2

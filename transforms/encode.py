@@ -143,11 +143,13 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
     from transforms import precision as precision_lib  # pylint: disable=import-outside-toplevel
     model = load_encoder(self._path)
     probe = None
-    if self._precision != "fp32":
+    if precision_lib.needs_probe(self._precision, model.device):
       from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
       seq_length = self._buckets.lengths[-1] if self._buckets else 128
       probe = precision_lib.probe_inputs(load_preprocessor(self._preprocessor_path).obj, seq_length)
     model.precision_runner = precision_lib.resolve(model.obj, model.device, self._precision, probe)
+    from pipeline import progress  # pylint: disable=import-outside-toplevel
+    progress.mark("encoder_ready")  # the summary's start-up ends here (pipeline/progress.py)
     return model
 
   def should_skip_batching(self) -> bool:

@@ -174,8 +174,8 @@ def check_has_mlm(encoder) -> None:
     metadata = read_export_metadata(encoder)
     if metadata is not None and not metadata.get("has_mlm", True):
       raise MissingMlmHeadError(_missing_message(where, "was exported without one (has_mlm: false)"))
-    from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
-    encoder = load_saved_model(encoder)
+    from transforms.saved_models import load_encoder  # pylint: disable=import-outside-toplevel
+    encoder = load_encoder(encoder)  # the process-level cache: the launcher has just loaded it
   obj, device = _model_parts(encoder)
   mlm = getattr(obj, "mlm", None)
   if mlm is None or not callable(mlm):

@@ -26,8 +26,8 @@ def load_special_tokens(preprocessor) -> dict[str, int]:
     {vocab_size, start_of_sequence_id, end_of_segment_id, padding_id, mask_id} -> int.
   """
   if isinstance(preprocessor, str):
-    from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
-    preprocessor = load_saved_model(preprocessor)
+    from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
+    preprocessor = load_preprocessor(preprocessor).obj  # the process-level cache
   return {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
 
 

@@ -90,6 +90,11 @@ def available(device: str, flags: Optional[set[str]] = None) -> tuple[str, ...]:
   return ("bf16",) if cpu_has_bf16(flags) else ()
 
 
+def needs_probe(requested: str, device: str, flags: Optional[set[str]] = None) -> bool:
+  """Whether resolving `requested` on `device` encodes probe texts (fp32, and auto without candidates, do not)."""
+  return requested != "fp32" and (requested != "auto" or bool(available(device, flags)))
+
+
 def rewrite_name(precision: str, device: str) -> Optional[str]:
   """The grappler rewrite that makes `precision` on `device`, or None when there is none."""
   on_gpu = "GPU" in device.upper()
@@ -204,7 +209,7 @@ def _time(fn: Callable[[], object], repeats: int) -> float:
   return best
 
 
-def resolve(encoder, device: str, requested: str, probe_inputs: dict, *, flags: Optional[set[str]] = None,
+def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], *, flags: Optional[set[str]] = None,
             repeats: int = 3, candidates: Optional[Sequence[str]] = None) -> PrecisionRunner:
   """Resolves `requested` (fp32 | bf16 | fp16 | auto) for this worker by encoding `probe_inputs` each way.
 
@@ -219,9 +224,14 @@ def resolve(encoder, device: str, requested: str, probe_inputs: dict, *, flags: 
   if requested == "fp32":
     report["resolved"] = "fp32"
     return PrecisionRunner(encoder, device, requested, "fp32", report)
-  keep_elementwise_ops_in_fp32()
   if candidates is None:
     candidates = available(device, flags) if requested == "auto" else (requested,)
+  if requested == "auto" and not candidates:  # nothing faster here (e.g. an AVX2-only CPU): no probe to pay for
+    report["resolved"] = "fp32"
+    report["skipped"] = f"no faster precision on {device} of this worker"
+    _LOG.info("encoder precision: %s", report)
+    return PrecisionRunner(encoder, device, requested, "fp32", report)
+  keep_elementwise_ops_in_fp32()
   fetch = _pooled
   base = PrecisionRunner(encoder, device, "fp32", "fp32", {})
   reference = base.call(probe_inputs, fetch)[0]["pooled_output"]

@@ -1,0 +1,172 @@
+"""Issue 15: start-up costs cut (models loaded once, cached fingerprints, no needless precision probe), progress
+lines while a job runs, quiet stderr by default, and a summary that separates start-up from encoding."""
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import models, progress
+from pipeline import run as run_lib
+from transforms import precision, quiet, saved_models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "failed call to cuInit",
+         "Resource module is not available")
+PROGRESS = re.compile(r"^bert-embed: progress: (\d+) read, (\d+) encoded, (\d+) written", re.M)
+
+
+def _spec(root: str) -> models.ModelSpec:
+  return models.ModelSpec(os.path.join(root, "preprocessor"), os.path.join(root, "encoder"), "tiny")
+
+
+def test_a_model_inspected_by_the_launcher_is_not_loaded_again_by_the_workers(tiny_model_dir):
+  saved_models.clear_cache()
+  spec = _spec(tiny_model_dir)
+  models.inspect_models(spec, 32)
+  launcher_encoder = saved_models.load_encoder(spec.encoder)
+  again = saved_models.load_encoder(spec.encoder)
+  assert again.obj is launcher_encoder.obj  # one load per process
+  assert again is not launcher_encoder  # but a wrapper per use: per-use state (precision runner) is not shared
+  pre = saved_models.load_preprocessor(spec.preprocessor)
+  assert pre.obj is saved_models.load_preprocessor(spec.preprocessor).obj
+  assert pre.obj is not again.obj
+
+
+def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_path, monkeypatch):
+  root = tmp_path / "model"
+  shutil.copytree(tiny_model_dir, root)
+  monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
+  saved_models.clear_cache()
+  first = models.inspect_models(_spec(str(root)), 32).fingerprint
+  computed = []
+  original = models._fingerprint  # pylint: disable=protected-access
+  monkeypatch.setattr(models, "_fingerprint", lambda *a, **k: computed.append(1) or original(*a, **k))
+  assert models.inspect_models(_spec(str(root)), 32).fingerprint == first
+  assert not computed  # read from the cache
+  variables = root / "encoder" / "variables" / "variables.index"
+  stat = variables.stat()
+  os.utime(variables, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rewritten weights file
+  saved_models.clear_cache()
+  assert models.inspect_models(_spec(str(root)), 32).fingerprint == first  # same values, so the same hash
+  assert computed == [1]  # but computed again
+
+
+def test_auto_precision_without_a_faster_candidate_encodes_no_probe():
+  def encoder(_):
+    raise AssertionError("the probe ran")
+
+  runner = precision.resolve(encoder, "/CPU:0", "auto", None, flags={"avx2", "fma"})
+  assert runner.precision == "fp32" and runner.report["resolved"] == "fp32"
+  assert not precision.needs_probe("auto", "/CPU:0", {"avx2"})
+  assert precision.needs_probe("auto", "/CPU:0", {"avx512_bf16"})
+  assert precision.needs_probe("bf16", "/CPU:0", {"avx2"}) and not precision.needs_probe("fp32", "/GPU:0")
+
+
+def test_noise_lines_are_dropped_and_the_rest_kept():
+  lines = ["WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+           "I0000 00:00:1.5 1 cudart_stub.cc:31] Could not find cuda drivers on your machine, GPU will not be used.",
+           "E0000 00:00:1.6 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error (303)",
+           "I0000 00:00:1.7 1 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use ...",
+           "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.",
+           "W0000 00:00:1.8 1 something.cc:1] a warning that matters",
+           "Traceback (most recent call last):"]
+  assert quiet.filter_noise(lines, drop_cuda=True) == lines[-2:]
+  assert quiet.filter_noise(lines, drop_cuda=False) == lines[1:3] + lines[-2:]  # a GPU machine keeps cuInit errors
+
+
+def test_progress_line_has_rate_and_eta():
+  start = progress.Snapshot(10.0, {"read": 100, "encoded": 50, "written": 40, "input_bytes": 1000})
+  now = progress.Snapshot(20.0, {"read": 400, "encoded": 250, "written": 240, "input_bytes": 4000})
+  line = progress.progress_line(now, start, total_bytes=8000)
+  assert line == ("bert-embed: progress: 400 read, 250 encoded, 240 written; 20.0 records/s; "
+                  "50% of the input read, ETA 0:28")  # 800 records expected, 550 left at 20/s
+  assert "ETA" not in progress.progress_line(now, start, total_bytes=None)
+  timed = progress.Snapshot(30.0, {**now.counts, "encoder_ready": 100.0, "last_encoded_at": 105.0})
+  assert progress.progress_line(timed, start, total_bytes=None).endswith("; 50.0 records/s")  # 250 in 5 s
+
+
+def test_summary_separates_start_up_from_encoding():
+  manifest = {"counts": {"read": 300, "written": 300, "encoded": 300, "dead_lettered": 0, "blank_lines": 0,
+                         "files_failed": 0, "tokens": 3000, "truncated": 0}}
+  end = 1000.0
+  totals = {"encoder_ready": end - 4.0, "last_encoded_at": end - 1.0, "encoded": 300}
+  assert run_lib.timing(20.0, totals, end=end) == "20.0 s wall, 16.0 s start-up, encoding 100.0 records/s"
+  line = run_lib.summary_line(manifest, 20.0)
+  assert "20.0 s wall, 15.0 records/s overall" in line and "read == written + dead-lettered: ok" in line
+
+
+def _lines(path, n: int) -> None:
+  words = "the quick brown fox jumps over the lazy dog and a cat sat on the mat".split()
+  with open(path, "w", encoding="utf-8") as f:
+    for i in range(n):
+      f.write(" ".join(words[(i + k) % len(words)] for k in range(3 + i % 5)) + "\n")
+
+
+@pytest.mark.parametrize("mode", ["in_memory", "multi_processing"])
+def test_progress_lines_while_the_job_runs(tiny_model_dir, tmp_path, monkeypatch, capsys, mode):
+  _lines(tmp_path / "in.txt", 3000)
+  monkeypatch.setattr(progress, "INTERVAL_SECONDS", 0.3)
+  extra = ["--direct_running_mode", mode] + (["--direct_num_workers", "2"] if mode == "multi_processing" else [])
+  outcome = run_lib.run(["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output",
+                         str(tmp_path / "out" / "emb"), "--seq-length", "32", *extra])
+  captured = capsys.readouterr()
+  counts = [tuple(map(int, m)) for m in PROGRESS.findall(captured.err)]
+  assert counts, captured.err[-3000:]
+  for before, after in zip(counts, counts[1:]):
+    assert all(a >= b for a, b in zip(after, before)), counts  # monotone
+  # Kinds are counted in different steps and processes, so one line may show a record written before its
+  # encoded count arrived; each count alone never exceeds the input.
+  assert all(0 <= n <= 3000 for line in counts for n in line), counts
+  assert any(read > 0 for read, _, _ in counts), counts
+  assert outcome.manifest["counts"]["written"] == 3000
+  summary = [line for line in captured.out.splitlines() if "records read" in line][0]
+  assert re.search(r"s wall, [\d.]+ s start-up, encoding [\d.]+ records/s", summary), summary
+  assert progress.ENV not in os.environ  # the run's side channel is gone
+
+
+def test_quiet_cli_prints_no_noise_and_no_progress(tiny_model_dir, tmp_path):
+  _lines(tmp_path / "in.txt", 50)
+  env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", quiet.ENV)}
+  env[progress.INTERVAL_ENV] = "0.2"  # without --quiet, a line every 0.2 s
+  proc = subprocess.run(
+      [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
+       "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32", "--quiet"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "50 records read" in proc.stdout
+  for noise in NOISE:
+    assert noise not in proc.stderr, proc.stderr
+  assert "bert-embed: progress" not in proc.stderr
+
+
+def test_verbose_tensorflow_import_shows_what_quiet_hides():
+  """The same import with BERT_EMBED_QUIET unset (--verbose) shows TensorFlow's start-up lines on this machine."""
+  code = "from transforms import quiet; quiet.import_tensorflow()"
+  env = {k: v for k, v in os.environ.items() if k not in (quiet.ENV,)}
+  env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  verbose = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=120, check=True)
+  hushed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, quiet.ENV: "1"},
+                          capture_output=True, text=True, timeout=120, check=True)
+  if not quiet.has_nvidia_device():  # what TensorFlow's C++ code prints on a machine without GPU
+    assert "absl::InitializeLog" in verbose.stderr and "Could not find cuda drivers" in verbose.stderr
+  for noise in NOISE:
+    assert noise not in hushed.stderr, hushed.stderr
+
+
+def test_log_filter_drops_beams_resource_warning_and_worker_notices_only():
+  import logging  # pylint: disable=import-outside-toplevel
+
+  def record(name, message):
+    return logging.LogRecord(name, logging.WARNING, __file__, 1, message, None, None)
+
+  keep = quiet._FILTER.filter  # pylint: disable=protected-access
+  assert not keep(record("root", "Resource module is not available for current platform, memory usage ..."))
+  job = "apache_beam.runners.portability.local_job_service"
+  assert not keep(record(job, 'Worker: severity: WARN message: "Discarding unparseable args: [\'--quiet\']"'))
+  assert not keep(record(job, 'Worker: severity: WARN message: "No semi_persistent_directory found: ..."'))
+  assert keep(record(job, 'Worker: severity: ERROR message: "Traceback ... ValueError"'))
+  assert keep(record("pipeline.run", "Discarding unparseable args: ['--typo']"))  # the launcher's own stays
