@@ -131,18 +131,14 @@ def check_output(output: str) -> None:
     raise UsageError(f"--output {output}: cannot write in {existing} ({e.strerror or e})") from None
 
 
-def check_positions(encoder: str, seq_length: int) -> Optional[dict]:
-  """The encoder's export metadata; raises UsageError when --seq-length exceeds its position embeddings (read
-  from the metadata, so before the model is loaded and probed at that length)."""
+def max_positions(encoder: str) -> Optional[int]:
+  """The encoder's max_position_embeddings from its export metadata (None for other TF Hub models)."""
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
   try:
     metadata = read_export_metadata(encoder)
   except (ValueError, OSError) as e:
     raise UsageError(f"cannot read the export metadata of the encoder {encoder}: {e}") from None
-  max_positions = ((metadata or {}).get("config") or {}).get("max_position_embeddings")
-  if max_positions and seq_length > max_positions:
-    raise UsageError(f"--seq-length {seq_length} exceeds the encoder's {max_positions} positions")
-  return metadata
+  return ((metadata or {}).get("config") or {}).get("max_position_embeddings")
 
 
 def resolve(options: PipelineOptions) -> JobConfig:
@@ -163,8 +159,12 @@ def resolve(options: PipelineOptions) -> JobConfig:
   previous = previous_lib.resolve_previous(o.previous, o.output)
   layers = pooling_lib.parse_layers(o.layers)  # checked by arguments.check_values
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
-  check_positions(spec.encoder, o.seq_length)
-  info = models.inspect_models(spec, o.seq_length)
+  positions = max_positions(spec.encoder)
+  # Probed within the encoder's positions, so that a --seq-length beyond them is reported as such below, after
+  # the more basic load and compatibility errors, rather than as the encoder's failure on the probe.
+  info = models.inspect_models(spec, min(o.seq_length, positions or o.seq_length))
+  if positions and o.seq_length > positions:
+    raise UsageError(f"--seq-length {o.seq_length} exceeds the encoder's {positions} positions")
   mlm_spec = resolve_mlm(o, spec)
   chunk_stride = arguments.chunk_stride(o)
   metadata = info.metadata or {}
