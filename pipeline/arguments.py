@@ -18,7 +18,7 @@ import os
 import re
 from typing import Optional, Sequence
 
-from pipeline.options import BertEmbedArguments, UsageError
+from pipeline.options import BertEmbedArguments, UsageError, split_patterns
 
 PROG = "bert-embed run"
 # The stack a release is measured and pinned on (setup.py), reported by --version.
@@ -178,7 +178,7 @@ def check_values(o) -> None:
 
   `o` is the parsed namespace or a BertEmbedOptions view (same attribute names).
   """
-  if not o.input:
+  if not split_patterns(o.input):
     raise UsageError("--input is required (a file pattern; local or gs:// globs)")
   if not o.output:
     raise UsageError("--output is required (an output prefix, e.g. out/embeddings)")

@@ -163,6 +163,7 @@ def _beam_options_class() -> type:
   class BertEmbedOptions(BertEmbedArguments, PipelineOptions):
     """Options of the embedding job (`options.view_as(BertEmbedOptions)`); Beam's own options pass through."""
 
+  BertEmbedOptions.__qualname__ = "BertEmbedOptions"  # pickled by reference as pipeline.options.BertEmbedOptions
   return BertEmbedOptions
 
 

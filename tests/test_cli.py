@@ -235,3 +235,10 @@ def test_duplicate_id_failure_is_one_line_on_stderr(tiny_model_dir, tmp_path):
   lines = [line for line in proc.stderr.splitlines() if line.strip() and not _START_UP_NOISE.match(line)]
   assert proc.returncode == 1 and lines == [
       f"bert-embed run: error: duplicate id 'a': records at {src}:1 and {src}:3 (--on-duplicate-id fail)"], proc.stderr
+
+
+def test_every_flex_template_parameter_is_an_option():
+  parameters = [p["name"] for p in json.loads((ROOT / "templates" / "metadata.json").read_text())["parameters"]]
+  known = set(arguments.beam_option_names())
+  known |= {name for action in arguments._parser()._actions for name in action.option_strings}  # pylint: disable=protected-access
+  assert parameters and [p for p in parameters if f"--{p}" not in known] == []
