@@ -2,22 +2,26 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import re
 import sys
-from typing import Optional
+from typing import Iterator, Optional
 
 from pipeline.options import UsageError
 
-USAGE = """usage: bert-embed {run,export} ...
+USAGE = """usage: bert-embed {run,export} ... | bert-embed --version
 
   bert-embed run --input GLOB --output PREFIX --model default|DIR [options] [Beam pipeline options]
   bert-embed export --from hf:DIR|tf1:DIR|random:CONFIG.json --output DIR [--seq-length 128] [--lower-case|--cased]
 
 `bert-embed run --help` lists the job's options."""
+# Beam's note of the step that raised, appended to a DoFn's exception message.
+_BEAM_STEP_NOTE = re.compile(r"\s*\[while running '[^']*'\]")
 
 
-def _export(argv: list[str]) -> int:
+def export_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog="bert-embed export",
                                    description="Write DIR/preprocessor and DIR/encoder as TF Hub BERT SavedModels.")
   parser.add_argument("--from", dest="source", required=True,
@@ -29,7 +33,11 @@ def _export(argv: list[str]) -> int:
   case.add_argument("--cased", dest="lower_case", action="store_const", const=False)
   parser.add_argument("--vocab", default=None, help="vocab.txt (random: sources)")
   parser.add_argument("--seed", type=int, default=0, help="random: sources")
-  args = parser.parse_args(argv)
+  return parser
+
+
+def _export(argv: list[str]) -> int:
+  args = export_parser().parse_args(argv)
   from modeling.errors import ModelSourceError  # pylint: disable=import-outside-toplevel
   from modeling.export import export_model  # pylint: disable=import-outside-toplevel
   try:
@@ -48,39 +56,78 @@ def _pop_int_flag(argv: list[str], name: str) -> tuple[list[str], int]:
   """Removes a CLI-only `--name N` / `--name=N` from argv (not a pipeline option)."""
   rest, value, i = [], 0, 0
   while i < len(argv):
-    if argv[i] == name and i + 1 < len(argv):
-      value, i = int(argv[i + 1]), i + 2
-    elif argv[i].startswith(name + "="):
-      value, i = int(argv[i].split("=", 1)[1]), i + 1
+    if argv[i] == name or argv[i].startswith(name + "="):
+      if argv[i] == name:
+        text, i = (argv[i + 1] if i + 1 < len(argv) else ""), i + 2
+      else:
+        text, i = argv[i][len(name) + 1:], i + 1
+      try:
+        value = int(text)
+      except ValueError:
+        raise UsageError(f"argument {name}: expected an integer, got {text!r}") from None
     else:
       rest.append(argv[i])
       i += 1
   return rest, value
 
 
+def one_line(message: str) -> str:
+  """An error message on one line (messages quoting TensorFlow or Beam errors may span several)."""
+  return " ".join(_BEAM_STEP_NOTE.sub("", str(message)).split())
+
+
+class _DropLogsOf(logging.Filter):
+  """Drops log records carrying an exception of the given types (Beam logs a DoFn's exception before re-raising)."""
+
+  def __init__(self, *types: type):
+    super().__init__()
+    self._types = types
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else record.msg
+    return not isinstance(exc, self._types)
+
+
+@contextlib.contextmanager
+def _quiet_beam_about(*types: type) -> Iterator[None]:
+  """While the job runs, Beam does not log (with a traceback) the exceptions the command reports in one line.
+
+  Only the in-process runner's log is filtered (where a DoFn's exception is logged, then re-raised to the caller);
+  the exceptions still end the job.
+  """
+  logger, drop = logging.getLogger("apache_beam.runners.common"), _DropLogsOf(*types)
+  logger.addFilter(drop)
+  try:
+    yield
+  finally:
+    logger.removeFilter(drop)
+
+
 def _run(argv: list[str]) -> int:
-  from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
-  from pipeline.run import run  # pylint: disable=import-outside-toplevel
-  from transforms.duplicates import DuplicateIdError  # pylint: disable=import-outside-toplevel
-  argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
+  """`bert-embed run`: --help, --version and argument errors answer without loading TensorFlow."""
+  from pipeline import arguments  # pylint: disable=import-outside-toplevel
   if "-h" in argv or "--help" in argv:
-    from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
-    from pipeline.options import BertEmbedOptions  # pylint: disable=import-outside-toplevel
-    parser = argparse.ArgumentParser(prog="bert-embed run")
-    BertEmbedOptions._add_argparse_args(parser)  # pylint: disable=protected-access
-    parser.add_argument("--show-neighbours", type=int, metavar="N",
-                        help="after the job, print the nearest neighbour of N records (Parquet output)")
-    parser.print_help()
-    del PipelineOptions
+    print(arguments.help_text())
+    return 0
+  if "--version" in argv:
+    print(arguments.version_text())
     return 0
   try:
-    outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
+    argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
+    argv = arguments.join_negative_values(argv)
+    arguments.check(argv)
+    from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
+    from pipeline.run import run  # pylint: disable=import-outside-toplevel
+    from transforms.duplicates import DuplicateIdError  # pylint: disable=import-outside-toplevel
+    try:
+      with _quiet_beam_about(DuplicateIdError):
+        outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
+    except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
+      print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
+      return 1
   except UsageError as e:
-    print(f"bert-embed run: error: {e}", file=sys.stderr)
+    print(f"bert-embed run: error: {one_line(e)}", file=sys.stderr)
     return 2
-  except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
-    print(f"bert-embed run: error: {str(e).strip().splitlines()[0]}", file=sys.stderr)
-    return 1
   if neighbours and outcome.manifest and outcome.config.output_format == "parquet":
     from pipeline.neighbours import report  # pylint: disable=import-outside-toplevel
     print(report(outcome.manifest["output_files"], neighbours))
@@ -94,6 +141,10 @@ def main(argv: Optional[list[str]] = None) -> int:
   if not argv or argv[0] in ("-h", "--help"):
     print(USAGE)
     return 0 if argv else 2
+  if argv[0] == "--version":
+    from pipeline.arguments import version_text  # pylint: disable=import-outside-toplevel
+    print(version_text())
+    return 0
   command, rest = argv[0], argv[1:]
   if command == "run":
     return _run(rest)

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import tempfile
 from typing import Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import arguments
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
@@ -81,11 +84,7 @@ def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize:
 
 def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec]:
   """The MLM scoring settings, checked before the job: the encoder must have a working `.mlm`."""
-  mlm_only = [name for name, on in (("--mlm-per-token", o.mlm_per_token), ("--mlm-whole-word", o.mlm_whole_word),
-                                    ("--no-embeddings", o.no_embeddings)) if on]
-  if not o.mlm_scores:
-    if mlm_only:
-      raise UsageError(f"{', '.join(mlm_only)} need(s) --mlm-scores")
+  if not o.mlm_scores:  # the flags that need --mlm-scores: arguments.check_values
     return None
   from transforms import mlm, mlm_vocab  # pylint: disable=import-outside-toplevel
   try:
@@ -99,21 +98,6 @@ def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec
                  per_token=o.mlm_per_token, max_tokens=o.mlm_max_tokens)
 
 
-def check_long_text(o: BertEmbedOptions) -> int:
-  """--long-text chunk: options it cannot be combined with fail before the job. Returns the chunk stride."""
-  from transforms import chunking  # pylint: disable=import-outside-toplevel
-  stride = (o.seq_length - 2) // 4 if o.chunk_stride is None else o.chunk_stride
-  try:
-    chunking.validate(o.long_text, stride, o.seq_length, o.text_pair_field)
-  except ValueError as e:
-    raise UsageError(str(e)) from None
-  if o.long_text == "chunk" and o.mlm_scores:
-    raise UsageError("--mlm-scores is not supported with --long-text chunk (a text's windows overlap)")
-  if o.long_text == "chunk" and o.chunk_output == "mean" and o.emit_tokens:
-    raise UsageError("--emit-tokens needs --chunk-output rows (a mean over windows has no single token sequence)")
-  return stride
-
-
 def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
   """--bucket-lengths: 'none' (or empty) -> None, else the sorted lengths; raises UsageError."""
   if value is None or str(value).strip().lower() in ("", "none"):
@@ -124,32 +108,65 @@ def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
     raise UsageError(f"--bucket-lengths: {e}") from None
 
 
+def check_output(output: str) -> None:
+  """Raises UsageError unless the run can write its files at `output` (a local prefix is checked by creating and
+  removing a file where the output's directory is or will be; a gs:// prefix only by its spelling)."""
+  from transforms.write import check_output_prefix  # pylint: disable=import-outside-toplevel
+  try:
+    check_output_prefix(output)
+  except ValueError as e:
+    raise UsageError(f"--output: {e}") from None
+  if "://" in output and not output.startswith("file://"):
+    return
+  directory = os.path.dirname(os.path.abspath(os.path.expanduser(output.removeprefix("file://"))))
+  existing = directory
+  while not os.path.lexists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise UsageError(f"--output {output}: {existing} is a file, so the directory {directory} cannot be created")
+  try:
+    with tempfile.TemporaryFile(dir=existing, prefix=".bert-embed-write-check-"):
+      pass
+  except OSError as e:
+    raise UsageError(f"--output {output}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+def max_positions(encoder: str) -> Optional[int]:
+  """The encoder's max_position_embeddings from its export metadata (None for other TF Hub models)."""
+  from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+  try:
+    metadata = read_export_metadata(encoder)
+  except (ValueError, OSError) as e:
+    raise UsageError(f"cannot read the export metadata of the encoder {encoder}: {e}") from None
+  return ((metadata or {}).get("config") or {}).get("max_position_embeddings")
+
+
 def resolve(options: PipelineOptions) -> JobConfig:
-  """Validates the options, matches the inputs and loads the models once; raises UsageError on any problem."""
+  """Validates the options, the output, the inputs and the models; raises UsageError on any problem.
+
+  Cheap checks come first; nothing is written or deleted (pipeline/run.py deletes an earlier output only after
+  this and the graph's construction succeeded).
+  """
   from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
   o = options.view_as(BertEmbedOptions)
+  arguments.check_values(o)
+  check_output(o.output)
   patterns = split_patterns(o.input)
-  if not patterns:
-    raise UsageError("--input is required (a file pattern; local or gs:// globs)")
-  if not o.output:
-    raise UsageError("--output is required (an output prefix, e.g. out/embeddings)")
-  if o.min_batch_size > o.batch_size:
-    raise UsageError(f"--min-batch-size {o.min_batch_size} is larger than --batch-size {o.batch_size}")
-  if o.seq_length < 3:
-    raise UsageError("--seq-length must be at least 3 ([CLS] text [SEP])")
   try:
     inputs = match_inputs(patterns)
   except InputError as e:
     raise UsageError(str(e)) from None
-  previous = previous_lib.resolve_previous(o.previous, o.output)  # before anything is loaded or deleted
-  try:
-    layers = pooling_lib.parse_layers(o.layers)
-  except ValueError as e:
-    raise UsageError(str(e)) from None
+  previous = previous_lib.resolve_previous(o.previous, o.output)
+  layers = pooling_lib.parse_layers(o.layers)  # checked by arguments.check_values
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
-  info = models.inspect_models(spec, o.seq_length)
+  positions = max_positions(spec.encoder)
+  # Probed within the encoder's positions, so that a --seq-length beyond them is reported as such below, after
+  # the more basic load and compatibility errors, rather than as the encoder's failure on the probe.
+  info = models.inspect_models(spec, min(o.seq_length, positions or o.seq_length))
+  if positions and o.seq_length > positions:
+    raise UsageError(f"--seq-length {o.seq_length} exceeds the encoder's {positions} positions")
   mlm_spec = resolve_mlm(o, spec)
-  chunk_stride = check_long_text(o)
+  chunk_stride = arguments.chunk_stride(o)
   metadata = info.metadata or {}
   pooling, normalize = resolve_pooling(metadata, o.pooling, o.normalize)
   if layers and pooling == "pooled":
@@ -158,9 +175,6 @@ def resolve(options: PipelineOptions) -> JobConfig:
     pooling_lib.check_layers(layers, info.num_layers)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  max_positions = (metadata.get("config") or {}).get("max_position_embeddings")
-  if max_positions and o.seq_length > max_positions:
-    raise UsageError(f"--seq-length {o.seq_length} exceeds the encoder's {max_positions} positions")
   return JobConfig(
       inputs=tuple(inputs), input_patterns=tuple(patterns), input_format=o.input_format, id_field=o.id_field,
       text_field=o.text_field, text_pair_field=o.text_pair_field, max_text_bytes=o.max_text_bytes, limit=o.limit,
@@ -169,6 +183,6 @@ def resolve(options: PipelineOptions) -> JobConfig:
       keep_text=o.keep_text, emit_tokens=o.emit_tokens, batch_size=o.batch_size, min_batch_size=o.min_batch_size,
       preprocess_batch_size=o.preprocess_batch_size, dedupe_texts=o.dedupe_texts,
       mlm=mlm_spec, embeddings=not o.no_embeddings, long_text=o.long_text, chunk_stride=chunk_stride,
-      chunk_output=o.chunk_output, on_duplicate_id=o.on_duplicate_id,
+      chunk_output=o.chunk_output or "rows", on_duplicate_id=o.on_duplicate_id,
       previous=previous, drift_sample=o.drift_sample, bucket_lengths=resolve_buckets(o.bucket_lengths),
       max_batch_tokens=o.max_batch_tokens)

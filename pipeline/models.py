@@ -62,8 +62,8 @@ def _resolve_path(ref: str) -> str:
   return _hf_snapshot(ref) if ref.startswith("hf:") else ref
 
 
-def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Optional[str]) -> ModelSpec:
-  """Turns the model flags into a ModelSpec; raises UsageError with what to do when they are missing or wrong."""
+def check_model_flags(model: Optional[str], preprocessor: Optional[str], encoder: Optional[str]) -> None:
+  """Raises UsageError, saying what to give, unless the flags name exactly one model (nothing is loaded)."""
   if model and (preprocessor or encoder):
     raise UsageError("give either --model or --preprocessor with --encoder, not both")
   if not model and not (preprocessor and encoder):
@@ -71,6 +71,11 @@ def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Op
       raise UsageError("--preprocessor and --encoder go together: give both")
     raise UsageError("no model given. Use --model default (the bundled offline MiniLM model), --model DIR (a dir "
                      "written by `bert-embed export`), or --preprocessor P --encoder E (TF Hub BERT SavedModels)")
+
+
+def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Optional[str]) -> ModelSpec:
+  """Turns the model flags into a ModelSpec; raises UsageError with what to do when they are missing or wrong."""
+  check_model_flags(model, preprocessor, encoder)
   if model == "default":
     from pipeline.default_model import DefaultModelUnavailable, ensure_default_model  # pylint: disable=import-outside-toplevel
     try:

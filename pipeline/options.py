@@ -3,11 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
-from transforms import batching
-from transforms.duplicates import DEFAULT_POLICY as DEFAULT_DUPLICATE_ID_POLICY
-from transforms.duplicates import POLICIES as DUPLICATE_ID_POLICIES
+from transforms.defaults import DEFAULT_BUCKET_SPEC, DEFAULT_DUPLICATE_ID_POLICY, DUPLICATE_ID_POLICIES
 from transforms.pooling import POOLINGS
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
@@ -75,8 +71,8 @@ def _bool_flag(parser, name: str, default, help_text: str):
         help=help_text)
 
 
-class BertEmbedOptions(PipelineOptions):
-  """Options of the embedding job. Beam's own options (--runner, --project, ...) pass through."""
+class BertEmbedArguments:
+  """The embedding job's flags, added to an argparse parser without importing Beam (see BertEmbedOptions)."""
 
   @classmethod
   def _add_argparse_args(cls, parser):
@@ -124,8 +120,9 @@ class BertEmbedOptions(PipelineOptions):
           help="truncate: keep the first seq_length tokens; chunk: split into overlapping windows.")
     _flag(g, "chunk_stride", type=non_negative_int, default=None,
           help="With --long-text chunk: wordpieces shared by consecutive windows (default: a quarter of a window).")
-    _flag(g, "chunk_output", choices=("rows", "mean"), default="rows",
-          help="With --long-text chunk: a row per window (id <id>#<k>) or the piece-weighted mean per record.")
+    _flag(g, "chunk_output", choices=("rows", "mean"), default=None,  # None: not given (rows)
+          help="With --long-text chunk: a row per window (id <id>#<k>) or the piece-weighted mean per record "
+               "(default: rows).")
     # MLM scores.
     _bool_flag(g, "mlm_scores", False, "Also write pseudo-log-likelihood scores (needs an encoder with .mlm).")
     _bool_flag(g, "mlm_per_token", False, "With --mlm-scores, also write each packed token's score.")
@@ -150,7 +147,7 @@ class BertEmbedOptions(PipelineOptions):
           help="Smallest encoder batch (RunInference min_batch_size); only with --bucket-lengths none, as length "
                "buckets size their batches by --max-batch-tokens.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
-    _flag(g, "bucket_lengths", default=batching.DEFAULT_BUCKET_SPEC,
+    _flag(g, "bucket_lengths", default=DEFAULT_BUCKET_SPEC,
           help="Comma-separated padded lengths or ranges (a-b: every length; a-b/s: every s-th): an encoder batch "
                "is padded to the smallest of them that holds its longest record (lengths above --seq-length are "
                "dropped; --seq-length is always the last bucket). 'none' pads each batch to its longest record "
@@ -159,3 +156,22 @@ class BertEmbedOptions(PipelineOptions):
           help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")
     _bool_flag(g, "quiet", False, "No progress lines on stderr while the job runs.")
     _bool_flag(g, "verbose", False, "Show TensorFlow's and Beam's start-up messages (CUDA probing, absl notices).")
+
+
+def _beam_options_class() -> type:
+  """BertEmbedOptions, defined on first use: Beam's PipelineOptions costs seconds to import."""
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+
+  class BertEmbedOptions(BertEmbedArguments, PipelineOptions):
+    """Options of the embedding job (`options.view_as(BertEmbedOptions)`); Beam's own options pass through."""
+
+  BertEmbedOptions.__qualname__ = "BertEmbedOptions"  # pickled by reference as pipeline.options.BertEmbedOptions
+  return BertEmbedOptions
+
+
+def __getattr__(name: str):
+  """`pipeline.options.BertEmbedOptions` is created on first access, once (PEP 562)."""
+  if name == "BertEmbedOptions":
+    globals()[name] = _beam_options_class()
+    return globals()[name]
+  raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

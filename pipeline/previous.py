@@ -126,6 +126,15 @@ def _parent(prefix: str) -> str:
   return prefix.rsplit("/", 1)[0] if _is_remote(prefix) else os.path.dirname(prefix)
 
 
+def same_prefix(a: str, b: str) -> bool:
+  """True when two output prefixes name the same files: local ones compared by real path (so a symlinked alias of a
+  directory is the directory), remote ones by scheme, bucket and object name."""
+  a, b = normalize_prefix(a), normalize_prefix(b)
+  if _is_remote(a) or _is_remote(b):
+    return a == b
+  return os.path.realpath(a) == os.path.realpath(b)
+
+
 def is_under(prefix: str, root: str) -> bool:
   """True when the output prefix lies in directory `root` or below it."""
   prefix, root = normalize_prefix(prefix), normalize_prefix(root)
@@ -190,7 +199,7 @@ def resolve_previous(requested: Optional[str], output: str) -> Optional[Previous
       return PreviousOutput(requested, None, None, latest_root)
   else:
     prefix = requested
-  if normalize_prefix(prefix) == normalize_prefix(output):
+  if same_prefix(prefix, output):
     raise UsageError(f"--output {output} is the previous output ({requested}): a run replaces its output prefix, "
                      "so write each run to a new prefix (e.g. ROOT/run-DATE/emb) and point --previous at the last one")
   return PreviousOutput(requested, prefix, _read_previous_manifest(prefix, requested), latest_root)

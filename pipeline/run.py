@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipeline import arguments
 from pipeline import manifest as manifest_lib
 from pipeline import models
 from pipeline import previous as previous_lib
@@ -24,7 +25,7 @@ from transforms.duplicates import ResolveDuplicateIds
 from transforms.dedupe import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
 from transforms.incremental import DriftCheck, SplitByPrevious
-from transforms.read import ReadTexts
+from transforms.read import InputError, ReadTexts
 from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddings
 
 COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
@@ -185,19 +186,26 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
         started_at: Optional[float] = None) -> RunOutcome:
   """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
 
-  `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
-  process's start, so the imports count; by default, this call.
+  Everything that can fail before the job (arguments, output, inputs, models, the graph's construction) is checked
+  before an earlier output at the prefix is deleted; raises UsageError. `started_at` (time.time()) is where the
+  summary's wall time starts: command-line entry points pass their process's start, so the imports count; by
+  default, this call.
   """
   start = time.time() if started_at is None else started_at
-  options = PipelineOptions(argv if argv is not None else sys.argv[1:])
+  argv = arguments.join_negative_values(argv if argv is not None else sys.argv[1:])
+  arguments.check(argv)
+  options = PipelineOptions(argv)
   flags = options.view_as(BertEmbedOptions)
   quiet.enable(not flags.verbose)  # before TensorFlow is imported
   cfg = resolve(options)
-  manifest_lib.delete_previous_outputs(cfg.output)  # a rerun replaces a partial or stale output
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
-  build_pipeline(p, cfg, start_iso)
+  try:
+    build_pipeline(p, cfg, start_iso)
+  except InputError as e:  # reading options the transforms refuse
+    raise UsageError(str(e)) from None
   total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
+  manifest_lib.delete_previous_outputs(cfg.output)  # a rerun replaces a partial or stale output
   reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if _is_local(p) else None
   if reporter is not None:
     reporter.start()
@@ -223,13 +231,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-  try:
-    run(argv, started_at=progress.process_start())
-  except UsageError as e:
-    print(f"bert-embed: error: {e}", file=sys.stderr)
-    return 2
-  return 0
+  """`python -m pipeline.run ARGS` and the Flex Template: `bert-embed run ARGS`, errors handled the same way."""
+  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ import apache_beam as beam
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils import windowed_value
 
+from transforms.defaults import DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
+
 NAMESPACE = "bert_embed"
-DEFAULT_BUCKET_SPEC = "2-64,72-128/8"
-DEFAULT_MAX_BATCH_TOKENS = 4096
 # What one more encoder call costs, in padded tokens (BERT-base on 2 CPU cores: ~30 ms fixed per call, ~0.25 ms
 # per padded token, and batches under ~32 rows run slower per token): the price of cutting a batch in two.
 BATCH_OVERHEAD_TOKENS = 256

@@ -9,10 +9,10 @@ from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 
+from transforms.defaults import DEFAULT_DUPLICATE_ID_POLICY as DEFAULT_POLICY
+from transforms.defaults import DUPLICATE_ID_POLICIES as POLICIES
 from transforms.records import DeadLetter, TextRecord
 
-POLICIES = ("dead-letter", "fail", "keep")
-DEFAULT_POLICY = "dead-letter"
 NAMESPACE = "bert_embed"
 _DEAD_LETTER = "dead_letters"
 

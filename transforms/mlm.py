@@ -153,8 +153,9 @@ def score_records(model, inputs: Sequence[EncoderInput], special: Mapping[str, i
 def _missing_message(where: str, detail: str) -> str:
   return (f"--mlm-scores needs an encoder with a masked-LM head, but the encoder {where} {detail}. Sentence-"
           "embedding models (like the default all-MiniLM-L6-v2) ship without one. Use an encoder exported from a "
-          "checkpoint that has MLM weights (e.g. `bert-embed export hf:DIR` of a BertForMaskedLM checkpoint) or a "
-          "TF Hub BERT encoder with `.mlm` (e.g. bert_en_cased_L-12_H-768_A-12/4).")
+          "checkpoint that has MLM weights (e.g. `bert-embed export --from hf:CHECKPOINT_DIR --output MODEL_DIR` "
+          "of a BertForMaskedLM checkpoint) or a TF Hub BERT encoder with `.mlm` "
+          "(e.g. bert_en_cased_L-12_H-768_A-12/4).")
 
 
 def check_has_mlm(encoder) -> None:
