@@ -196,7 +196,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   arguments.check(argv)
   options = PipelineOptions(argv)
   flags = options.view_as(BertEmbedOptions)
-  quiet.enable(not flags.verbose)  # before TensorFlow is imported
+  quiet.enable(not flags.verbose)
+  quiet.import_tensorflow()  # first, so that no module's own `import tensorflow` prints the start-up noise
   cfg = resolve(options)
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
