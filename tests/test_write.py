@@ -273,13 +273,13 @@ def bad_records() -> dict[str, EmbeddingRecord]:
     ("short", "shape"), ("matrix", "shape"), ("missing", "shape"), ("seq_nan", "sequence_output has"),
     ("seq_shape", "sequence_output has shape"), ("tokens_mismatch", "num_tokens"),
 ])
-def test_embedding_problem_names_the_defect(name, reason):
+def test_row_problem_names_the_defect(name, reason):
   rec = bad_records()[name]
   assert reason in row_problem(rec, OutputColumns(tokens=True), DIM)
   assert reason in row_problem(rec, OutputColumns(), DIM)  # fields that are set are always checked
 
 
-def test_embedding_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
+def test_row_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
   rec = make_records(3)[2]
   assert row_problem(rec, OutputColumns(tokens=True), DIM) is None
   assert "text" in row_problem(rec._replace(text="bad \udcff"), OutputColumns(), DIM)
@@ -308,6 +308,26 @@ def test_bad_vectors_become_write_dead_letters(tmp_path):
   assert counter(result, "records_written") == len(good)
   assert counter(result, "records_dead_lettered") == len(bad)
   assert counter(result, "records_rejected_at_write") == len(bad)
+
+
+def test_a_window_row_without_window_fields_is_a_dead_letter_not_a_failed_write(tmp_path):
+  """With window columns every row needs parent_id and the window numbers: ValidateEmbeddings rejects a row without
+  them, so the sink never sees it (it used to pass validation and fail the whole write)."""
+  windows = [r._replace(id=f"doc#{i}", parent_id="doc", chunk_index=i, chunk_start_piece=i, chunk_end_piece=i + 1)
+             for i, r in enumerate(make_records(3, seed=8))]
+  no_window = make_records(1, seed=9)[0]._replace(id="whole")
+  half_window = windows[0]._replace(id="doc#9", chunk_end_piece=None)
+  prefix = str(tmp_path / "emb")
+  for output_format in ("parquet", "tfrecord"):
+    result = run_write(windows + [no_window, half_window], prefix, output_format, windows=True)
+    letters = {d["id"]: d for d in read_jsonl(prefix)}
+    assert set(letters) == {"whole", "doc#9"}
+    assert letters["whole"]["reason"] == "parent_id is missing" and letters["whole"]["stage"] == "write"
+    assert letters["doc#9"]["reason"] == "chunk_end_piece is missing"
+    assert counter(result, "records_written") == len(windows)
+  table = pq.read_table(glob.glob(f"{prefix}-*.parquet")[0])
+  assert sorted(table.column("chunk_index").to_pylist()) == [0, 1, 2]
+  assert table.column("parent_id").to_pylist() == ["doc"] * 3
 
 
 def test_dead_letter_files_hold_one_json_object_per_line(tmp_path):
@@ -391,7 +411,8 @@ def test_scratch_dir_names_belong_to_one_prefix():
   assert output_files.is_scratch_dir("out/" + name, "out/emb")
   for prefix in ("out/emb-errors", "out/em", "out/errors-emb"):
     assert not output_files.is_scratch_dir("out/" + name, prefix)
-  assert not output_files.is_scratch_dir("out/" + output_files.scratch_dir_name("out/emb-errors", "embeddings", token), "out/emb")
+  other = output_files.scratch_dir_name("out/emb-errors", "embeddings", token)
+  assert not output_files.is_scratch_dir("out/" + other, "out/emb")
   assert not output_files.is_scratch_dir(f"out/beam-temp-emb-{token}", "out/emb")  # Beam's own naming is ambiguous
 
 
@@ -596,7 +617,7 @@ def mlm_bad_records() -> dict[str, EmbeddingRecord]:
     ("scores_matrix", "mlm_token_scores has shape (1, 5)"), ("scores_inf", "3 infinite"),
     ("scores_count", "2 scored (non-NaN) value(s) but mlm_scored_tokens is 3"),
 ])
-def test_embedding_problem_names_the_mlm_defect(name, reason):
+def test_row_problem_names_the_mlm_defect(name, reason):
   rec = mlm_bad_records()[name]
   problem = row_problem(rec, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM)
   assert problem is not None and reason in problem
@@ -604,7 +625,7 @@ def test_embedding_problem_names_the_mlm_defect(name, reason):
     assert reason in row_problem(rec._replace(embedding=np.zeros(DIM, np.float32)), OutputColumns(), DIM)
 
 
-def test_embedding_problem_mlm_flags():
+def test_row_problem_mlm_flags():
   rec = make_mlm_records(3, embeddings=False)[1]
   assert rec.mlm_scored_tokens == 3
   assert row_problem(rec, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM) is None

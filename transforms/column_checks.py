@@ -74,7 +74,11 @@ def count(name: str, rec: EmbeddingRecord, dim: int) -> Optional[str]:
 
 
 def truth_value(rec: EmbeddingRecord, dim: int) -> Optional[str]:
-  """Any value of `truncated` is written as its truth value."""
+  """`truncated` is written as its truth value, which it must have (a numpy array of several values has none)."""
+  try:
+    bool(rec.truncated)
+  except (TypeError, ValueError) as e:
+    return f"truncated is not a truth value ({e})"
   return None
 
 

@@ -10,9 +10,9 @@ Each input record is classified against the previous rows of its id:
 
 The join is a CoGroupByKey on the id, so it scales with the runner's shuffle: no worker holds more than one id's
 records and rows. Only the columns a carried row needs are read (transforms/previous_rows.py), never the text:
-carried rows take it from the input (same hash, same text). Rows written as windows of a long text (`<id>#<k>`, with parent_id) join
-under their parent's id, and an unchanged record carries all its windows. Counters in the bert_embed namespace:
-records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
+carried rows take it from the input (same hash, same text). Rows written as windows of a long text (`<id>#<k>`,
+with parent_id) join under their parent's id, and an unchanged record carries all its windows. Counters in the
+bert_embed namespace: records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
 
 With drift_sample > 0 a deterministic sample of previous rows comes out for DriftCheck (transforms/drift.py).
 
