@@ -14,6 +14,7 @@ from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from transforms import batching
 from transforms import pooling as pooling_lib
+from transforms.columns import OutputColumns
 from transforms.encode import MlmSpec
 
 
@@ -53,6 +54,13 @@ class JobConfig:
   drift_sample: int = previous_lib.DEFAULT_DRIFT_SAMPLE
   bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
   max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS
+
+  @property
+  def output_columns(self) -> OutputColumns:
+    """The columns of the embedding files (transforms/columns.py), for every stage that writes, checks or reads them."""
+    return OutputColumns(embeddings=self.embeddings, text=self.keep_text, tokens=self.emit_tokens,
+                         mlm=self.mlm is not None, mlm_per_token=bool(self.mlm and self.mlm.per_token),
+                         windows=self.long_text == "chunk" and self.chunk_output == "rows")
 
   def output_shaping_options(self) -> dict:
     """Every option that changes what is written for a record (recorded in the manifest)."""

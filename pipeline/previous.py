@@ -33,7 +33,7 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import manifest as manifest_lib
 from pipeline.options import UsageError
 from transforms import incremental
-from transforms.write import path_basename
+from transforms.output_files import path_basename
 
 LATEST_SCHEME = "latest:"
 LATEST_NAME = "LATEST"
@@ -68,7 +68,6 @@ class Plan(NamedTuple):
   fingerprint_inputs: dict
   drift_sample: int  # > 0: compare old and new vectors of up to this many records (the fingerprint changed)
   pointer: str  # the LATEST file this run writes last
-  columns: tuple = ()  # the columns a carried-over row needs (transforms.incremental.row_columns)
 
   @property
   def incremental(self) -> bool:
@@ -297,25 +296,15 @@ def resolved_precisions(manifest: dict) -> list[str]:
   return sorted(name for name, count in used.items() if count) if isinstance(used, dict) else []
 
 
-def row_columns_of(cfg) -> tuple[str, ...]:
-  """The columns a row reused for the run `cfg` must have: those it writes, text aside."""
-  mlm = getattr(cfg, "mlm", None)
-  chunks = getattr(cfg, "long_text", "truncate") == "chunk" and getattr(cfg, "chunk_output", "rows") == "rows"
-  return incremental.row_columns(embeddings=bool(getattr(cfg, "embeddings", True)), emit_tokens=cfg.emit_tokens,
-                                 mlm=mlm is not None, mlm_per_token=bool(mlm is not None and mlm.per_token),
-                                 chunks=chunks)
-
-
 def plan(cfg) -> Plan:
   """Decides how the run `cfg` (a JobConfig) uses its previous output."""
   current = current_fingerprint_inputs(cfg)
-  columns = row_columns_of(cfg)
   previous = getattr(cfg, "previous", None)
   sample = getattr(cfg, "drift_sample", DEFAULT_DRIFT_SAMPLE)
   pointer = pointer_path(cfg.output, previous.latest_root if previous else None)
 
   def full(reason: str, drift_sample: int = 0) -> Plan:
-    return Plan(MODE_FULL, reason, previous, fingerprint(current), current, drift_sample, pointer, columns)
+    return Plan(MODE_FULL, reason, previous, fingerprint(current), current, drift_sample, pointer)
 
   if previous is None:
     return full("no --previous output was given")
@@ -336,7 +325,7 @@ def plan(cfg) -> Plan:
                 f"--precision {current['options'].get('precision')} differently), so its vectors are not one snapshot")
   if current["options"].get("precision", "fp32") == "fp32" and resolved not in ([], ["fp32"]):
     return full(f"the previous output was encoded in {resolved[0]}, this run encodes in fp32")
-  return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer, columns)
+  return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer)
 
 
 def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dict:

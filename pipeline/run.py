@@ -24,9 +24,11 @@ from transforms import quiet
 from transforms.duplicates import ResolveDuplicateIds
 from transforms.dedupe import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
-from transforms.incremental import DriftCheck, SplitByPrevious
+from transforms.drift import DriftCheck
+from transforms.incremental import SplitByPrevious
 from transforms.read import InputError, ReadTexts
-from transforms.write import ValidateEmbeddings, WriteDeadLetters, WriteEmbeddings
+from transforms.validate import ValidateEmbeddings
+from transforms.write import WriteConfig, WriteDeadLetters, WriteEmbeddings
 
 COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
           "encoded", "windows",
@@ -78,10 +80,10 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
                | "LimitFlatten" >> beam.FlatMap(lambda rs: rs))
   # Incremental: unchanged records are copied from the previous output; the rest go on to the encoder.
   plan = previous_lib.plan(cfg)
+  columns = cfg.output_columns
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
-      columns=plan.columns, keep_text=cfg.keep_text, emit_tokens=cfg.emit_tokens, drift_sample=plan.drift_sample,
-      unit_norm=plan.previous_normalized)
+      columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized)
   embed = EmbedTexts(
       cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
       seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
@@ -97,19 +99,14 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   rows = embedded.embeddings
   if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
-  columns = {"embeddings": cfg.embeddings, "mlm": cfg.mlm is not None,
-             "mlm_per_token": cfg.mlm is not None and cfg.mlm.per_token}
-  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(
-      cfg.model_info.dim, emit_tokens=cfg.emit_tokens, **columns)
+  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
   valid, invalid = checked.valid, checked.dead_letters
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
                    "long_text": cfg.long_text}
-  output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(
-      cfg.output, cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, keep_text=cfg.keep_text,
-      emit_tokens=cfg.emit_tokens, file_metadata=file_metadata,
-      chunks=cfg.long_text == "chunk" and cfg.chunk_output == "rows", **columns)
+  output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, WriteConfig(
+      cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns, file_metadata=file_metadata))
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
   error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)

@@ -22,8 +22,10 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline import previous as previous_lib
 from pipeline.options import UsageError
 from pipeline.run import run
+from transforms import columns as columns_lib
+from transforms import drift as drift_lib
 from transforms import incremental
-from transforms import write
+from transforms.columns import OutputColumns
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
 SEQ = 32
@@ -50,12 +52,12 @@ def _write_previous(tmp_path, output_format):
   rows = _previous_rows()
   if output_format == "parquet":
     path = str(tmp_path / "prev-00000-of-00001.parquet")
-    pq.write_table(write.records_to_table(rows, write.parquet_schema(DIM, emit_tokens=True), DIM), path)
+    pq.write_table(columns_lib.records_to_table(rows, OutputColumns(tokens=True), DIM), path)
   else:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     path = str(tmp_path / "prev-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
-      for example in write.embeddings_to_examples(rows, emit_tokens=True, dim=DIM):
+      for example in columns_lib.records_to_examples(rows, OutputColumns(tokens=True), DIM):
         w.write(example)
   return [path], rows
 
@@ -69,8 +71,7 @@ def test_split_carries_unchanged_rows_and_counts_every_kind(tmp_path, output_for
   files, old = _write_previous(tmp_path, output_format)
   p = TestPipeline()
   split = (p | beam.Create(NEW_RECORDS)) | incremental.SplitByPrevious(
-      files, output_format, DIM, carry_over=True, columns=incremental.row_columns(emit_tokens=True),
-      keep_text=True, emit_tokens=True)
+      files, output_format, DIM, carry_over=True, columns=OutputColumns(text=True, tokens=True))
 
   def check_carried(rows):
     assert len(rows) == 2 and {r.id for r in rows} == {"id0"}
@@ -109,19 +110,19 @@ def _window_rows():
 @pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
 def test_window_rows_with_mlm_scores_are_carried_whole(tmp_path, output_format):
   rows = _window_rows()
-  columns = {"embeddings": False, "mlm": True, "mlm_per_token": True, "chunks": True}
+  columns = OutputColumns(embeddings=False, mlm=True, mlm_per_token=True, windows=True)
   if output_format == "parquet":
     path = str(tmp_path / "prev-00000-of-00001.parquet")
-    pq.write_table(write.records_to_table(rows, write.parquet_schema(DIM, **columns), DIM), path)
+    pq.write_table(columns_lib.records_to_table(rows, columns, DIM), path)
   else:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     path = str(tmp_path / "prev-00000-of-00001.tfrecord")
     with tf.io.TFRecordWriter(path) as w:
-      for example in write.embeddings_to_examples(rows, dim=DIM, **columns):
+      for example in columns_lib.records_to_examples(rows, columns, DIM):
         w.write(example)
   p = TestPipeline()
   split = (p | beam.Create([TextRecord("w", "a long text"), TextRecord("y", "new")])) | incremental.SplitByPrevious(
-      [path], output_format, DIM, carry_over=True, columns=incremental.row_columns(**columns))
+      [path], output_format, DIM, carry_over=True, columns=columns)
 
   def check_carried(carried):
     assert sorted(r.id for r in carried) == ["w#0", "w#1"]
@@ -148,14 +149,14 @@ def test_split_without_carry_over_encodes_everything_and_samples_for_drift(tmp_p
       files, "parquet", DIM, carry_over=False, drift_sample=2)
   assert_that(split.carried, equal_to([]), label="NothingCarried")
   assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["id0", "id1", "id3"]), label="ToEncode")
-  expected = sorted(old, key=lambda r: incremental.sample_key(r.id))[:2]
+  expected = sorted(old, key=lambda r: drift_lib.sample_key(r.id))[:2]
   assert_that(split.drift_sample | beam.Map(lambda s: [t[1] for t in s]), equal_to([[r.id for r in expected]]),
               label="Sample")
   # The drift check compares sampled records whose text is unchanged: id0 (vector negated) and id2, not id1.
   new_vectors = [EmbeddingRecord("id0", -old[0].embedding, 1, False, old[0].text_sha256),
                  EmbeddingRecord("id1", old[1].embedding, 1, False, text_sha256("edited after")),
                  EmbeddingRecord("id2", old[2].embedding, 1, False, old[2].text_sha256)]
-  drift = (p | "New" >> beam.Create(new_vectors)) | incremental.DriftCheck(split.drift_sample, 2)
+  drift = (p | "New" >> beam.Create(new_vectors)) | drift_lib.DriftCheck(split.drift_sample, 2)
   cosines = sorted(-1.0 if r.id == "id0" else 1.0 for r in expected if r.id != "id1")
 
   def check_drift(summaries):
@@ -445,7 +446,7 @@ def test_a_model_change_re_embeds_everything_with_a_drift_check(scenario, other_
   assert drift["mean_cosine"] < 0.99  # other weights, other vectors
   old, new = _rows(scenario.run2), _rows(outcome)
   lowest = drift["lowest"][0]
-  assert lowest["cosine"] == pytest.approx(incremental.cosine(old[lowest["id"]]["embedding"],
+  assert lowest["cosine"] == pytest.approx(drift_lib.cosine(old[lowest["id"]]["embedding"],
                                                               new[lowest["id"]]["embedding"]), abs=1e-5)
 
 
@@ -541,10 +542,10 @@ def test_a_tfrecord_with_a_changed_value_means_a_full_re_embed(normalized_run, t
   directory = normalized_run.tmp / "tfrecord-damaged"
   directory.mkdir()
   table = pq.read_table(normalized_run.outcome.manifest["output_files"][0])
-  rows = list(incremental.table_to_records(table, 32, incremental.row_columns()))
+  rows = columns_lib.arrow_to_records(table, OutputColumns().carried(), 32)
   shard = str(directory / "emb-00000-of-00001.tfrecord")
   with tf.io.TFRecordWriter(shard) as w:
-    for example in write.embeddings_to_examples(rows, dim=32):
+    for example in columns_lib.records_to_examples(rows, OutputColumns(), 32):
       w.write(example)
   manifest = dict(normalized_run.outcome.manifest)
   manifest.update(options={**manifest["options"], "format": "tfrecord"}, output_files=[shard], files=[shard])
@@ -558,17 +559,19 @@ def test_a_tfrecord_with_a_changed_value_means_a_full_re_embed(normalized_run, t
 
 def test_carried_row_checks():
   good = EmbeddingRecord("a", np.eye(DIM, dtype=np.float32)[0], 3, False, "0" * 64, text="t")
-  columns = incremental.row_columns()
-  assert incremental.carried_row_problem(good, DIM, columns, False, unit_norm=True) is None
-  assert incremental.carried_row_problem(good._replace(embedding=good.embedding * 2), DIM, columns, False,
-                                         unit_norm=False) is None
-  assert "norm 2" in incremental.carried_row_problem(good._replace(embedding=good.embedding * 2), DIM, columns,
-                                                      False, unit_norm=True)
-  assert incremental.carried_row_problem(good._replace(embedding=np.zeros(DIM, np.float32)), DIM, columns, False,
-                                         unit_norm=True) is None  # normalising a zero vector leaves it zero
-  assert "shape" in incremental.carried_row_problem(good._replace(embedding=np.ones(DIM + 1, np.float32)), DIM,
-                                                     columns, False, unit_norm=False)
-  assert "non-finite" in incremental.carried_row_problem(
-      good._replace(embedding=np.array([np.nan, 0, 0, 1], np.float32)), DIM, columns, False, unit_norm=False)
-  assert "token_ids is missing" in incremental.carried_row_problem(
-      good, DIM, incremental.row_columns(emit_tokens=True), True, unit_norm=False)
+  columns = OutputColumns()
+  check = incremental.carried_row_problem
+  assert check(good, DIM, columns, unit_norm=True) is None
+  assert check(good._replace(embedding=good.embedding * 2), DIM, columns, unit_norm=False) is None
+  assert "norm 2" in check(good._replace(embedding=good.embedding * 2), DIM, columns, unit_norm=True)
+  assert check(good._replace(embedding=np.zeros(DIM, np.float32)), DIM, columns,
+               unit_norm=True) is None  # normalising a zero vector leaves it zero
+  assert "shape" in check(good._replace(embedding=np.ones(DIM + 1, np.float32)), DIM, columns, unit_norm=False)
+  assert "non-finite" in check(good._replace(embedding=np.array([np.nan, 0, 0, 1], np.float32)), DIM, columns,
+                               unit_norm=False)
+  assert "token_ids is missing" in check(good, DIM, OutputColumns(tokens=True), unit_norm=False)
+  windowed = OutputColumns(windows=True)
+  assert "parent_id is missing" in check(good, DIM, windowed, unit_norm=False)
+  window = good._replace(id="a#0", parent_id="a", chunk_index=0, chunk_start_piece=0, chunk_end_piece=1)
+  assert check(window, DIM, windowed, unit_norm=False) is None
+  assert "chunk_end_piece is missing" in check(window._replace(chunk_end_piece=None), DIM, windowed, unit_norm=False)

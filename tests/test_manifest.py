@@ -15,6 +15,8 @@ from apache_beam.testing import test_pipeline
 
 from pipeline import manifest
 from transforms import write
+from transforms.output_files import is_error_file, is_output_file
+from transforms.validate import ValidateEmbeddings
 from transforms.records import DeadLetter, EmbeddingRecord
 
 DIM = 4
@@ -37,8 +39,9 @@ def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=
   p = test_pipeline.TestPipeline()
   rows = p | "Rows" >> beam.Create(records, reshuffle=False)
   earlier_errors = p | "ReadErrors" >> beam.Create(list(read_errors), reshuffle=False)
-  checked = rows | write.ValidateEmbeddings(DIM)
-  output_files = checked.valid | write.WriteEmbeddings(prefix, "parquet", DIM, num_shards=num_shards)
+  checked = rows | ValidateEmbeddings(DIM)
+  output_files = checked.valid | write.WriteEmbeddings(
+      prefix, write.WriteConfig("parquet", DIM, num_shards=num_shards))
   dead_letters = (earlier_errors, checked.dead_letters) | "AllDeadLetters" >> beam.Flatten()
   error_files = dead_letters | write.WriteDeadLetters(prefix)
   inputs = {
@@ -195,7 +198,7 @@ def _run(model_dir: str, corpus: str, prefix: str, *extra: str):
 
 def _own_files(directory, prefix: str) -> list[str]:
   names = (str(directory / n) for n in os.listdir(directory))
-  return sorted(p for p in names if write.is_output_file(p, prefix) or write.is_error_file(p, prefix))
+  return sorted(p for p in names if is_output_file(p, prefix) or is_error_file(p, prefix))
 
 
 def test_runs_with_overlapping_prefixes_in_one_directory_keep_each_others_outputs(tmp_path, tiny_model_dir):

@@ -1,4 +1,5 @@
-"""Tests for transforms/write.py: real pipelines on the DirectRunner writing real files."""
+"""Tests for writing embeddings (transforms/write.py, validate.py, columns.py, output_files.py): real pipelines on
+the DirectRunner writing real files."""
 from __future__ import annotations
 
 import glob
@@ -11,11 +12,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import tensorflow as tf
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
+from transforms import columns as columns_lib
+from transforms import output_files
 from transforms import write
+from transforms.columns import OutputColumns
+from transforms.validate import ValidateEmbeddings, row_problem
+from transforms.write import WriteConfig, WriteEmbeddings
 from transforms.records import DeadLetter, EmbeddingRecord, text_sha256
 
 DIM = 8
@@ -65,14 +72,14 @@ def run_write(records, prefix: str, output_format: str, *, keep_text=True, emit_
               num_shards=0, **columns):
   """Validate + write embeddings + write dead letters, as the pipeline does. Returns the result.
 
-  `columns`: the embeddings / mlm / mlm_per_token flags, passed to both transforms.
+  `columns`: the other OutputColumns switches (embeddings, mlm, ...), for both transforms.
   """
+  cols = OutputColumns(text=keep_text, tokens=emit_tokens, **columns)
   p = test_pipeline.TestPipeline()
   rows = p | beam.Create(records, reshuffle=False)
-  valid, dead_letters = rows | write.ValidateEmbeddings(DIM, emit_tokens=emit_tokens, **columns)  # main first
-  files = valid | write.WriteEmbeddings(
-      prefix, output_format, DIM, num_shards=num_shards, keep_text=keep_text, emit_tokens=emit_tokens,
-      file_metadata=METADATA, **columns)
+  valid, dead_letters = rows | ValidateEmbeddings(DIM, cols)  # main first
+  files = valid | WriteEmbeddings(
+      prefix, WriteConfig(output_format, DIM, num_shards=num_shards, columns=cols, file_metadata=METADATA))
   errors = dead_letters | write.WriteDeadLetters(prefix)
   assert_that(files, files_on_disk(f"{prefix}-?????-of-?????.{output_format}"), label="OutputFiles")
   assert_that(errors, files_on_disk(f"{prefix}-errors-?????-of-?????.jsonl"), label="ErrorFiles")
@@ -156,8 +163,8 @@ def test_empty_input_still_writes_files(tmp_path):
   prefix = str(tmp_path / "emb")
   p = test_pipeline.TestPipeline()
   empty = p | "NoRows" >> beam.Create([], reshuffle=False)
-  parquet = empty | "Parquet" >> write.WriteEmbeddings(prefix, "parquet", DIM, file_metadata=METADATA)
-  tfrecord = empty | "TFRecord" >> write.WriteEmbeddings(prefix + "_tf", "tfrecord", DIM)
+  parquet = empty | "Parquet" >> WriteEmbeddings(prefix, WriteConfig("parquet", DIM, file_metadata=METADATA))
+  tfrecord = empty | "TFRecord" >> WriteEmbeddings(prefix + "_tf", WriteConfig("tfrecord", DIM))
   errors = p | "NoErrors" >> beam.Create([], reshuffle=False) | write.WriteDeadLetters(prefix)
   assert_that(parquet, files_on_disk(f"{prefix}-*.parquet"), label="ParquetFiles")
   assert_that(tfrecord, files_on_disk(f"{prefix}_tf-*.tfrecord"), label="TFRecordFiles")
@@ -169,7 +176,7 @@ def test_empty_input_still_writes_files(tmp_path):
   assert os.path.basename(parquet_path) == "emb-00000-of-00001.parquet"
   table = pq.read_table(parquet_path)
   assert table.num_rows == 0
-  assert table.schema.equals(write.parquet_schema(DIM, file_metadata=METADATA), check_metadata=False)
+  assert table.schema.equals(columns_lib.parquet_schema(OutputColumns(), DIM, METADATA), check_metadata=False)
   assert pq.read_metadata(parquet_path).metadata[b"model"] == b"test-bert"
   [tfrecord_path] = glob.glob(f"{prefix}_tf-*.tfrecord")
   assert os.path.getsize(tfrecord_path) == 0
@@ -184,7 +191,6 @@ def test_empty_input_still_writes_files(tmp_path):
 
 
 def test_tfrecord_round_trip_with_tf_parsing(tmp_path):
-  tf = pytest.importorskip("tensorflow")
   records = make_records(20, seed=1)
   prefix = str(tmp_path / "emb")
   result = run_write(records, prefix, "tfrecord")
@@ -218,13 +224,13 @@ def test_tfrecord_round_trip_with_tf_parsing(tmp_path):
 
 
 def test_columnar_encoder_matches_tf_example_protos():
-  tf = pytest.importorskip("tensorflow")
   records = make_records(4, seed=2)
-  encoded = write.embeddings_to_examples(records, keep_text=True, emit_tokens=True)
+  columns = OutputColumns(text=True, tokens=True)
+  encoded = columns_lib.records_to_examples(records, columns, DIM)
   assert len(encoded) == len(records)
   for rec, serialized in zip(records, encoded):
     example = tf.train.Example.FromString(serialized)
-    single = write.embedding_to_example(rec, keep_text=True, emit_tokens=True)
+    single = columns_lib.records_to_examples([rec], columns, DIM)[0]
     assert tf.train.Example.FromString(single) == example  # (map order in the bytes may differ)
     feature = example.features.feature
     assert feature["id"].bytes_list.value == [rec.id.encode()]
@@ -236,7 +242,7 @@ def test_columnar_encoder_matches_tf_example_protos():
     assert list(feature["token_ids"].int64_list.value) == rec.token_ids.tolist()
     np.testing.assert_allclose(feature["sequence_output"].float_list.value, rec.sequence_output.reshape(-1),
                                rtol=1e-6)
-  plain = tf.train.Example.FromString(write.embedding_to_example(records[1]))
+  plain = tf.train.Example.FromString(columns_lib.records_to_examples(records[1:2], OutputColumns(), DIM)[0])
   assert set(plain.features.feature) == {"id", "embedding", "num_tokens", "truncated", "text_sha256"}
 
 
@@ -267,21 +273,21 @@ def bad_records() -> dict[str, EmbeddingRecord]:
     ("short", "shape"), ("matrix", "shape"), ("missing", "shape"), ("seq_nan", "sequence_output has"),
     ("seq_shape", "sequence_output has shape"), ("tokens_mismatch", "num_tokens"),
 ])
-def test_embedding_problem_names_the_defect(name, reason):
+def test_row_problem_names_the_defect(name, reason):
   rec = bad_records()[name]
-  assert reason in write.embedding_problem(rec, DIM, emit_tokens=True)
-  assert reason in write.embedding_problem(rec, DIM)  # fields that are set are always checked
+  assert reason in row_problem(rec, OutputColumns(tokens=True), DIM)
+  assert reason in row_problem(rec, OutputColumns(), DIM)  # fields that are set are always checked
 
 
-def test_embedding_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
+def test_row_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
   rec = make_records(3)[2]
-  assert write.embedding_problem(rec, DIM, emit_tokens=True) is None
-  assert "text" in write.embedding_problem(rec._replace(text="bad \udcff"), DIM)
-  assert "id" in write.embedding_problem(rec._replace(id=7), DIM)
-  assert "num_tokens" in write.embedding_problem(rec._replace(num_tokens=-1), DIM)
+  assert row_problem(rec, OutputColumns(tokens=True), DIM) is None
+  assert "text" in row_problem(rec._replace(text="bad \udcff"), OutputColumns(), DIM)
+  assert "id" in row_problem(rec._replace(id=7), OutputColumns(), DIM)
+  assert "num_tokens" in row_problem(rec._replace(num_tokens=-1), OutputColumns(), DIM)
   no_tokens = rec._replace(token_ids=None, sequence_output=None)
-  assert write.embedding_problem(no_tokens, DIM) is None
-  assert "token_ids is missing" in write.embedding_problem(no_tokens, DIM, emit_tokens=True)
+  assert row_problem(no_tokens, OutputColumns(), DIM) is None
+  assert "token_ids is missing" in row_problem(no_tokens, OutputColumns(tokens=True), DIM)
 
 
 def test_bad_vectors_become_write_dead_letters(tmp_path):
@@ -302,6 +308,26 @@ def test_bad_vectors_become_write_dead_letters(tmp_path):
   assert counter(result, "records_written") == len(good)
   assert counter(result, "records_dead_lettered") == len(bad)
   assert counter(result, "records_rejected_at_write") == len(bad)
+
+
+def test_a_window_row_without_window_fields_is_a_dead_letter_not_a_failed_write(tmp_path):
+  """With window columns every row needs parent_id and the window numbers: ValidateEmbeddings rejects a row without
+  them, so the sink never sees it (it used to pass validation and fail the whole write)."""
+  windows = [r._replace(id=f"doc#{i}", parent_id="doc", chunk_index=i, chunk_start_piece=i, chunk_end_piece=i + 1)
+             for i, r in enumerate(make_records(3, seed=8))]
+  no_window = make_records(1, seed=9)[0]._replace(id="whole")
+  half_window = windows[0]._replace(id="doc#9", chunk_end_piece=None)
+  prefix = str(tmp_path / "emb")
+  for output_format in ("parquet", "tfrecord"):
+    result = run_write(windows + [no_window, half_window], prefix, output_format, windows=True)
+    letters = {d["id"]: d for d in read_jsonl(prefix)}
+    assert set(letters) == {"whole", "doc#9"}
+    assert letters["whole"]["reason"] == "parent_id is missing" and letters["whole"]["stage"] == "write"
+    assert letters["doc#9"]["reason"] == "chunk_end_piece is missing"
+    assert counter(result, "records_written") == len(windows)
+  table = pq.read_table(glob.glob(f"{prefix}-*.parquet")[0])
+  assert sorted(table.column("chunk_index").to_pylist()) == [0, 1, 2]
+  assert table.column("parent_id").to_pylist() == ["doc"] * 3
 
 
 def test_dead_letter_files_hold_one_json_object_per_line(tmp_path):
@@ -327,7 +353,7 @@ def test_dead_letter_files_hold_one_json_object_per_line(tmp_path):
 def test_unvalidated_bad_row_fails_the_sink(tmp_path):
   rows = make_records(2) + [bad_records()["nan"]]
   p = test_pipeline.TestPipeline()
-  _ = p | beam.Create(rows, reshuffle=False) | write.WriteEmbeddings(str(tmp_path / "emb"), "parquet", DIM)
+  _ = p | beam.Create(rows, reshuffle=False) | WriteEmbeddings(str(tmp_path / "emb"), WriteConfig("parquet", DIM))
   with pytest.raises(Exception, match="ValidateEmbeddings"):
     p.run().wait_until_finish()
   assert not glob.glob(str(tmp_path / "emb-*.parquet"))
@@ -338,14 +364,14 @@ def test_unvalidated_bad_row_fails_the_sink(tmp_path):
 
 
 def test_file_name_helpers_only_match_their_own_prefix():
-  assert write.is_output_file("out/emb-00000-of-00002.parquet", "out/emb")
-  assert write.is_output_file("gs://b/out/emb-00001-of-00002.tfrecord", "gs://b/out/emb")
-  assert write.is_error_file("out/emb-errors-00000-of-00001.jsonl", "out/emb")
-  assert not write.is_output_file("out/emb-errors-00000-of-00001.jsonl", "out/emb")
-  assert not write.is_output_file("out/emb2-00000-of-00001.parquet", "out/emb")
-  assert not write.is_output_file("out/emb-x-00000-of-00001.parquet", "out/emb")
-  assert not write.is_error_file("out/emb2-errors-00000-of-00001.jsonl", "out/emb")
-  assert not write.is_error_file("out/emb-errors-00000-of-00001.parquet", "out/emb")
+  assert output_files.is_output_file("out/emb-00000-of-00002.parquet", "out/emb")
+  assert output_files.is_output_file("gs://b/out/emb-00001-of-00002.tfrecord", "gs://b/out/emb")
+  assert output_files.is_error_file("out/emb-errors-00000-of-00001.jsonl", "out/emb")
+  assert not output_files.is_output_file("out/emb-errors-00000-of-00001.jsonl", "out/emb")
+  assert not output_files.is_output_file("out/emb2-00000-of-00001.parquet", "out/emb")
+  assert not output_files.is_output_file("out/emb-x-00000-of-00001.parquet", "out/emb")
+  assert not output_files.is_error_file("out/emb2-errors-00000-of-00001.jsonl", "out/emb")
+  assert not output_files.is_error_file("out/emb-errors-00000-of-00001.parquet", "out/emb")
 
 
 @pytest.mark.parametrize("name,prefix,output,error", [
@@ -374,19 +400,20 @@ def test_file_name_helpers_only_match_their_own_prefix():
 ])
 def test_own_file_names_are_exact(name, prefix, output, error):
   for directory in ("out/", "gs://bucket/out/"):
-    assert write.is_output_file(directory + name, directory + prefix) is output
-    assert write.is_error_file(directory + name, directory + prefix) is error
+    assert output_files.is_output_file(directory + name, directory + prefix) is output
+    assert output_files.is_error_file(directory + name, directory + prefix) is error
 
 
 def test_scratch_dir_names_belong_to_one_prefix():
   token = "0123456789abcdef" * 2
-  name = write.scratch_dir_name("out/emb", "errors", token)
+  name = output_files.scratch_dir_name("out/emb", "errors", token)
   assert name == f"beam-temp-errors-{token}-emb"
-  assert write.is_scratch_dir("out/" + name, "out/emb")
+  assert output_files.is_scratch_dir("out/" + name, "out/emb")
   for prefix in ("out/emb-errors", "out/em", "out/errors-emb"):
-    assert not write.is_scratch_dir("out/" + name, prefix)
-  assert not write.is_scratch_dir("out/" + write.scratch_dir_name("out/emb-errors", "embeddings", token), "out/emb")
-  assert not write.is_scratch_dir(f"out/beam-temp-emb-{token}", "out/emb")  # Beam's own naming is ambiguous
+    assert not output_files.is_scratch_dir("out/" + name, prefix)
+  other = output_files.scratch_dir_name("out/emb-errors", "embeddings", token)
+  assert not output_files.is_scratch_dir("out/" + other, "out/emb")
+  assert not output_files.is_scratch_dir(f"out/beam-temp-emb-{token}", "out/emb")  # Beam's own naming is ambiguous
 
 
 def _shard_names(directory) -> list[str]:
@@ -406,7 +433,8 @@ def test_sinks_replace_only_their_own_shards(tmp_path):
   for output_format in ("parquet", "tfrecord"):
     p = test_pipeline.TestPipeline()
     rows = p | f"Rows{output_format}" >> beam.Create(records, reshuffle=False)
-    _ = rows | write.WriteEmbeddings(str(tmp_path / "emb"), output_format, DIM, num_shards=1, emit_tokens=True)
+    _ = rows | WriteEmbeddings(str(tmp_path / "emb"), WriteConfig(
+        output_format, DIM, num_shards=1, columns=OutputColumns(tokens=True)))
     _ = (p | beam.Create([DeadLetter.make("x", "f", "read", "bad")])) | write.WriteDeadLetters(str(tmp_path / "emb"))
     p.run().wait_until_finish()
   for name, data in foreign.items():
@@ -421,7 +449,7 @@ def test_sinks_replace_only_their_own_shards(tmp_path):
 def test_parquet_pages_carry_checksums(tmp_path):
   records = make_records(5)
   p = test_pipeline.TestPipeline()
-  _ = (p | beam.Create(records, reshuffle=False)) | write.WriteEmbeddings(str(tmp_path / "emb"), "parquet", DIM)
+  _ = (p | beam.Create(records, reshuffle=False)) | WriteEmbeddings(str(tmp_path / "emb"), WriteConfig("parquet", DIM))
   p.run().wait_until_finish()
   (path,) = glob.glob(str(tmp_path / "emb-*.parquet"))
   data = bytearray(open(path, "rb").read())
@@ -437,12 +465,14 @@ def test_parquet_pages_carry_checksums(tmp_path):
 
 def test_arguments_are_checked():
   with pytest.raises(ValueError, match="output format"):
-    write.WriteEmbeddings("out/emb", "csv", DIM)
+    WriteConfig("csv", DIM)
   with pytest.raises(ValueError, match="dim"):
-    write.WriteEmbeddings("out/emb", "parquet", 0)
+    WriteConfig("parquet", 0)
+  with pytest.raises(ValueError, match="directory"):
+    WriteEmbeddings("out/", WriteConfig("parquet", DIM))
   with pytest.raises(ValueError, match="directory"):
     write.WriteDeadLetters("out/")
-  schema = write.parquet_schema(DIM, file_metadata={"dimension": 8})
+  schema = columns_lib.parquet_schema(OutputColumns(), DIM, {"dimension": 8})
   assert schema.metadata == {b"dimension": b"8"}
 
 
@@ -502,20 +532,19 @@ def run_mlm_write(records, prefix: str, output_format: str, **columns):
 
 
 def test_parquet_schema_mlm_columns_types_and_nullability():
-  schema = write.parquet_schema(DIM, mlm=True, mlm_per_token=True)
+  schema = columns_lib.parquet_schema(OutputColumns(mlm=True, mlm_per_token=True), DIM)
   assert schema.names == ["id", "embedding", "num_tokens", "truncated", "text_sha256", *MLM_NAMES,
                           "mlm_token_scores"]
   assert [(schema.field(n).type, schema.field(n).nullable) for n in MLM_NAMES] == [
       (pa.float64(), False), (pa.int32(), False), (pa.float64(), True)]
   scores = schema.field("mlm_token_scores")
   assert scores.type.value_type == pa.float32() and scores.type.value_field.nullable and not scores.nullable
-  scores_only = write.parquet_schema(DIM, keep_text=True, embeddings=False, mlm=True)
+  scores_only = columns_lib.parquet_schema(OutputColumns(text=True, embeddings=False, mlm=True), DIM)
   assert scores_only.names == ["id", "num_tokens", "truncated", "text_sha256", "text", *MLM_NAMES]
-  assert write.parquet_schema(DIM) == write.parquet_schema(DIM, embeddings=True, mlm=False, mlm_per_token=False)
+  assert columns_lib.parquet_schema(OutputColumns(), DIM) == columns_lib.parquet_schema(
+      OutputColumns(embeddings=True, mlm=False, mlm_per_token=False), DIM)
   with pytest.raises(ValueError, match="mlm_per_token"):
-    write.parquet_schema(DIM, mlm_per_token=True)
-  with pytest.raises(ValueError, match="mlm_per_token"):
-    write.WriteEmbeddings("out/emb", "parquet", DIM, mlm_per_token=True)
+    OutputColumns(mlm_per_token=True)
 
 
 def test_parquet_mlm_round_trip_nulls_and_precision(tmp_path):
@@ -588,35 +617,32 @@ def mlm_bad_records() -> dict[str, EmbeddingRecord]:
     ("scores_matrix", "mlm_token_scores has shape (1, 5)"), ("scores_inf", "3 infinite"),
     ("scores_count", "2 scored (non-NaN) value(s) but mlm_scored_tokens is 3"),
 ])
-def test_embedding_problem_names_the_mlm_defect(name, reason):
+def test_row_problem_names_the_mlm_defect(name, reason):
   rec = mlm_bad_records()[name]
-  problem = write.embedding_problem(rec, DIM, embeddings=False, mlm=True, mlm_per_token=True)
+  problem = row_problem(rec, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM)
   assert problem is not None and reason in problem
   if name != "pll_missing":  # a set MLM field is always checked, as token_ids are
-    assert reason in write.embedding_problem(rec._replace(embedding=np.zeros(DIM, np.float32)), DIM)
+    assert reason in row_problem(rec._replace(embedding=np.zeros(DIM, np.float32)), OutputColumns(), DIM)
 
 
-def test_embedding_problem_mlm_flags():
+def test_row_problem_mlm_flags():
   rec = make_mlm_records(3, embeddings=False)[1]
   assert rec.mlm_scored_tokens == 3
-  assert write.embedding_problem(rec, DIM, embeddings=False, mlm=True, mlm_per_token=True) is None
-  assert "embedding has shape" in write.embedding_problem(rec, DIM, mlm=True)  # required by default
+  assert row_problem(rec, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM) is None
+  assert "embedding has shape" in row_problem(rec, OutputColumns(mlm=True), DIM)  # required by default
   bad_vector = rec._replace(embedding=np.full(DIM, np.nan, np.float32))
-  assert write.embedding_problem(bad_vector, DIM, embeddings=False, mlm=True) is None  # not written: ignored
+  assert row_problem(bad_vector, OutputColumns(embeddings=False, mlm=True), DIM) is None  # not written: ignored
   plain = make_records(1)[0]
-  assert write.embedding_problem(plain, DIM) is None
-  assert "mlm_pll is missing" in write.embedding_problem(plain, DIM, mlm=True)
+  assert row_problem(plain, OutputColumns(), DIM) is None
+  assert "mlm_pll is missing" in row_problem(plain, OutputColumns(mlm=True), DIM)
   no_scores = rec._replace(mlm_token_scores=None)
-  assert write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True) is None
-  assert "mlm_token_scores is missing" in write.embedding_problem(no_scores, DIM, embeddings=False, mlm=True,
-                                                                  mlm_per_token=True)
+  assert row_problem(no_scores, OutputColumns(embeddings=False, mlm=True), DIM) is None
+  assert "mlm_token_scores is missing" in row_problem(
+      no_scores, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM)
   with_numpy_scalars = rec._replace(mlm_pll=np.float32(rec.mlm_pll),
                                     mlm_scored_tokens=np.int64(rec.mlm_scored_tokens),
                                     mlm_pseudo_perplexity=np.float64(rec.mlm_pseudo_perplexity))
-  columns = {"embeddings": False, "mlm": True, "mlm_per_token": True}
-  assert write.embedding_problem(with_numpy_scalars, DIM, **columns) is None
-  with pytest.raises(ValueError, match="mlm_per_token"):
-    write.embedding_problem(rec, DIM, mlm_per_token=True)
+  assert row_problem(with_numpy_scalars, OutputColumns(embeddings=False, mlm=True, mlm_per_token=True), DIM) is None
 
 
 def test_scores_only_parquet_and_bad_mlm_rows_become_dead_letters(tmp_path):
@@ -641,7 +667,6 @@ def test_scores_only_parquet_and_bad_mlm_rows_become_dead_letters(tmp_path):
 
 
 def test_tfrecord_mlm_round_trip_with_tf_parsing(tmp_path):
-  tf = pytest.importorskip("tensorflow")
   records = make_mlm_records(10, seed=6, embeddings=False)
   prefix = str(tmp_path / "emb")
   run_mlm_write(records, prefix, "tfrecord", embeddings=False, mlm=True, mlm_per_token=True)
@@ -674,16 +699,15 @@ def test_tfrecord_mlm_round_trip_with_tf_parsing(tmp_path):
 
 
 def test_columnar_encoder_mlm_features_keep_row_order():
-  tf = pytest.importorskip("tensorflow")
   records = make_mlm_records(6, seed=7)
   records[3] = with_mlm(records[3]._replace(num_tokens=1, token_ids=np.array([101], np.int32),
                                             sequence_output=np.zeros((1, DIM), np.float32)))
-  columns = {"mlm": True, "mlm_per_token": True}
-  encoded = write.embeddings_to_examples(records, **columns)
+  columns = OutputColumns(mlm=True, mlm_per_token=True)
+  encoded = columns_lib.records_to_examples(records, columns, DIM)
   assert len(encoded) == len(records)
   for rec, serialized in zip(records, encoded):  # None-perplexity rows are encoded apart, then put back
     example = tf.train.Example.FromString(serialized)
-    assert tf.train.Example.FromString(write.embedding_to_example(rec, **columns)) == example
+    assert tf.train.Example.FromString(columns_lib.records_to_examples([rec], columns, DIM)[0]) == example
     feature = example.features.feature
     assert feature["id"].bytes_list.value == [rec.id.encode()]
     omitted = {"mlm_pseudo_perplexity"} if rec.mlm_pseudo_perplexity is None else set()
@@ -695,5 +719,5 @@ def test_columnar_encoder_mlm_features_keep_row_order():
                                   rec.mlm_token_scores)
   perplexities = [r.mlm_pseudo_perplexity is None for r in records]
   assert perplexities[0] and perplexities[3] and not all(perplexities)  # groups interleave
-  plain = tf.train.Example.FromString(write.embedding_to_example(make_records(1)[0]))
+  plain = tf.train.Example.FromString(columns_lib.records_to_examples(make_records(1), OutputColumns(), DIM)[0])
   assert not set(plain.features.feature) & set(MLM_NAMES)

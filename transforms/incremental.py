@@ -9,45 +9,41 @@ Each input record is classified against the previous rows of its id:
   deleted    a previous row whose id no longer occurs in the input -> dropped
 
 The join is a CoGroupByKey on the id, so it scales with the runner's shuffle: no worker holds more than one id's
-records and rows. Only the columns a carried row needs are read (`row_columns`), never the text: carried rows take
-it from the input (same hash, same text). Rows written as windows of a long text (`<id>#<k>`, with parent_id) join
-under their parent's id, and an unchanged record carries all its windows. Counters in the bert_embed namespace:
-records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
+records and rows. Only the columns a carried row needs are read (transforms/previous_rows.py), never the text:
+carried rows take it from the input (same hash, same text). Rows written as windows of a long text (`<id>#<k>`,
+with parent_id) join under their parent's id, and an unchanged record carries all its windows. Counters in the
+bert_embed namespace: records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
 
-`DriftCheck` compares the vectors of a deterministic sample of previous rows (the smallest SHA-256 of the id) with
-the newly encoded vectors of the same, unchanged records: the cosine tells how far a model or option change moved
-the vectors.
+With drift_sample > 0 a deterministic sample of previous rows comes out for DriftCheck (transforms/drift.py).
 
 Damaged previous outputs are never copied. Parquet pages are read with their CRC checksums verified, TFRecord
 records with theirs. A previous file (or a row group of one) that cannot be read, fails a checksum or does not
 parse makes the whole run a full re-embed: every record is then counted as new and encoded, and the unreadable
 files come out on `IncrementalResult.unreadable` for the manifest. A previous row that reads but would not be
-written as it stands (wrong dimension, non-finite values, other invalid fields, or not unit length although the
-previous output was normalised) is not carried: its record is encoded again and counted as `previous_damaged`
+written as it stands (it fails ValidateEmbeddings' checks for this run's columns, or is not unit length although
+the previous output was normalised) is not carried: its record is encoded again and counted as `previous_damaged`
 (still `unchanged`: its text is), counter records_previous_damaged.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
 import logging
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io import tfrecordio
-from apache_beam.io.filesystems import FileSystems
 
-from transforms import write
+from transforms.column_checks import float_array_problem
+from transforms.columns import OutputColumns
+from transforms.drift import sample_key
+from transforms.previous_rows import ReadPreviousEmbeddings
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
+from transforms.validate import row_problem
 
 NAMESPACE = "bert_embed"
 KINDS = ("new", "changed", "unchanged", "deleted")
 DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"
-UNREADABLE = "unreadable"
 _NEW, _OLD = "new", "old"
 # A normalised vector's norm is 1 up to float32 rounding (~1e-7 per component); a damaged one is far off.
 UNIT_NORM_TOLERANCE = 1e-3
@@ -62,199 +58,12 @@ class IncrementalResult(NamedTuple):
   unreadable: Optional[beam.PCollection] = None  # (file, reason) of each previous file part that could not be read
 
 
-# --------------------------------------------------------------------------------------------
-# Reading the previous output.
-
-# How each EmbeddingRecord field is stored (text is never read back: the input has it).
-_STRINGS = ("id", "text_sha256", "parent_id")
-_INTS = ("num_tokens", "mlm_scored_tokens", "chunk_index", "chunk_start_piece", "chunk_end_piece")
-_BOOLS = ("truncated",)
-_FLOATS = ("mlm_pll", "mlm_pseudo_perplexity")
-_ARRAYS = {"embedding": np.float32, "token_ids": np.int32, "mlm_token_scores": np.float32}
-_MATRICES = ("sequence_output",)  # [num_tokens, dim]; flattened in tf.Examples
-KEY_COLUMNS = ("id", "text_sha256")
-ROW_COLUMNS = ("num_tokens", "truncated")  # besides the key: what every carried row needs
-TOKEN_COLUMNS = ("token_ids", "sequence_output")
-MLM_COLUMNS = ("mlm_pll", "mlm_scored_tokens", "mlm_pseudo_perplexity")
-CHUNK_COLUMNS = ("parent_id", "chunk_index", "chunk_start_piece", "chunk_end_piece")
-
-
-def row_columns(*, embeddings: bool = True, emit_tokens: bool = False, mlm: bool = False,
-                mlm_per_token: bool = False, chunks: bool = False) -> tuple[str, ...]:
-  """The columns a carried-over row needs, for the output columns of the current run."""
-  columns = list(KEY_COLUMNS + ROW_COLUMNS)
-  columns += ["embedding"] if embeddings else []
-  columns += list(TOKEN_COLUMNS) if emit_tokens else []
-  columns += list(MLM_COLUMNS) if mlm else []
-  columns += ["mlm_token_scores"] if mlm_per_token else []
-  columns += list(CHUNK_COLUMNS) if chunks else []
-  return tuple(columns)
-
-
-def _convert(name: str, value, dim: int):
-  """One stored value -> the EmbeddingRecord field's type."""
-  if value is None:
-    return None
-  if name in _STRINGS:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-  if name in _INTS:
-    return int(value)
-  if name in _BOOLS:
-    return bool(value)
-  if name in _FLOATS:
-    return float(value)
-  if name in _MATRICES:
-    return np.asarray(value, dtype=np.float32).reshape(-1, dim)
-  return np.asarray(value, dtype=_ARRAYS[name])  # a None item (Parquet null) becomes NaN
-
-
-def _vectors(column, dim: int):
-  """A list<float32> column -> float32 [rows, dim] without a Python float per value, when every row has `dim`
-  values; else one array (or None for a null) per row, for the row check to reject the odd ones."""
-  array = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-  values = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-  if values.size == len(array) * dim and not array.null_count:
-    return values.reshape(len(array), dim)
-  return [None if v is None else np.asarray(v, dtype=np.float32) for v in array.to_pylist()]
-
-
-def table_to_records(table: pa.Table, dim: int, columns: Sequence[str]) -> Iterable[EmbeddingRecord]:
-  """Rows of a previous Parquet output -> EmbeddingRecords with the given columns (absent ones None)."""
-  fields = {}
-  columns = [name for name in columns if name in table.column_names]
-  for name in columns:
-    if name == "embedding":
-      fields[name] = _vectors(table.column(name), dim)
-    else:
-      fields[name] = [_convert(name, v, dim) for v in table.column(name).to_pylist()]
-  defaults = {"num_tokens": 0, "truncated": False, "embedding": None}
-  for i in range(table.num_rows):
-    values = {name: fields[name][i] for name in columns}
-    yield EmbeddingRecord(**{**defaults, **values})
-
-
-def example_to_record(serialized: bytes, dim: int, columns: Sequence[str]) -> EmbeddingRecord:
-  """One tf.Example of a previous TFRecord output -> an EmbeddingRecord with the given columns."""
-  from tensorflow.core.example import example_pb2  # pylint: disable=import-outside-toplevel
-  features = example_pb2.Example.FromString(serialized).features.feature
-  values = {"num_tokens": 0, "truncated": False, "embedding": None}
-  for name in columns:
-    if name not in features:  # an omitted feature is a None (e.g. mlm_pseudo_perplexity)
-      values[name] = None
-      continue
-    feature = features[name]
-    kind = feature.WhichOneof("kind")
-    stored = list(getattr(feature, kind).value) if kind else []
-    if name in _ARRAYS or name in _MATRICES:
-      values[name] = _convert(name, stored, dim)
-    else:
-      values[name] = _convert(name, stored[0] if stored else None, dim)
-  return EmbeddingRecord(**values)
-
-
-def _open(path: str):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
-
-
-def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
-  reason = f"{type(error).__name__}: {error}"
-  _LOG.warning("previous output %s cannot be read (%s): this run encodes every record", path, reason)
-  return beam.pvalue.TaggedOutput(UNREADABLE, (path, reason[:500]))
-
-
-def _row_groups(path: str) -> Iterable[object]:
-  """A Parquet file -> (path, row group index) pairs: the unit of parallel reading (or one UNREADABLE output)."""
-  try:
-    with _open(path) as f:
-      count = pq.ParquetFile(f).num_row_groups
-  except Exception as e:  # pylint: disable=broad-except  (a missing, truncated or garbled file)
-    yield _unreadable(path, e)
-    return
-  for i in range(count):
-    yield path, i
-
-
-def _read_row_group(part: tuple[str, int], dim: int, columns: Sequence[str]) -> Iterable[object]:
-  """One row group, its page checksums verified, reading only the wanted columns the file has (e.g. no window
-  columns: not windowed); on any failure one UNREADABLE output and no rows."""
-  path, index = part
-  try:
-    with _open(path) as f:
-      parquet = pq.ParquetFile(f, page_checksum_verification=True)
-      present = [name for name in columns if name in parquet.schema_arrow.names]
-      table = parquet.read_row_group(index, columns=present)
-    rows = list(table_to_records(table, dim, present))
-  except Exception as e:  # pylint: disable=broad-except  (checksum failures, undecodable pages, bad values)
-    yield _unreadable(f"{path} (row group {index})", e)
-    return
-  yield from rows
-
-
-def _read_tfrecords(path: str, dim: int, columns: Sequence[str]) -> Iterable[object]:
-  """One TFRecord file, each record's length and data CRC verified; on any failure one UNREADABLE output (the
-  rows before it may have been emitted: an unreadable previous output carries nothing anyway)."""
-  try:
-    with _open(path) as f:
-      while True:
-        record = tfrecordio._TFRecordUtil.read_record(f)  # pylint: disable=protected-access
-        if record is None:
-          return
-        yield example_to_record(record, dim, columns)
-  except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
-    yield _unreadable(path, e)
-
-
-class PreviousRows(NamedTuple):
-  rows: beam.PCollection  # EmbeddingRecord
-  unreadable: beam.PCollection  # (file, reason) for each file (or Parquet row group) that could not be read
-
-
-class ReadPreviousEmbeddings(beam.PTransform):
-  """The rows of a previous output's files (as listed by its manifest) as EmbeddingRecords, and what could not be
-  read (see PreviousRows): checksums are verified, and a damaged file never fails the pipeline.
-
-  Args:
-    files: the previous manifest's output_files.
-    output_format: "parquet" or "tfrecord".
-    dim: the embedding dimension.
-    columns: the fields to read (see row_columns); id and text_sha256 always.
-  """
-
-  def __init__(self, files: Sequence[str], output_format: str, dim: int, columns: Sequence[str] = KEY_COLUMNS):
-    super().__init__()
-    if output_format not in ("parquet", "tfrecord"):
-      raise ValueError(f"previous output format must be parquet or tfrecord, got {output_format!r}")
-    unknown = sorted(set(columns) - set(EmbeddingRecord._fields) | ({"text"} & set(columns)))
-    if unknown:
-      raise ValueError(f"cannot read previous columns {unknown}")
-    self._files = list(files)
-    self._format = output_format
-    self._dim = dim
-    self._columns = tuple(dict.fromkeys(KEY_COLUMNS + tuple(columns)))
-
-  def expand(self, pbegin) -> PreviousRows:
-    files = pbegin | "PreviousFiles" >> beam.Create(self._files)
-    if self._format == "tfrecord":
-      read = (files
-              | "SpreadFiles" >> beam.Reshuffle()
-              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._columns)
-              .with_outputs(UNREADABLE, main="rows"))
-      return PreviousRows(read.rows, read[UNREADABLE])
-    parts = files | "RowGroups" >> beam.FlatMap(_row_groups).with_outputs(UNREADABLE, main="parts")
-    read = (parts.parts
-            | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._columns)
-            .with_outputs(UNREADABLE, main="rows"))
-    unreadable = (parts[UNREADABLE], read[UNREADABLE]) | "Unreadable" >> beam.Flatten()
-    return PreviousRows(read.rows, unreadable)
-
-
 def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
   """Why a previous embedding must not be reused: not `dim` finite floats, or (unit_norm) not of length 1.
 
   A zero vector passes the unit-norm check: normalising one leaves it zero.
   """
-  problem = write._float_array_problem("embedding", vector, (dim,))  # pylint: disable=protected-access
+  problem = float_array_problem("embedding", vector, (dim,))
   if problem or not unit_norm:
     return problem
   norm = float(np.linalg.norm(np.asarray(vector, dtype=np.float64)))
@@ -263,25 +72,15 @@ def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
   return None
 
 
-def carried_row_problem(row: EmbeddingRecord, dim: int, columns: Sequence[str], emit_tokens: bool,
-                        unit_norm: bool) -> Optional[str]:
+def carried_row_problem(row: EmbeddingRecord, dim: int, columns: OutputColumns, unit_norm: bool) -> Optional[str]:
   """Why a previous row, as it would be carried (text from the input), must not be written again, or None.
 
-  The same checks as ValidateEmbeddings for the columns the run writes (`columns`: see row_columns), the window
-  fields of windowed output, and the unit norm of a normalised output's vectors.
+  ValidateEmbeddings' checks for the run's columns, and the unit norm of a normalised output's vectors.
   """
-  embeddings, mlm, mlm_per_token = "embedding" in columns, "mlm_pll" in columns, "mlm_token_scores" in columns
-  problem = write.embedding_problem(row, dim, emit_tokens=emit_tokens, embeddings=embeddings, mlm=mlm,
-                                    mlm_per_token=mlm_per_token)
-  if problem:
+  problem = row_problem(row, columns, dim)
+  if problem or not columns.embeddings:
     return problem
-  if "parent_id" in columns and row.chunk_index is not None:
-    missing = [name for name in CHUNK_COLUMNS if getattr(row, name) is None]
-    if missing:
-      return f"window row without {', '.join(missing)}"
-  if embeddings:
-    return vector_problem(row.embedding, dim, unit_norm)
-  return None
+  return vector_problem(row.embedding, dim, unit_norm)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,14 +114,11 @@ class _ClassifyFn(beam.DoFn):
   Side input: the unreadable parts of the previous output; when there are any, every record is new.
   """
 
-  def __init__(self, carry_over: bool, keep_text: bool, emit_tokens: bool, dim: int = 0,
-               columns: Sequence[str] = (), unit_norm: bool = False):
+  def __init__(self, carry_over: bool, columns: OutputColumns, dim: int = 0, unit_norm: bool = False):
     super().__init__()
     self._carry_over = carry_over
-    self._keep_text = keep_text
-    self._emit_tokens = emit_tokens
+    self._columns = columns
     self._dim = dim
-    self._columns = tuple(columns)
     self._unit_norm = unit_norm
     self._counters = {kind: beam.metrics.Metrics.counter(NAMESPACE, f"records_{kind}") for kind in KINDS + (DAMAGED,)}
     self._carried = beam.metrics.Metrics.counter(NAMESPACE, "records_carried_over")
@@ -333,15 +129,14 @@ class _ClassifyFn(beam.DoFn):
 
   def _carry(self, old: EmbeddingRecord, record: TextRecord) -> EmbeddingRecord:
     return old._replace(
-        text=record.text if self._keep_text else None,
-        token_ids=old.token_ids if self._emit_tokens else None,
-        sequence_output=old.sequence_output if self._emit_tokens else None)
+        text=record.text if self._columns.text else None,
+        token_ids=old.token_ids if self._columns.tokens else None,
+        sequence_output=old.sequence_output if self._columns.tokens else None)
 
   def _damage(self, rows: list, record: TextRecord) -> Optional[str]:
     """Why one of the rows to carry for `record` is damaged, or None."""
     for row in rows:
-      problem = carried_row_problem(self._carry(row, record), self._dim, self._columns, self._emit_tokens,
-                                    self._unit_norm)
+      problem = carried_row_problem(self._carry(row, record), self._dim, self._columns, self._unit_norm)
       if problem:
         return f"{row.id}: {problem}"
     return None
@@ -396,11 +191,6 @@ def _previous_key(row: EmbeddingRecord) -> str:
   return row.parent_id if row.parent_id is not None else row.id
 
 
-def sample_key(record_id: str) -> str:
-  """The drift sample takes the previous rows with the smallest key: deterministic, spread over the corpus."""
-  return hashlib.sha256(record_id.encode("utf-8")).hexdigest()
-
-
 class SplitByPrevious(beam.PTransform):
   """TextRecords -> IncrementalResult, against the previous output's files (or against nothing).
 
@@ -410,8 +200,8 @@ class SplitByPrevious(beam.PTransform):
     previous_format: "parquet" or "tfrecord".
     dim: the embedding dimension of the previous output.
     carry_over: reuse the rows of unchanged records (the fingerprints match); else only classify and count.
-    columns: the columns of a carried row (see row_columns); only id and text_sha256 are read without carry_over.
-    keep_text, emit_tokens: the text and token columns the new output has.
+    columns: the columns the new output has; a carried row needs them (all but the text, which comes from the
+      input). Without carry_over only the key, window and (for the drift sample) embedding columns are read.
     drift_sample: > 0 to also return up to this many previous rows (by `sample_key`) for DriftCheck; their
       embedding column is then read.
     unit_norm: the previous output's vectors are normalised (--normalize): a carried or sampled vector must have
@@ -419,22 +209,19 @@ class SplitByPrevious(beam.PTransform):
   """
 
   def __init__(self, previous_files: Optional[Sequence[str]], previous_format: Optional[str] = None,
-               dim: int = 0, *, carry_over: bool = False, columns: Sequence[str] = (), keep_text: bool = False,
-               emit_tokens: bool = False, drift_sample: int = 0, unit_norm: bool = False):
+               dim: int = 0, *, carry_over: bool = False, columns: OutputColumns = OutputColumns(),
+               drift_sample: int = 0, unit_norm: bool = False):
     super().__init__()
     self._unit_norm = unit_norm
-    self._row_columns = tuple(columns)
+    self._columns = columns
     self._files = None if previous_files is None else list(previous_files)
     self._format = previous_format
     self._dim = dim
     self._carry_over = carry_over
-    self._keep_text = keep_text
-    self._emit_tokens = emit_tokens
     self._drift_sample = drift_sample
-    read = list(KEY_COLUMNS) + (list(columns) if carry_over else ["parent_id", "chunk_index"])
-    if drift_sample > 0 and "embedding" not in read:
-      read.append("embedding")
-    self._columns = tuple(dict.fromkeys(read))
+    # Without carry-over only the hash and window number take part in the join.
+    read = columns if carry_over else OutputColumns(embeddings=False, windows=True)
+    self._read = dataclasses.replace(read, embeddings=True) if drift_sample > 0 else read
 
   def expand(self, records) -> IncrementalResult:
     pipeline = records.pipeline
@@ -444,7 +231,7 @@ class SplitByPrevious(beam.PTransform):
       counts[DAMAGED] = pipeline | "NoneDamaged" >> beam.Create([])
       return IncrementalResult(records, pipeline | "NothingCarried" >> beam.Create([]), counts, None,
                                pipeline | "NothingUnreadable" >> beam.Create([]))
-    read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._columns)
+    read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._read)
     previous = read.rows
     if self._carry_over:
       old = previous | "KeyPrevious" >> beam.Map(lambda r: (_previous_key(r), r))
@@ -452,8 +239,7 @@ class SplitByPrevious(beam.PTransform):
       old = previous | "KeyPreviousHashes" >> beam.Map(
           lambda r: (_previous_key(r), _Old(r.text_sha256, r.chunk_index)))
     new = records | "KeyRecords" >> beam.Map(lambda r: (_record_id(r), r))
-    classify = _ClassifyFn(self._carry_over, self._keep_text, self._emit_tokens, self._dim, self._row_columns,
-                           self._unit_norm)
+    classify = _ClassifyFn(self._carry_over, self._columns, self._dim, self._unit_norm)
     split = ({_NEW: new, _OLD: old}
              | "JoinById" >> beam.CoGroupByKey()
              | "Classify" >> beam.ParDo(classify, unreadable=beam.pvalue.AsList(read.unreadable))
@@ -468,59 +254,3 @@ class SplitByPrevious(beam.PTransform):
                 | "DriftSample" >> beam.combiners.Top.Of(self._drift_sample, key=lambda t: t[0], reverse=True))
     counts = {kind: split[kind] for kind in KINDS + (DAMAGED,)}
     return IncrementalResult(split.to_encode, split[CARRIED], counts, sample, read.unreadable)
-
-
-# --------------------------------------------------------------------------------------------
-# Drift.
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-  if a.shape != b.shape:
-    return float("nan")
-  norms = np.linalg.norm(a) * np.linalg.norm(b)
-  return float(np.dot(a, b) / norms) if norms > 0 else 0.0
-
-
-def _sample_lookup(sample: list) -> dict:
-  return {record_id: (sha, vector) for _, record_id, sha, vector in sample}
-
-
-def _compare_sampled(rec: EmbeddingRecord, lookup: dict):
-  old = lookup.get(rec.id)
-  if old is not None and old[0] == rec.text_sha256 and rec.embedding is not None:
-    yield rec.id, cosine(old[1], rec.embedding)
-
-
-def summarize_drift(pairs: list, requested: int) -> dict:
-  """The manifest's `drift`: cosine statistics over the sampled (id, cosine) pairs, plus the 5 lowest."""
-  pairs = sorted(pairs, key=lambda p: (p[1], p[0]))
-  values = np.array([c for _, c in pairs], dtype=np.float64)
-  summary = {"requested": requested, "sample_size": len(pairs)}
-  if len(pairs):
-    summary.update({
-        "mean_cosine": round(float(values.mean()), 6), "min_cosine": round(float(values.min()), 6),
-        "median_cosine": round(float(np.median(values)), 6), "max_cosine": round(float(values.max()), 6),
-        "lowest": [{"id": i, "cosine": round(float(c), 6)} for i, c in pairs[:5]]})
-  return summary
-
-
-class DriftCheck(beam.PTransform):
-  """New EmbeddingRecords -> one dict comparing them with the sampled previous vectors (see summarize_drift).
-
-  Only records whose text is unchanged are compared. With `sample` None the output is empty (no drift check).
-  """
-
-  def __init__(self, sample: Optional[beam.PCollection], requested: int = 0):
-    super().__init__()
-    self._sample = sample
-    self._requested = requested
-
-  def expand(self, embeddings):
-    if self._sample is None:
-      return embeddings.pipeline | "NoDriftCheck" >> beam.Create([])
-    lookup = self._sample | "SampleById" >> beam.Map(_sample_lookup)
-    return (embeddings
-            | "CompareSampled" >> beam.FlatMap(_compare_sampled, beam.pvalue.AsSingleton(lookup))
-            | "AllCosines" >> beam.combiners.ToList()
-            | "Summarize" >> beam.Map(summarize_drift, self._requested))

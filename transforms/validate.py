@@ -1,0 +1,98 @@
+"""Checking embedding rows before they are written: the one place a row is validated.
+
+`ValidateEmbeddings` sends every row that cannot be written, as the run's OutputColumns would write it, out as a
+DeadLetter(stage="write") with the reason, so the sink (transforms/write.py) never fails on a row that passed.
+The checks are the column table's (transforms/columns.py), run in table order, first problem wins:
+
+  - a written column is required (text and mlm_pseudo_perplexity may be None) and must be storable: strings
+    UTF-8, counts non-negative int32, vectors of the right shape and finite, MLM scores consistent;
+  - a column that is not written but set on the row is still checked, with the other columns of its switch (the
+    embed stage sets only what is to be written, so a set field that is wrong means a bug upstream), except the
+    embedding, which --no-embeddings ignores.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional, Sequence
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
+from transforms.records import DeadLetter, EmbeddingRecord
+
+METRICS_NAMESPACE = "bert_embed"
+
+# Output tags of ValidateEmbeddings.
+VALID_TAG = "valid"
+DEAD_LETTER_TAG = "dead_letters"
+
+# Switches whose columns are checked only when written (see the module docstring).
+_CHECKED_ONLY_WHEN_WRITTEN = frozenset({"embeddings"})
+_SWITCH_FIELDS = {switch: tuple(c.name for c in COLUMNS if c.switch == switch) for switch in SWITCHES}
+
+
+def _checked(rec: EmbeddingRecord, columns: OutputColumns) -> set:
+  """The switches whose columns `rec` must pass: those written, and those with a field set on the row."""
+  switches = {s for s in SWITCHES if getattr(columns, s)}
+  for switch, fields in _SWITCH_FIELDS.items():
+    if switch not in _CHECKED_ONLY_WHEN_WRITTEN and any(getattr(rec, f) is not None for f in fields):
+      switches.add(switch)
+  return switches
+
+
+def row_problem(rec: EmbeddingRecord, columns: OutputColumns, dim: int) -> Optional[str]:
+  """Why `rec` cannot be written with `columns` (dim: the embedding length and sequence_output width), or None."""
+  if not isinstance(rec, EmbeddingRecord):
+    return f"not an EmbeddingRecord but {type(rec).__name__}"
+  switches = _checked(rec, columns)
+  for column in COLUMNS:
+    if column.switch is None or column.switch in switches:
+      problem = column.check(rec, dim)
+      if problem:
+        return problem
+  return None
+
+
+def unwritable(records: Sequence[EmbeddingRecord], columns: OutputColumns, dim: int, error: Exception) -> ValueError:
+  """The error of a sink handed a batch it cannot convert: names the first invalid row when there is one."""
+  for rec in records:
+    problem = row_problem(rec, columns, dim)
+    if problem:
+      return ValueError(f"record {getattr(rec, 'id', None)!r} cannot be written: {problem}. "
+                        "Apply ValidateEmbeddings before WriteEmbeddings to dead-letter such rows.")
+  return ValueError(f"a batch of valid rows cannot be written ({type(error).__name__}: {error})")
+
+
+class ValidateEmbeddingsFn(beam.DoFn):
+  """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG."""
+
+  def __init__(self, dim: int, columns: OutputColumns):
+    super().__init__()
+    self._dim = dim
+    self._columns = columns
+    self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_rejected_at_write")
+
+  def process(self, rec: EmbeddingRecord) -> Iterator[object]:
+    problem = row_problem(rec, self._columns, self._dim)
+    if problem is None:
+      yield rec
+      return
+    self._rejected.inc()
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.make(
+        getattr(rec, "id", ""), source="", stage="write", reason=problem, text=getattr(rec, "text", "")))
+
+
+class ValidateEmbeddings(beam.PTransform):
+  """Splits EmbeddingRecords into writable ones and write-stage dead letters (see row_problem).
+
+  Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter), which also
+  unpacks as `valid, dead_letters = ...`. Use the dim and columns of the WriteEmbeddings that follows.
+  """
+
+  def __init__(self, dim: int, columns: OutputColumns = OutputColumns()):
+    super().__init__()
+    check_dim(dim)
+    self._fn = ValidateEmbeddingsFn(dim, columns)
+
+  def expand(self, pcoll):
+    return pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=VALID_TAG)
