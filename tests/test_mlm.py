@@ -13,7 +13,8 @@ import tensorflow as tf
 from hypothesis import strategies as st
 
 from transforms import mlm, mlm_plan, mlm_vocab
-from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
+from transforms.embed_config import EmbedConfig, MlmSpec
+from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.preprocess import Tokenizer
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import load_saved_model
@@ -265,8 +266,8 @@ def test_whole_word_needs_the_vocab(loaded_exports, tiny_model_dir):
 def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exports):
   model = loaded_exports(tiny_model_dir)
   spec = MlmSpec(model.special, whole_word=True, continuation=_continuation(model), per_token=True)
-  handler = BertEncoderModelHandler(os.path.join(tiny_model_dir, "encoder"), PoolingSpec(), embeddings=False,
-                                    mlm=spec)
+  handler = BertEncoderModelHandler(os.path.join(tiny_model_dir, "encoder"),
+                                    EmbedConfig(embeddings=False, mlm=spec))
   loaded = handler.load_model()
   bad_ids = model.inputs[1].input_word_ids.copy()
   bad_ids[2] = 10 ** 6  # outside the vocab

@@ -4,9 +4,9 @@ from __future__ import annotations
 import apache_beam as beam
 
 from transforms.embed import EmbedResult
+from transforms.names import NAMESPACE
 from transforms.records import TextRecord, text_sha256
 
-NAMESPACE = "bert_embed"
 FANOUT = "fanout"
 
 
