@@ -43,7 +43,7 @@ from apache_beam.io.filesystems import FileSystems
 from transforms import write
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
-NAMESPACE = "bert_embed"
+from transforms.names import NAMESPACE
 KINDS = ("new", "changed", "unchanged", "deleted")
 DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"

@@ -64,11 +64,11 @@ from tfx_bsl.coders import example_coder
 from transforms.records import DeadLetter, EmbeddingRecord
 
 OUTPUT_FORMATS = ("parquet", "tfrecord")
-METRICS_NAMESPACE = "bert_embed"
+from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
+from transforms.names import NAMESPACE as METRICS_NAMESPACE
 
 # Output tags of ValidateEmbeddings.
 VALID_TAG = "valid"
-DEAD_LETTER_TAG = "dead_letters"
 
 # Dead letters go to PREFIX-errors-SSSSS-of-NNNNN.jsonl.
 ERRORS_INFIX = "-errors"
