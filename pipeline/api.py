@@ -9,7 +9,8 @@ import numpy as np
 from pipeline import models
 from pipeline.config import resolve_pooling
 from transforms import pooling as pooling_lib
-from transforms.encode import PoolingSpec, encode_batch
+from transforms.embed_config import EmbedConfig
+from transforms.encode import encode_batch
 from transforms.formats import _Rejected, text_value
 from transforms.preprocess import Tokenizer
 from transforms.records import TextRecord
@@ -92,10 +93,12 @@ def embed(texts: Union[str, Sequence[str]], model: Optional[str] = "default", *,
     raise ValueError("layers apply to cls and mean pooling")
   loaded = _load(spec.preprocessor, spec.encoder)
   pooling_lib.check_layers(layers, loaded.num_layers)
+  config = EmbedConfig(pooling=pooling, normalize=normalize, layers=layers, seq_length=seq_length,
+                       batch_size=batch_size)
   out = np.zeros((len(texts), loaded.dim), dtype=np.float32)
   records = [TextRecord(id=str(i), text=t, text_pair=None if pairs is None else pairs[i])
              for i, t in enumerate(texts)]
-  tokenizer = Tokenizer(loaded.preprocessor.obj, seq_length)
+  tokenizer = Tokenizer(loaded.preprocessor.obj, config.seq_length)
   packed = []
   for start in range(0, len(records), _TOKENIZE_CHUNK):
     packed += tokenizer.pack(records[start:start + _TOKENIZE_CHUNK])
@@ -103,8 +106,8 @@ def embed(texts: Union[str, Sequence[str]], model: Optional[str] = "default", *,
     if p.num_tokens <= (2 if p.record.text_pair is None else 3):
       raise ValueError(f"text {p.record.id} has no tokens after tokenizing: {p.record.text[:80]!r}")
   order = sorted(range(len(packed)), key=lambda i: packed[i].num_tokens)  # similar lengths share a batch
-  pooling_spec = PoolingSpec(pooling, normalize, layers, False)
-  for start in range(0, len(order), batch_size):
-    idx = order[start:start + batch_size]
-    out[idx] = np.stack([e.embedding for e in encode_batch(loaded.encoder, [packed[i] for i in idx], pooling_spec)])
+  for start in range(0, len(order), config.batch_size):
+    idx = order[start:start + config.batch_size]
+    batch = [packed[i] for i in idx]
+    out[idx] = np.stack([e.embedding for e in encode_batch(loaded.encoder, batch, config.pooling_spec)])
   return out[0] if single else out

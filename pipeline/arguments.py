@@ -18,7 +18,10 @@ import os
 import re
 from typing import Optional, Sequence
 
+from pipeline import models
 from pipeline.options import BertEmbedArguments, UsageError, split_patterns
+from transforms import chunking, pooling
+from transforms.defaults import DEFAULT_BUCKET_SPEC
 
 PROG = "bert-embed run"
 # The stack a release is measured and pinned on (setup.py), reported by --version.
@@ -182,7 +185,6 @@ def check_values(o) -> None:
     raise UsageError("--input is required (a file pattern; local or gs:// globs)")
   if not o.output:
     raise UsageError("--output is required (an output prefix, e.g. out/embeddings)")
-  from pipeline import models  # pylint: disable=import-outside-toplevel
   models.check_model_flags(o.model, o.preprocessor, o.encoder)
   for flag, value in (("--id-field", o.id_field), ("--text-field", o.text_field),
                       ("--text-pair-field", o.text_pair_field)):
@@ -202,7 +204,6 @@ def check_values(o) -> None:
 
 
 def _check_layers(o) -> None:
-  from transforms import pooling  # pylint: disable=import-outside-toplevel
   try:
     layers = pooling.parse_layers(o.layers)
   except ValueError as e:
@@ -225,7 +226,6 @@ def _check_long_text(o) -> None:
     if given:
       raise UsageError(f"{' and '.join(given)} need(s) --long-text chunk")
     return
-  from transforms import chunking  # pylint: disable=import-outside-toplevel
   try:
     chunking.validate(o.long_text, chunk_stride(o), o.seq_length, o.text_pair_field)
   except ValueError as e:
@@ -242,7 +242,6 @@ def chunk_stride(o) -> int:
 
 
 def _check_buckets(value: Optional[str]) -> None:
-  from transforms.defaults import DEFAULT_BUCKET_SPEC  # pylint: disable=import-outside-toplevel
   if value is None or str(value).strip().lower() in ("", "none", DEFAULT_BUCKET_SPEC):
     return
   from transforms import batching  # pylint: disable=import-outside-toplevel  (imports Beam, not TensorFlow)

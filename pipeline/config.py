@@ -12,10 +12,13 @@ from pipeline import arguments
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
-from transforms import batching
+from transforms import batching, mlm, mlm_vocab
 from transforms import pooling as pooling_lib
 from transforms.columns import OutputColumns
-from transforms.encode import MlmSpec
+from transforms.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
+from transforms.embed_config import EmbedConfig, MlmSpec
+from transforms.output_files import check_output_prefix
+from transforms.read import InputError, match_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +52,9 @@ class JobConfig:
   long_text: str = "truncate"
   chunk_stride: int = 0
   chunk_output: str = "rows"
-  on_duplicate_id: str = "dead-letter"
+  on_duplicate_id: str = DEFAULT_DUPLICATE_ID_POLICY
   previous: Optional[previous_lib.PreviousOutput] = None  # --previous, resolved (see pipeline/previous.py)
-  drift_sample: int = previous_lib.DEFAULT_DRIFT_SAMPLE
+  drift_sample: int = DEFAULT_DRIFT_SAMPLE
   bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
   max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS
 
@@ -61,6 +64,17 @@ class JobConfig:
     return OutputColumns(embeddings=self.embeddings, text=self.keep_text, tokens=self.emit_tokens,
                          mlm=self.mlm is not None, mlm_per_token=bool(self.mlm and self.mlm.per_token),
                          windows=self.long_text == "chunk" and self.chunk_output == "rows")
+
+  @property
+  def embed_config(self) -> EmbedConfig:
+    """How EmbedTexts embeds (pipeline/run.py passes it on as is)."""
+    return EmbedConfig(
+        pooling=self.pooling, normalize=self.normalize, layers=self.layers, seq_length=self.seq_length,
+        emit_tokens=self.emit_tokens, keep_text=self.keep_text, embeddings=self.embeddings, mlm=self.mlm,
+        long_text=self.long_text, chunk_stride=self.chunk_stride, chunk_output=self.chunk_output,
+        precision=self.precision, batch_size=self.batch_size, min_batch_size=self.min_batch_size,
+        preprocess_batch_size=self.preprocess_batch_size, bucket_lengths=self.bucket_lengths,
+        max_batch_tokens=self.max_batch_tokens)
 
   def output_shaping_options(self) -> dict:
     """Every option that changes what is written for a record (recorded in the manifest)."""
@@ -94,7 +108,6 @@ def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec
   """The MLM scoring settings, checked before the job: the encoder must have a working `.mlm`."""
   if not o.mlm_scores:  # the flags that need --mlm-scores: arguments.check_values
     return None
-  from transforms import mlm, mlm_vocab  # pylint: disable=import-outside-toplevel
   try:
     mlm.check_has_mlm(spec.encoder)
     special = mlm_vocab.load_special_tokens(spec.preprocessor)
@@ -119,7 +132,6 @@ def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
 def check_output(output: str) -> None:
   """Raises UsageError unless the run can write its files at `output` (a local prefix is checked by creating and
   removing a file where the output's directory is or will be; a gs:// prefix only by its spelling)."""
-  from transforms.write import check_output_prefix  # pylint: disable=import-outside-toplevel
   try:
     check_output_prefix(output)
   except ValueError as e:
@@ -155,7 +167,6 @@ def resolve(options: PipelineOptions) -> JobConfig:
   Cheap checks come first; nothing is written or deleted (pipeline/run.py deletes an earlier output only after
   this and the graph's construction succeeded).
   """
-  from transforms.read import InputError, match_inputs  # pylint: disable=import-outside-toplevel
   o = options.view_as(BertEmbedOptions)
   arguments.check_values(o)
   check_output(o.output)

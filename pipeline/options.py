@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from transforms.defaults import DEFAULT_BUCKET_SPEC, DEFAULT_DUPLICATE_ID_POLICY, DUPLICATE_ID_POLICIES
+from transforms.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
+                                 DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MLM_MAX_TOKENS,
+                                 DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
 from transforms.pooling import POOLINGS
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
@@ -97,7 +99,7 @@ class BertEmbedArguments:
                "or hf:ORG/NAME.")
     _flag(g, "preprocessor", default=None, help="TF Hub BERT preprocessor SavedModel (dir, gs:// or hf:ORG/NAME).")
     _flag(g, "encoder", default=None, help="TF Hub BERT encoder SavedModel (dir, gs:// or hf:ORG/NAME).")
-    _flag(g, "seq_length", type=positive_int, default=128, help="Packed sequence length ([CLS]/[SEP] included).")
+    _flag(g, "seq_length", type=positive_int, default=DEFAULT_SEQ_LENGTH, help="Packed sequence length ([CLS]/[SEP] included).")
     _flag(g, "pooling", choices=POOLINGS, default=None,
           help="pooled | cls | mean. Default: the model's recommended pooling from its export metadata, else pooled.")
     _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation with its pooling).")
@@ -128,7 +130,7 @@ class BertEmbedArguments:
     _bool_flag(g, "mlm_per_token", False, "With --mlm-scores, also write each packed token's score.")
     _bool_flag(g, "mlm_whole_word", False,
                "With --mlm-scores, mask the later pieces of a word too when scoring a piece (PLL-word-l2r).")
-    _flag(g, "mlm_max_tokens", type=positive_int, default=8192,
+    _flag(g, "mlm_max_tokens", type=positive_int, default=DEFAULT_MLM_MAX_TOKENS,
           help="Padded tokens per .mlm call (masked copies of many records are batched under this budget).")
     _bool_flag(g, "no_embeddings", False, "Write MLM scores only, no vectors (needs --mlm-scores).")
     _bool_flag(g, "dedupe_texts", False,
@@ -138,21 +140,23 @@ class BertEmbedArguments:
           help="An earlier run's output prefix, or latest:ROOT (the run ROOT/LATEST points at; successful runs "
                "update it last). Records with the same id and text, embedded with the same model fingerprint and "
                "options, are copied from it instead of encoded; any fingerprint change re-embeds everything.")
-    _flag(g, "drift_sample", type=non_negative_int, default=100,
+    _flag(g, "drift_sample", type=non_negative_int, default=DEFAULT_DRIFT_SAMPLE,
           help="When the fingerprint changed since --previous: compare old and new vectors of this many records "
                "(cosine, in the manifest's drift). 0 turns the check off.")
     # Batching.
-    _flag(g, "batch_size", type=positive_int, default=64, help="Largest encoder batch (RunInference max_batch_size).")
+    _flag(g, "batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+          help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1,
           help="Smallest encoder batch (RunInference min_batch_size); only with --bucket-lengths none, as length "
                "buckets size their batches by --max-batch-tokens.")
-    _flag(g, "preprocess_batch_size", type=positive_int, default=256, help="Texts tokenized per call.")
+    _flag(g, "preprocess_batch_size", type=positive_int, default=DEFAULT_PREPROCESS_BATCH_SIZE,
+          help="Texts tokenized per call.")
     _flag(g, "bucket_lengths", default=DEFAULT_BUCKET_SPEC,
           help="Comma-separated padded lengths or ranges (a-b: every length; a-b/s: every s-th): an encoder batch "
                "is padded to the smallest of them that holds its longest record (lengths above --seq-length are "
                "dropped; --seq-length is always the last bucket). 'none' pads each batch to its longest record "
                "instead.")
-    _flag(g, "max_batch_tokens", type=positive_int, default=4096,
+    _flag(g, "max_batch_tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
           help="Padded tokens per encoder batch (rows x bucket length), capped by --batch-size rows.")
     _bool_flag(g, "quiet", False, "No progress lines on stderr while the job runs.")
     _bool_flag(g, "verbose", False, "Show TensorFlow's and Beam's start-up messages (CUDA probing, absl notices).")

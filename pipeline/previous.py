@@ -37,7 +37,7 @@ from transforms.output_files import path_basename
 
 LATEST_SCHEME = "latest:"
 LATEST_NAME = "LATEST"
-DEFAULT_DRIFT_SAMPLE = 100
+from transforms.defaults import DEFAULT_DRIFT_SAMPLE  # pylint: disable=wrong-import-position
 
 # Output-shaping options that never change a record's vector. format: previous rows are read in their own format
 # and written in the new one. keep_text: a reused row takes its text from the input (equal text_sha256, equal

@@ -29,10 +29,13 @@ import time
 from typing import Callable, NamedTuple, Optional, TextIO
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.metrics.metric import MetricsFilter
+
+from transforms.names import NAMESPACE
 
 ENV = "BERT_EMBED_PROGRESS_DIR"
-NAMESPACE = "bert_embed"
 KINDS = ("read", "encoded", "written", "input_bytes")
 EVENTS = ("encoder_ready",)
 TIMES = ("encoder_ready", "first_encoded_at", "last_encoded_at")  # wall-clock seconds (time.time()), 0: not yet
@@ -171,7 +174,6 @@ def input_bytes(paths, input_format: str) -> Optional[int]:
   """Total size of the matched files when an ETA can be estimated from it (see the module docstring)."""
   if input_format not in ETA_FORMATS or any(p.lower().endswith(_COMPRESSED) for p in paths):
     return None
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
   try:
     total = sum(m.size_in_bytes for result in FileSystems.match(list(paths)) for m in result.metadata_list)
   except Exception:  # pylint: disable=broad-except  (an ETA is a nicety)
@@ -210,7 +212,6 @@ def read_totals(directory: str) -> dict:
 
 def metrics_totals(result) -> Optional[dict]:
   """The same totals from a running job's Beam counters (runners whose metrics can be queried while running)."""
-  from apache_beam.metrics.metric import MetricsFilter  # pylint: disable=import-outside-toplevel
   try:
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
   except Exception:  # pylint: disable=broad-except

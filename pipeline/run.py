@@ -84,13 +84,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
       columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized)
-  embed = EmbedTexts(
-      cfg.model.preprocessor, cfg.model.encoder, pooling=cfg.pooling, normalize=cfg.normalize, layers=cfg.layers,
-      seq_length=cfg.seq_length, emit_tokens=cfg.emit_tokens, keep_text=cfg.keep_text, batch_size=cfg.batch_size,
-      min_batch_size=cfg.min_batch_size, preprocess_batch_size=cfg.preprocess_batch_size,
-      embeddings=cfg.embeddings, mlm=cfg.mlm, long_text=cfg.long_text, chunk_stride=cfg.chunk_stride,
-      chunk_output=cfg.chunk_output, bucket_lengths=cfg.bucket_lengths, max_batch_tokens=cfg.max_batch_tokens,
-      precision=cfg.precision)
+  embed = EmbedTexts(cfg.model.preprocessor, cfg.model.encoder, cfg.embed_config)
   if cfg.dedupe_texts:
     embedded = split.to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:

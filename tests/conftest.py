@@ -141,6 +141,33 @@ def tiny_hf_mlm_checkpoint(tmp_path_factory, tiny_vocab_file) -> str:
       lower_case=True,
       extra_tensors={"bert.embeddings.position_ids": position_ids})
 
+
+@pytest.fixture(scope="session")
+def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
+  """Export root: the tiny preprocessor plus an encoder whose random weights are 15x larger.
+
+  The conftest models have near-uniform MLM outputs (masking one more token moves a score by ~1e-4), so they
+  cannot tell a wrong mask from a right one at 1e-4 relative; here it moves scores by ~0.1 (tests/test_mlm.py
+  checks that).
+  """
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from modeling import encoder as encoder_lib
+  from modeling.config import BertConfig
+  from modeling.importers import random_init
+  config = BertConfig.from_json_file(tiny_config_file)
+  weights = random_init.random_weights(config, seed=3)
+  for name, value in weights.items():
+    if not name.endswith(("/gamma", "/beta")):
+      weights[name] = (value * 15.0).astype(np.float32)  # random_init's std 0.02 -> 0.3
+  root = tmp_path_factory.mktemp("mlm_sharp") / "export"
+  root.mkdir()
+  (root / "preprocessor").symlink_to(os.path.join(tiny_model_dir, "preprocessor"))
+  encoder = encoder_lib.build_encoder(config, weights)
+  tf.saved_model.save(encoder, str(root / "encoder"), signatures={"serving_default": encoder.serving_default})
+  return str(root)
+
+
 # --- end model fixtures ---
 
 

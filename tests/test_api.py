@@ -9,6 +9,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from pipeline.api import embed
 from pipeline.run import run
 from transforms.embed import EmbedTexts
+from transforms.embed_config import EmbedConfig
 from transforms.records import TextRecord
 
 TEXTS = ["the cat sat on the mat.", "hello world!", "a dog is on the mat, the cat is not.", "the dog sat."]
@@ -89,7 +90,7 @@ def test_embed_texts_composes_in_a_users_pipeline(tiny_model_dir):
     records = p | beam.Create([TextRecord(id="t0", text=TEXTS[0]), ("t1", TEXTS[1]), {"id": "t2", "text": TEXTS[2]},
                                ("t3", TEXTS[3], None), TextRecord(id="blank", text="\u200b"), ("no-text", None),
                                42])
-    result = records | EmbedTexts(pre, enc, pooling="cls", seq_length=32)
+    result = records | EmbedTexts(pre, enc, EmbedConfig(pooling="cls", seq_length=32))
     assert_that(result.embeddings | "Ids" >> beam.Map(lambda r: r.id), equal_to([f"t{i}" for i in range(4)]),
                 label="ids")
     assert_that(result.dead_letters | "DeadIds" >> beam.Map(lambda d: (d.id, d.stage)),

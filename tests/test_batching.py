@@ -11,6 +11,7 @@ from apache_beam.transforms import window
 
 from transforms import batching
 from transforms.embed import EmbedTexts
+from transforms.embed_config import EmbedConfig
 from transforms.records import EncoderInput, TextRecord
 
 
@@ -146,7 +147,7 @@ def _embed(export_dir, texts, seq_length, out_file, **kwargs):
   with TestPipeline() as p:
     records = p | beam.Create([TextRecord(id=f"r{i}", text=t) for i, t in enumerate(texts)])
     embedded = records | EmbedTexts(os.path.join(export_dir, "preprocessor"), os.path.join(export_dir, "encoder"),
-                                    seq_length=seq_length, **kwargs)
+                                    EmbedConfig(seq_length=seq_length, **kwargs))
     _ = (embedded.embeddings
          | beam.Map(lambda r: (r.id, r.embedding.tolist()))
          | beam.combiners.ToList()

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from unittest import mock
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -20,7 +21,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.manifest import delete_previous_outputs
 from pipeline.run import run
-from transforms.encode import BertEncoderModelHandler, EncodeError, Encoded, PoolingSpec
+from transforms import encode
+from transforms.embed_config import EmbedConfig
+from transforms.encode import BertEncoderModelHandler, EncodeError, Encoded
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import LoadedModel
 
@@ -59,8 +62,12 @@ def _batch(n=64):
 
 def _infer(fails, n=64):
   fake = _FakeEncoder(fails)
-  handler = BertEncoderModelHandler("fake-encoder", PoolingSpec("pooled"))
-  results = list(handler.run_inference(_batch(n), LoadedModel("fake-encoder", fake, "/CPU:0")))
+  handler = BertEncoderModelHandler("fake-encoder", EmbedConfig(pooling="pooled"))
+  # Loaded the production way (the precision runner included), only the SavedModel swapped for the fake.
+  with mock.patch.object(encode, "load_encoder", lambda path: LoadedModel(path, fake, "/CPU:0")):
+    loaded = handler.load_model()
+  assert loaded.obj is fake and loaded.precision_runner.precision == "fp32"
+  results = list(handler.run_inference(_batch(n), loaded))
   assert [r.example.record.id for r in results] == [f"r{i}" for i in range(n)]  # one result per record, in order
   failed = [r.example.record.id for r in results if isinstance(r.inference, EncodeError)]
   for r in results:  # each success carries its own record's vector, not a neighbour's

@@ -5,6 +5,7 @@ import datetime
 import glob
 import json
 import os
+from unittest import mock
 
 import apache_beam as beam
 import numpy as np
@@ -70,8 +71,22 @@ def test_manifest_lists_the_files_on_disk_with_counts_and_invariant(tmp_path):
   read_error = DeadLetter.make("x", "in.txt", "read", "unreadable")
   fields = {"model": "gs://models/bert", "dimension": DIM, "start_time": manifest.utc_now_iso(),
             "versions": manifest.package_versions()}
-  got = run_embedding_pipeline(prefix, make_records(10) + [bad], read_errors=[read_error],
-                               blank_lines=[2, 0, 3], static_fields=fields)
+  path = manifest.manifest_path(prefix)
+  opened, renames = [], []  # every file opened for writing; each rename onto the manifest, with the shards then
+  real_create, real_rename = FileSystems.create, FileSystems.rename
+
+  def create(name, *args, **kwargs):
+    opened.append(name)
+    return real_create(name, *args, **kwargs)
+
+  def rename(sources, destinations):
+    if path in destinations:
+      renames.append((list(sources), list(destinations), shard_files(prefix)))
+    return real_rename(sources, destinations)
+
+  with mock.patch.object(FileSystems, "create", create), mock.patch.object(FileSystems, "rename", rename):
+    got = run_embedding_pipeline(prefix, make_records(10) + [bad], read_errors=[read_error],
+                                 blank_lines=[2, 0, 3], static_fields=fields)
 
   on_disk = shard_files(prefix)
   assert got["files"] == on_disk  # everything the sinks finalized, and nothing else
@@ -87,10 +102,13 @@ def test_manifest_lists_the_files_on_disk_with_counts_and_invariant(tmp_path):
   end = datetime.datetime.fromisoformat(got["end_time"])
   assert end.utcoffset() == datetime.timedelta(0)
   assert end >= datetime.datetime.fromisoformat(fields["start_time"])
-  # Written after the files it lists, atomically (no temporary file left behind).
-  assert os.path.getmtime(manifest.manifest_path(prefix)) >= max(os.path.getmtime(f) for f in on_disk)
-  assert sorted(glob.glob(f"{prefix}*")) == sorted(on_disk + [manifest.manifest_path(prefix)])
-  assert manifest.read_manifest(manifest.manifest_path(prefix)) == got
+  # Atomic: never opened for writing under its own name, but written whole to a temporary file renamed onto it
+  # once, when every file it lists was already in place; no temporary file is left behind.
+  (source,), _, shards_then = renames[0]
+  assert len(renames) == 1 and path not in opened and source in opened and source.startswith(path + ".tmp-")
+  assert shards_then == on_disk
+  assert sorted(glob.glob(f"{prefix}*")) == sorted(on_disk + [path])
+  assert manifest.read_manifest(path) == got
 
 
 def test_empty_input_gives_files_and_zero_counts(tmp_path):

@@ -13,7 +13,8 @@ import tensorflow as tf
 from hypothesis import strategies as st
 
 from transforms import mlm, mlm_plan, mlm_vocab
-from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
+from transforms.embed_config import EmbedConfig, MlmSpec
+from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.preprocess import Tokenizer
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import load_saved_model
@@ -35,7 +36,6 @@ PAIRS = (
     (LONG, "who walked the dogs? the man with the red hats was walking them very slowly"),  # both trimmed
 )
 MODELS = ("tiny_model_dir", "hf_mlm_model_dir", "sharp_model_dir")
-SHARP_SCALE = 15.0  # random_init's std 0.02 -> 0.3
 
 
 @pytest.fixture(scope="session")
@@ -46,30 +46,6 @@ def hf_mlm_model_dir(ref_tiny_mlm_export):
   it once.
   """
   return ref_tiny_mlm_export.export_dir
-
-
-@pytest.fixture(scope="session")
-def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
-  """Export root: the tiny preprocessor plus an encoder whose random weights are 15x larger.
-
-  The conftest models have near-uniform MLM outputs (masking one more token moves a score by ~1e-4), so they
-  cannot tell a wrong mask from a right one at 1e-4 relative; here it moves scores by ~0.1.
-  """
-  # pylint: disable=g-import-not-at-top
-  from modeling import encoder as encoder_lib
-  from modeling.config import BertConfig
-  from modeling.importers import random_init
-  config = BertConfig.from_json_file(tiny_config_file)
-  weights = random_init.random_weights(config, seed=3)
-  for name, value in weights.items():
-    if not name.endswith(("/gamma", "/beta")):
-      weights[name] = (value * SHARP_SCALE).astype(np.float32)
-  root = tmp_path_factory.mktemp("mlm_sharp") / "export"
-  root.mkdir()
-  (root / "preprocessor").symlink_to(os.path.join(tiny_model_dir, "preprocessor"))
-  encoder = encoder_lib.build_encoder(config, weights)
-  tf.saved_model.save(encoder, str(root / "encoder"), signatures={"serving_default": encoder.serving_default})
-  return str(root)
 
 
 class _Loaded:
@@ -265,8 +241,8 @@ def test_whole_word_needs_the_vocab(loaded_exports, tiny_model_dir):
 def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exports):
   model = loaded_exports(tiny_model_dir)
   spec = MlmSpec(model.special, whole_word=True, continuation=_continuation(model), per_token=True)
-  handler = BertEncoderModelHandler(os.path.join(tiny_model_dir, "encoder"), PoolingSpec(), embeddings=False,
-                                    mlm=spec)
+  handler = BertEncoderModelHandler(os.path.join(tiny_model_dir, "encoder"),
+                                    EmbedConfig(embeddings=False, mlm=spec))
   loaded = handler.load_model()
   bad_ids = model.inputs[1].input_word_ids.copy()
   bad_ids[2] = 10 ** 6  # outside the vocab

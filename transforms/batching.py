@@ -32,9 +32,9 @@ import apache_beam as beam
 from apache_beam.transforms import window as beam_window
 from apache_beam.utils import windowed_value
 
-from transforms.defaults import DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
+from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
+from transforms.names import NAMESPACE
 
-NAMESPACE = "bert_embed"
 # What one more encoder call costs, in padded tokens (BERT-base on 2 CPU cores: ~30 ms fixed per call, ~0.25 ms
 # per padded token, and batches under ~32 rows run slower per token): the price of cutting a batch in two.
 BATCH_OVERHEAD_TOKENS = 256
@@ -44,7 +44,7 @@ class BucketSpec(NamedTuple):
   """How packed records are grouped into encoder batches (small and picklable)."""
   lengths: tuple[int, ...]  # ascending; the last one is the packed length (--seq-length)
   max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
-  max_batch_size: int = 64
+  max_batch_size: int = DEFAULT_BATCH_SIZE
 
   def bucket(self, num_tokens: int) -> int:
     """The padded length for a record of `num_tokens` packed tokens: the smallest bucket length >= it."""
@@ -91,7 +91,7 @@ DEFAULT_BUCKET_LENGTHS = parse_bucket_lengths(DEFAULT_BUCKET_SPEC)
 
 
 def make_spec(seq_length: int, lengths: Optional[Sequence[int]] = None,
-              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = 64) -> BucketSpec:
+              max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS, max_batch_size: int = DEFAULT_BATCH_SIZE) -> BucketSpec:
   """Buckets no longer than `seq_length`, with `seq_length` itself as the last one."""
   wanted = parse_bucket_lengths(lengths) if lengths is not None else DEFAULT_BUCKET_LENGTHS
   kept = tuple(n for n in wanted if n < seq_length) + (seq_length,)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import apache_beam as beam
 
 from transforms.embed import EmbedResult
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import TextRecord, text_sha256
 
-NAMESPACE = "bert_embed"
 FANOUT = "fanout"
 
 
@@ -41,9 +41,9 @@ def _fan_out(element):
       else:  # a window of a long text: <id>#<k>
         yield emb._replace(id=r.id + emb.id[len(emb.parent_id):], parent_id=r.id)
   for dead in group["dead_letters"]:
-    yield beam.pvalue.TaggedOutput("dead", dead)
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
     for r in others:
-      yield beam.pvalue.TaggedOutput("dead", dead._replace(id=r.id, source=r.source))
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead._replace(id=r.id, source=r.source))
 
 
 class EmbedDistinctTexts(beam.PTransform):
@@ -67,5 +67,5 @@ class EmbedDistinctTexts(beam.PTransform):
                "dead_letters": embedded.dead_letters | "KeyDeadLetters" >> beam.Map(lambda d: (d.id, d)),
                "others": split[FANOUT]}
               | "JoinDuplicates" >> beam.CoGroupByKey()
-              | "FanOut" >> beam.FlatMap(_fan_out).with_outputs("dead", main="embeddings"))
-    return EmbedResult(joined.embeddings, joined.dead, embedded.embeddings, embedded.precision_used)
+              | "FanOut" >> beam.FlatMap(_fan_out).with_outputs(DEAD_LETTER, main="embeddings"))
+    return EmbedResult(joined.embeddings, joined[DEAD_LETTER], embedded.embeddings, embedded.precision_used)

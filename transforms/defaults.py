@@ -4,9 +4,20 @@ Kept free of Beam and TensorFlow imports so that `bert-embed run --help` and opt
 either (pipeline/options.py imports this, not the transforms that use the values).
 """
 
+# transforms/embed_config.py: the packed length and the batch sizes of the tokenizer and the encoder.
+DEFAULT_SEQ_LENGTH = 128
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_PREPROCESS_BATCH_SIZE = 256
+
 # transforms/batching.py: the padded lengths encoder batches are bucketed into, and the padded tokens per batch.
 DEFAULT_BUCKET_SPEC = "2-64,72-128/8"
 DEFAULT_MAX_BATCH_TOKENS = 4096
+
+# transforms/mlm.py: padded tokens per .mlm call.
+DEFAULT_MLM_MAX_TOKENS = 8192
+
+# pipeline/previous.py: records whose old and new vectors are compared when the model fingerprint changed.
+DEFAULT_DRIFT_SAMPLE = 100
 
 # transforms/duplicates.py: what happens to records that share an id.
 DUPLICATE_ID_POLICIES = ("dead-letter", "fail", "keep")

@@ -11,10 +11,9 @@ import apache_beam as beam
 
 from transforms.defaults import DEFAULT_DUPLICATE_ID_POLICY as DEFAULT_POLICY
 from transforms.defaults import DUPLICATE_ID_POLICIES as POLICIES
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter, TextRecord
 
-NAMESPACE = "bert_embed"
-_DEAD_LETTER = "dead_letters"
 
 
 class DuplicateIdError(RuntimeError):
@@ -59,7 +58,7 @@ class _ResolveDuplicatesFn(beam.DoFn):
         raise DuplicateIdError(f"duplicate id {record_id!r}: records at {where(kept)} and {where(record)} "
                                "(--on-duplicate-id fail)")
       self._duplicates.inc()
-      yield beam.pvalue.TaggedOutput(_DEAD_LETTER, DeadLetter.make(
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
           record_id, record.source, "parse", f"duplicate id; kept the record at {where(kept)}", record.text))
 
 
@@ -85,5 +84,5 @@ class ResolveDuplicateIds(beam.PTransform):
         records
         | "KeyById" >> beam.WithKeys(lambda r: r.id)
         | "GroupById" >> beam.GroupByKey()
-        | "KeepFirst" >> beam.ParDo(_ResolveDuplicatesFn(self._policy)).with_outputs(_DEAD_LETTER, main="records"))
-    return DuplicatesResult(resolved.records, resolved[_DEAD_LETTER])
+        | "KeepFirst" >> beam.ParDo(_ResolveDuplicatesFn(self._policy)).with_outputs(DEAD_LETTER, main="records"))
+    return DuplicatesResult(resolved.records, resolved[DEAD_LETTER])

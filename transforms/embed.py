@@ -6,14 +6,13 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from transforms import batching, bisect, chunking
-from transforms.encode import BertEncoderModelHandler, EncodeError, MlmSpec, PoolingSpec
+from transforms import batching, bisect
+from transforms.embed_config import EmbedConfig
+from transforms.encode import BertEncoderModelHandler, EncodeError
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.preprocess import Preprocess
-from transforms.windows import WINDOW_FAILED, MergeWindows
 from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
-
-NAMESPACE = "bert_embed"
-DEAD_LETTER = "dead_letter"
+from transforms.windows import WINDOW_FAILED, MergeWindows
 
 
 class EmbedResult(NamedTuple):
@@ -122,71 +121,38 @@ class EmbedTexts(beam.PTransform):
   Args:
     preprocessor: path of a TF Hub-form BERT preprocessor SavedModel (local or gs://).
     encoder: path of the matching encoder SavedModel.
-    pooling: 'pooled', 'cls' or 'mean'.
-    normalize: L2-normalise vectors.
-    layers: encoder layers to average before cls/mean pooling (negative from the end).
-    seq_length: packed length (the preprocessor trims longer texts round-robin).
-    emit_tokens: also return token ids and the token-level sequence_output of real tokens.
-    keep_text: carry the text into the output records.
-    batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: tokenizer batch.
-    bucket_lengths / max_batch_tokens: length buckets (capped at seq_length) and the padded-token budget of an
-      encoder batch (transforms/batching.py); bucket_lengths=None batches with RunInference's BatchElements and
-      pads each batch to its longest record instead. batch_size still caps the records of a batch.
-    precision: fp32 | bf16 | fp16 | auto, resolved on each worker (transforms/precision.py).
-    embeddings: compute vectors (False: MLM scores only).
-    mlm: MLM pseudo-log-likelihood scoring settings (transforms.encode.MlmSpec), or None.
-    long_text: 'truncate' (the packer trims) or 'chunk' (windows of seq_length - 2 pieces, `chunk_stride` shared).
-    chunk_output: with chunk, 'rows' (one row per window, id <id>#<k>) or 'mean' (piece-weighted mean per record).
+    config: pooling, lengths, batching, precision, MLM scoring and long-text handling
+      (transforms/embed_config.py); the defaults pool with the model's pooler and truncate at 128 tokens.
   """
 
-  def __init__(self, preprocessor: str, encoder: str, *, pooling: str = "pooled", normalize: bool = False,
-               layers: Optional[tuple[int, ...]] = None, seq_length: int = 128, emit_tokens: bool = False,
-               keep_text: bool = False, batch_size: int = 64, min_batch_size: int = 1,
-               preprocess_batch_size: int = 256, embeddings: bool = True, mlm: Optional[MlmSpec] = None,
-               long_text: str = "truncate", chunk_stride: int = 0, chunk_output: str = "rows",
-               bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS,
-               max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS, precision: str = "fp32"):
+  def __init__(self, preprocessor: str, encoder: str, config: EmbedConfig = EmbedConfig()):
     super().__init__()
-    chunking.validate(long_text, chunk_stride, seq_length, None)
-    self._chunk_stride = chunk_stride if long_text == "chunk" else None
-    self._chunk_output = chunk_output
-    self._normalize = normalize
-    if self._chunk_stride is not None and chunk_output == "mean":
-      normalize = False  # windows are averaged first; MergeWindows normalises the mean
     self._preprocessor = preprocessor
-    self._seq_length = seq_length
-    self._preprocess_batch_size = preprocess_batch_size
-    self._keep_text = keep_text
-    self._emit_tokens = emit_tokens
-    self._buckets = None if bucket_lengths is None else batching.make_spec(
-        seq_length, bucket_lengths, max_batch_tokens, batch_size)
-    self._handler = BertEncoderModelHandler(
-        encoder, PoolingSpec(pooling, normalize, tuple(layers) if layers else None, emit_tokens),
-        min_batch_size=min_batch_size, max_batch_size=batch_size, embeddings=embeddings, mlm=mlm,
-        buckets=self._buckets, precision=precision, preprocessor_path=preprocessor)
+    self._config = config
+    self._handler = BertEncoderModelHandler(encoder, config, preprocessor_path=preprocessor)
 
   def expand(self, inputs) -> EmbedResult:
     checked = inputs | "AsTextRecords" >> beam.FlatMap(_as_text_record).with_outputs(DEAD_LETTER, main="records")
     records, invalid = checked.records, checked[DEAD_LETTER]
-    packed, preprocess_failed = records | "Preprocess" >> Preprocess(
-        self._preprocessor, self._seq_length, self._preprocess_batch_size, self._chunk_stride)
-    if self._buckets is not None:
-      packed = packed | "BucketBatches" >> batching.BucketBatches(self._buckets)
+    config = self._config
+    packed, preprocess_failed = records | "Preprocess" >> Preprocess(self._preprocessor, config)
+    if config.bucket_spec is not None:
+      packed = packed | "BucketBatches" >> batching.BucketBatches(config.bucket_spec)
     predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
     precision_used = predictions | "PrecisionUsed" >> beam.FlatMap(
         lambda r: [r.inference.precision] if getattr(r.inference, "precision", None) else [])
     converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
-        _ToEmbeddingRecord(self._keep_text, self._emit_tokens)).with_outputs(
+        _ToEmbeddingRecord(config.keep_text, config.emit_tokens)).with_outputs(
             DEAD_LETTER, WINDOW_FAILED, main="embeddings")
     encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
         _failed_batch_to_dead_letters).with_outputs(DEAD_LETTER, WINDOW_FAILED)
     dead_letters = [invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed[DEAD_LETTER]]
     embeddings = converted.embeddings
-    if self._chunk_stride is not None:
+    if config.window_stride is not None:
       window_failures = ((converted[WINDOW_FAILED], encode_failed[WINDOW_FAILED])
                          | "WindowFailures" >> beam.Flatten())
       embeddings, window_dead = (embeddings, window_failures) | "MergeWindows" >> MergeWindows(
-          self._chunk_output, self._normalize)
+          config.chunk_output, config.normalize)
       dead_letters.append(window_dead)
     dead = tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()
     return EmbedResult(embeddings, dead, converted.embeddings, precision_used)

@@ -6,11 +6,14 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from transforms import batching, bisect, pooling
+from pipeline import progress
+from transforms import batching, bisect, mlm, pooling
+from transforms import precision as precision_lib
+from transforms.embed_config import EmbedConfig
+from transforms.names import NAMESPACE
+from transforms.pooling import PoolingSpec
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel, load_encoder
-
-NAMESPACE = "bert_embed"
+from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
 
 
 class EncodeError(NamedTuple):
@@ -24,22 +27,6 @@ class Encoded(NamedTuple):
   sequence_output: Optional[np.ndarray] = None  # float32 [num_tokens, H], with emit_tokens
   mlm: Optional[Any] = None  # transforms.mlm.MlmScore, with MLM scoring
   precision: Optional[str] = None  # the precision the vector was computed in (transforms/precision.py)
-
-
-class MlmSpec(NamedTuple):
-  """MLM scoring settings (see transforms/mlm.py); all small and picklable."""
-  special: dict  # the preprocessor's special token ids
-  whole_word: bool = False
-  continuation: Optional[np.ndarray] = None  # bool [vocab]: True for '##' pieces; needed with whole_word
-  per_token: bool = False
-  max_tokens: int = 8192
-
-
-class PoolingSpec(NamedTuple):
-  pooling: str = "pooled"
-  normalize: bool = False
-  layers: Optional[tuple[int, ...]] = None
-  emit_tokens: bool = False
 
 
 def stack_inputs(batch: Sequence[EncoderInput], length: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -107,24 +94,23 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
   first, so a transient failure (e.g. a device hiccup) does not dead-letter it.
   """
 
-  def __init__(self, encoder_path: str, spec: PoolingSpec, *, min_batch_size: int = 1, max_batch_size: int = 64,
-               embeddings: bool = True, mlm: Optional[MlmSpec] = None,
-               buckets: Optional[batching.BucketSpec] = None, precision: str = "fp32",
+  def __init__(self, encoder_path: str, config: EmbedConfig = EmbedConfig(), *,
                preprocessor_path: Optional[str] = None, **kwargs):
-    """See the class doc. With `buckets`, the input is already batched (transforms.batching.BucketBatches) and
-    each batch is padded to its bucket; `precision` (fp32 | bf16 | fp16 | auto, see transforms/precision.py) is
-    resolved on the worker at load by encoding probe texts packed by `preprocessor_path`."""
-    super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size, **kwargs)
-    if not embeddings and mlm is None:
-      raise ValueError("nothing to compute: embeddings are off and MLM scoring is not on")
-    if precision != "fp32" and preprocessor_path is None:
-      raise ValueError(f"precision {precision} needs preprocessor_path (probe texts are encoded at load)")
+    """See the class doc. `config` says how to pool (its pooling_spec), whether to compute vectors and MLM
+    scores, the batch bounds, the length buckets (with them the input is already batched by
+    transforms.batching.BucketBatches and each batch is padded to its bucket) and the precision, which is
+    resolved on the worker at load by encoding probe texts packed by `preprocessor_path`. `kwargs` go to Beam's
+    ModelHandler."""
+    super().__init__(min_batch_size=config.min_batch_size, max_batch_size=config.batch_size, **kwargs)
+    if config.precision != "fp32" and preprocessor_path is None:
+      raise ValueError(f"precision {config.precision} needs preprocessor_path (probe texts are encoded at load)")
     self._path = encoder_path
-    self._spec = spec
-    self._embeddings = embeddings
-    self._mlm = mlm
-    self._buckets = buckets
-    self._precision = precision
+    self._spec = config.pooling_spec
+    self._embeddings = config.embeddings
+    self._mlm = config.mlm
+    self._buckets = config.bucket_spec
+    self._precision = config.precision
+    self._seq_length = config.seq_length  # the probe texts are packed to it
     self._preprocessor_path = preprocessor_path
 
   def _infer(self, model: LoadedModel, batch: Sequence[EncoderInput]) -> list[Encoded]:
@@ -133,22 +119,17 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
                if self._embeddings else [Encoded(None)] * len(batch))
     if self._mlm is None:
       return encoded
-    from transforms import mlm  # pylint: disable=import-outside-toplevel  (mlm imports this module)
     scores = mlm.score_records(model, batch, self._mlm.special, whole_word=self._mlm.whole_word,
                                continuation=self._mlm.continuation, max_tokens=self._mlm.max_tokens,
                                per_token=self._mlm.per_token)
     return [e._replace(mlm=score) for e, score in zip(encoded, scores)]
 
   def load_model(self) -> LoadedModel:
-    from transforms import precision as precision_lib  # pylint: disable=import-outside-toplevel
     model = load_encoder(self._path)
     probe = None
     if precision_lib.needs_probe(self._precision, model.device):
-      from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
-      seq_length = self._buckets.lengths[-1] if self._buckets else 128
-      probe = precision_lib.probe_inputs(load_preprocessor(self._preprocessor_path).obj, seq_length)
+      probe = precision_lib.probe_inputs(load_preprocessor(self._preprocessor_path).obj, self._seq_length)
     model.precision_runner = precision_lib.resolve(model.obj, model.device, self._precision, probe)
-    from pipeline import progress  # pylint: disable=import-outside-toplevel
     progress.mark("encoder_ready")  # the summary's start-up ends here (pipeline/progress.py)
     return model
 

@@ -40,7 +40,7 @@ from transforms.previous_rows import ReadPreviousEmbeddings
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 from transforms.validate import row_problem
 
-NAMESPACE = "bert_embed"
+from transforms.names import NAMESPACE
 KINDS = ("new", "changed", "unchanged", "deleted")
 DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"

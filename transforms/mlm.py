@@ -19,10 +19,11 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from transforms import mlm_plan
+from transforms.defaults import DEFAULT_MLM_MAX_TOKENS
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel
+from transforms.saved_models import LoadedModel, load_encoder
 
-DEFAULT_MAX_TOKENS = 8192
+DEFAULT_MAX_TOKENS = DEFAULT_MLM_MAX_TOKENS
 DEFAULT_MAX_COPIES = 512
 
 
@@ -175,7 +176,6 @@ def check_has_mlm(encoder) -> None:
     metadata = read_export_metadata(encoder)
     if metadata is not None and not metadata.get("has_mlm", True):
       raise MissingMlmHeadError(_missing_message(where, "was exported without one (has_mlm: false)"))
-    from transforms.saved_models import load_encoder  # pylint: disable=import-outside-toplevel
     encoder = load_encoder(encoder)  # the process-level cache: the launcher has just loaded it
   obj, device = _model_parts(encoder)
   mlm = getattr(obj, "mlm", None)

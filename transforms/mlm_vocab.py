@@ -12,6 +12,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from transforms.saved_models import load_preprocessor
+
 SUFFIX_INDICATOR = "##"
 VOCAB_ASSET = "vocab.txt"  # the name TF Hub BERT preprocessors and `bert-embed export` give it
 
@@ -26,7 +28,6 @@ def load_special_tokens(preprocessor) -> dict[str, int]:
     {vocab_size, start_of_sequence_id, end_of_segment_id, padding_id, mask_id} -> int.
   """
   if isinstance(preprocessor, str):
-    from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
     preprocessor = load_preprocessor(preprocessor).obj  # the process-level cache
   return {k: int(v) for k, v in preprocessor.tokenize.get_special_tokens_dict().items()}
 
@@ -60,11 +61,11 @@ def load_continuation_table(preprocessor_path: str, vocab_size: Optional[int] = 
     ValueError: no vocab asset, or its size disagrees with `vocab_size`.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  assets = preprocessor_path.rstrip("/") + "/assets"
+  assets = tf.io.gfile.join(preprocessor_path, "assets")  # the vocab is read through gfile too (local or gs://)
   names = sorted(tf.io.gfile.listdir(assets)) if tf.io.gfile.isdir(assets) else []
   candidates = [n for n in names if n == VOCAB_ASSET] or [n for n in names if n.endswith(".txt")]
   for name in candidates:
-    tokens = _read_lines(assets + "/" + name)
+    tokens = _read_lines(tf.io.gfile.join(assets, name))
     if vocab_size is None or len(tokens) == vocab_size:
       return continuation_table(tokens)
   expected = f" with {vocab_size} lines" if vocab_size is not None else ""

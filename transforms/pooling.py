@@ -1,11 +1,19 @@
 """Pooling of encoder outputs into one vector per record (numpy, run inside the encoder's ModelHandler)."""
 from __future__ import annotations
 
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
 POOLINGS = ("pooled", "cls", "mean")
+
+
+class PoolingSpec(NamedTuple):
+  """How encode_batch turns one batch of encoder outputs into vectors (see `pool`)."""
+  pooling: str = "pooled"
+  normalize: bool = False
+  layers: Optional[tuple[int, ...]] = None
+  emit_tokens: bool = False  # also keep the token-level sequence_output of real tokens
 
 
 def parse_layers(spec: Optional[str]) -> Optional[tuple[int, ...]]:

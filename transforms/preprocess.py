@@ -2,18 +2,17 @@
 from __future__ import annotations
 
 import time
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.utils import shared
 
 from transforms import bisect, chunking
+from transforms.embed_config import EmbedConfig
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter, EncoderInput, TextRecord
 from transforms.saved_models import load_preprocessor
-
-DEAD_LETTER = "dead_letter"
-NAMESPACE = "bert_embed"
 
 
 def padded_batch_size(n: int) -> int:
@@ -92,10 +91,10 @@ class Tokenizer:
 class _PreprocessBatchFn(beam.DoFn):
   """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered."""
 
-  def __init__(self, preprocessor_path: str, seq_length: int, chunk_stride: Optional[int] = None):
+  def __init__(self, preprocessor_path: str, config: EmbedConfig):
     self._path = preprocessor_path
-    self._seq_length = seq_length
-    self._chunk_stride = chunk_stride  # None: truncate long texts; else split them into windows
+    self._seq_length = config.seq_length
+    self._chunk_stride = config.window_stride  # None: truncate long texts; else split them into windows
     self._shared = shared.Shared()
     self._tokenizer = None
     self._packed = beam.metrics.Metrics.counter(NAMESPACE, "records_preprocessed")
@@ -146,23 +145,22 @@ class _PreprocessBatchFn(beam.DoFn):
 
 
 class Preprocess(beam.PTransform):
-  """PCollection[TextRecord] -> (PCollection[EncoderInput], PCollection[DeadLetter])."""
+  """PCollection[TextRecord] -> (PCollection[EncoderInput], PCollection[DeadLetter]), packed as `config` says
+  (seq_length, preprocess_batch_size, long_text)."""
 
-  def __init__(self, preprocessor_path: str, seq_length: int = 128, batch_size: int = 256,
-               chunk_stride: Optional[int] = None):
+  def __init__(self, preprocessor_path: str, config: EmbedConfig = EmbedConfig()):
     super().__init__()
     self._path = preprocessor_path
-    self._seq_length = seq_length
-    self._batch_size = batch_size
-    self._chunk_stride = chunk_stride
+    self._config = config
 
   def expand(self, records):
+    size = self._config.preprocess_batch_size
     results = (
         records
         # Fixed-size batches (the last of a bundle is smaller). Adaptive sizing would time each batch together with
         # the encoder fused after it, judge large batches slow and shrink them to ~13 texts, where each call's fixed
         # cost (~15 ms) made tokenizing ~15% of the job instead of ~1%.
-        | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=self._batch_size, max_batch_size=self._batch_size)
-        | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._seq_length, self._chunk_stride)).with_outputs(
+        | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
+        | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._config)).with_outputs(
             DEAD_LETTER, main="packed"))
     return results.packed, results[DEAD_LETTER]

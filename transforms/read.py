@@ -15,12 +15,11 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.formats import INPUT_FORMATS, FileStats, ReadOptions, describe_error, read_file
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter
 
 __all__ = ["INPUT_FORMATS", "InputError", "MatchedPath", "ReadResult", "ReadTexts", "match_inputs"]
 
-NAMESPACE = "bert_embed"
-DEAD_LETTERS = "dead_letters"
 BLANK_LINES = "blank_lines"
 FILES_FAILED = "files_failed"
 
@@ -136,7 +135,7 @@ class _ReadFileFn(beam.DoFn):
     for item in read_file(path, self._options, stats):
       if isinstance(item, DeadLetter):
         self._dead_lettered.inc()
-        yield beam.pvalue.TaggedOutput(DEAD_LETTERS, item)
+        yield beam.pvalue.TaggedOutput(DEAD_LETTER, item)
       else:
         self._records.inc()
         yield item
@@ -175,6 +174,6 @@ class ReadTexts(beam.PTransform):
         | "Files" >> beam.Create(files)
         | "SpreadFiles" >> beam.Reshuffle()
         | "ReadFiles" >> beam.ParDo(_ReadFileFn(self._options)).with_outputs(
-            DEAD_LETTERS, BLANK_LINES, FILES_FAILED, main="records"))
-    return ReadResult(records=read.records, dead_letters=read[DEAD_LETTERS],
+            DEAD_LETTER, BLANK_LINES, FILES_FAILED, main="records"))
+    return ReadResult(records=read.records, dead_letters=read[DEAD_LETTER],
                       blank_lines=read[BLANK_LINES], files_failed=read[FILES_FAILED])

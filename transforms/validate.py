@@ -18,13 +18,12 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from transforms.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
+from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
+from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import DeadLetter, EmbeddingRecord
 
-METRICS_NAMESPACE = "bert_embed"
-
-# Output tags of ValidateEmbeddings.
+# The main output tag of ValidateEmbeddings (dead letters go to DEAD_LETTER_TAG).
 VALID_TAG = "valid"
-DEAD_LETTER_TAG = "dead_letters"
 
 # Switches whose columns are checked only when written (see the module docstring).
 _CHECKED_ONLY_WHEN_WRITTEN = frozenset({"embeddings"})

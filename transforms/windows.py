@@ -9,11 +9,10 @@ import apache_beam as beam
 import numpy as np
 
 from transforms import chunking
+from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter, EmbeddingRecord
 
-NAMESPACE = "bert_embed"
 WINDOW_FAILED = "window_failed"
-DEAD = "dead"
 
 
 def _is_split(rec: EmbeddingRecord) -> bool:
@@ -38,7 +37,7 @@ def _merge(element, output: str, normalize: bool):
   rows = sorted(group["rows"], key=lambda r: r.chunk_index)
   if failed:
     first = failed[0]
-    yield beam.pvalue.TaggedOutput(DEAD, first._replace(
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER, first._replace(
         id=parent_id, reason=f"window {first.id} of {parent_id}: {first.reason}"))
     return
   if output == "rows":
@@ -73,5 +72,5 @@ class MergeWindows(beam.PTransform):
     merged = ({"rows": windows | "KeyWindows" >> beam.Map(lambda r: (r.parent_id, r)),
                "failed": window_failures}
               | "GroupWindows" >> beam.CoGroupByKey()
-              | "Merge" >> beam.FlatMap(_merge, self._output, self._normalize).with_outputs(DEAD, main="rows"))
-    return (whole, merged.rows) | "AllRows" >> beam.Flatten(), merged[DEAD]
+              | "Merge" >> beam.FlatMap(_merge, self._output, self._normalize).with_outputs(DEAD_LETTER, main="rows"))
+    return (whole, merged.rows) | "AllRows" >> beam.Flatten(), merged[DEAD_LETTER]
