@@ -22,8 +22,8 @@ from transforms import columns as columns_lib
 from transforms import sinks
 from transforms.columns import OutputColumns
 from transforms.output_files import OUTPUT_FORMATS, check_output_prefix
-from transforms.records import DeadLetter, EmbeddingRecord
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
+from transforms.records import DeadLetter, EmbeddingRecord
 from transforms.validate import unwritable
 
 # Rows are grouped into batches of about this many bytes; each Parquet batch becomes a row group.
