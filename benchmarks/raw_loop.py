@@ -5,7 +5,7 @@ packed records with the project's own `encode_batch` in several variants, interl
 variant sees the same machine load:
 
   fixed128-fp32 / fixed128-bf16   batches of 32 padded to 128 (the classic setting), on a subset
-  bucketed-fp32 / bucketed-bf16   transforms/batching.py buckets and token budget, on the subset and on all texts
+  bucketed-fp32 / bucketed-bf16   runtime/buckets.py buckets and token budget, on the subset and on all texts
 
 Prints one JSON object (rates, cosine of bf16 vs fp32, max |difference| of bucketed vs fixed-128 fp32 vectors).
 """
@@ -32,6 +32,8 @@ def main() -> None:
   parser.add_argument("--vectors", default=None, help="save bucketed fp32 / bf16 pooled vectors here (.npz)")
   args = parser.parse_args()
 
+  from runtime import buckets  # pylint: disable=import-outside-toplevel
+
   from transforms import batching, precision  # pylint: disable=import-outside-toplevel
   from transforms.encode import PoolingSpec, encode_batch  # pylint: disable=import-outside-toplevel
   from transforms.preprocess import Tokenizer  # pylint: disable=import-outside-toplevel
@@ -55,8 +57,8 @@ def main() -> None:
   runners = {"fp32": precision.resolve(model.obj, model.device, "fp32", probe),
              "bf16": precision.resolve(model.obj, model.device, "bf16", probe)}
   spec = PoolingSpec("pooled")
-  fixed = batching.make_spec(args.seq_length, (args.seq_length,), 32 * args.seq_length, 32)
-  bucketed = batching.make_spec(args.seq_length, None, args.max_batch_tokens, args.batch_size)
+  fixed = buckets.make_spec(args.seq_length, (args.seq_length,), 32 * args.seq_length, 32)
+  bucketed = buckets.make_spec(args.seq_length, None, args.max_batch_tokens, args.batch_size)
   subset = packed[:args.subset]
   variants = {
       "fixed128-fp32": (fixed, "fp32", subset),
@@ -67,13 +69,13 @@ def main() -> None:
       "bucketed-bf16": (bucketed, "bf16", packed),
   }
   plans = {}
-  for name, (buckets, prec, elements) in variants.items():
-    batches = batching.bucket_batches(elements, buckets)
+  for name, (spec_b, prec, elements) in variants.items():
+    batches = batching.bucket_batches(elements, spec_b)
     # Warm up every shape once (oneDNN primitives, grappler) outside the timed rounds.
-    for length in sorted({buckets.bucket(max(e.num_tokens for e in b)) for b in batches}):
-      sample = next(b for b in batches if buckets.bucket(max(e.num_tokens for e in b)) == length)
-      encode_batch(model, sample, spec, buckets, runners[prec])
-    plans[name] = {"batches": batches, "buckets": buckets, "precision": prec, "seconds": 0.0, "cpu": 0.0,
+    for length in sorted({spec_b.bucket(max(e.num_tokens for e in b)) for b in batches}):
+      sample = next(b for b in batches if spec_b.bucket(max(e.num_tokens for e in b)) == length)
+      encode_batch(model, sample, spec, spec_b, runners[prec])
+    plans[name] = {"batches": batches, "buckets": spec_b, "precision": prec, "seconds": 0.0, "cpu": 0.0,
                    "results": {}, "precisions": set()}
   for r in range(args.rounds):
     for name, plan in plans.items():

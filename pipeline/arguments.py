@@ -244,8 +244,8 @@ def chunk_stride(o) -> int:
 def _check_buckets(value: Optional[str]) -> None:
   if value is None or str(value).strip().lower() in ("", "none", DEFAULT_BUCKET_SPEC):
     return
-  from transforms import batching  # pylint: disable=import-outside-toplevel  (imports Beam, not TensorFlow)
+  from runtime import buckets  # pylint: disable=import-outside-toplevel
   try:
-    batching.parse_bucket_lengths(value)
+    buckets.parse_bucket_lengths(value)
   except ValueError as e:
     raise UsageError(f"--bucket-lengths: {e}") from None

@@ -12,7 +12,8 @@ from pipeline import arguments
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
-from transforms import batching, mlm, mlm_vocab
+from runtime import buckets
+from transforms import mlm, mlm_vocab
 from transforms import pooling as pooling_lib
 from transforms.columns import OutputColumns
 from transforms.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
@@ -55,8 +56,8 @@ class JobConfig:
   on_duplicate_id: str = DEFAULT_DUPLICATE_ID_POLICY
   previous: Optional[previous_lib.PreviousOutput] = None  # --previous, resolved (see pipeline/previous.py)
   drift_sample: int = DEFAULT_DRIFT_SAMPLE
-  bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
-  max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS
+  bucket_lengths: Optional[tuple[int, ...]] = buckets.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
+  max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
 
   @property
   def output_columns(self) -> OutputColumns:
@@ -124,7 +125,7 @@ def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
   if value is None or str(value).strip().lower() in ("", "none"):
     return None
   try:
-    return batching.parse_bucket_lengths(value)
+    return buckets.parse_bucket_lengths(value)
   except ValueError as e:
     raise UsageError(f"--bucket-lengths: {e}") from None
 

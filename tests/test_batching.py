@@ -9,6 +9,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.transforms import window
 
+from runtime import buckets
+
 from transforms import batching
 from transforms.embed import EmbedTexts
 from transforms.embed_config import EmbedConfig
@@ -24,31 +26,31 @@ def _element(i: int, num_tokens: int, seq_length: int = 128) -> EncoderInput:
 
 
 def test_bucket_lengths_are_capped_at_seq_length_which_is_always_the_last():
-  assert batching.make_spec(128).lengths == batching.DEFAULT_BUCKET_LENGTHS
-  assert batching.DEFAULT_BUCKET_LENGTHS[-1] == 128
-  assert batching.make_spec(64).lengths == tuple(range(2, 65))
-  assert batching.make_spec(50).lengths == tuple(range(2, 51))
-  assert batching.make_spec(256).lengths == batching.DEFAULT_BUCKET_LENGTHS + (256,)
-  assert batching.make_spec(12).lengths == tuple(range(2, 13))
-  assert batching.make_spec(128, "8-32/8,100").lengths == (8, 16, 24, 32, 100, 128)
-  assert batching.make_spec(128, "128").lengths == (128,)
-  assert batching.make_spec(128, (64, 8, 64)).lengths == (8, 64, 128)
+  assert buckets.make_spec(128).lengths == buckets.DEFAULT_BUCKET_LENGTHS
+  assert buckets.DEFAULT_BUCKET_LENGTHS[-1] == 128
+  assert buckets.make_spec(64).lengths == tuple(range(2, 65))
+  assert buckets.make_spec(50).lengths == tuple(range(2, 51))
+  assert buckets.make_spec(256).lengths == buckets.DEFAULT_BUCKET_LENGTHS + (256,)
+  assert buckets.make_spec(12).lengths == tuple(range(2, 13))
+  assert buckets.make_spec(128, "8-32/8,100").lengths == (8, 16, 24, 32, 100, 128)
+  assert buckets.make_spec(128, "128").lengths == (128,)
+  assert buckets.make_spec(128, (64, 8, 64)).lengths == (8, 64, 128)
 
 
 def test_bucket_length_ranges():
-  assert batching.parse_bucket_lengths("2-64,72-128/8") == batching.DEFAULT_BUCKET_LENGTHS
-  assert batching.DEFAULT_BUCKET_LENGTHS == tuple(range(2, 65)) + (72, 80, 88, 96, 104, 112, 120, 128)
-  assert batching.parse_bucket_lengths("16, 4-6, 10-20/5") == (4, 5, 6, 10, 15, 16, 20)
+  assert buckets.parse_bucket_lengths("2-64,72-128/8") == buckets.DEFAULT_BUCKET_LENGTHS
+  assert buckets.DEFAULT_BUCKET_LENGTHS == tuple(range(2, 65)) + (72, 80, 88, 96, 104, 112, 120, 128)
+  assert buckets.parse_bucket_lengths("16, 4-6, 10-20/5") == (4, 5, 6, 10, 15, 16, 20)
 
 
 @pytest.mark.parametrize("bad", ["", "a,b", "0,16", "-4", " , ", "8-4", "3/2", "2-10/0", "2-x"])
 def test_bad_bucket_lengths_are_rejected(bad):
   with pytest.raises(ValueError):
-    batching.parse_bucket_lengths(bad)
+    buckets.parse_bucket_lengths(bad)
 
 
 def test_a_record_goes_to_the_smallest_bucket_that_holds_it():
-  spec = batching.make_spec(128, "16,32,64,96")
+  spec = buckets.make_spec(128, "16,32,64,96")
   assert [spec.bucket(n) for n in (1, 3, 16, 17, 32, 33, 64, 65, 96, 97, 128)] == [
       16, 16, 16, 32, 32, 64, 64, 96, 96, 128, 128]
   with pytest.raises(ValueError):
@@ -56,9 +58,9 @@ def test_a_record_goes_to_the_smallest_bucket_that_holds_it():
 
 
 def test_rows_per_batch_come_from_the_token_budget_and_the_row_cap():
-  spec = batching.make_spec(128, "16,32,64,96", max_batch_tokens=4096, max_batch_size=64)
+  spec = buckets.make_spec(128, "16,32,64,96", max_batch_tokens=4096, max_batch_size=64)
   assert [spec.rows(b) for b in spec.lengths] == [64, 64, 64, 42, 32]
-  assert batching.make_spec(128, max_batch_tokens=100, max_batch_size=64).rows(128) == 1  # never 0
+  assert buckets.make_spec(128, max_batch_tokens=100, max_batch_size=64).rows(128) == 1  # never 0
 
 
 def _check_budget(batches, spec, budget, cap):
@@ -70,7 +72,7 @@ def _check_budget(batches, spec, budget, cap):
 def test_batches_stay_within_the_token_budget_and_hold_every_record_once():
   rng = np.random.default_rng(0)
   lengths = rng.integers(3, 129, 1000)
-  spec = batching.make_spec(128, max_batch_tokens=2048, max_batch_size=100)
+  spec = buckets.make_spec(128, max_batch_tokens=2048, max_batch_size=100)
   batches = batching.bucket_batches([_element(i, int(n)) for i, n in enumerate(lengths)], spec)
   seen = [e.record.id for b in batches for e in b]
   assert sorted(seen) == sorted(str(i) for i in range(len(lengths)))
@@ -91,9 +93,9 @@ def _segmentations(n: int):
 @pytest.mark.parametrize("seed", range(6))
 def test_leftovers_are_cut_at_the_cheapest_points_a_brute_force_finds(seed):
   rng = np.random.default_rng(seed)
-  spec = batching.make_spec(64, max_batch_tokens=96, max_batch_size=5)
+  spec = buckets.make_spec(64, max_batch_tokens=96, max_batch_size=5)
   elements = [_element(i, int(n), 64) for i, n in enumerate(rng.integers(3, 65, 11))]
-  packed = batching.pack_sorted(elements, spec, overhead_tokens=20)
+  packed = buckets.pack_sorted(elements, spec, overhead_tokens=20)
   batches = [b for _, b in packed]
   assert [e.num_tokens for b in batches for e in b] == sorted(e.num_tokens for e in elements)
   _check_budget(batches, spec, 96, 5)
@@ -107,7 +109,7 @@ def test_leftovers_are_cut_at_the_cheapest_points_a_brute_force_finds(seed):
 
 
 def test_bucket_batches_in_beam_keep_windows_apart():
-  spec = batching.make_spec(64, max_batch_tokens=64, max_batch_size=8)
+  spec = buckets.make_spec(64, max_batch_tokens=64, max_batch_size=8)
 
   def check(batches):
     assert sorted(int(e.record.id) for b in batches for e in b) == list(range(40))

@@ -9,7 +9,7 @@ DEFAULT_SEQ_LENGTH = 128
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_PREPROCESS_BATCH_SIZE = 256
 
-# transforms/batching.py: the padded lengths encoder batches are bucketed into, and the padded tokens per batch.
+# runtime/buckets.py: the padded lengths encoder batches are bucketed into, and the padded tokens per batch.
 DEFAULT_BUCKET_SPEC = "2-64,72-128/8"
 DEFAULT_MAX_BATCH_TOKENS = 4096
 

@@ -12,7 +12,9 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from transforms import batching, chunking, defaults
+from runtime import buckets
+
+from transforms import chunking, defaults
 from transforms.pooling import POOLINGS, PoolingSpec
 
 
@@ -43,7 +45,7 @@ class EmbedConfig:
     precision: fp32 | bf16 | fp16 | auto, resolved on each worker (transforms/precision.py).
     batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: texts tokenized per call.
     bucket_lengths / max_batch_tokens: length buckets (capped at seq_length) and the padded-token budget of an
-      encoder batch (transforms/batching.py); bucket_lengths=None batches with RunInference's BatchElements and
+      encoder batch (runtime/buckets.py); bucket_lengths=None batches with RunInference's BatchElements and
       pads each batch to its longest record instead. batch_size still caps the records of a batch.
   """
   pooling: str = "pooled"
@@ -61,8 +63,8 @@ class EmbedConfig:
   batch_size: int = defaults.DEFAULT_BATCH_SIZE
   min_batch_size: int = 1
   preprocess_batch_size: int = defaults.DEFAULT_PREPROCESS_BATCH_SIZE
-  bucket_lengths: Optional[tuple[int, ...]] = batching.DEFAULT_BUCKET_LENGTHS
-  max_batch_tokens: int = batching.DEFAULT_MAX_BATCH_TOKENS
+  bucket_lengths: Optional[tuple[int, ...]] = buckets.DEFAULT_BUCKET_LENGTHS
+  max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
 
   def __post_init__(self):
     object.__setattr__(self, "layers", tuple(self.layers) if self.layers else None)
@@ -93,8 +95,8 @@ class EmbedConfig:
     return PoolingSpec(self.pooling, self.normalize and not self.merges_windows, self.layers, self.emit_tokens)
 
   @property
-  def bucket_spec(self) -> Optional[batching.BucketSpec]:
+  def bucket_spec(self) -> Optional[buckets.BucketSpec]:
     """The encoder batches' length buckets, or None (RunInference's own batching)."""
     if self.bucket_lengths is None:
       return None
-    return batching.make_spec(self.seq_length, self.bucket_lengths, self.max_batch_tokens, self.batch_size)
+    return buckets.make_spec(self.seq_length, self.bucket_lengths, self.max_batch_tokens, self.batch_size)

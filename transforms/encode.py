@@ -7,7 +7,8 @@ import numpy as np
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline import progress
-from transforms import batching, bisect, mlm, pooling
+from runtime import buckets
+from transforms import bisect, mlm, pooling
 from transforms import precision as precision_lib
 from transforms.embed_config import EmbedConfig
 from transforms.names import NAMESPACE
@@ -41,14 +42,14 @@ def stack_inputs(batch: Sequence[EncoderInput], length: Optional[int] = None) ->
 
 
 def encode_batch(model: LoadedModel, batch: Sequence[EncoderInput], spec: PoolingSpec,
-                 buckets: Optional[batching.BucketSpec] = None, runner=None) -> list[Encoded]:
+                 buckets: Optional[buckets.BucketSpec] = None, runner=None) -> list[Encoded]:
   """Runs the encoder on one batch and pools it. Raises on failure (callers bisect).
 
   With `buckets` the batch is padded to its bucket's length; with `runner` (a transforms.precision.PrecisionRunner)
   the encoder runs in the worker's resolved precision.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  inputs = stack_inputs(batch, batching.padded_length(buckets, max(e.num_tokens for e in batch)))
+  inputs = stack_inputs(batch, buckets.padded_length(buckets, max(e.num_tokens for e in batch)))
 
   def fetch(outputs) -> dict:
     needed = {}
