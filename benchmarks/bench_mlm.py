@@ -103,7 +103,7 @@ def main() -> None:
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from transforms import mlm, mlm_vocab  # pylint: disable=import-outside-toplevel
-  from transforms.preprocess import Tokenizer  # pylint: disable=import-outside-toplevel
+  from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
   from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
   tf.config.threading.set_inter_op_parallelism_threads(1)

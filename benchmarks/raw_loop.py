@@ -33,10 +33,10 @@ def main() -> None:
   args = parser.parse_args()
 
   from runtime import buckets  # pylint: disable=import-outside-toplevel
-
+  from runtime.encoding import encode_batch  # pylint: disable=import-outside-toplevel
+  from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from transforms import batching, precision  # pylint: disable=import-outside-toplevel
-  from transforms.encode import PoolingSpec, encode_batch  # pylint: disable=import-outside-toplevel
-  from transforms.preprocess import Tokenizer  # pylint: disable=import-outside-toplevel
+  from transforms.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
   from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
   from transforms.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
 

@@ -8,11 +8,11 @@ import numpy as np
 
 from pipeline import models
 from pipeline.config import resolve_pooling
+from runtime.encoding import encode_batch
+from runtime.tokenizer import Tokenizer
 from transforms import pooling as pooling_lib
 from transforms.embed_config import EmbedConfig
-from transforms.encode import encode_batch
 from transforms.formats import _Rejected, text_value
-from transforms.preprocess import Tokenizer
 from transforms.records import TextRecord
 from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
 

@@ -23,7 +23,8 @@ from pipeline.manifest import delete_previous_outputs
 from pipeline.run import run
 from transforms import encode
 from transforms.embed_config import EmbedConfig
-from transforms.encode import BertEncoderModelHandler, EncodeError, Encoded
+from runtime.encoding import Encoded
+from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import LoadedModel
 

@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 from hypothesis import strategies as st
 
+from runtime.tokenizer import Tokenizer
 from transforms import mlm, mlm_plan, mlm_vocab
 from transforms.embed_config import EmbedConfig, MlmSpec
 from transforms.encode import BertEncoderModelHandler, EncodeError
-from transforms.preprocess import Tokenizer
 from transforms.records import EncoderInput, TextRecord
 from transforms.saved_models import load_saved_model
 

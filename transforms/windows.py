@@ -9,8 +9,8 @@ import apache_beam as beam
 import numpy as np
 
 from transforms import chunking
-from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.records import DeadLetter, EmbeddingRecord
+from transforms.names import DEAD_LETTER
+from transforms.records import EmbeddingRecord
 
 WINDOW_FAILED = "window_failed"
 
