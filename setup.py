@@ -25,7 +25,7 @@ setup(
     version="0.1.0",
     description="Apache Beam pipeline that embeds large text corpora with TF Hub BERT SavedModels",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["modeling", "modeling.*", "transforms", "transforms.*",
+    packages=find_packages(include=["modeling", "modeling.*", "formats", "formats.*", "transforms", "transforms.*",
                                     "pipeline", "pipeline.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},

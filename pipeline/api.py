@@ -10,7 +10,7 @@ from pipeline import models
 from pipeline.config import resolve_pooling
 from transforms import pooling as pooling_lib
 from transforms.encode import PoolingSpec, encode_batch
-from transforms.formats import _Rejected, text_value
+from formats.inputs import _Rejected, text_value
 from transforms.preprocess import Tokenizer
 from transforms.records import TextRecord
 from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor

@@ -21,7 +21,7 @@ import json
 import struct
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Union
 
-from transforms.compression import open_input
+from formats.compression import open_input
 from transforms.records import SNIPPET_CHARS, DeadLetter, TextRecord
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
