@@ -10,7 +10,7 @@ from pipeline import models
 from pipeline.config import resolve_pooling
 from transforms import pooling as pooling_lib
 from transforms.encode import PoolingSpec, encode_batch
-from formats.inputs import _Rejected, text_value
+from formats.fields import Rejected, text_value
 from transforms.preprocess import Tokenizer
 from transforms.records import TextRecord
 from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
@@ -48,7 +48,7 @@ def _checked_texts(values, what: str) -> list[str]:
       raise TypeError(f"{what}[{i}] must be a string, not {type(value).__name__}")
     try:
       out.append(text_value(value, f"{what}[{i}]"))
-    except _Rejected as e:
+    except Rejected as e:
       raise ValueError(f"{what}[{i}]: {e.reason}") from None
   return out
 
