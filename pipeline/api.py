@@ -6,13 +6,13 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from formats.fields import Rejected, text_value
 from pipeline import models
 from pipeline.config import resolve_pooling
 from runtime.encoding import encode_batch
 from runtime.tokenizer import Tokenizer
 from transforms import pooling as pooling_lib
 from transforms.embed_config import EmbedConfig
-from transforms.formats import _Rejected, text_value
 from transforms.records import TextRecord
 from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
 
@@ -49,7 +49,7 @@ def _checked_texts(values, what: str) -> list[str]:
       raise TypeError(f"{what}[{i}] must be a string, not {type(value).__name__}")
     try:
       out.append(text_value(value, f"{what}[{i}]"))
-    except _Rejected as e:
+    except Rejected as e:
       raise ValueError(f"{what}[{i}]: {e.reason}") from None
   return out
 

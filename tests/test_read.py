@@ -20,7 +20,8 @@ from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from transforms.formats import FileStats, ReadOptions, cut_utf8, read_file
+from formats.fields import FileStats, ReadOptions, cut_utf8
+from formats.inputs import read_file
 from transforms.read import INPUT_FORMATS, InputError, ReadTexts, match_inputs
 from transforms.records import DeadLetter, TextRecord
 
@@ -385,12 +386,12 @@ def test_text_a_lone_cr_ends_a_line_and_crlf_is_one_line_end(tmp_path, name):
 
 
 def test_text_line_ends_split_across_read_chunks(tmp_path, monkeypatch):
-  import transforms.formats as formats  # pylint: disable=import-outside-toplevel
+  import formats.lines as line_formats  # pylint: disable=import-outside-toplevel
   data = b"ab\r\ncd\r\r\nef\n\n\rgh\r" + b"x" * 40 + b"\r\n\r\nlast"
   expected = [line.decode() for line in data.splitlines()]  # bytes split at \n, \r\n and \r only
   path = write(tmp_path, "chunks.txt", data)
   for size in (1, 2, 3, 5, 7):
-    monkeypatch.setattr(formats, "_READ_CHUNK_BYTES", size)
+    monkeypatch.setattr(line_formats, "_READ_CHUNK_BYTES", size)
     records, _, stats = read(path)
     assert [(r.position, r.text) for r in records] == [(i, t) for i, t in enumerate(expected, 1) if t], size
     assert stats.blank_lines == expected.count("")

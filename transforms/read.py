@@ -3,7 +3,7 @@
 Patterns are matched when the pipeline is built, so that a pattern matching
 nothing stops the run before the job starts. The matched files are spread over
 the workers (Create + Reshuffle) and each file is streamed whole by one DoFn,
-with the pure-Python readers of transforms.formats.
+with the pure-Python readers of the formats package.
 """
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.formats import INPUT_FORMATS, FileStats, ReadOptions, describe_error, read_file
+from formats.fields import FileStats, ReadOptions, describe_error
+from formats.inputs import INPUT_FORMATS, read_file
 from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter
 
@@ -147,7 +148,7 @@ class _ReadFileFn(beam.DoFn):
 
 
 class ReadTexts(beam.PTransform):
-  """Reads text records from files in one of INPUT_FORMATS (see transforms.formats for the rules).
+  """Reads text records from files in one of INPUT_FORMATS (see the formats package for the rules).
 
   Args:
     patterns: file patterns (globs; local or gs://), or paths match_inputs returned (read as they are);

@@ -1,0 +1,74 @@
+"""Per-file readers for the input formats: pure Python, streaming, one whole file at a time.
+
+read_file() turns one file into TextRecords and DeadLetters, in file order, and
+notes blank lines and failures in a FileStats. Nothing here needs a pipeline,
+so the parsing rules can be tested directly.
+
+Positions: 1-based line numbers for text, jsonl and csv (a CSV row's first
+line); 0-based record indexes for parquet and tfrecord. Text and CSV lines end
+at \\n, \\r\\n or a lone \\r (universal newlines); jsonl lines at \\n or \\r\\n, as
+a lone \\r is JSON whitespace. A dead letter whose id could not be read is
+named `<path>:<position>`.
+"""
+from __future__ import annotations
+
+import io
+from typing import Iterator, Optional
+
+from formats.compression import open_input
+from formats.csv_rows import read_csv
+from formats.fields import FileStats, Item, ReadOptions, describe_error, fields_to_item, wanted_fields
+from formats.lines import read_jsonl, read_text
+from formats.tfrecord_input import read_tfrecord
+from transforms.records import DeadLetter
+
+INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
+
+PARQUET_BATCH_ROWS = 1024
+
+
+def read_parquet(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: FileStats) -> Iterator[Item]:
+  """One record per row, read a batch at a time, only the needed columns."""
+  import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  parquet = pq.ParquetFile(stream)
+  present = set(parquet.schema_arrow.names)
+  columns = [name for name in wanted_fields(options) if name in present]
+  index = 0
+  for batch in parquet.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+    values = [batch.column(i).to_pylist() for i in range(len(columns))]
+    for row in range(batch.num_rows):
+      fields = {name: values[c][row] for c, name in enumerate(columns)}
+      yield fields_to_item(fields, path, index, options, lambda f=fields: f.get(options.text_field))
+      index += 1
+      stats.resume_at = index
+
+
+# --- Any format ---------------------------------------------------------------------------------
+
+_READERS = {
+    "text": read_text,
+    "jsonl": read_jsonl,
+    "csv": read_csv,
+    "parquet": read_parquet,
+    "tfrecord": read_tfrecord,
+}
+assert tuple(_READERS) == INPUT_FORMATS
+
+
+def read_file(path: str, options: ReadOptions, stats: Optional[FileStats] = None) -> Iterator[Item]:
+  """Streams one file's TextRecords and DeadLetters; never raises for bad input.
+
+  A file that cannot be opened, or breaks before its first line or record,
+  yields one "read" dead letter named `path`; one that breaks later keeps what
+  came before and yields one "read" dead letter named `<path>:<next position>`.
+  Either way stats.failed is set.
+  """
+  stats = FileStats() if stats is None else stats
+  reader = _READERS[options.input_format]
+  try:
+    with open_input(path) as stream:
+      yield from reader(stream, path, options, stats)
+  except Exception as error:  # pylint: disable=broad-except
+    stats.failed = True
+    where = path if stats.resume_at is None else f"{path}:{stats.resume_at}"
+    yield DeadLetter.make(where, path, "read", describe_error(error))
