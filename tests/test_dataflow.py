@@ -15,7 +15,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import GoogleCloudOptions
+from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions, WorkerOptions
+from apache_beam.portability.api import beam_runner_api_pb2
 
 from pipeline import cli
 from pipeline import default_model
@@ -218,11 +219,22 @@ def test_the_dataflow_job_builds_offline_from_template_parameters_and_the_launch
             "model": gcs_tiny_model, "previous": f"latest:{gcs}/dry/emb", "seq_length": "32", "keep_text": "true",
             "format": "parquet", "num_shards": "2"}
   assert set(params) <= _template_parameters()
-  outcome = run([f"--{k}={v}" for k, v in params.items()] + DRY_RUN + ["--temp_location", f"{gcs_valid_bucket}/tmp",
-                                                                    "--quiet"])
+  gpu = ["--sdk_container_image", "europe-west4-docker.pkg.dev/p/bert-embed/bert-embed-gpu:latest",  # README's
+         "--experiments=use_runner_v2", "--experiments=no_use_multiple_sdk_containers",  # GPU command
+         "--dataflow_service_options=worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver",
+         "--machine_type", "n1-standard-8", "--disk_size_gb", "100", "--precision=fp16"]
+  outcome = run([f"--{k}={v}" for k, v in params.items()] + DRY_RUN + gpu
+                + ["--temp_location", f"{gcs_valid_bucket}/tmp", "--quiet"])
   job = outcome.result.job
   assert job.proto.name and job.proto.type_.name == "JOB_TYPE_BATCH"
   assert job.options.view_as(GoogleCloudOptions).temp_location.startswith(f"{gcs_valid_bucket}/tmp/")
+  assert {"use_runner_v2", "no_use_multiple_sdk_containers"} <= set(job.options.view_as(DebugOptions).experiments)
+  assert job.options.view_as(WorkerOptions).machine_type == "n1-standard-8"
+  assert job.options.view_as(GoogleCloudOptions).dataflow_service_options == [
+      "worker_accelerator=type:nvidia-tesla-t4;count:1;install-nvidia-driver"]
+  images = [beam_runner_api_pb2.DockerPayload.FromString(env.payload).container_image
+            for env in job.proto_pipeline.components.environments.values()]
+  assert images and set(images) == {"europe-west4-docker.pkg.dev/p/bert-embed/bert-embed-gpu:latest"}
   labels = {t.unique_name for t in outcome.result.job.proto_pipeline.components.transforms.values()}
   for label in ("DeletePreviousOutputs", "AfterDeletion", "WriteEmbeddings", "WriteDeadLetters", "WriteManifest",
                 "UpdateLatest", "ReadTexts", "EmbedTexts"):
