@@ -59,8 +59,9 @@ def check_paths(o, runner, temp_location: Optional[str]) -> None:
   name = runner_name(runner)
   if needs_staging(o) and (not temp_location or is_local_path(temp_location)):
     given = f" (got {temp_location})" if temp_location else ""
-    model = o.model or next(v for v in (o.preprocessor, o.encoder) if (v or "").startswith("hf:"))
-    raise UsageError(f"on the {name}, --model {model} is staged under --temp_location for the workers: give a gs:// "
+    flag, value = next((f, v) for f, v in (("--model", o.model), ("--preprocessor", o.preprocessor),
+                                            ("--encoder", o.encoder)) if v == "default" or (v or "").startswith("hf:"))
+    raise UsageError(f"on the {name}, {flag} {value} is staged under --temp_location for the workers: give a gs:// "
                      f"(or other remote filesystem) --temp_location{given}")
   for pattern in split_patterns(o.input):
     if is_local_path(pattern):
@@ -119,7 +120,8 @@ def stage_model(spec, fingerprint: str, temp_location: Optional[str], runner, so
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
   from pipeline.models import ModelSpec  # pylint: disable=import-outside-toplevel
   root = staging_root(temp_location, fingerprint, runner)
-  staged = ModelSpec(FileSystems.join(root, "preprocessor"), FileSystems.join(root, "encoder"), spec.name, staged_from=source)
+  staged = ModelSpec(FileSystems.join(root, "preprocessor"), FileSystems.join(root, "encoder"), spec.name,
+                     staged_from=source)
   marker = FileSystems.join(root, STAGED_MARKER)
   if FileSystems.exists(marker):
     _LOG.info("model %s already staged at %s", spec.name, root)

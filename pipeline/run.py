@@ -192,9 +192,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
 
   Everything that can fail before the job (arguments, output, inputs, models, the graph's construction) is checked
-  at launch; raises UsageError. An earlier output at the prefix is deleted by the job itself, as its first step. `started_at` (time.time()) is where the
-  summary's wall time starts: command-line entry points pass their process's start, so the imports count; by
-  default, this call.
+  at launch; raises UsageError. An earlier output at the prefix is deleted by the job itself, as its first step.
+  `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
+  process's start, so the imports count; by default, this call.
   """
   start = time.time() if started_at is None else started_at
   argv = arguments.join_negative_values(argv if argv is not None else sys.argv[1:])
