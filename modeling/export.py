@@ -164,11 +164,17 @@ def read_export_metadata(saved_model_dir: str) -> Optional[dict]:
     Hub model).
   """
   saved_model_dir = saved_model_dir.rstrip("/") or saved_model_dir
-  for candidate in (
-      _join(_join(saved_model_dir, "assets"), METADATA_FILENAME),
-      _join(_join(_join(saved_model_dir, ENCODER_SUBDIR), "assets"),
-            METADATA_FILENAME)):
-    if tf.io.gfile.exists(candidate):
-      with tf.io.gfile.GFile(candidate, "r") as f:
-        return json.load(f)
+  # Beam's FileSystems, not tf.io.gfile: a job reads this on the launcher for
+  # any Beam filesystem (gs://, s3://, ...), and FileSystems honours what
+  # configures them (e.g. a GCS emulator's STORAGE_EMULATOR_HOST).
+  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystem import CompressionTypes
+  from apache_beam.io.filesystems import FileSystems
+  for parts in (("assets", METADATA_FILENAME),
+                (ENCODER_SUBDIR, "assets", METADATA_FILENAME)):
+    candidate = FileSystems.join(saved_model_dir, *parts)
+    if FileSystems.exists(candidate):
+      with FileSystems.open(
+          candidate, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+        return json.loads(f.read().decode("utf-8"))
   return None

@@ -6,11 +6,12 @@ import os
 import tempfile
 from typing import Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline import arguments
 from pipeline import models
 from pipeline import previous as previous_lib
+from pipeline import remote
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from runtime import buckets
 from transforms import mlm, mlm_vocab
@@ -165,11 +166,14 @@ def max_positions(encoder: str) -> Optional[int]:
 def resolve(options: PipelineOptions) -> JobConfig:
   """Validates the options, the output, the inputs and the models; raises UsageError on any problem.
 
-  Cheap checks come first; nothing is written or deleted (pipeline/run.py deletes an earlier output only after
-  this and the graph's construction succeeded).
+  Cheap checks come first; nothing is deleted (the job deletes an earlier output as its first step). On a remote
+  runner, local paths are refused and a model on this machine (--model default, hf:) is staged under
+  --temp_location (pipeline/remote.py): the only thing written at launch.
   """
   o = options.view_as(BertEmbedOptions)
   arguments.check_values(o)
+  runner = options.view_as(StandardOptions).runner
+  remote.check_paths(o, runner, options.view_as(GoogleCloudOptions).temp_location)
   check_output(o.output)
   patterns = split_patterns(o.input)
   try:
@@ -195,6 +199,9 @@ def resolve(options: PipelineOptions) -> JobConfig:
     pooling_lib.check_layers(layers, info.num_layers)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if remote.is_remote_runner(runner) and remote.is_local_path(spec.encoder):  # --model default or hf:
+    spec = remote.stage_model(spec, info.fingerprint, options.view_as(GoogleCloudOptions).temp_location, runner,
+                              source=o.model or f"{o.preprocessor} {o.encoder}")
   return JobConfig(
       inputs=tuple(inputs), input_patterns=tuple(patterns), input_format=o.input_format, id_field=o.id_field,
       text_field=o.text_field, text_pair_field=o.text_pair_field, max_text_bytes=o.max_text_bytes, limit=o.limit,

@@ -4,7 +4,8 @@ The manifest lists every finalized output and error file, the run's counts and w
 launcher passes as static fields (models, fingerprints, options, versions, start time). It is
 written only after all files exist and replaces any old manifest atomically, so its presence means
 "this output is complete". `delete_previous_outputs` removes the manifest first and the shards
-after it, so an interrupted rerun never leaves a manifest next to stale or partial files.
+after it, so an interrupted rerun never leaves a manifest next to stale or partial files; a job does it as its
+own first step (DeletePreviousOutputs), so a submission that fails never destroys the earlier output.
 """
 from __future__ import annotations
 
@@ -232,7 +233,7 @@ def _stale_sink_scratch(output_prefix: str) -> list[str]:
   return sorted(p for p in files if is_scratch_dir(p.rsplit("/", 1)[0], output_prefix))
 
 
-def delete_previous_outputs(output_prefix: str) -> list[str]:
+def delete_previous_outputs(output_prefix: str, scratch: bool = True) -> list[str]:
   """Deletes an earlier run's files of this prefix, and nothing else; returns the deleted paths.
 
   Exactly: PREFIX-manifest.json, PREFIX-SSSSS-of-NNNNN.parquet / .tfrecord, PREFIX-errors-SSSSS-of-NNNNN.jsonl
@@ -240,7 +241,8 @@ def delete_previous_outputs(output_prefix: str) -> list[str]:
   directories of this prefix. Another run's files stay, also when its prefix starts with this one
   (`emb-large-*` for `emb`) and files that only look similar (`emb-00000-of-00001.parquet.bak`, `emb-notes.txt`).
   The manifest goes first, so an interruption leaves files without a manifest (visibly incomplete),
-  never a manifest that vouches for a mix of old and new files.
+  never a manifest that vouches for a mix of old and new files. `scratch=False` leaves the sinks' scratch
+  directories (a running job's own sinks may have created theirs already: see DeletePreviousOutputs).
   """
   check_output_prefix(output_prefix)
   deleted = []
@@ -250,8 +252,86 @@ def delete_previous_outputs(output_prefix: str) -> list[str]:
     deleted.append(manifest)
   stale_tmp = _stale_manifest_tmp_files(output_prefix)
   shards = _previous_shards(output_prefix)
-  scratch = _stale_sink_scratch(output_prefix)
-  if stale_tmp + shards + scratch:
-    FileSystems.delete(stale_tmp + shards + scratch)
-  return deleted + stale_tmp + shards + scratch
+  stale_scratch = _stale_sink_scratch(output_prefix) if scratch else []
+  if stale_tmp + shards + stale_scratch:
+    FileSystems.delete(stale_tmp + shards + stale_scratch)
+  return deleted + stale_tmp + shards + stale_scratch
+
+
+def delete_stale_scratch(output_prefix: str) -> list[str]:
+  """Deletes the sinks' scratch directories of this prefix; call it only when no sink of the prefix is running."""
+  stale = _stale_sink_scratch(output_prefix)
+  if stale:
+    FileSystems.delete(stale)
+  return stale
+
+
+class _DeleteFn(beam.DoFn):
+  def __init__(self, output_prefix: str, scratch: bool):
+    super().__init__()
+    self._prefix = output_prefix
+    self._scratch = scratch
+
+  def process(self, unused_element, *unused_after) -> Iterator[list[str]]:
+    if self._scratch:
+      yield delete_stale_scratch(self._prefix)
+    else:
+      yield delete_previous_outputs(self._prefix, scratch=False)
+
+
+class DeletePreviousOutputs(beam.PTransform):
+  """The job's first step: deletes an earlier run's manifest and shards under the output prefix.
+
+  Inside the job, not at launch, so a submission that fails (or a job that never starts) leaves the earlier output
+  as it was. The job's writes wait for its one output (see `After`). Its sinks' scratch directories are left alone:
+  this job's own sinks create theirs independently of it; DeleteStaleScratch removes the others at the end.
+  Output: one list of the deleted paths.
+  """
+
+  def __init__(self, output_prefix: str):
+    super().__init__()
+    check_output_prefix(output_prefix)
+    self._prefix = output_prefix
+
+  def expand(self, pbegin):
+    return (pbegin
+            | "Once" >> beam.Create([None])
+            | "Delete" >> beam.ParDo(_DeleteFn(self._prefix, scratch=False)))
+
+
+class DeleteStaleScratch(beam.PTransform):
+  """Deletes the scratch directories a killed run's sinks left under the prefix, once this job's sinks are done.
+
+  Input: the PCollection of the job's written files (complete only after every sink finalized and removed its own
+  scratch). Output: one list of the deleted paths.
+  """
+
+  def __init__(self, output_prefix: str):
+    super().__init__()
+    check_output_prefix(output_prefix)
+    self._prefix = output_prefix
+
+  def expand(self, files):
+    return (files.pipeline
+            | "Once" >> beam.Create([None])
+            | "Delete" >> beam.ParDo(_DeleteFn(self._prefix, scratch=True),
+                                     beam.pvalue.AsList(files)))
+
+
+class After(beam.PTransform):
+  """Passes its input through once `before` (a PCollection) is complete: sequences writes after a deletion.
+
+  `before` is a side input of the pass-through, so no element reaches the next step before it is computed, on
+  any runner.
+  """
+
+  def __init__(self, before):
+    super().__init__()
+    self._before = before
+
+  def expand(self, pcoll):
+    wait = beam.Map(lambda element, unused_before: element, beam.pvalue.AsList(self._before))
+    if pcoll.element_type is not None:
+      wait = wait.with_output_types(pcoll.element_type)  # the same coder as without the wait
+    return pcoll | "Wait" >> wait
 

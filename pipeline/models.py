@@ -24,6 +24,7 @@ class ModelSpec(NamedTuple):
   preprocessor: str
   encoder: str
   name: str
+  staged_from: Optional[str] = None  # the model flags' value when a launcher-side model was staged (pipeline/remote.py)
 
 
 class ModelInfo(NamedTuple):
@@ -36,13 +37,23 @@ class ModelInfo(NamedTuple):
   fingerprint: str  # over the encoder's variable values and the preprocessor's vocab, not serialization bytes
 
 
+# Beam's FileSystems for every path (gs://, s3://, local, ...), imported on first use: check_model_flags runs
+# before Beam is imported (pipeline/arguments.py).
+def _filesystems():
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  return FileSystems
+
+
 def _join(path: str, name: str) -> str:
-  return path.rstrip("/") + "/" + name
+  return _filesystems().join(path.rstrip("/") or path, name)
 
 
 def _exists(path: str) -> bool:
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
-  return FileSystems.exists(path)
+  return _filesystems().exists(path)
+
+
+def is_local_path(path: str) -> bool:
+  return "://" not in path or path.startswith("file://")
 
 
 def _hf_snapshot(ref: str) -> str:
@@ -126,18 +137,16 @@ def _fingerprint(variables, preprocessor_path: str, metadata: Optional[dict] = N
   export metadata file, the semantic part of that metadata (architecture config, casing) and the token ids of a
   probe text (so tokenizer behaviour compiled into the graph, e.g. lower-casing, counts for any TF Hub model).
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
   digests = sorted(
       hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in variables)
   h = hashlib.sha256("\n".join(digests).encode())
-  assets = _join(preprocessor_path, "assets")
-  if tf.io.gfile.exists(assets):
-    for name in sorted(tf.io.gfile.listdir(assets)):
-      path = _join(assets, name.rstrip("/"))
-      if name.rstrip("/") == _METADATA_ASSET or tf.io.gfile.isdir(path):
-        continue
-      with tf.io.gfile.GFile(path, "rb") as f:
-        h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
+  from transforms.saved_models import asset_files  # pylint: disable=import-outside-toplevel
+  for name, path in asset_files(preprocessor_path):
+    if name == _METADATA_ASSET:
+      continue
+    with _filesystems().open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      h.update(name.encode() + b"\0" + hashlib.sha256(f.read()).digest())
   semantic = {k: (metadata or {}).get(k) for k in _SEMANTIC_METADATA_KEYS} if metadata else None
   h.update(json.dumps({"export": semantic, "probe_token_ids": probe_token_ids}, sort_keys=True).encode())
   return h.hexdigest()
@@ -261,6 +270,9 @@ def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
 
 def describe(spec: ModelSpec, info: ModelInfo) -> dict:
   """The model section of the manifest."""
-  return {"name": spec.name, "preprocessor": spec.preprocessor, "encoder": spec.encoder, "dim": info.dim,
-          "num_layers": info.num_layers, "vocab_size": info.vocab_size, "fingerprint": info.fingerprint,
-          "export_metadata": json.loads(json.dumps(info.metadata)) if info.metadata else None}
+  described = {"name": spec.name, "preprocessor": spec.preprocessor, "encoder": spec.encoder, "dim": info.dim,
+               "num_layers": info.num_layers, "vocab_size": info.vocab_size, "fingerprint": info.fingerprint,
+               "export_metadata": json.loads(json.dumps(info.metadata)) if info.metadata else None}
+  if spec.staged_from:
+    described["staged_from"] = spec.staged_from
+  return described

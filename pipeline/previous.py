@@ -117,12 +117,12 @@ def normalize_prefix(prefix: str) -> str:
 
 
 def _join(directory: str, name: str) -> str:
-  return directory.rstrip("/") + "/" + name if _is_remote(directory) else os.path.join(directory, name)
+  """`name` in `directory`, spelled by the directory's Beam filesystem."""
+  return FileSystems.join(directory.rstrip("/") if _is_remote(directory) else directory, name)
 
 
 def _parent(prefix: str) -> str:
-  prefix = normalize_prefix(prefix)
-  return prefix.rsplit("/", 1)[0] if _is_remote(prefix) else os.path.dirname(prefix)
+  return FileSystems.split(normalize_prefix(prefix))[0]
 
 
 def same_prefix(a: str, b: str) -> bool:

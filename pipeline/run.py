@@ -95,15 +95,21 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
   valid, invalid = checked.valid, checked.dead_letters
+  # The earlier output under this prefix goes in the job's first step, never at launch: a submission that fails
+  # leaves it whole. Every write waits for it.
+  cleared = p | "DeletePreviousOutputs" >> manifest_lib.DeletePreviousOutputs(cfg.output)
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
                    "long_text": cfg.long_text}
-  output_files = valid | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, WriteConfig(
-      cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns, file_metadata=file_metadata))
+  output_files = (valid | "AfterDeletion" >> manifest_lib.After(cleared)
+                  | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, WriteConfig(
+                      cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
+                      file_metadata=file_metadata)))
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
-  error_files = dead | "WriteDeadLetters" >> WriteDeadLetters(cfg.output)
+  error_files = (dead | "DeadLettersAfterDeletion" >> manifest_lib.After(cleared)
+                 | "WriteDeadLetters" >> WriteDeadLetters(cfg.output))
   counts = {
       "read": ((_counted(records, "CountRecords", "read", input_format=cfg.input_format),
                 _counted(read.dead_letters, "CountUnreadable", "read"),
@@ -129,6 +135,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "package_versions": manifest_lib.package_versions(),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
+  _ = files | "DeleteStaleScratch" >> manifest_lib.DeleteStaleScratch(cfg.output)  # a killed run's sink scratch
   fields = {"drift": drift, "precision_used": _precision_used(p, embedded),
             "incremental": split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)}
   manifest = {"files": files, "counts": counts, "fields": fields} | "WriteManifest" >> (
@@ -178,9 +185,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
 
   Everything that can fail before the job (arguments, output, inputs, models, the graph's construction) is checked
-  before an earlier output at the prefix is deleted; raises UsageError. `started_at` (time.time()) is where the
-  summary's wall time starts: command-line entry points pass their process's start, so the imports count; by
-  default, this call.
+  at launch; raises UsageError. An earlier output at the prefix is deleted by the job itself, as its first step.
+  `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
+  process's start, so the imports count; by default, this call.
   """
   start = time.time() if started_at is None else started_at
   argv = arguments.join_negative_values(argv if argv is not None else sys.argv[1:])
@@ -197,7 +204,6 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   except InputError as e:  # reading options the transforms refuse
     raise UsageError(str(e)) from None
   total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
-  manifest_lib.delete_previous_outputs(cfg.output)  # a rerun replaces a partial or stale output
   reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if _is_local(p) else None
   if reporter is not None:
     reporter.start()
@@ -213,6 +219,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     manifest = manifest_lib.read_manifest(cfg.output)
   except Exception:  # pylint: disable=broad-except  (a remote runner may still be running)
     _LOG.info("no manifest yet at %s", manifest_lib.manifest_path(cfg.output))
+  if manifest is not None and manifest.get("start_time") != start_iso:  # an earlier run's: the job has not run
+    _LOG.info("the manifest at %s is an earlier run's", manifest_lib.manifest_path(cfg.output))
+    manifest = None
   if manifest is not None:
     print(summary_line(manifest, time.time() - start, totals))
     print(f"bert-embed: output {cfg.output}-*.{'parquet' if cfg.output_format == 'parquet' else 'tfrecord'}, "

@@ -347,3 +347,31 @@ def gcs(tmp_path_factory):
           os.environ.pop(k, None)
         else:
           os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def gcs_tiny_model(gcs, tiny_model_dir):
+  """The tiny model uploaded once to the emulator: the export root gs://b/models/tiny (preprocessor/ + encoder/)."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=g-import-not-at-top
+  root = f"{gcs}/models/tiny"
+  for directory, _, names in os.walk(tiny_model_dir):
+    for name in names:
+      path = os.path.join(directory, name)
+      parts = os.path.relpath(path, tiny_model_dir).split(os.sep)
+      with open(path, "rb") as src, FileSystems.create(FileSystems.join(root, *parts)) as dst:
+        dst.write(src.read())
+  return root
+
+
+@pytest.fixture(scope="session")
+def gcs_valid_bucket(gcs):
+  """A second emulator bucket whose name passes Beam's bucket-name check (`b` is too short for Dataflow's
+  --temp_location: Beam would then try to create a default bucket). Yields 'gs://bert-embed-tests'."""
+  import urllib.request  # pylint: disable=g-import-not-at-top
+  name = "bert-embed-tests"
+  request = urllib.request.Request(
+      f"{os.environ['STORAGE_EMULATOR_HOST']}/storage/v1/b?project=emulator", method="POST",
+      data=json.dumps({"name": name}).encode(), headers={"Content-Type": "application/json"})
+  urllib.request.urlopen(request, timeout=30).read()  # noqa: S310  (loopback only)
+  return f"gs://{name}"
+

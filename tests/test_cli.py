@@ -77,7 +77,8 @@ def test_beam_and_dataflow_options_pass_and_layers_take_a_negative_list(tmp_path
                    "--experiments=no_use_multiple_sdk_containers", "--sdk_container_image", "img",
                    "--dataflow_service_options", "worker_accelerator=type:nvidia-l4;count:1",
                    "--direct_num_workers", "2", "--temp_location", "gs://b/tmp", "--save_main_session"])
-  assert code == 2 and "matches no files" in _error_line(capsys)  # every option was accepted; the input is missing
+  # Every option was accepted; then the local input is refused for the remote runner (before it is matched).
+  assert code == 2 and f"--input {missing} is a path on this machine" in _error_line(capsys)
   argv = arguments.join_negative_values(["--layers", "-1,-2", "--input", "x"])
   assert argv == ["--layers=-1,-2", "--input", "x"]
   assert arguments.check(argv + ["--output", "o", "--model", "m", "--pooling", "mean"]).layers == "-1,-2"

@@ -182,7 +182,7 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
       time.sleep(0.2)
     time.sleep(2)
     assert proc.poll() is None, "the job finished before it could be killed: make the corpus bigger"
-    assert not os.path.exists(prefix + "-manifest.json")  # the old one went first, at start-up
+    assert not os.path.exists(prefix + "-manifest.json")  # the old one went first: the job's first step
     os.killpg(pgid, signal.SIGKILL)
     proc.wait(timeout=30)
     for _ in range(100):  # the workers die with the group

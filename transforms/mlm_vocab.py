@@ -38,8 +38,9 @@ def continuation_table(tokens: Sequence[str]) -> np.ndarray:
 
 
 def _read_lines(path: str) -> list[str]:
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  with tf.io.gfile.GFile(path, "rb") as f:
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
     lines = f.read().decode("utf-8").split("\n")
   if lines and lines[-1] == "":
     lines.pop()
@@ -50,7 +51,7 @@ def load_continuation_table(preprocessor_path: str, vocab_size: Optional[int] = 
   """Reads the preprocessor's vocab asset and returns its continuation table (see the module docstring).
 
   Args:
-    preprocessor_path: directory of the preprocessor SavedModel (local or a Beam/gfile URL).
+    preprocessor_path: directory of the preprocessor SavedModel (local or any Beam filesystem's URL).
     vocab_size: when given (from `load_special_tokens`), the asset must have this many lines; it also picks the
       vocab among several .txt assets when none is named vocab.txt.
 
@@ -60,12 +61,12 @@ def load_continuation_table(preprocessor_path: str, vocab_size: Optional[int] = 
   Raises:
     ValueError: no vocab asset, or its size disagrees with `vocab_size`.
   """
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  assets = tf.io.gfile.join(preprocessor_path, "assets")  # the vocab is read through gfile too (local or gs://)
-  names = sorted(tf.io.gfile.listdir(assets)) if tf.io.gfile.isdir(assets) else []
+  from transforms.saved_models import asset_files  # pylint: disable=import-outside-toplevel
+  files = dict(asset_files(preprocessor_path))  # through Beam's FileSystems: any filesystem, local or remote
+  names = sorted(files)
   candidates = [n for n in names if n == VOCAB_ASSET] or [n for n in names if n.endswith(".txt")]
   for name in candidates:
-    tokens = _read_lines(tf.io.gfile.join(assets, name))
+    tokens = _read_lines(files[name])
     if vocab_size is None or len(tokens) == vocab_size:
       return continuation_table(tokens)
   expected = f" with {vocab_size} lines" if vocab_size is not None else ""

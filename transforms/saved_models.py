@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 
@@ -29,26 +31,73 @@ def is_local(path: str) -> bool:
   return "://" not in path or path.startswith("file://")
 
 
+def asset_files(saved_model_dir: str) -> list[tuple[str, str]]:
+  """(name, path) of the files directly in a SavedModel's assets/ directory, by name, on any Beam filesystem."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  assets = FileSystems.join(saved_model_dir.rstrip("/") or saved_model_dir, "assets")
+  try:
+    found = FileSystems.match([FileSystems.join(assets, "*")])[0].metadata_list
+  except Exception:  # pylint: disable=broad-except  (no assets directory)
+    return []
+  files = []
+  for m in found:
+    name = m.path[len(assets):].lstrip("/" + os.sep)
+    if name and "/" not in name and os.sep not in name and not (is_local(m.path) and os.path.isdir(m.path)):
+      files.append((name, m.path))
+  return sorted(files)
+
+
+def _remote_listing(root: str) -> list:
+  """(path, size) of every file under the remote directory `root` (ending in '/'), sorted."""
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  found = FileSystems.match([root + "**"])[0].metadata_list
+  return sorted((m.path, m.size_in_bytes) for m in found if not m.path.endswith("/"))
+
+
+def _copy_tree(root: str, listing: list, directory: str) -> None:
+  from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
+  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
+  for path, _ in listing:
+    local = os.path.join(directory, *path[len(root):].split("/"))
+    os.makedirs(os.path.dirname(local), exist_ok=True)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as src, open(local, "wb") as dst:
+      shutil.copyfileobj(src, dst, 1 << 24)
+
+
 def localize(path: str) -> str:
-  """Returns a local directory holding the SavedModel at `path` (copied once per process via Beam's FileSystems)."""
+  """Returns a local directory holding the SavedModel at `path` (copied once per machine via Beam's FileSystems).
+
+  Safe across processes (Dataflow runs one SDK process per vCPU, the multi-process DirectRunner several): each
+  copies into its own staging directory and renames it into place; a process that loses the rename to another
+  uses the winner's copy (both copied the same files). The local copy is keyed by the remote path and its files'
+  names and sizes, so a model rewritten in place is fetched anew.
+  """
   if is_local(path):
     return path[len("file://"):] if path.startswith("file://") else path
-  from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
-  key = hashlib.sha256(path.encode()).hexdigest()[:16]
-  dest = os.path.join(tempfile.gettempdir(), "bert-embed-models", key)
-  with _LOCALIZE_LOCK:
+  root = path.rstrip("/") + "/"
+  listing = _remote_listing(root)
+  if not any(p == root + "saved_model.pb" for p, _ in listing):
+    raise FileNotFoundError(f"{path} has no saved_model.pb")
+  key = hashlib.sha256(json.dumps([root, listing]).encode()).hexdigest()[:16]
+  parent = os.path.join(tempfile.gettempdir(), "bert-embed-models")
+  dest = os.path.join(parent, key)
+  if os.path.exists(os.path.join(dest, "saved_model.pb")):
+    return dest
+  with _LOCALIZE_LOCK:  # the threads of one process copy once
     if os.path.exists(os.path.join(dest, "saved_model.pb")):
       return dest
-    staging = dest + ".partial-%d" % os.getpid()
-    root = path.rstrip("/") + "/"
-    for match in FileSystems.match([root + "**"])[0].metadata_list:
-      rel = match.path[len(root):]
-      local = os.path.join(staging, rel)
-      os.makedirs(os.path.dirname(local), exist_ok=True)
-      with FileSystems.open(match.path) as src, open(local, "wb") as dst:
-        while chunk := src.read(1 << 24):
-          dst.write(chunk)
-    os.replace(staging, dest)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f"{key}.partial-{os.getpid()}-", dir=parent)
+    try:
+      _copy_tree(root, listing, staging)
+      try:
+        os.rename(staging, dest)  # atomic; refused when another process's copy is already in place
+      except OSError:
+        if not os.path.exists(os.path.join(dest, "saved_model.pb")):
+          raise
+        _LOG.debug("another process localized %s first", path)
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
   return dest
 
 
