@@ -5,7 +5,7 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from runtime import buckets
+from runtime.buckets import BucketSpec, padded_length
 from transforms import pooling
 from transforms.pooling import PoolingSpec
 from transforms.records import EncoderInput
@@ -32,14 +32,14 @@ def stack_inputs(batch: Sequence[EncoderInput], length: Optional[int] = None) ->
 
 
 def encode_batch(model: LoadedModel, batch: Sequence[EncoderInput], spec: PoolingSpec,
-                 buckets: Optional[buckets.BucketSpec] = None, runner=None) -> list[Encoded]:
+                 buckets: Optional[BucketSpec] = None, runner=None) -> list[Encoded]:
   """Runs the encoder on one batch and pools it. Raises on failure (callers bisect).
 
   With `buckets` the batch is padded to its bucket's length; with `runner` (a transforms.precision.PrecisionRunner)
   the encoder runs in the worker's resolved precision.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  inputs = stack_inputs(batch, buckets.padded_length(buckets, max(e.num_tokens for e in batch)))
+  inputs = stack_inputs(batch, padded_length(buckets, max(e.num_tokens for e in batch)))
 
   def fetch(outputs) -> dict:
     needed = {}
