@@ -21,7 +21,7 @@ import tensorflow as tf  # noqa: E402
 from modeling import encoder as encoder_lib  # noqa: E402
 from modeling.config import BertConfig  # noqa: E402
 from modeling.importers import random_init  # noqa: E402
-from transforms import precision  # noqa: E402
+from runtime import precision  # noqa: E402
 
 
 def fused_products(run) -> list[tuple[tuple[str, ...], str]]:

@@ -1,4 +1,4 @@
-"""Benchmark: MLM scoring throughput, batched (`transforms.mlm.score_records`) vs one masked copy per `.mlm` call.
+"""Benchmark: MLM scoring throughput, batched (`runtime.mlm_scoring.score_records`) vs one masked copy per `.mlm` call.
 
 Exports a random BERT (BERT-mini shape by default) with a vocab built from the sample corpus's words, padded with
 unused tokens to `--vocab-size` so the MLM head costs what a real vocab costs, packs the sample corpus, and prints
@@ -102,10 +102,10 @@ def main() -> None:
   args = parser.parse_args()
 
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  from transforms import mlm, mlm_vocab  # pylint: disable=import-outside-toplevel
+  from runtime import mlm_scoring, mlm_vocab  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
   tf.config.threading.set_inter_op_parallelism_threads(1)
 
   os.makedirs(args.work_dir, exist_ok=True)
@@ -120,14 +120,14 @@ def main() -> None:
         f"{sum(e.num_tokens for e in inputs)} packed tokens, mean {np.mean([e.num_tokens for e in inputs]):.1f}; "
         f"tf {tf.__version__}, {os.cpu_count()} CPUs")
 
-  mlm.score_records(enc, inputs[:4], special, max_tokens=args.max_tokens)  # warm-up
+  mlm_scoring.score_records(enc, inputs[:4], special, max_tokens=args.max_tokens)  # warm-up
   _one_copy_per_call(enc, inputs[:1], special)
 
   start = time.perf_counter()
-  batched = mlm.score_records(enc, inputs, special, max_tokens=args.max_tokens)
+  batched = mlm_scoring.score_records(enc, inputs, special, max_tokens=args.max_tokens)
   t_batched = time.perf_counter() - start
   start = time.perf_counter()
-  per_record = [mlm.score_records(enc, [e], special, max_tokens=args.max_tokens)[0] for e in naive]
+  per_record = [mlm_scoring.score_records(enc, [e], special, max_tokens=args.max_tokens)[0] for e in naive]
   t_record = time.perf_counter() - start
   start = time.perf_counter()
   one_copy, one_copy_tokens = _one_copy_per_call(enc, naive, special)

@@ -95,7 +95,8 @@ def _install(tracer: Tracer) -> None:
   from apache_beam.io import filebasedsink  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from pipeline import config, manifest, models, run  # pylint: disable=import-outside-toplevel
-  from transforms import encode, precision, preprocess, saved_models, write  # pylint: disable=import-outside-toplevel
+  from transforms import encode, preprocess, write  # pylint: disable=import-outside-toplevel
+  from runtime import precision, saved_models  # pylint: disable=import-outside-toplevel
   tracer.wrap(run, "resolve", "option resolution (matching inputs, checks)")
   tracer.wrap(models, "resolve_model", "model resolution (default model cache)")
   tracer.wrap(models, "inspect_models", "model inspection (probe texts)")

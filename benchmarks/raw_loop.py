@@ -35,10 +35,11 @@ def main() -> None:
   from runtime import buckets  # pylint: disable=import-outside-toplevel
   from runtime.encoding import encode_batch  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from transforms import batching, precision  # pylint: disable=import-outside-toplevel
-  from transforms.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
+  from transforms import batching  # pylint: disable=import-outside-toplevel
+  from runtime import precision  # pylint: disable=import-outside-toplevel
+  from runtime.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
   from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
 
   with open(args.texts, encoding="utf-8") as f:
     texts = [line.rstrip("\n") for line in f if line.strip()]

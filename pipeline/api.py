@@ -11,10 +11,10 @@ from pipeline import models
 from pipeline.config import resolve_pooling
 from runtime.encoding import encode_batch
 from runtime.tokenizer import Tokenizer
-from transforms import pooling as pooling_lib
+from runtime import pooling as pooling_lib
 from transforms.embed_config import EmbedConfig
 from transforms.records import TextRecord
-from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
+from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
 
 _TOKENIZE_CHUNK = 256
 

@@ -20,7 +20,7 @@ from typing import Optional, Sequence
 
 from pipeline import models
 from pipeline.options import BertEmbedArguments, UsageError, split_patterns
-from transforms import chunking, pooling
+from runtime import text_windows, pooling
 from transforms.defaults import DEFAULT_BUCKET_SPEC
 
 PROG = "bert-embed run"
@@ -227,7 +227,7 @@ def _check_long_text(o) -> None:
       raise UsageError(f"{' and '.join(given)} need(s) --long-text chunk")
     return
   try:
-    chunking.validate(o.long_text, chunk_stride(o), o.seq_length, o.text_pair_field)
+    text_windows.validate(o.long_text, chunk_stride(o), o.seq_length, o.text_pair_field)
   except ValueError as e:
     raise UsageError(str(e)) from None
   if o.mlm_scores:

@@ -118,7 +118,7 @@ def _run(argv: list[str]) -> int:
     arguments.check(argv)
     from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
     from pipeline.run import run  # pylint: disable=import-outside-toplevel
-    from transforms.duplicates import DuplicateIdError  # pylint: disable=import-outside-toplevel
+    from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
     try:
       with _quiet_beam_about(DuplicateIdError):
         outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports

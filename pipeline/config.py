@@ -9,17 +9,17 @@ from typing import Optional
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline import arguments
+from pipeline import latest_pointer
 from pipeline import models
-from pipeline import previous as previous_lib
 from pipeline import remote
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from runtime import buckets
-from transforms import mlm, mlm_vocab
-from transforms import pooling as pooling_lib
-from transforms.columns import OutputColumns
+from runtime import mlm_scoring, mlm_vocab
+from runtime import pooling as pooling_lib
+from formats.columns import OutputColumns
 from transforms.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
-from transforms.output_files import check_output_prefix
+from formats.output_files import check_output_prefix
 from transforms.read import InputError, match_inputs
 
 
@@ -55,14 +55,14 @@ class JobConfig:
   chunk_stride: int = 0
   chunk_output: str = "rows"
   on_duplicate_id: str = DEFAULT_DUPLICATE_ID_POLICY
-  previous: Optional[previous_lib.PreviousOutput] = None  # --previous, resolved (see pipeline/previous.py)
+  previous: Optional[latest_pointer.PreviousOutput] = None  # --previous, resolved (see pipeline/latest_pointer.py)
   drift_sample: int = DEFAULT_DRIFT_SAMPLE
   bucket_lengths: Optional[tuple[int, ...]] = buckets.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
   max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
 
   @property
   def output_columns(self) -> OutputColumns:
-    """The columns of the embedding files (transforms/columns.py), for every stage that writes, checks or reads them."""
+    """The columns of the embedding files (formats/columns.py), for every stage that writes, checks or reads them."""
     return OutputColumns(embeddings=self.embeddings, text=self.keep_text, tokens=self.emit_tokens,
                          mlm=self.mlm is not None, mlm_per_token=bool(self.mlm and self.mlm.per_token),
                          windows=self.long_text == "chunk" and self.chunk_output == "rows")
@@ -111,7 +111,7 @@ def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec
   if not o.mlm_scores:  # the flags that need --mlm-scores: arguments.check_values
     return None
   try:
-    mlm.check_has_mlm(spec.encoder)
+    mlm_scoring.check_has_mlm(spec.encoder)
     special = mlm_vocab.load_special_tokens(spec.preprocessor)
     continuation = (mlm_vocab.load_continuation_table(spec.preprocessor, special["vocab_size"])
                     if o.mlm_whole_word else None)
@@ -180,7 +180,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     inputs = match_inputs(patterns)
   except InputError as e:
     raise UsageError(str(e)) from None
-  previous = previous_lib.resolve_previous(o.previous, o.output)
+  previous = latest_pointer.resolve_previous(o.previous, o.output)
   layers = pooling_lib.parse_layers(o.layers)  # checked by arguments.check_values
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
   positions = max_positions(spec.encoder)

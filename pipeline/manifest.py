@@ -21,7 +21,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.output_files import check_output_prefix, is_error_file, is_output_file, is_scratch_dir, path_basename
+from formats.output_files import check_output_prefix, is_error_file, is_output_file, is_scratch_dir, path_basename
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "-manifest.json"
@@ -220,7 +220,7 @@ def _stale_sink_scratch(output_prefix: str) -> list[str]:
   """What the sinks of a killed run left: their beam-temp-KIND-UUID-STEM directories by the outputs.
 
   Local: the directories (deleted whole, even when empty). Other filesystems have no directories: their files.
-  Only this prefix's (transforms.output_files.scratch_dir_name): never the scratch of a run with another prefix.
+  Only this prefix's (formats.output_files.scratch_dir_name): never the scratch of a run with another prefix.
   """
   base, stem = FileSystems.split(output_prefix)
   if "://" not in base:

@@ -141,7 +141,7 @@ def _fingerprint(variables, preprocessor_path: str, metadata: Optional[dict] = N
       hashlib.sha256(str(v.shape).encode() + v.numpy().tobytes()).hexdigest() for v in variables)
   h = hashlib.sha256("\n".join(digests).encode())
   from apache_beam.io.filesystem import CompressionTypes  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import asset_files  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import asset_files  # pylint: disable=import-outside-toplevel
   for name, path in asset_files(preprocessor_path):
     if name == _METADATA_ASSET:
       continue
@@ -221,11 +221,11 @@ def cached_fingerprint(key: Optional[str], compute) -> str:
 def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   """Loads both SavedModels and encodes probe texts, so an unreadable or mismatched model fails before the job.
 
-  The loads go through the workers' process-level cache (transforms/saved_models.py): on the DirectRunner the
+  The loads go through the workers' process-level cache (runtime/saved_models.py): on the DirectRunner the
   workers then reuse these objects instead of loading the models again.
   """
-  from transforms import quiet  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
+  from runtime import quiet  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
   tf = quiet.import_tensorflow()
   try:
     pre = load_preprocessor(spec.preprocessor).obj

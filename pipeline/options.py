@@ -6,7 +6,7 @@ import argparse
 from transforms.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
                                  DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MLM_MAX_TOKENS,
                                  DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
-from transforms.pooling import POOLINGS
+from runtime.pooling import POOLINGS
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 OUTPUT_FORMATS = ("parquet", "tfrecord")

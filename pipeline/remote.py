@@ -75,7 +75,7 @@ def check_paths(o, runner, temp_location: Optional[str]) -> None:
       raise _refuse(flag, value, name)
   previous = (o.previous or "").strip()
   if previous:
-    from pipeline.previous import LATEST_SCHEME  # pylint: disable=import-outside-toplevel
+    from pipeline.latest_pointer import LATEST_SCHEME  # pylint: disable=import-outside-toplevel
     path = previous[len(LATEST_SCHEME):].strip() if previous.startswith(LATEST_SCHEME) else previous
     if path and is_local_path(path):
       raise _refuse("--previous", previous, name)

@@ -14,15 +14,16 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import arguments
+from pipeline import latest_pointer
 from pipeline import manifest as manifest_lib
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline import progress
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
-from transforms import quiet
-from transforms.duplicates import ResolveDuplicateIds
-from transforms.dedupe import EmbedDistinctTexts
+from runtime import quiet
+from transforms.duplicate_ids import ResolveDuplicateIds
+from transforms.distinct_texts import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
 from transforms.drift import DriftCheck
 from transforms.incremental import SplitByPrevious
@@ -56,7 +57,7 @@ def _written(record) -> int:
 
 
 def _precision_used(p: beam.Pipeline, embedded):
-  """{precision: records encoded in it}, as each worker resolved --precision (see transforms/precision.py)."""
+  """{precision: records encoded in it}, as each worker resolved --precision (see runtime/precision.py)."""
   used = getattr(embedded, "precision_used", None)
   if used is None:
     used = p | "NoPrecisionReport" >> beam.Create([])
@@ -140,7 +141,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
             "incremental": split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)}
   manifest = {"files": files, "counts": counts, "fields": fields} | "WriteManifest" >> (
       manifest_lib.WriteManifest(cfg.output, static, COUNTS))
-  _ = manifest | "UpdateLatest" >> previous_lib.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
+  _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
 
 

@@ -5,19 +5,19 @@ from typing import Any, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from runtime import pooling
 from runtime.buckets import BucketSpec, padded_length
-from transforms import pooling
-from transforms.pooling import PoolingSpec
+from runtime.pooling import PoolingSpec
+from runtime.saved_models import LoadedModel
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel
 
 
 class Encoded(NamedTuple):
   """The inference of a PredictionResult for one record."""
   embedding: Optional[np.ndarray]  # float32 [H]; None when only MLM scores are asked for
   sequence_output: Optional[np.ndarray] = None  # float32 [num_tokens, H], with emit_tokens
-  mlm: Optional[Any] = None  # transforms.mlm.MlmScore, with MLM scoring
-  precision: Optional[str] = None  # the precision the vector was computed in (transforms/precision.py)
+  mlm: Optional[Any] = None  # runtime.mlm_scoring.MlmScore, with MLM scoring
+  precision: Optional[str] = None  # the precision the vector was computed in (runtime/precision.py)
 
 
 def stack_inputs(batch: Sequence[EncoderInput], length: Optional[int] = None) -> dict[str, np.ndarray]:
@@ -35,7 +35,7 @@ def encode_batch(model: LoadedModel, batch: Sequence[EncoderInput], spec: Poolin
                  buckets: Optional[BucketSpec] = None, runner=None) -> list[Encoded]:
   """Runs the encoder on one batch and pools it. Raises on failure (callers bisect).
 
-  With `buckets` the batch is padded to its bucket's length; with `runner` (a transforms.precision.PrecisionRunner)
+  With `buckets` the batch is padded to its bucket's length; with `runner` (a runtime.precision.PrecisionRunner)
   the encoder runs in the worker's resolved precision.
   """
   import tensorflow as tf  # pylint: disable=import-outside-toplevel

@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from transforms import chunking
+from runtime import text_windows
 from transforms.records import EncoderInput, TextRecord
 
 
@@ -60,7 +60,7 @@ class Tokenizer:
     starts = np.concatenate([[0], np.cumsum(lengths)])
     spans, owners = [], []
     for i, r in enumerate(records):
-      bounds = chunking.window_bounds(int(lengths[i]), window, stride)
+      bounds = text_windows.window_bounds(int(lengths[i]), window, stride)
       for k, (a, b) in enumerate(bounds):
         spans.append((starts[i] + a, starts[i] + b))
         owners.append((i, k, a, b, len(bounds)))
@@ -74,8 +74,8 @@ class Tokenizer:
     out = [[] for _ in records]
     for j, (i, k, a, b, n) in enumerate(owners):
       r = records[i]
-      info = chunking.ChunkInfo(r.id, k, a, b, n)
-      r = r._replace(id=chunking.window_id(r.id, k))
+      info = text_windows.ChunkInfo(r.id, k, a, b, n)
+      r = r._replace(id=text_windows.window_id(r.id, k))
       out[i].append(EncoderInput(record=r, input_word_ids=word_ids[j], input_mask=mask[j], input_type_ids=type_ids[j],
                                  num_tokens=int(mask[j].sum()), truncated=bool(records[i].truncated), chunk=info))
     return out

@@ -11,7 +11,7 @@ from hypothesis import given, settings, strategies as st
 
 from pipeline.options import UsageError
 from pipeline.run import run
-from transforms.chunking import window_bounds
+from runtime.text_windows import window_bounds
 
 SEQ = 16  # windows of 14 pieces
 LONG = " ".join(["the cat sat on the mat and the dog is hello world"] * 4)

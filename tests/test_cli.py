@@ -12,7 +12,7 @@ import pytest
 
 from pipeline import arguments
 from pipeline import cli
-from pipeline import previous as previous_lib
+from pipeline import latest_pointer
 from pipeline import run as run_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -171,9 +171,9 @@ def test_an_alias_of_the_previous_output_is_the_previous_output(corpus, tiny_mod
 
 
 def test_remote_prefixes_are_compared_by_bucket_and_object():
-  assert previous_lib.same_prefix("gs://b/runs//r1/emb", "gs://b/runs/r1/emb")
-  assert not previous_lib.same_prefix("gs://b/runs/r1/emb", "gs://c/runs/r1/emb")
-  assert not previous_lib.same_prefix("gs://b/runs/r1/emb", "gs://b/runs/r1/emb2")
+  assert latest_pointer.same_prefix("gs://b/runs//r1/emb", "gs://b/runs/r1/emb")
+  assert not latest_pointer.same_prefix("gs://b/runs/r1/emb", "gs://c/runs/r1/emb")
+  assert not latest_pointer.same_prefix("gs://b/runs/r1/emb", "gs://b/runs/r1/emb2")
 
 
 def test_both_entry_points_report_errors_the_same_way(corpus, tmp_path, capsys):
@@ -205,8 +205,8 @@ def test_version_prints_the_package_and_the_pinned_stack(capsys):
 
 
 def test_mlm_advice_gives_a_working_export_command():
-  from transforms import mlm  # pylint: disable=import-outside-toplevel
-  command = re.search(r"`(bert-embed export [^`]*)`", mlm._missing_message("E", "has no .mlm")).group(1)  # pylint: disable=protected-access
+  from runtime import mlm_scoring  # pylint: disable=import-outside-toplevel
+  command = re.search(r"`(bert-embed export [^`]*)`", mlm_scoring._missing_message("E", "has no .mlm")).group(1)  # pylint: disable=protected-access
   args = cli.export_parser().parse_args(command.split()[2:])
   assert args.source.startswith("hf:") and args.output
 

@@ -1,4 +1,4 @@
-"""The column table (transforms/columns.py): Parquet, tf.Example and the previous-output reader agree on every
+"""The column table (formats/columns.py): Parquet, tf.Example and the previous-output reader agree on every
 column, for every valid OutputColumns."""
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from transforms import columns as columns_lib
+from formats import columns as columns_lib
 from transforms import previous_rows
-from transforms.columns import COLUMNS, SWITCHES, OutputColumns
+from formats.columns import COLUMNS, SWITCHES, OutputColumns
 from transforms.records import EmbeddingRecord, text_sha256
 from transforms.validate import row_problem
 

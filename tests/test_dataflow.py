@@ -143,7 +143,7 @@ def test_localize_copies_a_remote_model_once_when_two_processes_race(gcs, gcs_ti
       "open(sys.argv[1] + '.ready', 'w').close()\n"
       "while not all(os.path.exists(f'{sys.argv[2]}/{k}.ready') for k in (0, 1)):\n"
       "  time.sleep(0.01)\n"
-      "from transforms.saved_models import localize\n"
+      "from runtime.saved_models import localize\n"
       "print(localize(sys.argv[3]))\n")
   barrier = tmp_path / "barrier"
   barrier.mkdir()

@@ -26,7 +26,7 @@ from transforms.embed_config import EmbedConfig
 from runtime.encoding import Encoded
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.records import EncoderInput, TextRecord
-from transforms.saved_models import LoadedModel
+from runtime.saved_models import LoadedModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HIDDEN = 4

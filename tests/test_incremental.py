@@ -19,13 +19,15 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
+from pipeline import fingerprint as fingerprint_lib
+from pipeline import latest_pointer
 from pipeline import previous as previous_lib
 from pipeline.options import UsageError
 from pipeline.run import run
-from transforms import columns as columns_lib
+from formats import columns as columns_lib
 from transforms import drift as drift_lib
 from transforms import incremental
-from transforms.columns import OutputColumns
+from formats.columns import OutputColumns
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
 SEQ = 32
@@ -194,7 +196,7 @@ def _cfg(output, previous, model="m" * 64, dim=32, emit_tokens=False, **changes)
 
 
 def _previous(manifest, prefix="/runs/1/emb", root=None):
-  return previous_lib.PreviousOutput(prefix, prefix, manifest, root)
+  return latest_pointer.PreviousOutput(prefix, prefix, manifest, root)
 
 
 PREVIOUS_MANIFEST = {"model": {"fingerprint": "m" * 64}, "dimension": 32, "options": OPTIONS,
@@ -217,7 +219,7 @@ def test_plan_reuses_vectors_only_when_the_fingerprint_matches(changes, mode, re
   plan = previous_lib.plan(_cfg("/runs/2/emb", _previous(PREVIOUS_MANIFEST), **kwargs, **changes))
   assert plan.mode == mode and reason in plan.reason and plan.drift_sample == drift
   assert plan.previous_files == PREVIOUS_MANIFEST["output_files"] and plan.previous_format == "parquet"
-  previous_fingerprint = previous_lib.fingerprint(previous_lib.manifest_fingerprint_inputs(PREVIOUS_MANIFEST))
+  previous_fingerprint = fingerprint_lib.fingerprint(fingerprint_lib.manifest_fingerprint_inputs(PREVIOUS_MANIFEST))
   assert (plan.fingerprint == previous_fingerprint) == (mode == "incremental" or "emit-tokens" in reason)
   section = previous_lib.manifest_section(plan)
   assert section["mode"] == mode and section["previous"] == "/runs/1/emb" and section["latest_pointer"]
@@ -246,41 +248,41 @@ def test_previous_files_are_found_next_to_the_previous_prefix():
 
 def test_plan_without_a_previous_output_is_full_and_says_why():
   assert "no --previous" in previous_lib.plan(_cfg("/runs/2/emb", None)).reason
-  first = previous_lib.plan(_cfg("/root/run1/emb", previous_lib.PreviousOutput("latest:/root", None, None, "/root")))
+  first = previous_lib.plan(_cfg("/root/run1/emb", latest_pointer.PreviousOutput("latest:/root", None, None, "/root")))
   assert first.mode == "full" and "/root/LATEST does not exist" in first.reason
   assert first.pointer == "/root/LATEST" and first.previous_files is None
 
 
 def test_pointer_goes_to_the_latest_root_or_next_to_the_output(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
-  assert previous_lib.pointer_path("gs://b/emb/2024-01-01/emb", "gs://b/emb/") == "gs://b/emb/LATEST"
-  assert previous_lib.pointer_path("gs://b/emb/2024-01-01/emb", None) == "gs://b/emb/2024-01-01/LATEST"
-  assert previous_lib.pointer_path("gs://b/other/emb", "gs://b/emb") == "gs://b/other/LATEST"
-  assert previous_lib.pointer_path("out/emb", None) == str(tmp_path / "out" / "LATEST")
-  assert previous_lib.pointer_path("root/a/b/emb", "./root") == str(tmp_path / "root" / "LATEST")
-  assert not previous_lib.is_under("rootx/emb", "root")
+  assert latest_pointer.pointer_path("gs://b/emb/2024-01-01/emb", "gs://b/emb/") == "gs://b/emb/LATEST"
+  assert latest_pointer.pointer_path("gs://b/emb/2024-01-01/emb", None) == "gs://b/emb/2024-01-01/LATEST"
+  assert latest_pointer.pointer_path("gs://b/other/emb", "gs://b/emb") == "gs://b/other/LATEST"
+  assert latest_pointer.pointer_path("out/emb", None) == str(tmp_path / "out" / "LATEST")
+  assert latest_pointer.pointer_path("root/a/b/emb", "./root") == str(tmp_path / "root" / "LATEST")
+  assert not latest_pointer.is_under("rootx/emb", "root")
 
 
 def test_resolve_previous_refuses_the_output_itself_and_incomplete_outputs(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   (tmp_path / "root" / "run1").mkdir(parents=True)
   with pytest.raises(UsageError, match="is the previous output"):
-    previous_lib.resolve_previous("./root/run1/emb", str(tmp_path / "root" / "run1" / "emb"))
+    latest_pointer.resolve_previous("./root/run1/emb", str(tmp_path / "root" / "run1" / "emb"))
   with pytest.raises(UsageError, match="emb-manifest.json does not exist"):
-    previous_lib.resolve_previous("root/run1/emb", "root/run2/emb")
-  assert previous_lib.resolve_previous(None, "root/run2/emb") is None
-  first = previous_lib.resolve_previous("latest:root", "root/run1/emb")
+    latest_pointer.resolve_previous("root/run1/emb", "root/run2/emb")
+  assert latest_pointer.resolve_previous(None, "root/run2/emb") is None
+  first = latest_pointer.resolve_previous("latest:root", "root/run1/emb")
   assert first.prefix is None and first.manifest is None and first.latest_root == "root"
-  previous_lib.write_pointer(str(tmp_path / "root" / "LATEST"), "root/run1/emb")
+  latest_pointer.write_pointer(str(tmp_path / "root" / "LATEST"), "root/run1/emb")
   assert (tmp_path / "root" / "LATEST").read_text() == str(tmp_path / "root" / "run1" / "emb") + "\n"
   with pytest.raises(UsageError, match="is the previous output"):  # rerunning the last run's output
-    previous_lib.resolve_previous("latest:root", "root/run1/emb")
+    latest_pointer.resolve_previous("latest:root", "root/run1/emb")
   (tmp_path / "root" / "run1" / "emb-manifest.json").write_text(json.dumps(
       {"schema_version": 1, **PREVIOUS_MANIFEST, "output_files": []}))
-  found = previous_lib.resolve_previous("latest:root/", "root/run2/emb")
+  found = latest_pointer.resolve_previous("latest:root/", "root/run2/emb")
   assert found.prefix == str(tmp_path / "root" / "run1" / "emb") and found.manifest["dimension"] == 32
   with pytest.raises(UsageError, match="needs a ROOT"):
-    previous_lib.resolve_previous("latest:", "root/run2/emb")
+    latest_pointer.resolve_previous("latest:", "root/run2/emb")
 
 
 # --------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from apache_beam.testing import test_pipeline
 
 from pipeline import manifest
 from transforms import write
-from transforms.output_files import is_error_file, is_output_file
+from formats.output_files import is_error_file, is_output_file
 from transforms.validate import ValidateEmbeddings
 from transforms.records import DeadLetter, EmbeddingRecord
 

@@ -1,4 +1,4 @@
-"""MLM scoring (transforms/mlm*.py) against brute-force references written here.
+"""MLM scoring (runtime/mlm_*.py) against brute-force references written here.
 
 The references mask one copy at a time, feed it at the full packed length and call the SavedModel's `.mlm` once
 per copy; the whole-word reference takes word boundaries from the preprocessor's `.tokenize` ragged output, not
@@ -13,11 +13,11 @@ import tensorflow as tf
 from hypothesis import strategies as st
 
 from runtime.tokenizer import Tokenizer
-from transforms import mlm, mlm_plan, mlm_vocab
+from runtime import mlm_scoring, mlm_plan, mlm_vocab
 from transforms.embed_config import EmbedConfig, MlmSpec
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.records import EncoderInput, TextRecord
-from transforms.saved_models import load_saved_model
+from runtime.saved_models import load_saved_model
 
 RTOL = 1e-4
 SEQ_LENGTH = 32
@@ -147,7 +147,7 @@ def test_fixture_records_cover_truncation_and_pairs(model):
 @pytest.mark.parametrize("whole_word", [False, True], ids=["token", "whole_word"])
 def test_scores_match_brute_force(model, whole_word):
   continuation = _continuation(model) if whole_word else None
-  got = mlm.score_records(model.enc, model.inputs, model.special, whole_word=whole_word,
+  got = mlm_scoring.score_records(model.enc, model.inputs, model.special, whole_word=whole_word,
                           continuation=continuation, max_tokens=256, per_token=True)
   assert len(got) == len(model.inputs)
   for element, score in zip(model.inputs, got):
@@ -162,8 +162,8 @@ def test_scores_match_brute_force(model, whole_word):
 
 
 def test_whole_word_differs_only_on_multi_piece_words(model):
-  token = mlm.score_records(model.enc, model.inputs, model.special, per_token=True)
-  word = mlm.score_records(model.enc, model.inputs, model.special, whole_word=True,
+  token = mlm_scoring.score_records(model.enc, model.inputs, model.special, per_token=True)
+  word = mlm_scoring.score_records(model.enc, model.inputs, model.special, whole_word=True,
                            continuation=_continuation(model), per_token=True)
   continuation = _continuation(model)
   for element, a, b in zip(model.inputs, token, word):
@@ -177,8 +177,8 @@ def test_whole_word_differs_only_on_multi_piece_words(model):
 def test_sharp_model_tells_masks_apart(loaded_exports, sharp_model_dir):
   """On the sharp model, masking one more piece moves a score by far more than the tests' tolerance."""
   model = loaded_exports(sharp_model_dir)
-  token = mlm.score_records(model.enc, model.inputs, model.special, per_token=True)
-  word = mlm.score_records(model.enc, model.inputs, model.special, whole_word=True,
+  token = mlm_scoring.score_records(model.enc, model.inputs, model.special, per_token=True)
+  word = mlm_scoring.score_records(model.enc, model.inputs, model.special, whole_word=True,
                            continuation=_continuation(model), per_token=True)
   moved = max(np.nanmax(np.abs(a.token_scores - b.token_scores) / np.abs(a.token_scores))
               for a, b in zip(token, word))
@@ -187,7 +187,7 @@ def test_sharp_model_tells_masks_apart(loaded_exports, sharp_model_dir):
 
 def test_specials_are_nan_and_never_scored(model):
   sep = model.special["end_of_segment_id"]
-  for element, score in zip(model.inputs, mlm.score_records(model.enc, model.inputs, model.special,
+  for element, score in zip(model.inputs, mlm_scoring.score_records(model.enc, model.inputs, model.special,
                                                             per_token=True)):
     ids = element.input_word_ids[:element.num_tokens]
     specials = np.zeros(element.num_tokens, bool)
@@ -201,14 +201,14 @@ def test_specials_are_nan_and_never_scored(model):
 def test_batching_does_not_change_scores(loaded_exports, tiny_model_dir):
   model = loaded_exports(tiny_model_dir)
   budgets = [(1, 512), (37, 512), (100_000, 3), (100_000, 512)]
-  runs = [mlm.score_records(model.enc, model.inputs, model.special, max_tokens=t, max_copies=c, per_token=True)
+  runs = [mlm_scoring.score_records(model.enc, model.inputs, model.special, max_tokens=t, max_copies=c, per_token=True)
           for t, c in budgets]
   for run in runs[1:]:
     for a, b in zip(runs[0], run):
       assert a.scored_tokens == b.scored_tokens
       np.testing.assert_allclose(a.pll, b.pll, rtol=1e-5)
       np.testing.assert_allclose(a.token_scores, b.token_scores, rtol=1e-5, atol=1e-6)
-  alone = [mlm.score_records(model.enc, [e], model.special)[0] for e in model.inputs]
+  alone = [mlm_scoring.score_records(model.enc, [e], model.special)[0] for e in model.inputs]
   np.testing.assert_allclose([s.pll for s in alone], [s.pll for s in runs[0]], rtol=1e-5)
 
 
@@ -219,18 +219,18 @@ def test_nothing_to_score_gives_no_perplexity(loaded_exports, tiny_model_dir):
   ids[:2] = [s["start_of_sequence_id"], s["end_of_segment_id"]]
   mask = (np.arange(SEQ_LENGTH) < 2).astype(np.int32)
   empty = EncoderInput(TextRecord("e", ""), ids, mask, np.zeros_like(ids), 2, False)
-  got = mlm.score_records(model.enc, [empty, model.inputs[0]], s, per_token=True)
+  got = mlm_scoring.score_records(model.enc, [empty, model.inputs[0]], s, per_token=True)
   assert got[0].pll == 0.0 and got[0].scored_tokens == 0 and got[0].pseudo_perplexity is None
   assert np.all(np.isnan(got[0].token_scores)) and got[1].scored_tokens > 0
-  assert mlm.score_records(model.enc, [], s) == []
-  without = mlm.score_records(model.enc, model.inputs[:1], s)[0]
+  assert mlm_scoring.score_records(model.enc, [], s) == []
+  without = mlm_scoring.score_records(model.enc, model.inputs[:1], s)[0]
   assert without.token_scores is None and without.pll == pytest.approx(got[1].pll, rel=1e-5)
 
 
 def test_whole_word_needs_the_vocab(loaded_exports, tiny_model_dir):
   model = loaded_exports(tiny_model_dir)
   with pytest.raises(ValueError, match="continuation"):
-    mlm.score_records(model.enc, model.inputs, model.special, whole_word=True)
+    mlm_scoring.score_records(model.enc, model.inputs, model.special, whole_word=True)
   with pytest.raises(ValueError, match="vocab"):
     mlm_vocab.load_continuation_table(os.path.join(tiny_model_dir, "preprocessor"), vocab_size=7)
 
@@ -251,7 +251,7 @@ def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exp
   results = list(handler.run_inference(batch, loaded))
   assert [r.example.record.id for r in results] == [e.record.id for e in batch]
   assert isinstance(results[3].inference, EncodeError) and "vocab" in results[3].inference.reason
-  expected = mlm.score_records(model.enc, model.inputs, model.special, whole_word=True,
+  expected = mlm_scoring.score_records(model.enc, model.inputs, model.special, whole_word=True,
                                continuation=_continuation(model))
   good = [r.inference.mlm for r in results if r.example.record.id != "bad"]
   np.testing.assert_allclose([g.pll for g in good], [e.pll for e in expected], rtol=1e-5)
@@ -259,14 +259,14 @@ def test_handler_scores_and_isolates_a_failing_record(tiny_model_dir, loaded_exp
 
 
 def test_check_has_mlm(tiny_model_dir, hf_mlm_model_dir, minilm_model_dir):
-  mlm.check_has_mlm(os.path.join(tiny_model_dir, "encoder"))
-  mlm.check_has_mlm(os.path.join(hf_mlm_model_dir, "encoder"))
+  mlm_scoring.check_has_mlm(os.path.join(tiny_model_dir, "encoder"))
+  mlm_scoring.check_has_mlm(os.path.join(hf_mlm_model_dir, "encoder"))
   minilm_encoder = os.path.join(minilm_model_dir, "encoder")
-  with pytest.raises(mlm.MissingMlmHeadError, match="masked-LM head") as info:
-    mlm.check_has_mlm(minilm_encoder)  # rejected from its export metadata
+  with pytest.raises(mlm_scoring.MissingMlmHeadError, match="masked-LM head") as info:
+    mlm_scoring.check_has_mlm(minilm_encoder)  # rejected from its export metadata
   assert isinstance(info.value, ValueError) and "MiniLM" in str(info.value)
-  with pytest.raises(mlm.MissingMlmHeadError, match="no `.mlm` subobject"):
-    mlm.check_has_mlm(load_saved_model(minilm_encoder))  # rejected by looking at the loaded model
+  with pytest.raises(mlm_scoring.MissingMlmHeadError, match="no `.mlm` subobject"):
+    mlm_scoring.check_has_mlm(load_saved_model(minilm_encoder))  # rejected by looking at the loaded model
 
 
 # --- planning (numpy only) ---

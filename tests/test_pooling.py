@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from transforms import pooling
+from runtime import pooling
 
 
 def _outputs(rng, b=3, t=7, h=5, layers=4):

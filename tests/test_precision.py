@@ -1,4 +1,4 @@
-"""Reduced precision (transforms/precision.py): bf16 vectors near fp32, the same records succeed, honest reporting."""
+"""Reduced precision (runtime/precision.py): bf16 vectors near fp32, the same records succeed, honest reporting."""
 import contextlib
 import os
 import threading
@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 
 from pipeline.run import run
-from transforms import precision
+from runtime import precision
 
 # Whether TF's bf16 rewrite changes anything depends on the CPU (it does nothing without AVX512_BF16 or AMX). The
 # tests below assert the contract on every CPU: bf16 where this worker runs it, else fp32 with the reason, and

@@ -19,7 +19,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipeline import cli
 from pipeline.options import UsageError
 from pipeline.run import run
-from transforms.duplicates import DuplicateIdError
+from transforms.duplicate_ids import DuplicateIdError
 
 SEQ = 32
 S = ["the cat sat on the mat.", "hello world!", "a dog is on the mat, the cat is not.", "is the world hello?",
@@ -319,7 +319,7 @@ def test_padding_a_tokenizer_batch_to_a_power_of_two_changes_no_record(tiny_mode
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer, padded_batch_size  # pylint: disable=import-outside-toplevel
   from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
-  from transforms.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
   assert [padded_batch_size(n) for n in (0, 1, 2, 3, 5, 64, 65, 256)] == [1, 1, 2, 4, 8, 64, 128, 256]
   pre = load_preprocessor(os.path.join(tiny_model_dir, "preprocessor")).obj
   tokenizer = Tokenizer(pre, SEQ)

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import models, progress
 from pipeline import run as run_lib
-from transforms import precision, quiet, saved_models
+from runtime import precision, quiet, saved_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "failed call to cuInit",

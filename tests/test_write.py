@@ -17,10 +17,10 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import BeamAssertException, assert_that
 
-from transforms import columns as columns_lib
-from transforms import output_files
+from formats import columns as columns_lib
+from formats import output_files
 from transforms import write
-from transforms.columns import OutputColumns
+from formats.columns import OutputColumns
 from transforms.validate import ValidateEmbeddings, row_problem
 from transforms.write import WriteConfig, WriteEmbeddings
 from transforms.records import DeadLetter, EmbeddingRecord, text_sha256

@@ -13,12 +13,12 @@ DEFAULT_PREPROCESS_BATCH_SIZE = 256
 DEFAULT_BUCKET_SPEC = "2-64,72-128/8"
 DEFAULT_MAX_BATCH_TOKENS = 4096
 
-# transforms/mlm.py: padded tokens per .mlm call.
+# runtime/mlm_scoring.py: padded tokens per .mlm call.
 DEFAULT_MLM_MAX_TOKENS = 8192
 
 # pipeline/previous.py: records whose old and new vectors are compared when the model fingerprint changed.
 DEFAULT_DRIFT_SAMPLE = 100
 
-# transforms/duplicates.py: what happens to records that share an id.
+# transforms/duplicate_ids.py: what happens to records that share an id.
 DUPLICATE_ID_POLICIES = ("dead-letter", "fail", "keep")
 DEFAULT_DUPLICATE_ID_POLICY = "dead-letter"

@@ -6,13 +6,14 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from transforms import batching, bisect
+from transforms import batching
+from runtime import failure_isolation
 from transforms.embed_config import EmbedConfig
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.preprocess import Preprocess
 from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
-from transforms.windows import WINDOW_FAILED, MergeWindows
+from transforms.merge_windows import WINDOW_FAILED, MergeWindows
 
 
 class EmbedResult(NamedTuple):
@@ -108,7 +109,7 @@ def _failed_batch_to_dead_letters(failure):
   """RunInference's dead-letter output: (batch, exception) for a batch that failed outside the model call."""
   batch, error = failure
   for element in batch:
-    yield _encode_dead_letter(element, bisect.describe(error))
+    yield _encode_dead_letter(element, failure_isolation.describe(error))
 
 
 class EmbedTexts(beam.PTransform):

@@ -14,12 +14,13 @@ import numpy as np
 
 from runtime import buckets
 
-from transforms import chunking, defaults
-from transforms.pooling import POOLINGS, PoolingSpec
+from runtime import text_windows
+from transforms import defaults
+from runtime.pooling import POOLINGS, PoolingSpec
 
 
 class MlmSpec(NamedTuple):
-  """MLM scoring settings (see transforms/mlm.py); all small and picklable."""
+  """MLM scoring settings (see runtime/mlm_scoring.py); all small and picklable."""
   special: dict  # the preprocessor's special token ids
   whole_word: bool = False
   continuation: Optional[np.ndarray] = None  # bool [vocab]: True for '##' pieces; needed with whole_word
@@ -42,7 +43,7 @@ class EmbedConfig:
     mlm: MLM pseudo-log-likelihood scoring settings, or None.
     long_text: 'truncate' (the packer trims) or 'chunk' (windows of seq_length - 2 pieces, `chunk_stride` shared).
     chunk_output: with chunk, 'rows' (one row per window, id <id>#<k>) or 'mean' (piece-weighted mean per record).
-    precision: fp32 | bf16 | fp16 | auto, resolved on each worker (transforms/precision.py).
+    precision: fp32 | bf16 | fp16 | auto, resolved on each worker (runtime/precision.py).
     batch_size / min_batch_size: RunInference batching bounds; preprocess_batch_size: texts tokenized per call.
     bucket_lengths / max_batch_tokens: length buckets (capped at seq_length) and the padded-token budget of an
       encoder batch (runtime/buckets.py); bucket_lengths=None batches with RunInference's BatchElements and
@@ -74,9 +75,9 @@ class EmbedConfig:
       raise ValueError(f"unknown pooling {self.pooling!r}; expected one of {POOLINGS}")
     if not self.embeddings and self.mlm is None:
       raise ValueError("nothing to compute: embeddings are off and MLM scoring is not on")
-    chunking.validate(self.long_text, self.chunk_stride, self.seq_length, None)
-    if self.chunk_output not in chunking.CHUNK_OUTPUTS:
-      raise ValueError(f"chunk_output must be one of {chunking.CHUNK_OUTPUTS}, got {self.chunk_output!r}")
+    text_windows.validate(self.long_text, self.chunk_stride, self.seq_length, None)
+    if self.chunk_output not in text_windows.CHUNK_OUTPUTS:
+      raise ValueError(f"chunk_output must be one of {text_windows.CHUNK_OUTPUTS}, got {self.chunk_output!r}")
 
   @property
   def window_stride(self) -> Optional[int]:

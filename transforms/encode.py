@@ -7,12 +7,12 @@ from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from pipeline import progress
 from runtime.encoding import Encoded, encode_batch
-from transforms import bisect, mlm
-from transforms import precision as precision_lib
+from runtime import failure_isolation, mlm_scoring
+from runtime import precision as precision_lib
 from transforms.embed_config import EmbedConfig
 from transforms.names import NAMESPACE
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel, load_encoder, load_preprocessor
+from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
 
 
 class EncodeError(NamedTuple):
@@ -54,7 +54,7 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
                if self._embeddings else [Encoded(None)] * len(batch))
     if self._mlm is None:
       return encoded
-    scores = mlm.score_records(model, batch, self._mlm.special, whole_word=self._mlm.whole_word,
+    scores = mlm_scoring.score_records(model, batch, self._mlm.special, whole_word=self._mlm.whole_word,
                                continuation=self._mlm.continuation, max_tokens=self._mlm.max_tokens,
                                per_token=self._mlm.per_token)
     return [e._replace(mlm=score) for e, score in zip(encoded, scores)]
@@ -74,14 +74,14 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
   def run_inference(self, batch: Sequence[EncoderInput], model: LoadedModel,
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
     results = []
-    for element, encoded, error in bisect.run_isolating_failures(
+    for element, encoded, error in failure_isolation.run_isolating_failures(
         batch, lambda part: self._infer(model, part)):
       if error is not None:
         try:
           (encoded,), error = self._infer(model, [element]), None
         except Exception as retry_error:  # pylint: disable=broad-except
           error = retry_error
-      inference = EncodeError(bisect.describe(error)) if error is not None else encoded
+      inference = EncodeError(failure_isolation.describe(error)) if error is not None else encoded
       results.append(PredictionResult(element, inference, self._path))
     return results
 

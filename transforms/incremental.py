@@ -33,8 +33,8 @@ from typing import NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 
-from transforms.column_checks import float_array_problem
-from transforms.columns import OutputColumns
+from formats.column_checks import float_array_problem
+from formats.columns import OutputColumns
 from transforms.drift import sample_key
 from transforms.previous_rows import ReadPreviousEmbeddings
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256

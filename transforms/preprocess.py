@@ -8,11 +8,11 @@ import apache_beam as beam
 from apache_beam.utils import shared
 
 from runtime.tokenizer import Tokenizer
-from transforms import bisect
+from runtime import failure_isolation
 from transforms.embed_config import EmbedConfig
 from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.records import DeadLetter, TextRecord
-from transforms.saved_models import load_preprocessor
+from runtime.saved_models import load_preprocessor
 
 
 class _PreprocessBatchFn(beam.DoFn):
@@ -53,11 +53,11 @@ class _PreprocessBatchFn(beam.DoFn):
         pack = lambda rs: self._tokenizer.pack_windows(rs, self._chunk_stride)  # pylint: disable=cell-var-from-loop
       else:
         pack = lambda rs: [[p] for p in self._tokenizer.pack(rs)]
-      for record, windows, error in bisect.run_isolating_failures(group, pack):
+      for record, windows, error in failure_isolation.run_isolating_failures(group, pack):
         if error is not None:
           self._failed.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
-              record.id, record.source, "preprocess", bisect.describe(error), record.text))
+              record.id, record.source, "preprocess", failure_isolation.describe(error), record.text))
         elif windows[0].num_tokens <= (2 if record.text_pair is None else 3):  # only [CLS]/[SEP]: no text left
           self._failed.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(

@@ -1,7 +1,7 @@
 """Reading the rows of a previous output (`--previous`) back as EmbeddingRecords, checksums verified.
 
 Only the columns a run needs are read (an OutputColumns' `carried()` columns, never the text: carried rows take it
-from the input), converted by the column table (transforms/columns.py): Parquet row groups column-wise, TFRecord
+from the input), converted by the column table (formats/columns.py): Parquet row groups column-wise, TFRecord
 files in batches decoded by tfx-bsl. Parquet pages are read with their CRC checksums verified, TFRecord records
 with theirs. A file (or a row group of one) that cannot be read, fails a checksum or does not parse is reported on
 `PreviousRows.unreadable` instead of failing the pipeline.
@@ -17,8 +17,8 @@ from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from transforms import columns as columns_lib
-from transforms.columns import KEY_COLUMNS, OutputColumns
+from formats import columns as columns_lib
+from formats.columns import KEY_COLUMNS, OutputColumns
 
 UNREADABLE = "unreadable"
 TFRECORD_BATCH = 1024  # tf.Examples decoded at a time

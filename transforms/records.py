@@ -30,7 +30,7 @@ class EncoderInput(NamedTuple):
   input_type_ids: np.ndarray
   num_tokens: int  # packed tokens, [CLS]/[SEP] included
   truncated: bool  # cut by bytes or by the packer's trimming
-  chunk: Optional[tuple] = None  # transforms.chunking.ChunkInfo for a window of a long text (--long-text chunk)
+  chunk: Optional[tuple] = None  # runtime.text_windows.ChunkInfo for a window of a long text (--long-text chunk)
 
 
 class EmbeddingRecord(NamedTuple):

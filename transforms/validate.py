@@ -2,7 +2,7 @@
 
 `ValidateEmbeddings` sends every row that cannot be written, as the run's OutputColumns would write it, out as a
 DeadLetter(stage="write") with the reason, so the sink (transforms/write.py) never fails on a row that passed.
-The checks are the column table's (transforms/columns.py), run in table order, first problem wins:
+The checks are the column table's (formats/columns.py), run in table order, first problem wins:
 
   - a written column is required (text and mlm_pseudo_perplexity may be None) and must be storable: strings
     UTF-8, counts non-negative int32, vectors of the right shape and finite, MLM scores consistent;
@@ -17,7 +17,7 @@ from typing import Iterator, Optional, Sequence
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from transforms.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
+from formats.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
 from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import DeadLetter, EmbeddingRecord

@@ -4,8 +4,8 @@ Embedding rows must be checked with ValidateEmbeddings (transforms/validate.py) 
 validation covers everything the sink needs, so the sink never fails on a row that passed, and the rows are not
 checked again here. A row that skipped the validation and cannot be converted (wrong types or shapes, non-finite
 floats) fails the pipeline, naming ValidateEmbeddings, rather than being written corrupt. The columns and their
-types are those of the column table (transforms/columns.py); the sinks and file names are in transforms/sinks.py
-and transforms/output_files.py.
+types are those of the column table (formats/columns.py); the sinks and file names are in formats/sinks.py
+and formats/output_files.py.
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 from apache_beam.metrics import Metrics
 
-from transforms import columns as columns_lib
-from transforms import sinks
-from transforms.columns import OutputColumns
-from transforms.output_files import OUTPUT_FORMATS, check_output_prefix
+from formats import columns as columns_lib
+from formats import sinks
+from formats.columns import OutputColumns
+from formats.output_files import OUTPUT_FORMATS, check_output_prefix
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from transforms.records import DeadLetter, EmbeddingRecord
 from transforms.validate import unwritable

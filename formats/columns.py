@@ -1,8 +1,8 @@
 """The output schema, in one table: every column of the embedding files and how it is stored, checked and read.
 
 Each Column is named like its EmbeddingRecord field (and its Parquet column and tf.Example feature); it has a
-storage kind (transforms/column_kinds.py), the OutputColumns switch that writes it (None: always written) and a
-check (transforms/column_checks.py). From this table come the Parquet schema, the Arrow conversion for Parquet and
+storage kind (formats/column_kinds.py), the OutputColumns switch that writes it (None: always written) and a
+check (formats/column_checks.py). From this table come the Parquet schema, the Arrow conversion for Parquet and
 tf.Example (written by tfx-bsl), the decoding of a previous output's rows, and the validation of a row
 (transforms/validate.py). Which columns a run writes is an OutputColumns value, built from the job's options
 (pipeline/config.py):
@@ -41,8 +41,8 @@ from typing import Callable, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import pyarrow as pa
 
-from transforms import column_checks as checks
-from transforms import column_kinds as kinds
+from formats import column_checks as checks
+from formats import column_kinds as kinds
 from transforms.records import EmbeddingRecord
 
 SWITCHES = ("embeddings", "text", "tokens", "mlm", "mlm_per_token", "windows")

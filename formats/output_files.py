@@ -3,7 +3,7 @@
 A run touches only its own files. Beam's sinks delete everything matching `PREFIX-*-of-NNNNN.ext` before
 renaming, which also takes the shards of another run whose prefix starts with this one (`emb` would delete
 `emb-large-00000-of-00001.parquet`); the names here belong to exactly one prefix, so the sinks
-(transforms/sinks.py) and the manifest's clean-up (pipeline/manifest.py) can tell their own files from others'.
+(formats/sinks.py) and the manifest's clean-up (pipeline/manifest.py) can tell their own files from others'.
 """
 from __future__ import annotations
 

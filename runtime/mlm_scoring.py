@@ -4,11 +4,11 @@ Salazar et al. (2020), "Masked Language Model Scoring": for every real token i o
 padding) a copy of the record has token i replaced by [MASK], and the score of i is
 log_softmax(mlm_logits)[true id] at position i; PLL = the sum over scored tokens, and the pseudo-perplexity is
 exp(-PLL / scored tokens). With `whole_word` (PLL-word-l2r, Kauf & Ivanova 2023) the copy that scores piece i also
-masks the later pieces of i's word (see `transforms.mlm_vocab` for how words are found). A truncated record is
+masks the later pieces of i's word (see `runtime.mlm_vocab` for how words are found). A truncated record is
 scored on its packed tokens only.
 
 Efficiency: the copies of all records of a call are pooled, sorted by length and cut into batches of at most
-`max_tokens` padded tokens (`transforms.mlm_plan`), and the encoder's `.mlm` is called with `masked_lm_positions`
+`max_tokens` padded tokens (`runtime.mlm_plan`), and the encoder's `.mlm` is called with `masked_lm_positions`
 [B, 1] holding the scored position, so vocabulary logits are computed for one position per copy only.
 """
 from __future__ import annotations
@@ -18,10 +18,10 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
-from transforms import mlm_plan
+from runtime import mlm_plan
 from transforms.defaults import DEFAULT_MLM_MAX_TOKENS
 from transforms.records import EncoderInput
-from transforms.saved_models import LoadedModel, load_encoder
+from runtime.saved_models import LoadedModel, load_encoder
 
 DEFAULT_MAX_TOKENS = DEFAULT_MLM_MAX_TOKENS
 DEFAULT_MAX_COPIES = 512

@@ -1,5 +1,5 @@
 """Failure isolation inside a batch."""
-from transforms.bisect import describe, run_isolating_failures
+from runtime.failure_isolation import describe, run_isolating_failures
 
 
 def test_one_poisonous_element_fails_alone_and_calls_stay_logarithmic():

@@ -103,7 +103,7 @@ def localize(path: str) -> str:
 
 def configure_devices() -> list:
   """Turns on memory growth for every visible GPU (before any op runs) and returns them."""
-  from transforms import quiet  # pylint: disable=import-outside-toplevel
+  from runtime import quiet  # pylint: disable=import-outside-toplevel
   tf = quiet.import_tensorflow()
   gpus = tf.config.list_physical_devices("GPU")
   for gpu in gpus:
@@ -116,7 +116,7 @@ def configure_devices() -> list:
 
 def load_saved_model(path: str):
   """`tf.saved_model.load` with TF Text's ops registered, so TF Hub preprocessors load."""
-  from transforms import quiet  # pylint: disable=import-outside-toplevel
+  from runtime import quiet  # pylint: disable=import-outside-toplevel
   tf = quiet.import_tensorflow()
   return tf.saved_model.load(localize(path))
 

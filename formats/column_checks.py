@@ -1,4 +1,4 @@
-"""Why one column of a row cannot be written, or None: the checks the column table (transforms/columns.py) runs.
+"""Why one column of a row cannot be written, or None: the checks the column table (formats/columns.py) runs.
 
 Every check takes (row, dim) and reads its own field; those that depend on another field (token_ids on
 num_tokens, mlm_pseudo_perplexity on mlm_scored_tokens) come after it in the table, which checks in order and

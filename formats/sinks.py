@@ -4,7 +4,7 @@ All files go through Beam's file-based sinks, which write to a temporary directo
 into place, so a reader never sees a half-written `PREFIX-SSSSS-of-NNNNN.*` file. Every sink returns the
 PCollection of its final file names, also for an empty input (Beam then writes one empty shard), so the manifest
 step can list them. The sinks delete only the shard names they are about to write and name their scratch
-directories after their run's prefix (transforms/output_files.py). Parquet pages carry CRC checksums, which a
+directories after their run's prefix (formats/output_files.py). Parquet pages carry CRC checksums, which a
 later `--previous` run verifies before reusing a vector.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.iobase import Write
 
-from transforms.output_files import ERRORS_SUFFIX, errors_prefix, path_basename, scratch_dir_name
+from formats.output_files import ERRORS_SUFFIX, errors_prefix, path_basename, scratch_dir_name
 
 PARQUET_CODEC = "snappy"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import apache_beam as beam
 import numpy as np
 
-from transforms import chunking
+from runtime import text_windows
 from transforms.names import DEAD_LETTER
 from transforms.records import EmbeddingRecord
 
@@ -43,7 +43,7 @@ def _merge(element, output: str, normalize: bool):
   if output == "rows":
     yield from rows
     return
-  merged = chunking.weighted_mean([r.embedding for r in rows],
+  merged = text_windows.weighted_mean([r.embedding for r in rows],
                                   [r.chunk_end_piece - r.chunk_start_piece for r in rows], normalize)
   yield _as_record(rows[0], merged)._replace(num_tokens=sum(r.num_tokens for r in rows),
                                              truncated=any(r.truncated for r in rows))
@@ -58,8 +58,8 @@ class MergeWindows(beam.PTransform):
 
   def __init__(self, output: str, normalize: bool):
     super().__init__()
-    if output not in chunking.CHUNK_OUTPUTS:
-      raise ValueError(f"--chunk-output must be one of {chunking.CHUNK_OUTPUTS}")
+    if output not in text_windows.CHUNK_OUTPUTS:
+      raise ValueError(f"--chunk-output must be one of {text_windows.CHUNK_OUTPUTS}")
     self._output = output
     self._normalize = normalize
 

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from transforms.saved_models import load_preprocessor
+from runtime.saved_models import load_preprocessor
 
 SUFFIX_INDICATOR = "##"
 VOCAB_ASSET = "vocab.txt"  # the name TF Hub BERT preprocessors and `bert-embed export` give it
@@ -61,7 +61,7 @@ def load_continuation_table(preprocessor_path: str, vocab_size: Optional[int] = 
   Raises:
     ValueError: no vocab asset, or its size disagrees with `vocab_size`.
   """
-  from transforms.saved_models import asset_files  # pylint: disable=import-outside-toplevel
+  from runtime.saved_models import asset_files  # pylint: disable=import-outside-toplevel
   files = dict(asset_files(preprocessor_path))  # through Beam's FileSystems: any filesystem, local or remote
   names = sorted(files)
   candidates = [n for n in names if n == VOCAB_ASSET] or [n for n in names if n.endswith(".txt")]
