@@ -144,7 +144,7 @@ def test_quiet_cli_prints_no_noise_and_no_progress(tiny_model_dir, tmp_path):
 
 def test_verbose_tensorflow_import_shows_what_quiet_hides():
   """The same import with BERT_EMBED_QUIET unset (--verbose) shows TensorFlow's start-up lines on this machine."""
-  code = "from transforms import quiet; quiet.import_tensorflow()"
+  code = "from runtime import quiet; quiet.import_tensorflow()"
   env = {k: v for k, v in os.environ.items() if k not in (quiet.ENV,)}
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
   verbose = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
