@@ -111,7 +111,7 @@ def _install(tracer: Tracer) -> None:
   tracer.wrap(precision, "probe_inputs", "precision probe")
   tracer.wrap(preprocess.Tokenizer, "pack", "first tokenizer batch", first=1)
   tracer.wrap(encode, "encode_batch", "first encoder batch", first=1)
-  tracer.wrap(write, "records_to_table", "write (rows to Arrow, sink open/close/finalize)")
+  tracer.wrap(write._ToArrowTableFn, "process", "write (rows to Arrow, sink open/close/finalize)")  # pylint: disable=protected-access
   for name in ("open", "close", "finalize_write"):
     tracer.wrap(filebasedsink.FileBasedSink, name, "write (rows to Arrow, sink open/close/finalize)")
   tracer.wrap(manifest, "write_atomically", "manifest and LATEST pointer")
