@@ -116,6 +116,7 @@ def import_tensorflow():
   global _imported  # pylint: disable=global-statement
   if _imported or not is_enabled():
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    import tensorflow_text  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (preprocessor ops)
     if is_enabled():
       install_log_filter()
     return tf

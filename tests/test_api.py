@@ -100,3 +100,16 @@ def test_embed_texts_composes_in_a_users_pipeline(tiny_model_dir):
                 equal_to([(f"t{i}", expected[i]) for i in range(4)],
                          equals_fn=lambda a, b: a[0] == b[0] and np.allclose(a[1], b[1], atol=1e-5)),
                 label="vectors")
+
+
+def test_the_runtime_loads_a_preprocessor_in_a_fresh_process_that_imported_nothing_else(tiny_model_dir):
+  """The loader registers the preprocessor's TF Text ops itself (as benchmarks and user code call it directly; the
+  suite's conftest imports tensorflow_text, which would hide a loader that forgets to)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  code = ("from runtime.saved_models import load_preprocessor; import tensorflow as tf; "
+          f"pre = load_preprocessor({tiny_model_dir + '/preprocessor'!r}).obj; "
+          "print(pre.tokenize(tf.constant(['the cat sat.'])).to_list())")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip().startswith("[[[")
