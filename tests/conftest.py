@@ -337,16 +337,10 @@ def gcs(tmp_path_factory):
   """gs://b/ served by a local emulator; the environment (inherited by worker and CLI subprocesses) points Beam's
   FileSystems at it. Yields the bucket root, 'gs://b'."""
   with _gcs_emulator.running(str(tmp_path_factory.mktemp("gcs"))) as env:
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as patch:  # restores the environment at the end of the session
+      for name, value in env.items():
+        patch.setenv(name, value)
       yield f"gs://{_gcs_emulator.BUCKET}"
-    finally:
-      for k, v in saved.items():
-        if v is None:
-          os.environ.pop(k, None)
-        else:
-          os.environ[k] = v
 
 
 @pytest.fixture(scope="session")
