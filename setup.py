@@ -29,5 +29,5 @@ setup(
                                     "transforms", "transforms.*", "pipeline", "pipeline.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["bert-embed=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["bert-embed=pipeline.cli:entry"]},
 )

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import logging
 import os
 import re
 import sys
-from typing import Iterator, Optional
+from typing import Iterator, NoReturn, Optional
 
 from pipeline.options import UsageError
 
@@ -154,5 +155,30 @@ def main(argv: Optional[list[str]] = None) -> int:
   return 2
 
 
+def finish(code: int) -> NoReturn:
+  """Ends the process with `code`, without the interpreter's teardown once TensorFlow is loaded.
+
+  After a job, when every file is closed, that teardown (module and C++ static destructors) took ~1.4 s of a
+  one-line job here. The exit handlers registered with atexit still run first (logging, multiprocessing,
+  temporary files), then the standard streams are flushed and the process ends.
+  """
+  if "tensorflow" not in sys.modules:
+    sys.exit(code)
+  try:
+    atexit._run_exitfuncs()  # pylint: disable=protected-access
+  finally:
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except (OSError, ValueError):  # a closed pipe: nothing more can be said
+        pass
+    os._exit(code)  # pylint: disable=protected-access
+
+
+def entry() -> NoReturn:
+  """The `bert-embed` console script."""
+  finish(main())
+
+
 if __name__ == "__main__":
-  sys.exit(main())
+  entry()

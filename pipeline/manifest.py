@@ -22,6 +22,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats.output_files import check_output_prefix, is_error_file, is_output_file, is_scratch_dir, path_basename
+from pipeline import manifest_facts
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "-manifest.json"
@@ -95,42 +96,38 @@ def _delete_quietly(path: str) -> None:
 
 
 class _WriteManifestFn(beam.DoFn):
-  """Runs once (on an impulse) after the file list and the counts side inputs are complete."""
+  """Runs once, on the gathered facts (manifest_facts.GatherFacts), after every file and count has arrived."""
 
   def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...],
-               field_names: tuple[str, ...] = ()):
+               field_names: tuple[str, ...] = (), tally_names: tuple[str, ...] = ()):
     super().__init__()
     self._prefix = output_prefix
     self._static_fields = static_fields
     self._count_names = count_names
     self._field_names = field_names
+    self._tally_names = tally_names
 
-  def process(self, unused_impulse, files: list[str], counts: dict[str, int],
-              fields: Optional[dict] = None) -> Iterator[dict]:
-    all_counts = {name: int(counts.get(name, 0)) for name in self._count_names}
-    static_fields = self._static_fields
-    if fields is not None:
-      static_fields = {**static_fields, **{name: fields.get(name) for name in self._field_names}}
-    manifest = build_manifest(self._prefix, static_fields, files, all_counts)
+  def process(self, facts: dict) -> Iterator[dict]:
+    all_counts = {name: int(facts["counts"].get(name, 0)) for name in self._count_names}
+    computed = {name: facts["fields"].get(name) for name in self._field_names}
+    computed.update({name: facts["tallies"].get(name, {}) for name in self._tally_names})
+    manifest = build_manifest(self._prefix, {**self._static_fields, **computed}, facts["files"], all_counts)
     data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"
     write_atomically(manifest_path(self._prefix), data)
     yield manifest
 
 
-def _tag_count(value: object, name: str) -> tuple[str, int]:
-  return name, int(value)
-
-
 class WriteManifest(beam.PTransform):
   """The pipeline's own final step, so the manifest also exists on Dataflow where the launcher does not wait.
 
-  Input: {"files": PCollection[str] of all output and error files, "counts": {name: PCollection[int]}}.
-  Each counts PCollection holds ints that are summed (an empty one gives 0); there must be one for
-  every name in count_names. The manifest is written once every file name has arrived, i.e. after
-  all sinks have finalized. Returns a PCollection with the manifest dict.
+  Input: {"files": PCollection[str] of all output and error files, "counts": {name: ...}}, where each count is a
+  PCollection of ints that are summed or a tuple of such PCollections (all summed into the name); every name of
+  count_names is in the manifest, 0 when it has no PCollection. The manifest is written once every file name has
+  arrived, i.e. after all sinks have finalized. Returns a PCollection with the manifest dict.
 
-  Optional input "fields": {name: PCollection of at most one JSON-able value} for top-level fields
-  computed by the pipeline (e.g. a drift check); an empty PCollection gives null.
+  Optional inputs, for top-level fields computed by the pipeline:
+    "fields": {name: PCollection of at most one JSON-able value} (e.g. a drift check); none gives null;
+    "tallies": {name: PCollection of str}: the field is {element: occurrences} ({} for none).
   """
 
   def __init__(self, output_prefix: str, static_fields: dict, count_names: tuple[str, ...]):
@@ -148,41 +145,30 @@ class WriteManifest(beam.PTransform):
 
   def expand(self, inputs: dict):
     counts = dict(inputs.get("counts") or {})
-    if set(counts) != set(self._count_names):
-      raise ValueError(f"counts must have exactly the names {sorted(self._count_names)}, got {sorted(counts)}")
-    fields = dict(inputs.get("fields") or {})
-    clashes = sorted(set(fields) & (set(RESERVED_KEYS) | set(self._static_fields)))
-    if clashes:
-      raise ValueError(f"fields must not set the manifest's own keys or static fields: {clashes}")
-    pipeline = inputs["files"].pipeline
-    files = inputs["files"] | "ListFiles" >> beam.combiners.ToList()
-    totals = self._sum_counts(pipeline, counts)
-    write_fn = _WriteManifestFn(self._prefix, self._static_fields, self._count_names, tuple(sorted(fields)))
-    side_inputs = [beam.pvalue.AsSingleton(files), beam.pvalue.AsSingleton(totals)]
-    if fields:
-      tagged = [pcoll | f"Field[{name}]" >> beam.Map(lambda value, n: (n, value), name)
-                for name, pcoll in sorted(fields.items())]
-      side_inputs.append(beam.pvalue.AsSingleton(
-          tagged | "FlattenFields" >> beam.Flatten() | "FieldsToDict" >> beam.combiners.ToDict()))
-    return (pipeline
-            | "Impulse" >> beam.Create([None])
-            | "Write" >> beam.ParDo(write_fn, *side_inputs))
-
-  def _sum_counts(self, pipeline, counts: dict):
-    """One {name: total} dict; names whose PCollection is empty are absent (read as 0).
-
-    Each count is summed first on its own (a combine the runner lifts into the stage producing it), so a few
-    partial sums rather than one element per record reach the Flatten (which the DirectRunner materializes).
-    """
-    if not counts:
-      return pipeline | "NoCounts" >> beam.Create([{}])
-    tagged = [pcoll
-              | f"Sum[{name}]" >> beam.CombineGlobally(sum).without_defaults()
-              | f"Tag[{name}]" >> beam.Map(_tag_count, name) for name, pcoll in sorted(counts.items())]
-    return (tagged
-            | "FlattenCounts" >> beam.Flatten()
-            | "SumCounts" >> beam.CombinePerKey(sum)
-            | "CountsToDict" >> beam.combiners.ToDict())
+    unknown = sorted(set(counts) - set(self._count_names))
+    if unknown:
+      raise ValueError(f"counts {unknown} are not among the count names {sorted(self._count_names)}")
+    fields, tallies = dict(inputs.get("fields") or {}), dict(inputs.get("tallies") or {})
+    computed = list(fields) + list(tallies)
+    clashes = sorted(set(computed) & (set(RESERVED_KEYS) | set(self._static_fields)))
+    if clashes or len(set(computed)) != len(computed):
+      raise ValueError(f"fields and tallies must not set the manifest's own keys, static fields or each other's "
+                       f"names: {clashes or sorted(computed)}")
+    facts = [inputs["files"] | "FileNames" >> beam.Map(manifest_facts.file_fact)]
+    for name, sources in sorted(counts.items()):
+      sources = sources if isinstance(sources, tuple) else (sources,)
+      for i, pcoll in enumerate(sources):
+        facts.append(pcoll | f"Sum[{name}]{f'[{i}]' if i else ''}" >> beam.ParDo(manifest_facts.SumPerBundle(name)))
+    for name, pcoll in sorted(tallies.items()):
+      facts.append(pcoll | f"Tally[{name}]" >> beam.ParDo(manifest_facts.SumPerBundle(name, tally=True)))
+    for name, pcoll in sorted(fields.items()):
+      facts.append(pcoll | f"Field[{name}]" >> beam.Map(manifest_facts.field_fact, name))
+    write_fn = _WriteManifestFn(self._prefix, self._static_fields, self._count_names, tuple(sorted(fields)),
+                                tuple(sorted(tallies)))
+    return (facts
+            | "FlattenFacts" >> beam.Flatten()
+            | "Gather" >> beam.CombineGlobally(manifest_facts.GatherFacts())
+            | "Write" >> beam.ParDo(write_fn))
 
 
 def read_manifest(output_prefix_or_path: str) -> dict:

@@ -56,16 +56,6 @@ def _written(record) -> int:
   return int(not record.chunk_index)  # records, not windows
 
 
-def _precision_used(p: beam.Pipeline, embedded):
-  """{precision: records encoded in it}, as each worker resolved --precision (see runtime/precision.py)."""
-  used = getattr(embedded, "precision_used", None)
-  if used is None:
-    used = p | "NoPrecisionReport" >> beam.Create([])
-  return (used
-          | "CountPrecisions" >> beam.combiners.Count.PerElement()
-          | "PrecisionsToDict" >> beam.combiners.ToDict())
-
-
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   """Wires the job's transforms onto `p`; returns the main PCollections (for tests)."""
   read = p | "ReadTexts" >> ReadTexts(
@@ -90,7 +80,6 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     embedded = split.to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
     embedded = split.to_encode | "EmbedTexts" >> embed
-  drift = embedded.embeddings | "DriftCheck" >> DriftCheck(split.drift_sample, plan.drift_sample)
   rows = embedded.embeddings
   if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
@@ -112,10 +101,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   error_files = (dead | "DeadLettersAfterDeletion" >> manifest_lib.After(cleared)
                  | "WriteDeadLetters" >> WriteDeadLetters(cfg.output))
   counts = {
-      "read": ((_counted(records, "CountRecords", "read", input_format=cfg.input_format),
-                _counted(read.dead_letters, "CountUnreadable", "read"),
-                _counted(duplicates.dead_letters, "CountDuplicates", "read"))
-               | "CountRead" >> beam.Flatten()),
+      "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),
+               _counted(read.dead_letters, "CountUnreadable", "read"),
+               _counted(duplicates.dead_letters, "CountDuplicates", "read")),
       "written": _counted(valid, "CountWritten", "written", _written),
       "rows": _ones(valid, "CountRows"),
       "encoded": _counted(embedded.encoded, "CountEncoded", "encoded"),
@@ -125,7 +113,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "files_failed": _ones(read.files_failed, "CountFilesFailed"),
       "tokens": valid | "CountTokens" >> beam.Map(lambda r: r.num_tokens),
       "truncated": valid | "CountTruncated" >> beam.Map(lambda r: int(r.truncated)),
-      **split.counts,
+      **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None},  # None: 0 without a shuffle
   }
   static = {
       "model": models.describe(cfg.model, cfg.model_info),
@@ -137,9 +125,21 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
   _ = files | "DeleteStaleScratch" >> manifest_lib.DeleteStaleScratch(cfg.output)  # a killed run's sink scratch
-  fields = {"drift": drift, "precision_used": _precision_used(p, embedded),
-            "incremental": split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)}
-  manifest = {"files": files, "counts": counts, "fields": fields} | "WriteManifest" >> (
+  # The manifest's computed fields; those known at launch are static (fewer steps: see pipeline/manifest_facts.py).
+  fields, tallies = {}, {}
+  if split.drift_sample is None:
+    static["drift"] = None
+  else:
+    fields["drift"] = embedded.embeddings | "DriftCheck" >> DriftCheck(split.drift_sample, plan.drift_sample)
+  if split.unreadable is None:  # no previous output: nothing to find unreadable
+    static["incremental"] = previous_lib.manifest_section(plan)
+  else:
+    fields["incremental"] = split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)
+  if embedded.precision_used is None:
+    static["precision_used"] = {}
+  else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
+    tallies["precision_used"] = embedded.precision_used
+  manifest = {"files": files, "counts": counts, "fields": fields, "tallies": tallies} | "WriteManifest" >> (
       manifest_lib.WriteManifest(cfg.output, static, COUNTS))
   _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
@@ -239,4 +239,5 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-  sys.exit(main())
+  from pipeline.cli import finish  # pylint: disable=ungrouped-imports
+  finish(main())

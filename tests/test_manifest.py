@@ -159,8 +159,11 @@ def test_write_manifest_checks_its_arguments():
     manifest.WriteManifest("out/emb", {"when": object()}, ())
   p = test_pipeline.TestPipeline()
   files = p | beam.Create([], reshuffle=False)
-  with pytest.raises(ValueError, match="exactly the names"):
-    _ = {"files": files, "counts": {}} | manifest.WriteManifest("out/emb", {}, ("read",))
+  with pytest.raises(ValueError, match=r"counts \['raed'\] are not among the count names \['read'\]"):
+    _ = {"files": files, "counts": {"raed": files}} | "Typo" >> manifest.WriteManifest("out/emb", {}, ("read",))
+  with pytest.raises(ValueError, match="each other's names"):
+    _ = ({"files": files, "fields": {"drift": files}, "tallies": {"drift": files}}
+         | "Clash" >> manifest.WriteManifest("out/emb", {}, ()))
 
 
 # ------------------------------------------------------------------------------------------------

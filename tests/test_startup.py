@@ -170,3 +170,16 @@ def test_log_filter_drops_beams_resource_warning_and_worker_notices_only():
   assert not keep(record(job, 'Worker: severity: WARN message: "No semi_persistent_directory found: ..."'))
   assert keep(record(job, 'Worker: severity: ERROR message: "Traceback ... ValueError"'))
   assert keep(record("pipeline.run", "Discarding unparseable args: ['--typo']"))  # the launcher's own stays
+
+
+def test_finish_runs_exit_handlers_flushes_piped_output_and_keeps_the_exit_code(tmp_path):
+  """cli.finish skips the interpreter's teardown after TensorFlow was imported, not what exit handlers do."""
+  marker = tmp_path / "handler-ran"
+  script = ("import atexit, sys; from pipeline import cli; from runtime import quiet; quiet.import_tensorflow(); "
+            f"atexit.register(lambda: open({str(marker)!r}, 'w').close()); "
+            "sys.stdout.write('x' * 100000); print('last line'); cli.finish(3)")
+  proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        check=False)
+  assert proc.returncode == 3, proc.stderr[-2000:]
+  assert proc.stdout == "x" * 100000 + "last line\n"  # a pipe is block-buffered: flushed before the exit
+  assert marker.exists()

@@ -52,10 +52,11 @@ _LOG = logging.getLogger(__name__)
 
 class IncrementalResult(NamedTuple):
   to_encode: beam.PCollection  # TextRecord: new and changed records (and unchanged ones without carry_over)
-  carried: beam.PCollection  # EmbeddingRecord reused from the previous output
-  counts: dict  # {kind: PCollection[int]} for every kind in KINDS and DAMAGED, summed by the manifest step
+  carried: Optional[beam.PCollection]  # EmbeddingRecord reused from the previous output; None without one
+  counts: dict  # {kind: PCollection[int], or None for 0} for every kind in KINDS and DAMAGED, summed by the manifest
   drift_sample: Optional[beam.PCollection]  # one list of (key, id, text_sha256, vector), or None
   unreadable: Optional[beam.PCollection] = None  # (file, reason) of each previous file part that could not be read
+  # (None without a previous output)
 
 
 def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
@@ -226,11 +227,9 @@ class SplitByPrevious(beam.PTransform):
   def expand(self, records) -> IncrementalResult:
     pipeline = records.pipeline
     if self._files is None:
-      counts = {kind: pipeline | f"No{kind.capitalize()}" >> beam.Create([]) for kind in KINDS if kind != "new"}
+      counts = {kind: None for kind in KINDS + (DAMAGED,)}
       counts["new"] = records | "CountNew" >> beam.Map(lambda _: 1)
-      counts[DAMAGED] = pipeline | "NoneDamaged" >> beam.Create([])
-      return IncrementalResult(records, pipeline | "NothingCarried" >> beam.Create([]), counts, None,
-                               pipeline | "NothingUnreadable" >> beam.Create([]))
+      return IncrementalResult(records, None, counts, None, None)
     read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._read)
     previous = read.rows
     if self._carry_over:

@@ -1,0 +1,106 @@
+"""The manifest step's inputs gathered by one combine: counts, tallies, single-value fields and file names.
+
+Every input becomes a "fact" `(kind, name, value)`; one Flatten joins them and one CombineGlobally(GatherFacts())
+folds them into {"counts", "tallies", "fields", "files"}. Counts and tallies are first summed per bundle where they
+are produced (SumPerBundle emits one partial sum per bundle, fused into the producing stage), so the Flatten holds a
+few elements per bundle, not one per record.
+
+One combine rather than one per count: each CombineGlobally adds ~6 steps and a stage, which the launcher
+serialises and the DirectRunner sets up and runs; with fifteen counts they were half of a one-line job's graph.
+Only for the global window (a batch job): the partial sums are emitted into it.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+
+COUNT, TALLY, FIELD, FILE = "count", "tally", "field", "file"
+
+
+class SumPerBundle(beam.DoFn):
+  """Ints -> one (COUNT, name, sum) per bundle; with tally=True, any hashable elements -> one
+  (TALLY, name, {element: occurrences}) per bundle. A bundle without elements emits nothing."""
+
+  def __init__(self, name: str, tally: bool = False):
+    super().__init__()
+    self._name = name
+    self._tally = tally
+    self._seen = False
+    self._sum = 0
+    self._occurrences: dict = {}
+
+  def start_bundle(self):
+    self._seen, self._sum, self._occurrences = False, 0, {}
+
+  def process(self, element):
+    self._seen = True
+    if self._tally:
+      self._occurrences[element] = self._occurrences.get(element, 0) + 1
+    else:
+      self._sum += int(element)
+    return ()
+
+  def finish_bundle(self):
+    if self._seen:
+      fact = (TALLY, self._name, dict(self._occurrences)) if self._tally else (COUNT, self._name, self._sum)
+      yield GlobalWindows.windowed_value(fact)
+
+
+def field_fact(value, name: str) -> tuple:
+  return FIELD, name, value
+
+
+def file_fact(path: str) -> tuple:
+  return FILE, None, path
+
+
+class GatherFacts(beam.CombineFn):
+  """Facts -> {"counts": {name: sum}, "tallies": {name: {key: sum}}, "fields": {name: value}, "files": sorted}.
+
+  A name that got no fact is absent. Two values for one field are an error (a field holds at most one value).
+  """
+
+  def create_accumulator(self) -> dict:
+    return {"counts": {}, "tallies": {}, "fields": {}, "files": []}
+
+  def add_input(self, accumulator: dict, fact: tuple) -> dict:
+    kind, name, value = fact
+    if kind == COUNT:
+      accumulator["counts"][name] = accumulator["counts"].get(name, 0) + int(value)
+    elif kind == TALLY:
+      tally = accumulator["tallies"].setdefault(name, {})
+      for key, n in value.items():
+        tally[key] = tally.get(key, 0) + int(n)
+    elif kind == FIELD:
+      if name in accumulator["fields"]:
+        raise ValueError(f"the manifest field {name!r} got more than one value")
+      accumulator["fields"][name] = value
+    elif kind == FILE:
+      accumulator["files"].append(value)
+    else:
+      raise ValueError(f"not a manifest fact: {fact!r}")
+    return accumulator
+
+  def merge_accumulators(self, accumulators: Iterable[dict]) -> dict:
+    merged = self.create_accumulator()
+    for acc in accumulators:
+      for fact in _facts_of(acc):
+        self.add_input(merged, fact)
+    return merged
+
+  def extract_output(self, accumulator: dict) -> dict:
+    return {**accumulator, "files": sorted(accumulator["files"])}
+
+
+def _facts_of(accumulator: dict) -> Iterable[tuple]:
+  for name, total in accumulator["counts"].items():
+    yield COUNT, name, total
+  for name, tally in accumulator["tallies"].items():
+    yield TALLY, name, tally
+  for name, value in accumulator["fields"].items():
+    yield FIELD, name, value
+  for path in accumulator["files"]:
+    yield FILE, None, path
+
