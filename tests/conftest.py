@@ -369,3 +369,24 @@ def gcs_valid_bucket(gcs):
   urllib.request.urlopen(request, timeout=30).read()  # noqa: S310  (loopback only)
   return f"gs://{name}"
 
+
+
+# --- process exit ---
+# pipeline.cli.finish ends a finished job's process with os._exit. A test that reaches it in the pytest process
+# (runpy on templates/main.py, say) must not end pytest there: in-process, finish is sys.exit. The real one is
+# tested in a subprocess (test_startup.py).
+
+
+@pytest.fixture(autouse=True)
+def _finish_is_sys_exit_in_process(monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pipeline import cli  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  monkeypatch.setattr(cli, "finish", sys.exit)
+
+
+def pytest_sessionfinish(session, exitstatus):  # pylint: disable=unused-argument
+  """Tells scripts/test.sh that the session ended normally (see there)."""
+  path = os.environ.get("BERT_EMBED_TESTS_FINISHED")
+  if path:
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(f"{int(exitstatus)}\n")
