@@ -97,7 +97,7 @@ def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dic
   """The manifest's `incremental` field.
 
   `unreadable`: (file, reason) of the previous output's parts that could not be read (damaged, failed a checksum):
-  then the run was a full re-embed whatever the plan said, and the reason says so.
+  their records were encoded again (see transforms/incremental.py), and the reason says so.
   """
   prev = p.previous
   mode, reason = p.mode, p.reason
@@ -107,9 +107,10 @@ def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dic
   if failures:
     first, why = next(iter(failures.items()))
     more = f" and {len(failures) - 1} more" if len(failures) > 1 else ""
-    damaged = (f"the previous output could not be read ({first}: {why}{more}), so every record was encoded "
-               "again")
-    mode, reason = MODE_FULL, f"{reason}; {damaged}" if reason else damaged
+    damaged = f"part of the previous output could not be read ({first}: {why}{more})"
+    if mode != MODE_FULL:
+      damaged += ": the records in it, and records written as windows, were encoded again"
+    reason = f"{reason}; {damaged}" if reason else damaged
   return {
       "mode": mode,
       "reason": reason,

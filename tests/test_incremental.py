@@ -27,6 +27,7 @@ from pipeline.run import run
 from formats import columns as columns_lib
 from transforms import drift as drift_lib
 from transforms import incremental
+from transforms import previous_rows
 from formats.columns import OutputColumns
 from transforms.records import EmbeddingRecord, TextRecord, text_sha256
 
@@ -109,19 +110,27 @@ def _window_rows():
   return rows
 
 
+WINDOW_COLUMNS = OutputColumns(embeddings=False, mlm=True, mlm_per_token=True, windows=True)
+
+
+def _write_window_rows(tmp_path, output_format, rows) -> str:
+  if output_format == "parquet":
+    path = str(tmp_path / "prev-00000-of-00002.parquet")
+    pq.write_table(columns_lib.records_to_table(rows, WINDOW_COLUMNS, DIM), path)
+  else:
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    path = str(tmp_path / "prev-00000-of-00002.tfrecord")
+    with tf.io.TFRecordWriter(path) as w:
+      for example in columns_lib.records_to_examples(rows, WINDOW_COLUMNS, DIM):
+        w.write(example)
+  return path
+
+
 @pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
 def test_window_rows_with_mlm_scores_are_carried_whole(tmp_path, output_format):
   rows = _window_rows()
-  columns = OutputColumns(embeddings=False, mlm=True, mlm_per_token=True, windows=True)
-  if output_format == "parquet":
-    path = str(tmp_path / "prev-00000-of-00001.parquet")
-    pq.write_table(columns_lib.records_to_table(rows, columns, DIM), path)
-  else:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    path = str(tmp_path / "prev-00000-of-00001.tfrecord")
-    with tf.io.TFRecordWriter(path) as w:
-      for example in columns_lib.records_to_examples(rows, columns, DIM):
-        w.write(example)
+  columns = WINDOW_COLUMNS
+  path = _write_window_rows(tmp_path, output_format, rows)
   p = TestPipeline()
   split = (p | beam.Create([TextRecord("w", "a long text"), TextRecord("y", "new")])) | incremental.SplitByPrevious(
       [path], output_format, DIM, carry_over=True, columns=columns)
@@ -140,6 +149,25 @@ def test_window_rows_with_mlm_scores_are_carried_whole(tmp_path, output_format):
   assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["y"]), label="ToEncode")
   totals = {k: v | f"Sum{k}" >> beam.CombineGlobally(sum) for k, v in split.counts.items()}
   for kind, expected in {"new": 1, "changed": 0, "unchanged": 1, "deleted": 1}.items():  # x: 1 record, 1 row
+    assert_that(totals[kind], equal_to([expected]), label=f"Count{kind}")
+  p.run().wait_until_finish()
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
+def test_windows_are_encoded_again_when_part_of_the_previous_output_is_unreadable(tmp_path, output_format):
+  """The windows that were read are intact, but others of the same record may have been in the unreadable part."""
+  path = _write_window_rows(tmp_path, output_format, _window_rows())
+  garbage = str(tmp_path / f"prev-00001-of-00002.{output_format}")
+  with open(garbage, "wb") as f:
+    f.write(b"\x00not a previous output\xff" * 5)
+  p = TestPipeline()
+  split = (p | beam.Create([TextRecord("w", "a long text"), TextRecord("y", "new")])) | incremental.SplitByPrevious(
+      [path, garbage], output_format, DIM, carry_over=True, columns=WINDOW_COLUMNS)
+  assert_that(split.carried, equal_to([]), label="NothingCarried")
+  assert_that(split.to_encode | beam.Map(lambda r: r.id), equal_to(["w", "y"]), label="ToEncode")
+  assert_that(split.unreadable | beam.Map(lambda u: u[0]), equal_to([garbage]), label="Unreadable")
+  totals = {k: v | f"Sum{k}" >> beam.CombineGlobally(sum) for k, v in split.counts.items()}
+  for kind, expected in {"new": 1, "changed": 0, "unchanged": 1, "deleted": 1, "previous_damaged": 1}.items():
     assert_that(totals[kind], equal_to([expected]), label=f"Count{kind}")
   p.run().wait_until_finish()
 
@@ -518,29 +546,38 @@ def _flip(path, needle: bytes, count: int):
   open(path, "wb").write(bytes(data))
 
 
-def _assert_full_re_embed(outcome, damaged_file):
+def _assert_part_encoded_again(outcome, damaged_file, lost: int):
+  """`lost` records were in the unreadable part: encoded again (as new); the others carried."""
   section = outcome.manifest["incremental"]
-  assert section["mode"] == "full" and "could not be read" in section["reason"]
+  assert section["mode"] == "incremental" and "could not be read" in section["reason"]
+  assert "the records in it, and records written as windows, were encoded again" in section["reason"]
   assert [entry["file"].split(" ")[0] for entry in section["previous_unreadable"]] == [damaged_file]
-  assert _counts(outcome) == {"new": DAMAGE_RECORDS, "changed": 0, "unchanged": 0, "deleted": 0,
-                              "previous_damaged": 0, "encoded": DAMAGE_RECORDS, "written": DAMAGE_RECORDS,
-                              "dead_lettered": 0}
-  assert _counter(outcome, "records_carried_over") == 0
+  assert _counts(outcome) == {"new": lost, "changed": 0, "unchanged": DAMAGE_RECORDS - lost, "deleted": 0,
+                              "previous_damaged": 0, "encoded": lost, "written": DAMAGE_RECORDS, "dead_lettered": 0}
+  assert _counter(outcome, "records_carried_over") == DAMAGE_RECORDS - lost
 
 
-def test_a_parquet_page_with_flipped_bytes_means_a_full_re_embed(normalized_run, tiny_model_dir):
+def test_a_parquet_page_with_flipped_bytes_costs_only_its_row_group(normalized_run, tiny_model_dir):
   prefix, shard = _copy_previous(normalized_run, "page-damaged")
+  table = pq.read_table(shard)  # rewritten in row groups of 5 rows, with page checksums and the same metadata
+  pq.write_table(table, shard, row_group_size=5, write_page_checksum=True)
+  assert pq.ParquetFile(shard).num_row_groups == 3
+  ids = table.column("id").to_pylist()
+  group = ids.index("d05") // 5
   some_vector = np.asarray(normalized_run.rows["d05"]["embedding"], dtype=np.float32)
   _flip(shard, some_vector.tobytes()[16:96], 64)  # 64 bytes inside the vector data
   outcome = _run(tiny_model_dir, normalized_run.corpus, str(normalized_run.tmp / "page-run2" / "emb"), "--normalize",
                  "--previous", prefix)
-  _assert_full_re_embed(outcome, shard)
-  assert "checksum" in outcome.manifest["incremental"]["previous_unreadable"][0]["reason"]
+  _assert_part_encoded_again(outcome, shard, len(ids[group * 5:group * 5 + 5]))
+  unreadable = outcome.manifest["incremental"]["previous_unreadable"][0]
+  assert "checksum" in unreadable["reason"] and unreadable["file"] == f"{shard} (row group {group})"
   _assert_equals_fresh_run(outcome, normalized_run.rows)
 
 
-def test_a_tfrecord_with_a_changed_value_means_a_full_re_embed(normalized_run, tiny_model_dir):
+def test_a_tfrecord_with_a_changed_value_costs_the_records_from_it_on(normalized_run, tiny_model_dir, monkeypatch):
+  """Records are decoded in batches (2 here): the verified batches before the damaged record are used."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(previous_rows, "TFRECORD_BATCH", 2)
   directory = normalized_run.tmp / "tfrecord-damaged"
   directory.mkdir()
   table = pq.read_table(normalized_run.outcome.manifest["output_files"][0])
@@ -555,7 +592,7 @@ def test_a_tfrecord_with_a_changed_value_means_a_full_re_embed(normalized_run, t
   _flip(shard, rows[4].embedding[3:4].tobytes(), 2)  # one float changed: the record's data CRC no longer matches
   outcome = _run(tiny_model_dir, normalized_run.corpus, str(normalized_run.tmp / "tfrecord-run2" / "emb"),
                  "--normalize", "--previous", str(directory / "emb"))
-  _assert_full_re_embed(outcome, shard)
+  _assert_part_encoded_again(outcome, shard, DAMAGE_RECORDS - 4)  # records 0-3 read, 4 damaged, the rest not read
   _assert_equals_fresh_run(outcome, normalized_run.rows)
 
 

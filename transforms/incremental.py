@@ -18,11 +18,14 @@ With drift_sample > 0 a deterministic sample of previous rows comes out for Drif
 
 Damaged previous outputs are never copied. Parquet pages are read with their CRC checksums verified, TFRecord
 records with theirs. A previous file (or a row group of one) that cannot be read, fails a checksum or does not
-parse makes the whole run a full re-embed: every record is then counted as new and encoded, and the unreadable
-files come out on `IncrementalResult.unreadable` for the manifest. A previous row that reads but would not be
-written as it stands (it fails ValidateEmbeddings' checks for this run's columns, or is not unit length although
-the previous output was normalised) is not carried: its record is encoded again and counted as `previous_damaged`
-(still `unchanged`: its text is), counter records_previous_damaged.
+parse is left out: its records find no previous row, count as new and are encoded, and the unreadable parts come
+out on `IncrementalResult.unreadable` for the manifest. The rows that were read are each intact (verified) and are
+carried as usual, except windows (`<id>#<k>`): some of a record's windows may have been in the unreadable part, so
+with any part unreadable a windowed record is encoded again (`previous_damaged`). A previous row that reads but
+would not be written as it stands (it fails ValidateEmbeddings' checks for this run's columns, or is not unit
+length although the previous output was normalised) is not carried: its record is encoded again and counted as
+`previous_damaged` (still `unchanged`: its text is), counter records_previous_damaged. Rows of deleted records that
+were in an unreadable part are not counted as deleted.
 """
 from __future__ import annotations
 
@@ -47,6 +50,7 @@ CARRIED = "carried"
 _NEW, _OLD = "new", "old"
 # A normalised vector's norm is 1 up to float32 rounding (~1e-7 per component); a damaged one is far off.
 UNIT_NORM_TOLERANCE = 1e-3
+WINDOWS_MAY_BE_MISSING = "part of the previous output is unreadable, and with it maybe some of the record's windows"
 _LOG = logging.getLogger(__name__)
 
 
@@ -112,7 +116,7 @@ def _rows_of_record(olds: list) -> list:
 class _ClassifyFn(beam.DoFn):
   """(id, {new: [TextRecord], old: [EmbeddingRecord or _Old]}) -> records to encode; carried rows; counts.
 
-  Side input: the unreadable parts of the previous output; when there are any, every record is new.
+  Side input: the unreadable parts of the previous output (then windowed rows are not carried).
   """
 
   def __init__(self, carry_over: bool, columns: OutputColumns, dim: int = 0, unit_norm: bool = False):
@@ -145,11 +149,9 @@ class _ClassifyFn(beam.DoFn):
   def process(self, element, unreadable=()):
     _, grouped = element
     news, olds = list(grouped[_NEW]), list(grouped[_OLD])
-    if unreadable:  # the previous output is incomplete: nothing in it can be relied on
-      for record in news:
-        yield self._count("new")
-        yield record
-      return
+    # With parts of the previous output unreadable, a record written as windows may have lost some of them there:
+    # its readable windows are not carried. (A record in one row is whole or absent; absent ones count as new.)
+    incomplete = bool(unreadable) and any(old.chunk_index is not None for old in olds)
     if not news:
       yield self._count("deleted", sum(1 for old in olds if _starts_record(old)))
       return
@@ -169,7 +171,7 @@ class _ClassifyFn(beam.DoFn):
       elif self._carry_over:
         yield self._count("unchanged")
         carried = _rows_of_record(rows)
-        damage = self._damage(carried, record)
+        damage = WINDOWS_MAY_BE_MISSING if incomplete else self._damage(carried, record)
         if damage:
           _LOG.warning("previous row of %r is damaged, encoding the record again: %s", record.id, damage)
           yield self._count(DAMAGED)

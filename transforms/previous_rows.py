@@ -31,7 +31,7 @@ def _open(path: str):
 
 def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
   reason = f"{type(error).__name__}: {error}"
-  _LOG.warning("previous output %s cannot be read (%s): this run encodes every record", path, reason)
+  _LOG.warning("previous output %s cannot be read (%s): the records in it are encoded again", path, reason)
   return beam.pvalue.TaggedOutput(UNREADABLE, (path, reason[:500]))
 
 
@@ -65,7 +65,7 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str]) -> It
 
 def _read_tfrecords(path: str, dim: int, names: Sequence[str]) -> Iterable[object]:
   """One TFRecord file, each record's length and data CRC verified; on any failure one UNREADABLE output (the
-  rows before it may have been emitted: an unreadable previous output carries nothing anyway)."""
+  verified batches before it have been emitted and are used)."""
   decoder = columns_lib.example_decoder(names)
   try:
     with _open(path) as f:
