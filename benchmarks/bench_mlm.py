@@ -104,7 +104,7 @@ def main() -> None:
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from runtime import mlm_scoring, mlm_vocab  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
+  from formats.records import TextRecord  # pylint: disable=import-outside-toplevel
   from runtime.saved_models import load_saved_model  # pylint: disable=import-outside-toplevel
   tf.config.threading.set_inter_op_parallelism_threads(1)
 

@@ -38,7 +38,7 @@ def main() -> None:
   from transforms import batching  # pylint: disable=import-outside-toplevel
   from runtime import precision  # pylint: disable=import-outside-toplevel
   from runtime.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
-  from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
+  from formats.records import TextRecord  # pylint: disable=import-outside-toplevel
   from runtime.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
 
   with open(args.texts, encoding="utf-8") as f:

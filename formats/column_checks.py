@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from transforms.records import EmbeddingRecord
+from formats.records import EmbeddingRecord
 
 INT32_MAX = 2**31 - 1
 

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from formats import column_checks as checks
 from formats import column_kinds as kinds
-from transforms.records import EmbeddingRecord
+from formats.records import EmbeddingRecord
 
 SWITCHES = ("embeddings", "text", "tokens", "mlm", "mlm_per_token", "windows")
 

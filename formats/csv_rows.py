@@ -7,7 +7,7 @@ import io
 from typing import Iterator, NamedTuple, Optional, Union
 
 from formats.fields import FileStats, Item, ReadOptions, fields_to_item, is_blank, snippet_of, wanted_fields
-from transforms.records import DeadLetter
+from formats.records import DeadLetter
 
 _CSV_FIELD_LIMIT = (1 << 31) - 1  # the largest limit every platform's C long accepts
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
-from transforms.records import SNIPPET_CHARS, DeadLetter, TextRecord
+from formats.records import SNIPPET_CHARS, DeadLetter, TextRecord
 
 MAX_REASON_CHARS = 500
 _SNIPPET_BYTES = SNIPPET_CHARS * 4  # enough bytes for SNIPPET_CHARS characters of UTF-8

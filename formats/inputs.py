@@ -20,7 +20,7 @@ from formats.csv_rows import read_csv
 from formats.fields import FileStats, Item, ReadOptions, describe_error, fields_to_item, wanted_fields
 from formats.lines import read_jsonl, read_text
 from formats.tfrecord_input import read_tfrecord
-from transforms.records import DeadLetter
+from formats.records import DeadLetter
 
 INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 

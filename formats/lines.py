@@ -8,7 +8,7 @@ from typing import Iterator
 
 from formats.fields import (MAX_REASON_CHARS, FileStats, Item, ReadOptions, Rejected, decode_utf8, fields_to_item,
                             is_blank, make_record, snippet_of, type_name)
-from transforms.records import DeadLetter
+from formats.records import DeadLetter
 
 _READ_CHUNK_BYTES = 1 << 16  # text lines are read this much at a time
 

@@ -7,7 +7,7 @@ from typing import Any, Iterator, NamedTuple, Union
 
 from formats.fields import (FileStats, Invalid, Item, ReadOptions, describe_error, fields_to_item, snippet_of,
                             wanted_fields)
-from transforms.records import DeadLetter
+from formats.records import DeadLetter
 
 _SKIP_CHUNK_BYTES = 1 << 16  # the bytes after a broken frame are read this much at a time
 _TFRECORD_HEADER = struct.Struct("<QI")  # payload length, masked CRC-32C of the length

@@ -13,7 +13,7 @@ from runtime.encoding import encode_batch
 from runtime.tokenizer import Tokenizer
 from runtime import pooling as pooling_lib
 from transforms.embed_config import EmbedConfig
-from transforms.records import TextRecord
+from formats.records import TextRecord
 from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
 
 _TOKENIZE_CHUNK = 256

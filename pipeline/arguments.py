@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from pipeline import models
 from pipeline.options import BertEmbedArguments, UsageError, split_patterns
 from runtime import text_windows, pooling
-from transforms.defaults import DEFAULT_BUCKET_SPEC
+from runtime.defaults import DEFAULT_BUCKET_SPEC
 
 PROG = "bert-embed run"
 # The stack a release is measured and pinned on (setup.py), reported by --version.

@@ -17,7 +17,7 @@ from runtime import buckets
 from runtime import mlm_scoring, mlm_vocab
 from runtime import pooling as pooling_lib
 from formats.columns import OutputColumns
-from transforms.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
+from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
 from formats.output_files import check_output_prefix
 from transforms.read import InputError, match_inputs

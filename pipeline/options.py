@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from transforms.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
+from runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
                                  DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MLM_MAX_TOKENS,
                                  DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
 from runtime.pooling import POOLINGS

@@ -15,7 +15,7 @@ from pipeline.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, nor
                                      pointer_path, previous_format)
 from formats.output_files import path_basename
 from transforms import incremental
-from transforms.defaults import DEFAULT_DRIFT_SAMPLE
+from runtime.defaults import DEFAULT_DRIFT_SAMPLE
 
 MODE_INCREMENTAL = "incremental"
 MODE_FULL = "full"

@@ -2,10 +2,8 @@
 
 Beam's metrics cannot be queried while the DirectRunner runs, so local runs use a side channel:
 
-  workers    the pipeline's counting steps (pipeline/run.py: CountRecords, CountEncoded, CountWritten, ...) call
-             `tally(kind, n)`. When BERT_EMBED_PROGRESS_DIR names a directory, each process keeps its running totals
-             and rewrites `<dir>/<pid>.json` (atomically) at most every FLUSH_SECONDS. Worker processes of the
-             DirectRunner's multi_processing mode inherit the variable from the launcher.
+  workers    the pipeline's counting steps tally what they see (transforms/progress_counts.py); when
+             BERT_EMBED_PROGRESS_DIR names a directory, each process rewrites `<dir>/<pid>.json` with its totals.
   launcher   `Reporter`, a thread of the launcher, sums the files every `interval` seconds and prints a line.
 
 Every tally also increments a Beam counter in the `bert_embed` namespace (progress_records_read,
@@ -28,146 +26,16 @@ import threading
 import time
 from typing import Callable, NamedTuple, Optional, TextIO
 
-import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 from apache_beam.metrics.metric import MetricsFilter
 
 from transforms.names import NAMESPACE
+from transforms.progress_counts import COUNTER_NAMES, ENV, KINDS, flush, zero
 
-ENV = "BERT_EMBED_PROGRESS_DIR"
-KINDS = ("read", "encoded", "written", "input_bytes")
-EVENTS = ("encoder_ready",)
-TIMES = ("encoder_ready", "first_encoded_at", "last_encoded_at")  # wall-clock seconds (time.time()), 0: not yet
 INTERVAL_SECONDS = 10.0
 INTERVAL_ENV = "BERT_EMBED_PROGRESS_SECONDS"  # overrides INTERVAL_SECONDS (tests of the command line)
-FLUSH_SECONDS = 0.5
-_COUNTER_NAMES = {"read": "progress_records_read", "encoded": "progress_records_encoded",
-                  "written": "progress_records_written", "input_bytes": "progress_input_bytes_read"}
-_COUNTERS = {kind: Metrics.counter(NAMESPACE, name) for kind, name in _COUNTER_NAMES.items()}
 ETA_FORMATS = ("text", "jsonl", "csv")
 _COMPRESSED = (".gz", ".bz2", ".xz", ".zst", ".deflate", ".zip", ".snappy")
-
-
-class _Totals:
-  """This process's running totals for the run whose directory is in the environment."""
-
-  def __init__(self):
-    self.lock = threading.Lock()
-    self.directory: Optional[str] = None
-    self.counts = _zero()
-    self.flushed = 0.0
-
-  def _current(self) -> Optional[str]:
-    """The run's directory (None outside a local run); resets the totals when a new run started."""
-    directory = os.environ.get(ENV)
-    if directory and directory != self.directory:
-      self.directory, self.counts, self.flushed = directory, _zero(), 0.0
-    return directory
-
-  def add(self, kind: str, n: int) -> None:
-    with self.lock:
-      directory = self._current()
-      if not directory:
-        return
-      self.counts[kind] += n
-      now = time.time()
-      if kind == "encoded":
-        self.counts["first_encoded_at"] = self.counts["first_encoded_at"] or now
-        self.counts["last_encoded_at"] = now
-      self._maybe_write(directory, now)
-
-  def mark(self, event: str) -> None:
-    """Records the first time `event` (one of EVENTS) happened in this process."""
-    with self.lock:
-      directory = self._current()
-      if directory and not self.counts[event]:
-        self.counts[event] = time.time()
-        self._maybe_write(directory, 0.0)
-
-  def _maybe_write(self, directory: str, now: float) -> None:
-    if not now or now - self.flushed >= FLUSH_SECONDS:
-      self.flushed = now or time.time()
-      self._write(directory, dict(self.counts))
-
-  def flush(self) -> None:
-    with self.lock:
-      if self.directory and os.environ.get(ENV) == self.directory:
-        self._write(self.directory, dict(self.counts))
-
-  @staticmethod
-  def _write(directory: str, counts: dict) -> None:
-    path = os.path.join(directory, f"{os.getpid()}.json")
-    tmp = f"{path}.{threading.get_ident()}.tmp"
-    try:
-      with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(counts, f)
-      os.replace(tmp, path)
-    except OSError:  # the run ended and removed its directory; progress is best effort
-      pass
-
-
-def _zero() -> dict:
-  return {**dict.fromkeys(KINDS, 0), **dict.fromkeys(TIMES, 0.0)}
-
-
-_TOTALS = _Totals()
-
-
-def tally(kind: str, n: int = 1) -> None:
-  """Counts `n` of `kind` (see KINDS) for the progress lines and the matching Beam counter."""
-  if n:
-    _COUNTERS[kind].inc(n)
-    _TOTALS.add(kind, n)
-
-
-def mark(event: str) -> None:
-  """Notes when `event` happened first in this process (EVENTS: encoder_ready, when a worker's model is loaded)."""
-  _TOTALS.mark(event)
-
-
-def flush() -> None:
-  """Writes this process's totals now (end of a bundle; the launcher before its summary)."""
-  _TOTALS.flush()
-
-
-class CountFn(beam.DoFn):
-  """A counting step of pipeline/run.py: emits `value(element)` for the manifest's counts and tallies `kind`.
-
-  A DoFn rather than a Map so that each bundle ends with a flush: the launcher's summary then sees every count,
-  also from worker processes, which may exit right after their last bundle.
-  """
-
-  def __init__(self, kind: str, value: Optional[Callable] = None, input_format: Optional[str] = None):
-    super().__init__()
-    self._kind = kind
-    self._value = value
-    self._input_format = input_format  # set on the step counting read records: also tally their input bytes
-
-  def process(self, element):
-    value = 1 if self._value is None else self._value(element)
-    tally(self._kind, value)
-    if self._input_format is not None:
-      tally("input_bytes", record_bytes(element, self._input_format))
-    yield value
-
-  def finish_bundle(self):
-    flush()
-
-
-def record_bytes(record, input_format: str) -> int:
-  """The bytes a TextRecord took in its input file: exact for text lines, approximate for JSON lines and CSV."""
-  text = record.text or ""
-  size = len(text.encode("utf-8")) + 1
-  if input_format == "text":
-    return size
-  pair = record.text_pair
-  size += len(str(record.id).encode("utf-8")) + (len(pair.encode("utf-8")) if pair else 0)
-  if input_format == "jsonl":
-    size += 24 + (16 if pair else 0)  # keys, quotes, braces
-  else:
-    size += 2 + (1 if pair else 0)  # separators
-  return size
 
 
 def input_bytes(paths, input_format: str) -> Optional[int]:
@@ -188,7 +56,7 @@ class Snapshot(NamedTuple):
 
 def read_totals(directory: str) -> dict:
   """The sum of the per-process files in `directory`."""
-  totals = _zero()
+  totals = zero()
   try:
     names = os.listdir(directory)
   except OSError:
@@ -216,8 +84,8 @@ def metrics_totals(result) -> Optional[dict]:
     counters = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]
   except Exception:  # pylint: disable=broad-except
     return None
-  kinds = {name: kind for kind, name in _COUNTER_NAMES.items()}
-  totals = _zero()
+  kinds = {name: kind for kind, name in COUNTER_NAMES.items()}
+  totals = zero()
   for counter in counters:
     kind = kinds.get(counter.key.metric.name)
     if kind:

@@ -27,6 +27,7 @@ from transforms.distinct_texts import EmbedDistinctTexts
 from transforms.embed import EmbedTexts
 from transforms.drift import DriftCheck
 from transforms.incremental import SplitByPrevious
+from transforms.progress_counts import CountFn
 from transforms.read import InputError, ReadTexts
 from transforms.validate import ValidateEmbeddings
 from transforms.write import WriteConfig, WriteDeadLetters, WriteEmbeddings
@@ -49,7 +50,7 @@ def _ones(pcoll, label: str):
 
 def _counted(pcoll, label: str, kind: str, value=None, input_format=None):
   """Like _ones (or `value` per element), also tallied for the progress lines (pipeline/progress.py)."""
-  return pcoll | label >> beam.ParDo(progress.CountFn(kind, value, input_format))
+  return pcoll | label >> beam.ParDo(CountFn(kind, value, input_format))
 
 
 def _written(record) -> int:

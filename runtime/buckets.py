@@ -21,7 +21,7 @@ from __future__ import annotations
 import bisect
 from typing import NamedTuple, Optional, Sequence
 
-from transforms.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
+from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
 
 # What one more encoder call costs, in padded tokens (BERT-base on 2 CPU cores: ~30 ms fixed per call, ~0.25 ms
 # per padded token, and batches under ~32 rows run slower per token): the price of cutting a batch in two.

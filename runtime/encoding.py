@@ -9,7 +9,7 @@ from runtime import pooling
 from runtime.buckets import BucketSpec, padded_length
 from runtime.pooling import PoolingSpec
 from runtime.saved_models import LoadedModel
-from transforms.records import EncoderInput
+from formats.records import EncoderInput
 
 
 class Encoded(NamedTuple):

@@ -19,8 +19,8 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 import numpy as np
 
 from runtime import mlm_plan
-from transforms.defaults import DEFAULT_MLM_MAX_TOKENS
-from transforms.records import EncoderInput
+from runtime.defaults import DEFAULT_MLM_MAX_TOKENS
+from formats.records import EncoderInput
 from runtime.saved_models import LoadedModel, load_encoder
 
 DEFAULT_MAX_TOKENS = DEFAULT_MLM_MAX_TOKENS

@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from runtime import text_windows
-from transforms.records import EncoderInput, TextRecord
+from formats.records import EncoderInput, TextRecord
 
 
 def padded_batch_size(n: int) -> int:

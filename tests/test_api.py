@@ -10,7 +10,7 @@ from pipeline.api import embed
 from pipeline.run import run
 from transforms.embed import EmbedTexts
 from transforms.embed_config import EmbedConfig
-from transforms.records import TextRecord
+from formats.records import TextRecord
 
 TEXTS = ["the cat sat on the mat.", "hello world!", "a dog is on the mat, the cat is not.", "the dog sat."]
 

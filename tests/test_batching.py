@@ -14,7 +14,7 @@ from runtime import buckets
 from transforms import batching
 from transforms.embed import EmbedTexts
 from transforms.embed_config import EmbedConfig
-from transforms.records import EncoderInput, TextRecord
+from formats.records import EncoderInput, TextRecord
 
 
 def _element(i: int, num_tokens: int, seq_length: int = 128) -> EncoderInput:

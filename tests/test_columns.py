@@ -12,7 +12,7 @@ import tensorflow as tf
 from formats import columns as columns_lib
 from transforms import previous_rows
 from formats.columns import COLUMNS, SWITCHES, OutputColumns
-from transforms.records import EmbeddingRecord, text_sha256
+from formats.records import EmbeddingRecord, text_sha256
 from transforms.validate import row_problem
 
 DIM = 3

@@ -25,7 +25,7 @@ from transforms import encode
 from transforms.embed_config import EmbedConfig
 from runtime.encoding import Encoded
 from transforms.encode import BertEncoderModelHandler, EncodeError
-from transforms.records import EncoderInput, TextRecord
+from formats.records import EncoderInput, TextRecord
 from runtime.saved_models import LoadedModel
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

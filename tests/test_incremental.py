@@ -29,7 +29,7 @@ from transforms import drift as drift_lib
 from transforms import incremental
 from transforms import previous_rows
 from formats.columns import OutputColumns
-from transforms.records import EmbeddingRecord, TextRecord, text_sha256
+from formats.records import EmbeddingRecord, TextRecord, text_sha256
 
 SEQ = 32
 DIM = 4

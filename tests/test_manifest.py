@@ -18,7 +18,7 @@ from pipeline import manifest
 from transforms import write
 from formats.output_files import is_error_file, is_output_file
 from transforms.validate import ValidateEmbeddings
-from transforms.records import DeadLetter, EmbeddingRecord
+from formats.records import DeadLetter, EmbeddingRecord
 
 DIM = 4
 COUNT_NAMES = ("read", "written", "dead_lettered", "blank_lines", "files_failed")

@@ -16,7 +16,7 @@ from runtime.tokenizer import Tokenizer
 from runtime import mlm_scoring, mlm_plan, mlm_vocab
 from transforms.embed_config import EmbedConfig, MlmSpec
 from transforms.encode import BertEncoderModelHandler, EncodeError
-from transforms.records import EncoderInput, TextRecord
+from formats.records import EncoderInput, TextRecord
 from runtime.saved_models import load_saved_model
 
 RTOL = 1e-4

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from formats.fields import FileStats, ReadOptions, cut_utf8
 from formats.inputs import read_file
 from transforms.read import INPUT_FORMATS, InputError, ReadTexts, match_inputs
-from transforms.records import DeadLetter, TextRecord
+from formats.records import DeadLetter, TextRecord
 
 
 # --- Helpers ------------------------------------------------------------------------------------

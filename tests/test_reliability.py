@@ -318,7 +318,7 @@ def test_a_glob_matching_nothing_fails_before_the_model_is_loaded(tmp_path):
 def test_padding_a_tokenizer_batch_to_a_power_of_two_changes_no_record(tiny_model_dir):
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer, padded_batch_size  # pylint: disable=import-outside-toplevel
-  from transforms.records import TextRecord  # pylint: disable=import-outside-toplevel
+  from formats.records import TextRecord  # pylint: disable=import-outside-toplevel
   from runtime.saved_models import load_preprocessor  # pylint: disable=import-outside-toplevel
   assert [padded_batch_size(n) for n in (0, 1, 2, 3, 5, 64, 65, 256)] == [1, 1, 2, 4, 8, 64, 128, 256]
   pre = load_preprocessor(os.path.join(tiny_model_dir, "preprocessor")).obj

@@ -23,7 +23,7 @@ from transforms import write
 from formats.columns import OutputColumns
 from transforms.validate import ValidateEmbeddings, row_problem
 from transforms.write import WriteConfig, WriteEmbeddings
-from transforms.records import DeadLetter, EmbeddingRecord, text_sha256
+from formats.records import DeadLetter, EmbeddingRecord, text_sha256
 
 DIM = 8
 METADATA = {"model": "test-bert", "dimension": str(DIM), "pooling": "mean"}

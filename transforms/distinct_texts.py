@@ -5,7 +5,7 @@ import apache_beam as beam
 
 from transforms.embed import EmbedResult
 from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.records import TextRecord, text_sha256
+from formats.records import TextRecord, text_sha256
 
 FANOUT = "fanout"
 

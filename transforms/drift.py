@@ -13,7 +13,7 @@ from typing import Optional
 import apache_beam as beam
 import numpy as np
 
-from transforms.records import EmbeddingRecord
+from formats.records import EmbeddingRecord
 
 
 def sample_key(record_id: str) -> str:

@@ -9,10 +9,10 @@ from typing import Iterable, NamedTuple
 
 import apache_beam as beam
 
-from transforms.defaults import DEFAULT_DUPLICATE_ID_POLICY as DEFAULT_POLICY
-from transforms.defaults import DUPLICATE_ID_POLICIES as POLICIES
+from runtime.defaults import DEFAULT_DUPLICATE_ID_POLICY as DEFAULT_POLICY
+from runtime.defaults import DUPLICATE_ID_POLICIES as POLICIES
 from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.records import DeadLetter, TextRecord
+from formats.records import DeadLetter, TextRecord
 
 
 

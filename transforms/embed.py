@@ -12,7 +12,7 @@ from transforms.embed_config import EmbedConfig
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.names import DEAD_LETTER, NAMESPACE
 from transforms.preprocess import Preprocess
-from transforms.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
+from formats.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
 from transforms.merge_windows import WINDOW_FAILED, MergeWindows
 
 

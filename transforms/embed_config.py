@@ -15,7 +15,7 @@ import numpy as np
 from runtime import buckets
 
 from runtime import text_windows
-from transforms import defaults
+from runtime import defaults
 from runtime.pooling import POOLINGS, PoolingSpec
 
 

@@ -5,13 +5,13 @@ from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from pipeline import progress
+from transforms import progress_counts
 from runtime.encoding import Encoded, encode_batch
 from runtime import failure_isolation, mlm_scoring
 from runtime import precision as precision_lib
 from transforms.embed_config import EmbedConfig
 from transforms.names import NAMESPACE
-from transforms.records import EncoderInput
+from formats.records import EncoderInput
 from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
 
 
@@ -65,7 +65,7 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
     if precision_lib.needs_probe(self._precision, model.device):
       probe = precision_lib.probe_inputs(load_preprocessor(self._preprocessor_path).obj, self._seq_length)
     model.precision_runner = precision_lib.resolve(model.obj, model.device, self._precision, probe)
-    progress.mark("encoder_ready")  # the summary's start-up ends here (pipeline/progress.py)
+    progress_counts.mark("encoder_ready")  # the summary's start-up ends here (pipeline/progress.py)
     return model
 
   def should_skip_batching(self) -> bool:

@@ -40,7 +40,7 @@ from formats.column_checks import float_array_problem
 from formats.columns import OutputColumns
 from transforms.drift import sample_key
 from transforms.previous_rows import ReadPreviousEmbeddings
-from transforms.records import EmbeddingRecord, TextRecord, text_sha256
+from formats.records import EmbeddingRecord, TextRecord, text_sha256
 from transforms.validate import row_problem
 
 from transforms.names import NAMESPACE

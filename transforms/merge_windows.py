@@ -10,7 +10,7 @@ import numpy as np
 
 from runtime import text_windows
 from transforms.names import DEAD_LETTER
-from transforms.records import EmbeddingRecord
+from formats.records import EmbeddingRecord
 
 WINDOW_FAILED = "window_failed"
 

@@ -11,7 +11,7 @@ from runtime.tokenizer import Tokenizer
 from runtime import failure_isolation
 from transforms.embed_config import EmbedConfig
 from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.records import DeadLetter, TextRecord
+from formats.records import DeadLetter, TextRecord
 from runtime.saved_models import load_preprocessor
 
 

@@ -17,7 +17,7 @@ from apache_beam.io.filesystems import FileSystems
 from formats.fields import FileStats, ReadOptions, describe_error
 from formats.inputs import INPUT_FORMATS, read_file
 from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.records import DeadLetter
+from formats.records import DeadLetter
 
 __all__ = ["INPUT_FORMATS", "InputError", "MatchedPath", "ReadResult", "ReadTexts", "match_inputs"]
 

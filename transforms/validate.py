@@ -20,7 +20,7 @@ from apache_beam.metrics import Metrics
 from formats.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
 from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import DeadLetter, EmbeddingRecord
+from formats.records import DeadLetter, EmbeddingRecord
 
 # The main output tag of ValidateEmbeddings (dead letters go to DEAD_LETTER_TAG).
 VALID_TAG = "valid"

@@ -23,7 +23,7 @@ from formats import sinks
 from formats.columns import OutputColumns
 from formats.output_files import OUTPUT_FORMATS, check_output_prefix
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
-from transforms.records import DeadLetter, EmbeddingRecord
+from formats.records import DeadLetter, EmbeddingRecord
 from transforms.validate import unwritable
 
 # Rows are grouped into batches of about this many bytes; each Parquet batch becomes a row group.
