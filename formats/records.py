@@ -54,6 +54,7 @@ class EmbeddingRecord(NamedTuple):
   chunk_start_piece: Optional[int] = None
   chunk_end_piece: Optional[int] = None
   num_windows: Optional[int] = None  # windows of the parent text (not written; used to reassemble it)
+  source: str = ""  # the input file of the record (not written; names it in a write-stage dead letter)
 
 
 class DeadLetter(NamedTuple):

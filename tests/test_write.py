@@ -292,7 +292,7 @@ def test_row_problem_accepts_good_rows_and_requires_tokens_only_when_emitted():
 
 def test_bad_vectors_become_write_dead_letters(tmp_path):
   good = make_records(6, seed=4)
-  bad = list(bad_records().values())
+  bad = [r._replace(source=f"part-{i}.txt") for i, r in enumerate(bad_records().values())]
   prefix = str(tmp_path / "emb")
   result = run_write(good + bad, prefix, "parquet")
 
@@ -300,6 +300,7 @@ def test_bad_vectors_become_write_dead_letters(tmp_path):
   assert sorted(table.column("id").to_pylist()) == sorted(r.id for r in good)
   letters = read_jsonl(prefix)
   assert sorted(d["id"] for d in letters) == sorted(r.id for r in bad)
+  assert {d["id"]: d["source"] for d in letters} == {r.id: r.source for r in bad}  # the input file of each
   for letter in letters:
     assert set(letter) == DEAD_LETTER_KEYS
     assert letter["stage"] == "write"

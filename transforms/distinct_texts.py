@@ -37,9 +37,9 @@ def _fan_out(element):
     yield emb
     for r in others:
       if emb.parent_id is None:
-        yield emb._replace(id=r.id)
+        yield emb._replace(id=r.id, source=r.source)
       else:  # a window of a long text: <id>#<k>
-        yield emb._replace(id=r.id + emb.id[len(emb.parent_id):], parent_id=r.id)
+        yield emb._replace(id=r.id + emb.id[len(emb.parent_id):], parent_id=r.id, source=r.source)
   for dead in group["dead_letters"]:
     yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
     for r in others:

@@ -50,6 +50,7 @@ class _ToEmbeddingRecord(beam.DoFn):
         truncated=element.truncated,
         text_sha256=text_sha256(record.text, record.text_pair),
         text=record.text if self._keep_text else None,
+        source=record.source,
         token_ids=element.input_word_ids[:element.num_tokens].copy() if self._emit_tokens else None,
         sequence_output=result.inference.sequence_output if self._emit_tokens else None,
         mlm_pll=None if score is None else float(score.pll),

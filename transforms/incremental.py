@@ -134,6 +134,7 @@ class _ClassifyFn(beam.DoFn):
 
   def _carry(self, old: EmbeddingRecord, record: TextRecord) -> EmbeddingRecord:
     return old._replace(
+        source=record.source,
         text=record.text if self._columns.text else None,
         token_ids=old.token_ids if self._columns.tokens else None,
         sequence_output=old.sequence_output if self._columns.tokens else None)

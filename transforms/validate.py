@@ -78,7 +78,8 @@ class ValidateEmbeddingsFn(beam.DoFn):
       return
     self._rejected.inc()
     yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.make(
-        getattr(rec, "id", ""), source="", stage="write", reason=problem, text=getattr(rec, "text", "")))
+        getattr(rec, "id", ""), source=getattr(rec, "source", "") or "", stage="write", reason=problem,
+        text=getattr(rec, "text", "")))
 
 
 class ValidateEmbeddings(beam.PTransform):
