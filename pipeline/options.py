@@ -147,7 +147,7 @@ class BertEmbedArguments:
     _flag(g, "batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
           help="Largest encoder batch (RunInference max_batch_size).")
     _flag(g, "min_batch_size", type=positive_int, default=1,
-          help="Smallest encoder batch (RunInference min_batch_size); only with --bucket-lengths none, as length "
+          help="Smallest encoder batch (RunInference min_batch_size); needs --bucket-lengths none, as length "
                "buckets size their batches by --max-batch-tokens.")
     _flag(g, "preprocess_batch_size", type=positive_int, default=DEFAULT_PREPROCESS_BATCH_SIZE,
           help="Texts tokenized per call.")

@@ -104,6 +104,7 @@ def test_beam_flag_names_read_from_its_source_are_those_it_defines():
     (["--pooling", "max"], "argument --pooling: invalid choice: 'max'"),
     (["--seq-length", "0"], "argument --seq-length/--seq_length: expected a positive integer"),
     (["--bucket-lengths", "8,x"], "--bucket-lengths: bucket lengths must be"),
+    (["--min-batch-size", "8"], "--min-batch-size needs --bucket-lengths none"),
     (["--direct_num_workers=x"], "argument --direct_num_workers: invalid int value: 'x'"),
     (["--show-neighbours", "x"], "argument --show-neighbours: expected an integer"),
 ])
