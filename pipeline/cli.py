@@ -7,7 +7,9 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
 from typing import Iterator, NoReturn, Optional
 
 from pipeline.options import UsageError
@@ -18,6 +20,8 @@ USAGE = """usage: bert-embed {run,export} ... | bert-embed --version
   bert-embed export --from hf:DIR|tf1:DIR|random:CONFIG.json --output DIR [--seq-length 128] [--lower-case|--cased]
 
 `bert-embed run --help` lists the job's options."""
+INTERRUPTED = ("interrupted before the job finished; an output without its manifest is incomplete, and a rerun "
+               "replaces it")
 # Beam's note of the step that raised, appended to a DoFn's exception message.
 _BEAM_STEP_NOTE = re.compile(r"\s*\[while running '[^']*'\]")
 
@@ -104,6 +108,27 @@ def _quiet_beam_about(*types: type) -> Iterator[None]:
     logger.removeFilter(drop)
 
 
+@contextlib.contextmanager
+def _interrupts_noted() -> Iterator[threading.Event]:
+  """While the job runs, Ctrl-C (SIGINT) sets the yielded event, then raises KeyboardInterrupt as usual. Beam
+  turns a KeyboardInterrupt raised inside a step into a RuntimeError: the event tells an interrupted job from a
+  failed one. Only the main thread receives signals; elsewhere the event stays unset."""
+  interrupted = threading.Event()
+  if threading.current_thread() is not threading.main_thread():
+    yield interrupted
+    return
+
+  def on_sigint(signum, frame):
+    interrupted.set()
+    signal.default_int_handler(signum, frame)
+
+  previous = signal.signal(signal.SIGINT, on_sigint)
+  try:
+    yield interrupted
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 def _run(argv: list[str]) -> int:
   """`bert-embed run`: --help, --version and argument errors answer without loading TensorFlow."""
   from pipeline import arguments  # pylint: disable=import-outside-toplevel
@@ -113,22 +138,28 @@ def _run(argv: list[str]) -> int:
   if "--version" in argv:
     print(arguments.version_text())
     return 0
-  try:
-    argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
-    argv = arguments.join_negative_values(argv)
-    arguments.check(argv)
-    from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
-    from pipeline.run import run  # pylint: disable=import-outside-toplevel
-    from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
+  with _interrupts_noted() as interrupted:
     try:
-      with _quiet_beam_about(DuplicateIdError):
-        outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
-    except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
-      print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
-      return 1
-  except UsageError as e:
-    print(f"bert-embed run: error: {one_line(e)}", file=sys.stderr)
-    return 2
+      argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
+      argv = arguments.join_negative_values(argv)
+      arguments.check(argv)
+      from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
+      from pipeline.run import run  # pylint: disable=import-outside-toplevel
+      from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
+      try:
+        with _quiet_beam_about(DuplicateIdError, KeyboardInterrupt):
+          outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
+      except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
+        print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
+        return 1
+    except UsageError as e:
+      print(f"bert-embed run: error: {one_line(e)}", file=sys.stderr)
+      return 2
+    except BaseException:  # pylint: disable=broad-except
+      if not interrupted.is_set():
+        raise
+      print(f"bert-embed run: {INTERRUPTED}", file=sys.stderr)  # one line, not Beam's and TensorFlow's stacks
+      return 130
   if neighbours and outcome.manifest and outcome.config.output_format == "parquet":
     from pipeline.neighbours import report  # pylint: disable=import-outside-toplevel
     print(report(outcome.manifest["output_files"], neighbours))

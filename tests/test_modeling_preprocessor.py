@@ -195,3 +195,19 @@ def test_cased_keeps_case_and_accents(tmp_path, lower_case):
   else:
     expected = ["Hello", "HELLO", "hello", "Café", "café", "cafe", "!"]
   assert got == [ids[t] for t in expected]
+
+
+def test_packing_traces_hold_no_guarded_assertions(tiny_model_dir):
+  """Packing runs on int32 row splits: TF's ragged checks then need no cond (an If and two branch functions) per
+  check, so the SavedModel is smaller and loads faster. Only the tokenizer's own function (TF Text's int64 row
+  splits) keeps Ifs; the 12 bert_pack_inputs traces and the root call hold none. test_pack_matches_brute_force
+  checks the outputs."""
+  from tensorflow.core.protobuf import saved_model_pb2  # pylint: disable=import-outside-toplevel
+  saved = saved_model_pb2.SavedModel()
+  with open(os.path.join(tiny_model_dir, "preprocessor", "saved_model.pb"), "rb") as f:
+    saved.ParseFromString(f.read())
+  library = saved.meta_graphs[0].graph_def.library.function
+  with_ifs = [fn.signature.name for fn in library
+              if fn.signature.name.startswith("__inference") and any(n.op in ("If", "StatelessIf") for n in fn.node_def)]
+  traces = [fn for fn in library if fn.signature.name.startswith("__inference___call__")]
+  assert len(traces) >= 13 and len(with_ifs) <= 1, with_ifs

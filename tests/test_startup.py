@@ -183,3 +183,30 @@ def test_finish_runs_exit_handlers_flushes_piped_output_and_keeps_the_exit_code(
   assert proc.returncode == 3, proc.stderr[-2000:]
   assert proc.stdout == "x" * 100000 + "last line\n"  # a pipe is block-buffered: flushed before the exit
   assert marker.exists()
+
+
+def test_ctrl_c_ends_the_run_with_one_line_and_status_130(tiny_model_dir, tmp_path):
+  """SIGINT once the job is encoding: no traceback, the one-line notice, exit status 130, no manifest."""
+  import signal  # pylint: disable=import-outside-toplevel
+  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  _lines(tmp_path / "in.txt", 50000)
+  env = dict(os.environ, **{progress.INTERVAL_ENV: "0.2"})
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
+       "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32"],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  seen = []
+  try:
+    for line in proc.stderr:
+      seen.append(line)
+      match = PROGRESS.match(line)
+      if match and int(match.group(2)) > 0:  # encoding
+        proc.send_signal(signal.SIGINT)
+        break
+    rest = proc.communicate(timeout=120)[1]
+  finally:
+    proc.kill()
+  stderr = "".join(seen) + rest
+  assert proc.returncode == 130, stderr[-3000:]
+  assert "Traceback" not in stderr and f"bert-embed run: {cli.INTERRUPTED}" in stderr.splitlines()
+  assert not (tmp_path / "out" / "emb-manifest.json").exists()
