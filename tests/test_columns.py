@@ -41,10 +41,11 @@ def full_rows() -> list[EmbeddingRecord]:
 
 
 def written(row: EmbeddingRecord, names) -> EmbeddingRecord:
-  """`row` as it reads back with the columns `names`: the other fields None (num_tokens 0, truncated False)."""
+  """`row` as it reads back with the columns `names`: the other fields None (num_tokens 0, truncated False, and
+  source, which is never written, "")."""
   kept = {name: getattr(row, name) for name in names}
   return EmbeddingRecord(**{**{f: None for f in EmbeddingRecord._fields}, "num_tokens": 0, "truncated": False,
-                            **kept})
+                            "source": "", **kept})
 
 
 def assert_same_rows(actual, expected):

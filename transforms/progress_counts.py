@@ -25,9 +25,8 @@ EVENTS = ("encoder_ready",)
 TIMES = ("encoder_ready", "first_encoded_at", "last_encoded_at")  # wall-clock seconds (time.time()), 0: not yet
 FLUSH_SECONDS = 0.5
 COUNTER_NAMES = {"read": "progress_records_read", "encoded": "progress_records_encoded",
-                  "written": "progress_records_written", "input_bytes": "progress_input_bytes_read"}
+                 "written": "progress_records_written", "input_bytes": "progress_input_bytes_read"}
 _COUNTERS = {kind: Metrics.counter(NAMESPACE, name) for kind, name in COUNTER_NAMES.items()}
-
 
 
 class _Totals:
