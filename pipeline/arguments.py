@@ -197,7 +197,7 @@ def check_values(o) -> None:
     raise UsageError("--seq-length must be at least 3 ([CLS] text [SEP])")
   if o.min_batch_size > o.batch_size:
     raise UsageError(f"--min-batch-size {o.min_batch_size} is larger than --batch-size {o.batch_size}")
-  if o.min_batch_size > 1 and not _buckets_off(o.bucket_lengths):
+  if o.min_batch_size > 1 and not buckets_off(o.bucket_lengths):
     raise UsageError("--min-batch-size needs --bucket-lengths none (length buckets size their batches by "
                      "--max-batch-tokens)")
   _check_layers(o)
@@ -244,12 +244,13 @@ def chunk_stride(o) -> int:
   return (o.seq_length - 2) // 4 if o.chunk_stride is None else o.chunk_stride
 
 
-def _buckets_off(value: Optional[str]) -> bool:
-  return value is not None and str(value).strip().lower() in ("", "none")
+def buckets_off(value: Optional[str]) -> bool:
+  """--bucket-lengths 'none' (or empty, or unset in a programmatic call): no length buckets."""
+  return value is None or str(value).strip().lower() in ("", "none")
 
 
 def _check_buckets(value: Optional[str]) -> None:
-  if value is None or _buckets_off(value) or str(value).strip().lower() == DEFAULT_BUCKET_SPEC:
+  if buckets_off(value) or str(value).strip().lower() == DEFAULT_BUCKET_SPEC:
     return
   from runtime import buckets  # pylint: disable=import-outside-toplevel
   try:

@@ -123,7 +123,7 @@ def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec
 
 def resolve_buckets(value: Optional[str]) -> Optional[tuple[int, ...]]:
   """--bucket-lengths: 'none' (or empty) -> None, else the sorted lengths; raises UsageError."""
-  if value is None or str(value).strip().lower() in ("", "none"):
+  if arguments.buckets_off(value):
     return None
   try:
     return buckets.parse_bucket_lengths(value)
