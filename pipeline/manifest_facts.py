@@ -21,21 +21,20 @@ COUNT, TALLY, FIELD, FILE = "count", "tally", "field", "file"
 
 class SumPerBundle(beam.DoFn):
   """Ints -> one (COUNT, name, sum) per bundle; with tally=True, any hashable elements -> one
-  (TALLY, name, {element: occurrences}) per bundle. A bundle without elements emits nothing."""
+  (TALLY, name, {element: occurrences}) per bundle. A bundle that adds nothing (no elements, or a sum of 0) emits
+  nothing: a name without facts reads as 0."""
 
   def __init__(self, name: str, tally: bool = False):
     super().__init__()
     self._name = name
     self._tally = tally
-    self._seen = False
     self._sum = 0
     self._occurrences: dict = {}
 
   def start_bundle(self):
-    self._seen, self._sum, self._occurrences = False, 0, {}
+    self._sum, self._occurrences = 0, {}
 
   def process(self, element):
-    self._seen = True
     if self._tally:
       self._occurrences[element] = self._occurrences.get(element, 0) + 1
     else:
@@ -43,9 +42,10 @@ class SumPerBundle(beam.DoFn):
     return ()
 
   def finish_bundle(self):
-    if self._seen:
-      fact = (TALLY, self._name, dict(self._occurrences)) if self._tally else (COUNT, self._name, self._sum)
-      yield GlobalWindows.windowed_value(fact)
+    if self._occurrences:
+      yield GlobalWindows.windowed_value((TALLY, self._name, dict(self._occurrences)))
+    elif self._sum:
+      yield GlobalWindows.windowed_value((COUNT, self._name, self._sum))
 
 
 def field_fact(value, name: str) -> tuple:
