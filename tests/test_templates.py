@@ -30,12 +30,13 @@ def test_metadata_parameters_are_exactly_the_options_and_up_to_date():
 
 
 def _pins(text):
-  return dict(re.findall(r'"?(apache-beam|tensorflow|tensorflow-text)(?:\[[a-z-]+\])?==([0-9.]+)', text))
+  names = r"apache-beam|tensorflow|tensorflow-text|qdrant-client|psycopg"
+  return dict(re.findall(rf'"?({names})(?:\[[a-z-]+\])?==([0-9.]+)', text))
 
 
 def test_image_pins_match_setup_py():
   setup = _pins((ROOT / "setup.py").read_text())
-  assert set(setup) == {"apache-beam", "tensorflow", "tensorflow-text"}
+  assert set(setup) == {"apache-beam", "tensorflow", "tensorflow-text", "qdrant-client", "psycopg"}
   for name in ("Dockerfile", "Dockerfile.gpu"):
     text = (ROOT / "templates" / name).read_text()
     assert _pins(text) == setup, name
