@@ -170,6 +170,7 @@ class PrecisionRunner:
     if precision != "fp32":
       self._scopes[precision] = rewrite_scope(rewrite_name(precision, device))
     self._lock = threading.Lock()
+    self.fallbacks = 0  # batches encoded again in fp32 (see call)
 
   def _run(self, precision: str, inputs: dict, fetch: Callable) -> dict:
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
@@ -190,9 +191,24 @@ class PrecisionRunner:
       result = self._run(self.precision, inputs, fetch)
       if check(result):
         return result, self.precision
-    except Exception:  # pylint: disable=broad-except  (fp32 decides whether the batch really fails)
-      _LOG.warning("%s encoder call failed; retrying the batch in fp32", self.precision, exc_info=True)
+      reason = "its output was not finite"
+    except Exception as error:  # pylint: disable=broad-except  (fp32 decides whether the batch really fails)
+      message = str(error).strip().splitlines()
+      reason = f"it failed ({type(error).__name__}: {message[0] if message else ''})"
+    self._fell_back(reason)
     return self._run("fp32", inputs, fetch), "fp32"
+
+  def _fell_back(self, reason: str) -> None:
+    """Counts a batch encoded again in fp32; the first one per runner (i.e. per worker) is logged as a warning,
+    the later ones at debug level only, so that a model that always falls back does not log every batch."""
+    with self._lock:
+      self.fallbacks += 1
+      first = self.fallbacks == 1
+    if first:
+      _LOG.warning("a %s encoder batch was encoded again in fp32 because %s (logged for the first such batch of "
+                   "this worker only)", self.precision, reason)
+    else:
+      _LOG.debug("a %s encoder batch was encoded again in fp32 because %s", self.precision, reason)
 
 
 def _all_finite(result) -> bool:

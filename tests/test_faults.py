@@ -5,6 +5,7 @@ the failure pattern is exact. The kill test runs `python -m pipeline.run` on the
 own process group and SIGKILLs the whole group mid-run.
 """
 import glob
+import json
 import os
 import pathlib
 import signal
@@ -17,11 +18,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipeline.manifest import delete_previous_outputs
 from pipeline.run import run
 from transforms import encode
+from transforms.embed import EmbedTexts
 from transforms.embed_config import EmbedConfig
 from runtime.encoding import Encoded
 from transforms.encode import BertEncoderModelHandler, EncodeError
@@ -111,6 +115,79 @@ def test_a_record_that_fails_twice_alone_is_dead_lettered():
 
   _, failed, _ = _infer(fails, n=8)
   assert failed == ["r5"] and alone["calls"] == 2
+
+
+def test_an_error_on_every_record_is_raised_for_the_runner_to_retry_not_dead_lettered():
+  # E.g. a lost device or a code bug: dead-lettering all 64 records would make a broken run look successful.
+  with pytest.raises(tf.errors.ResourceExhaustedError, match="fake failure") as raised:
+    _infer(lambda call, markers: True)
+  assert any("records in a row failed alone with this same error" in note for note in raised.value.__notes__)
+
+
+# --- the same through EmbedTexts on the DirectRunner ----------------------------------------------
+
+def _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous, n=16):
+  """EmbedTexts over n records with the encoder failing every call that holds a `poisonous(id)` record.
+
+  Returns (written ids, dead letters {id: reason}, encoder calls as (size, failed), the pipeline result). All n
+  records form one encoder batch (no buckets, batch size n)."""
+  calls = []
+  real = encode.encode_batch
+
+  def encode_batch(model, batch, *args, **kwargs):
+    failed = any(poisonous(e.record.id) for e in batch)
+    calls.append((len(batch), failed))
+    if failed:
+      raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    return real(model, batch, *args, **kwargs)
+
+  monkeypatch.setattr(encode, "encode_batch", encode_batch)  # the in-process DirectRunner runs this module
+  saved = {"written": tmp_path / "written.json", "dead": tmp_path / "dead.json"}
+
+  def save(name):
+    def write(rows):
+      with open(saved[name], "w", encoding="utf-8") as f:
+        json.dump(rows, f)
+    return write
+
+  p = TestPipeline()
+  records = p | beam.Create([TextRecord(id=f"r{i}", text=" ".join(["cat"] * (i + 1))) for i in range(n)])
+  result = records | EmbedTexts(os.path.join(tiny_model_dir, "preprocessor"), os.path.join(tiny_model_dir, "encoder"),
+                                EmbedConfig(seq_length=32, pooling="mean", bucket_lengths=None, batch_size=n,
+                                            min_batch_size=n))
+  _ = result.embeddings | beam.Map(lambda r: r.id) | beam.combiners.ToList() | beam.Map(save("written"))
+  _ = (result.dead_letters | beam.Map(lambda d: (d.id, d.reason)) | "DeadList" >> beam.combiners.ToList()
+       | "SaveDead" >> beam.Map(save("dead")))
+  outcome = p.run()
+  outcome.wait_until_finish()
+  with open(saved["written"], encoding="utf-8") as f:
+    written = json.load(f)
+  with open(saved["dead"], encoding="utf-8") as f:
+    dead = dict(json.load(f))
+  return written, dead, calls, outcome
+
+
+def _counter(outcome, name):
+  counters = outcome.metrics().query(MetricsFilter().with_namespace("bert_embed").with_name(name))["counters"]
+  return sum(c.committed for c in counters)
+
+
+def test_embed_texts_fails_when_the_encoder_fails_every_batch(tiny_model_dir, tmp_path, monkeypatch):
+  with pytest.raises(RuntimeError, match="illegal memory access"):
+    _embed_failing(tiny_model_dir, tmp_path, monkeypatch, lambda record_id: True)
+  assert not os.path.exists(tmp_path / "written.json")  # the job stopped: nothing was collected as a result
+
+
+def test_embed_texts_dead_letters_only_the_poisonous_records_and_counts_the_retries(tiny_model_dir, tmp_path,
+                                                                                    monkeypatch):
+  poisonous = {"r3", "r4", "r5", "r11"}  # three side by side with one message, then good records, then another
+  written, dead, calls, outcome = _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous.__contains__)
+  assert sorted(dead) == sorted(poisonous)
+  assert all("illegal memory access" in reason for reason in dead.values())
+  assert sorted(written) == sorted(f"r{i}" for i in range(16) if f"r{i}" not in poisonous)
+  assert calls[0] == (16, True)  # one batch: every call after its first is a retry
+  assert _counter(outcome, "encoder_isolation_retries") == len(calls) - 1 > 0
+  assert _counter(outcome, "records_dead_lettered_encode") == len(poisonous)
 
 
 # --- a worker process killed mid-run ------------------------------------------------------------

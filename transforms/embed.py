@@ -7,7 +7,6 @@ import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
 from transforms import batching
-from runtime import failure_isolation
 from transforms.embed_config import EmbedConfig
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from transforms.names import DEAD_LETTER, NAMESPACE
@@ -106,13 +105,6 @@ def _as_text_record(element):
     yield record._replace(id=str(record.id))
 
 
-def _failed_batch_to_dead_letters(failure):
-  """RunInference's dead-letter output: (batch, exception) for a batch that failed outside the model call."""
-  batch, error = failure
-  for element in batch:
-    yield _encode_dead_letter(element, failure_isolation.describe(error))
-
-
 class EmbedTexts(beam.PTransform):
   """Embeds texts inside any Beam pipeline; `bert-embed run` is built on it.
 
@@ -140,20 +132,18 @@ class EmbedTexts(beam.PTransform):
     packed, preprocess_failed = records | "Preprocess" >> Preprocess(self._preprocessor, config)
     if config.bucket_spec is not None:
       packed = packed | "BucketBatches" >> batching.BucketBatches(config.bucket_spec)
-    predictions, dlq = packed | "Encode" >> RunInference(self._handler).with_exception_handling()
+    # No RunInference dead-letter output: the handler dead-letters records that fail alone, and an error that
+    # escapes it (a systemic fault) must fail the bundle so that the runner retries it, not dead-letter a batch.
+    predictions = packed | "Encode" >> RunInference(self._handler)
     precision_used = predictions | "PrecisionUsed" >> beam.FlatMap(
         lambda r: [r.inference.precision] if getattr(r.inference, "precision", None) else [])
     converted = predictions | "ToEmbeddingRecords" >> beam.ParDo(
         _ToEmbeddingRecord(config.keep_text, config.emit_tokens)).with_outputs(
             DEAD_LETTER, WINDOW_FAILED, main="embeddings")
-    encode_failed = dlq.failed_inferences | "FailedBatches" >> beam.FlatMap(
-        _failed_batch_to_dead_letters).with_outputs(DEAD_LETTER, WINDOW_FAILED)
-    dead_letters = [invalid, preprocess_failed, converted[DEAD_LETTER], encode_failed[DEAD_LETTER]]
+    dead_letters = [invalid, preprocess_failed, converted[DEAD_LETTER]]
     embeddings = converted.embeddings
     if config.window_stride is not None:
-      window_failures = ((converted[WINDOW_FAILED], encode_failed[WINDOW_FAILED])
-                         | "WindowFailures" >> beam.Flatten())
-      embeddings, window_dead = (embeddings, window_failures) | "MergeWindows" >> MergeWindows(
+      embeddings, window_dead = (embeddings, converted[WINDOW_FAILED]) | "MergeWindows" >> MergeWindows(
           config.chunk_output, config.normalize)
       dead_letters.append(window_dead)
     dead = tuple(dead_letters) | "FlattenDeadLetters" >> beam.Flatten()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
+import apache_beam as beam
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
 from transforms import progress_counts
@@ -26,7 +27,10 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
   The model is loaded once per worker process (RunInference shares it across the process's threads through
   `apache_beam.utils.shared`) and placed on the GPU when the worker has one. A batch that fails is bisected so
   that only the records that fail alone come back as `EncodeError`s; a record that fails alone is tried once more
-  first, so a transient failure (e.g. a device hiccup) does not dead-letter it.
+  first, so a transient failure (e.g. a device hiccup) does not dead-letter it. An error that fails several
+  different records alone in a row is systemic (runtime/failure_isolation.py): it is raised, so the runner retries
+  the bundle and then fails the job, instead of dead-lettering every record. The calls after a batch's first are
+  counted in the `encoder_isolation_retries` metric.
   """
 
   def __init__(self, encoder_path: str, config: EmbedConfig = EmbedConfig(), *,
@@ -47,6 +51,7 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
     self._precision = config.precision
     self._seq_length = config.seq_length  # the probe texts are packed to it
     self._preprocessor_path = preprocessor_path
+    self._isolation: Optional[failure_isolation.FailureIsolation] = None  # made on the worker, at the first batch
 
   def _infer(self, model: LoadedModel, batch: Sequence[EncoderInput]) -> list[Encoded]:
     """Embeddings and/or MLM scores for one batch; raises on failure (the caller bisects)."""
@@ -73,14 +78,12 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
 
   def run_inference(self, batch: Sequence[EncoderInput], model: LoadedModel,
                     inference_args: Optional[dict[str, Any]] = None) -> Iterable[PredictionResult]:
+    if self._isolation is None:  # per handler copy, i.e. per RunInference DoFn instance; spans its batches
+      retries = beam.metrics.Metrics.counter(NAMESPACE, "encoder_isolation_retries")
+      self._isolation = failure_isolation.FailureIsolation(
+          tries_alone=2, on_retry=retries.inc, key=lambda e: (e.input_word_ids.tobytes(), e.input_type_ids.tobytes()))
     results = []
-    for element, encoded, error in failure_isolation.run_isolating_failures(
-        batch, lambda part: self._infer(model, part)):
-      if error is not None:
-        try:
-          (encoded,), error = self._infer(model, [element]), None
-        except Exception as retry_error:  # pylint: disable=broad-except
-          error = retry_error
+    for element, encoded, error in self._isolation.run(batch, lambda part: self._infer(model, part)):
       inference = EncodeError(failure_isolation.describe(error)) if error is not None else encoded
       results.append(PredictionResult(element, inference, self._path))
     return results

@@ -16,7 +16,8 @@ from runtime.saved_models import load_preprocessor
 
 
 class _PreprocessBatchFn(beam.DoFn):
-  """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered."""
+  """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered. An error that
+  fails several different records alone in a row is raised (the runner retries the bundle), not dead-lettered."""
 
   def __init__(self, preprocessor_path: str, config: EmbedConfig):
     self._path = preprocessor_path
@@ -29,11 +30,16 @@ class _PreprocessBatchFn(beam.DoFn):
     self._failed = beam.metrics.Metrics.counter(NAMESPACE, "records_dead_lettered_preprocess")
     self._latency = beam.metrics.Metrics.distribution(NAMESPACE, "preprocess_batch_latency_micro_secs")
     self._windows = beam.metrics.Metrics.counter(NAMESPACE, "windows_packed")
+    self._retries = beam.metrics.Metrics.counter(NAMESPACE, "preprocess_isolation_retries")
+    self._isolation = None
 
   def setup(self):
     model = self._shared.acquire(lambda: load_preprocessor(self._path), tag=self._path)
     self._model = model  # keep the shared object alive while this DoFn lives
     self._tokenizer = Tokenizer(model.obj, self._seq_length)
+    # Spans this DoFn instance's batches, so that an error failing every record is raised (runtime/failure_isolation)
+    self._isolation = failure_isolation.FailureIsolation(on_retry=self._retries.inc,
+                                                         key=lambda r: (r.text, r.text_pair))
 
   def process(self, batch: Sequence[TextRecord]) -> Iterable:
     # Outputs are collected first: a generator's downstream (fused bucketing and encoding) would run inside the
@@ -53,7 +59,7 @@ class _PreprocessBatchFn(beam.DoFn):
         pack = lambda rs: self._tokenizer.pack_windows(rs, self._chunk_stride)  # pylint: disable=cell-var-from-loop
       else:
         pack = lambda rs: [[p] for p in self._tokenizer.pack(rs)]
-      for record, windows, error in failure_isolation.run_isolating_failures(group, pack):
+      for record, windows, error in self._isolation.run(group, pack):
         if error is not None:
           self._failed.inc()
           yield beam.pvalue.TaggedOutput(DEAD_LETTER, DeadLetter.make(
