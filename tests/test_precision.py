@@ -154,6 +154,36 @@ def test_a_non_finite_reduced_result_is_recomputed_in_fp32():
   assert np.all(out["pooled_output"] == 1.0)
 
 
+def test_a_reduced_precision_fallback_is_logged_once_per_worker_without_a_traceback(caplog):
+  state = threading.local()
+
+  def encoder(inputs):
+    if getattr(state, "reduced", False):
+      raise tf.errors.InvalidArgumentError(None, None, "no bf16 kernel for Erfc\n  [[{{node model/gelu}}]]")
+    return {"pooled_output": tf.ones([2, 3])}
+
+  @contextlib.contextmanager
+  def fake_scope():
+    state.reduced = True
+    try:
+      yield
+    finally:
+      state.reduced = False
+
+  runner = precision.PrecisionRunner(encoder, "/CPU:0", "bf16", "fp32", {})
+  runner.precision = "bf16"
+  runner._scopes["bf16"] = fake_scope  # pylint: disable=protected-access
+  with caplog.at_level("DEBUG", logger=precision.__name__):
+    for _ in range(5):  # every batch falls back
+      _, used = runner.call({"input_word_ids": np.zeros((2, 3), np.int32)},
+                            lambda o: {"pooled_output": o["pooled_output"].numpy()})
+      assert used == "fp32"
+  warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+  assert len(warnings) == 1 and warnings[0].exc_info is None
+  assert "InvalidArgumentError: no bf16 kernel for Erfc" in warnings[0].getMessage()
+  assert runner.fallbacks == 5
+
+
 def test_explicit_bf16_without_a_rewrite_reports_fp32(tiny_model_dir):
   enc, probe = _loaded(tiny_model_dir, 32)
   runner = precision.resolve(enc, "/GPU:0", "bf16", probe)  # no GPU here: TF places it on the CPU
