@@ -7,6 +7,7 @@ import io
 from typing import Iterator, NamedTuple, Optional, Union
 
 from formats.fields import FileStats, Item, ReadOptions, fields_to_item, is_blank, snippet_of, wanted_fields
+from formats.read_errors import DamagedInput
 from formats.records import DeadLetter
 
 _CSV_FIELD_LIMIT = (1 << 31) - 1  # the largest limit every platform's C long accepts
@@ -23,7 +24,7 @@ def _csv_value(value: str) -> Union[str, bytes]:
     return value.encode("utf-8", errors="surrogateescape")
 
 
-class _RunawayQuote(Exception):
+class _RunawayQuote(DamagedInput):
   """A CSV row still inside a quoted field past the byte limit."""
 
 

@@ -7,6 +7,7 @@ from typing import Any, Iterator, NamedTuple, Union
 
 from formats.fields import (FileStats, Invalid, Item, ReadOptions, describe_error, fields_to_item, snippet_of,
                             wanted_fields)
+from formats.read_errors import DamagedInput, is_damage
 from formats.records import DeadLetter
 
 _SKIP_CHUNK_BYTES = 1 << 16  # the bytes after a broken frame are read this much at a time
@@ -35,10 +36,12 @@ def _skip_rest(stream: io.BufferedIOBase) -> str:
         return f"{skipped} bytes"
       skipped += len(chunk)
   except Exception as error:  # pylint: disable=broad-except
+    if not is_damage(error):  # e.g. an I/O error: raised, so that the file is read again
+      raise
     return f"at least {skipped} bytes (then {describe_error(error)})"
 
 
-class TFRecordFrameError(ValueError):
+class TFRecordFrameError(DamagedInput):
   """A TFRecord frame (length, its checksum, or the bytes it promises) is broken: the rest of the file is lost."""
 
 

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import bz2
+import errno
 import gzip
+import io
 import json
 import lzma
 import os
+import random
 import tempfile
 import zlib
 
@@ -13,6 +16,8 @@ import apache_beam as beam
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystem import CompressionTypes, FileMetadata
+from apache_beam.io.localfilesystem import LocalFileSystem
 from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
@@ -22,6 +27,7 @@ from hypothesis import strategies as st
 
 from formats.fields import FileStats, ReadOptions, cut_utf8
 from formats.inputs import read_file
+from formats.read_errors import InputReadError
 from transforms.read import INPUT_FORMATS, InputError, ReadTexts, match_inputs
 from formats.records import DeadLetter, TextRecord
 
@@ -655,3 +661,174 @@ def test_read_texts_fails_before_the_job_when_a_pattern_matches_nothing(tmp_path
   p = test_pipeline.TestPipeline()
   with pytest.raises(InputError, match="nope"):
     _ = p | ReadTexts([os.path.join(str(tmp_path), "nope*.txt")])
+
+
+# --- I/O errors are raised (the runner retries the file), damage is dead-lettered ----------------
+
+class FlakyFileSystem(LocalFileSystem):
+  """`flaky://<local path>`: a local file whose first read at or past half its size raises an OSError, as a
+  network read may after its client's own retries. Whether it has failed is kept in `<path>.failed`, so that a
+  retry (by the runner, or by the test) reads the file whole."""
+
+  @classmethod
+  def scheme(cls):
+    return "flaky"
+
+  @staticmethod
+  def local(path: str) -> str:
+    return path[len("flaky://"):] if path.startswith("flaky://") else path
+
+  def exists(self, path):
+    return super().exists(self.local(path))
+
+  def size(self, path):
+    return super().size(self.local(path))
+
+  def metadata(self, path):
+    return FileMetadata(path, self.size(path), os.path.getmtime(self.local(path)))
+
+  def open(self, path, mime_type="application/octet-stream", compression_type=CompressionTypes.AUTO):
+    local = self.local(path)
+    return _FlakyStream(open(local, "rb"), os.path.getsize(local), local + ".failed")
+
+
+class _FlakyStream(io.RawIOBase):
+  def __init__(self, file, size: int, marker: str):
+    super().__init__()
+    self._file, self._half, self._marker = file, size // 2, marker
+
+  def readable(self):
+    return True
+
+  def seekable(self):
+    return True
+
+  def seek(self, offset, whence=io.SEEK_SET):
+    return self._file.seek(offset, whence)
+
+  def tell(self):
+    return self._file.tell()
+
+  def readinto(self, buffer):
+    if self._file.tell() >= self._half and not os.path.exists(self._marker):
+      with open(self._marker, "w", encoding="utf-8"):
+        pass
+      raise ConnectionResetError(errno.ECONNRESET, "connection reset by peer (injected)")
+    return self._file.readinto(buffer)
+
+  def close(self):
+    self._file.close()
+    super().close()
+
+
+def _hex_lines(n: int, seed: int = 0) -> list[str]:
+  """Distinct lines that compress only about 2x, so that a compressed file spans several 64 KiB reads."""
+  rng = random.Random(seed)
+  return [f"{i} {rng.randbytes(24).hex()}" for i in range(n)]
+
+
+def _flaky_input(tmp_path, input_format: str, suffix: str = "", n: int = 6000) -> tuple[str, list[str]]:
+  """A file of n records (texts) in input_format, and its flaky:// path."""
+  texts = _hex_lines(n)
+  name = f"in.{input_format}{suffix}"
+  if input_format == "text" and suffix == ".bz2":  # 100 kB blocks: records come out before the end of the file
+    local = write(tmp_path, name, bz2.compress("".join(t + "\n" for t in texts).encode(), 1), compress=False)
+  elif input_format == "text":
+    local = write(tmp_path, name, "".join(t + "\n" for t in texts))
+  elif input_format == "jsonl":
+    local = write(tmp_path, name, "".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)))
+  elif input_format == "csv":
+    local = write(tmp_path, name, "id,text\n" + "".join(f"{i},{t}\n" for i, t in enumerate(texts)))
+  elif input_format == "tfrecord":
+    local = write(tmp_path, name, tfrecord_bytes([tf_example(id=str(i), text=t) for i, t in enumerate(texts)]))
+  else:
+    local = os.path.join(str(tmp_path), name)
+    pq.write_table(pa.table({"id": [str(i) for i in range(n)], "text": texts}), local, row_group_size=500)
+  return "flaky://" + local, texts
+
+
+@pytest.mark.parametrize("input_format,suffix", [("text", ""), ("text", ".gz"), ("text", ".bz2"), ("jsonl", ".zst"),
+                                                 ("csv", ""), ("tfrecord", ".deflate"), ("parquet", "")])
+def test_an_io_error_part_way_through_a_file_is_raised_and_a_retry_reads_it_whole(tmp_path, input_format, suffix):
+  path, texts = _flaky_input(tmp_path, input_format, suffix)
+  stats, before = FileStats(), []
+  with pytest.raises(InputReadError, match="connection reset by peer") as raised:
+    for item in read_file(path, ReadOptions(input_format), stats):
+      before.append(item)
+  assert isinstance(raised.value.__cause__, ConnectionResetError)
+  assert os.path.exists(FlakyFileSystem.local(path) + ".failed")  # it did fail, part-way through
+  assert not any(isinstance(i, DeadLetter) for i in before) and not stats.failed
+  if input_format != "parquet":  # the streaming formats had handed out records before the error
+    assert 0 < len(before) < len(texts)
+  records, dead, stats = read(path, input_format)  # what the runner's retry does: the file again, from its start
+  assert [r.text for r in records] == texts and dead == [] and not stats.failed
+
+
+def _read_in_pipeline(paths, runner=None):
+  """(records as (id, text), dead letters as (id, stage), files failed) of ReadTexts on `runner`."""
+  got = {}
+  p = beam.Pipeline(runner=runner) if runner else test_pipeline.TestPipeline()
+  result = p | ReadTexts(paths)
+  for name, pcoll in (("records", result.records | beam.Map(lambda r: (r.id, r.text))),
+                      ("dead", result.dead_letters | "Dead" >> beam.Map(lambda d: (d.id, d.stage))),
+                      ("failed", result.files_failed)):
+    got[name] = pcoll | f"List{name}" >> beam.combiners.ToList()
+  outputs = {name: os.path.join(os.path.dirname(FlakyFileSystem.local(paths[0])), f"{name}.json") for name in got}
+  for name, pcoll in got.items():
+    _ = pcoll | f"Save{name}" >> beam.Map(_save_json, outputs[name])
+  p.run().wait_until_finish()
+  return {name: _load_json(path) for name, path in outputs.items()}
+
+
+def _save_json(value, path):
+  with open(path, "w", encoding="utf-8") as f:
+    json.dump(value, f)
+
+
+def _load_json(path):
+  with open(path, encoding="utf-8") as f:
+    return [tuple(v) if isinstance(v, list) else v for v in json.load(f)]
+
+
+def test_the_bundle_based_direct_runner_retries_a_file_whose_read_failed_no_record_lost_or_duplicated(tmp_path):
+  path, texts = _flaky_input(tmp_path, "text", ".gz")
+  other = write(tmp_path, "other.txt", "steady one\nsteady two\n")
+  got = _read_in_pipeline([path, other], runner="BundleBasedDirectRunner")
+  assert os.path.exists(FlakyFileSystem.local(path) + ".failed")  # the first attempt failed part-way
+  expected = [(f"{path}:{i + 1}", t) for i, t in enumerate(texts)] + [(f"{other}:1", "steady one"),
+                                                                       (f"{other}:2", "steady two")]
+  assert sorted(got["records"]) == sorted(expected)  # each once: the failed attempt's records were discarded
+  assert got["dead"] == [] and got["failed"] == []
+
+
+def test_the_in_process_direct_runner_fails_the_job_on_an_io_error_rather_than_dead_lettering(tmp_path):
+  # The default DirectRunner (Beam's FnApiRunner) does not retry bundles: the error ends the run.
+  path, _ = _flaky_input(tmp_path, "text")
+  with pytest.raises(Exception, match="connection reset by peer") as raised:
+    _read_in_pipeline([path])
+  assert "InputReadError" in str(raised.value) or isinstance(raised.value, InputReadError)
+  assert not os.path.exists(os.path.join(str(tmp_path), "dead.json"))
+
+
+def test_damage_that_python_reports_as_an_oserror_is_still_a_dead_letter(tmp_path):
+  lines = _hex_lines(6000)
+  data = bytearray(bz2.compress("".join(t + "\n" for t in lines).encode(), 1))  # 100 kB blocks
+  data[len(data) // 2] ^= 0xFF  # bz2 reports corrupt data as a bare OSError("Invalid data stream")
+  path = write(tmp_path, "corrupt.txt.bz2", bytes(data), compress=False)
+  records, dead, stats = read(path)
+  assert dead_pairs(dead) == [(f"{path}:{len(records) + 1}", "read")] and "corrupt bz2 data" in dead[0].reason
+  assert 0 < len(records) < len(lines) and [r.text for r in records] == lines[:len(records)] and stats.failed
+  data = bytearray(gzip.compress(b"one\ntwo\n"))
+  data[-5] ^= 0xFF  # the CRC-32 in the trailer: gzip.BadGzipFile, an OSError subclass
+  path = write(tmp_path, "crc.txt.gz", bytes(data), compress=False)
+  records, dead, stats = read(path)
+  assert [r.text for r in records] == ["one", "two"] and stats.failed
+  assert dead_pairs(dead) == [(f"{path}:3", "read")] and "BadGzipFile: CRC check failed" in dead[0].reason
+  table = io.BytesIO()
+  pq.write_table(pa.table({"id": [str(i) for i in range(5000)], "text": lines[:5000]}), table, row_group_size=500)
+  data = bytearray(table.getvalue())
+  for i in range(len(data) // 3, len(data) // 3 + 300):
+    data[i] ^= 0x5A  # inside a page: Arrow raises a bare OSError ("Corrupt snappy compressed data")
+  path = write(tmp_path, "corrupt.parquet", bytes(data))
+  records, dead, stats = read(path, "parquet")
+  assert [d.stage for d in dead] == ["read"] and stats.failed and len(records) < 5000
