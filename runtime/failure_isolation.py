@@ -17,9 +17,9 @@ R = TypeVar("R")
 # Distinct elements in a row that must fail alone with one identical error before it counts as systemic. A fault
 # of the worker or the code fails every record alike, so it shows after this many records, at about two calls of
 # the batch function each. Bad records seldom fail with byte-identical messages several times in a row with no good
-# record between them, and repeats of one bad input count once (the caller's `key`), so 4 keeps a handful of
-# neighbouring bad records dead letters while a fault costs a few calls. 1 or 2 would fail the job for two bad
-# records side by side; larger values only make every systemic fault cost more calls before it is raised.
+# record between them, and repeats of one bad input count once (the caller's `key`): with 4, up to three
+# neighbouring bad records that fail alike are still dead letters, and a fault costs a few calls. 1 or 2 would fail
+# the job for two bad records side by side; larger values only make every systemic fault cost more calls.
 SYSTEMIC_AFTER = 4
 
 
