@@ -15,42 +15,46 @@ def _order_key(r: TextRecord):
 
 
 class _SplitRepresentatives(beam.DoFn):
-  """(hash, records) -> the first record (by file, position) to encode; (its id, the others) to fan out to."""
+  """(text key, records) -> the first record (by file, position), under the text key as its id, to encode; and
+  (text key, [(id, source)] of every record of the group) to fan the result out to.
+
+  The representative is encoded under the group's key, not under its own id: ids need not be unique
+  (--on-duplicate-id keep), and the key ties each result (and each dead letter) to its group alone.
+  """
 
   def __init__(self):
     self._duplicates = beam.metrics.Metrics.counter(NAMESPACE, "records_deduplicated")
 
   def process(self, element):
-    _, records = element
+    key, records = element
     records = sorted(records, key=_order_key)
-    yield records[0]
+    yield records[0]._replace(id=key)
     if len(records) > 1:
       self._duplicates.inc(len(records) - 1)
-      yield beam.pvalue.TaggedOutput(FANOUT, (records[0].id, records[1:]))
+    yield beam.pvalue.TaggedOutput(FANOUT, (key, [(r.id, r.source) for r in records]))
 
 
 def _fan_out(element):
-  """(rep id, {embeddings, dead_letters, others}) -> one result per record of the group, each with its own id."""
-  _, group = element
-  others = [r for rs in group["others"] for r in rs]
+  """(text key, {embeddings, dead_letters, members}) -> one result per record of the group, under its own id."""
+  key, group = element
+  members = [m for ms in group["members"] for m in ms]
   for emb in group["embeddings"]:
-    yield emb
-    for r in others:
+    for record_id, source in members:
       if emb.parent_id is None:
-        yield emb._replace(id=r.id, source=r.source)
-      else:  # a window of a long text: <id>#<k>
-        yield emb._replace(id=r.id + emb.id[len(emb.parent_id):], parent_id=r.id, source=r.source)
+        yield emb._replace(id=record_id, source=source)
+      else:  # a window of a long text: <key>#<k> -> <id>#<k>
+        yield emb._replace(id=record_id + emb.id[len(key):], parent_id=record_id, source=source)
   for dead in group["dead_letters"]:
-    yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead)
-    for r in others:
-      yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead._replace(id=r.id, source=r.source))
+    for record_id, source in members:  # a window's reason names the window and its text by the key
+      yield beam.pvalue.TaggedOutput(DEAD_LETTER, dead._replace(
+          id=record_id, source=source, reason=dead.reason.replace(key, record_id)))
 
 
 class EmbedDistinctTexts(beam.PTransform):
   """Wraps an EmbedTexts: groups records by (text, pair), embeds one per group and fans the result out to every id.
 
-  The returned EmbedResult's `encoded` holds what went through the model (one per distinct text), `embeddings` one
-  record per input id. Costs one shuffle of the records and one of the results.
+  The returned EmbedResult's `encoded` holds what went through the model (one per distinct text, or per window of
+  one), `embeddings` one record per input record. Costs one shuffle of the records and one of the results.
   """
 
   def __init__(self, embed: beam.PTransform):
@@ -65,7 +69,8 @@ class EmbedDistinctTexts(beam.PTransform):
     embedded = split.reps | "EmbedRepresentatives" >> self._embed
     joined = ({"embeddings": embedded.embeddings | "KeyEmbeddings" >> beam.Map(lambda e: (e.parent_id or e.id, e)),
                "dead_letters": embedded.dead_letters | "KeyDeadLetters" >> beam.Map(lambda d: (d.id, d)),
-               "others": split[FANOUT]}
+               "members": split[FANOUT]}
               | "JoinDuplicates" >> beam.CoGroupByKey()
               | "FanOut" >> beam.FlatMap(_fan_out).with_outputs(DEAD_LETTER, main="embeddings"))
-    return EmbedResult(joined.embeddings, joined[DEAD_LETTER], embedded.embeddings, embedded.precision_used)
+    encoded = embedded.encoded if embedded.encoded is not None else embedded.embeddings
+    return EmbedResult(joined.embeddings, joined[DEAD_LETTER], encoded, embedded.precision_used)
