@@ -1,9 +1,19 @@
 """The embedding fingerprint: what must be equal for a previous vector to be reused.
 
 A previous vector is reused only when the *embedding fingerprint* of both runs is equal: the model fingerprint
-(pipeline/models.py: variable values, vocab, config, tokenizer behaviour), the dimension and every output-shaping
-option except those listed in NOT_VECTOR_SHAPING. Options not listed there, including ones added later, force a
-full re-embed when they change: erring towards recomputing is safe, reusing a stale vector is not.
+(pipeline/models.py: variable values, vocab, config, tokenizer behaviour), the dimension and the value of every
+field of the run's JobConfig (and of the config objects it holds, such as its MlmSpec) that is not listed in
+NOT_VECTOR_SHAPING with the reason it cannot change a vector. The fields are read from the config classes
+themselves, so a field added later is in the fingerprint until it is listed there: erring towards recomputing is
+safe, reusing a stale vector is not. VECTOR_SHAPING lists the others, so that a test can insist that every field
+was decided one way or the other.
+
+Manifests of earlier versions compare equal when nothing changed: their recorded inputs are brought to the current
+form (upgrade) before comparing, and a field they do not record reads as the value of a run without that option
+(ABSENT_MEANS). A field without such a value that an older manifest lacks counts as changed.
+
+An input that cannot be read (a manifest whose inputs are not what bert-embed writes, a config value that has no
+JSON form) raises FingerprintError: it is never left out.
 
 Precision: the requested --precision is part of the fingerprint, but bf16/fp16/auto resolve on each worker. Reuse
 also needs the previous output to be of one resolved precision (its manifest's precision_used), fp32 when this run
@@ -13,67 +23,177 @@ previous run's (same machine type); the manifest records both (`incremental.prev
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from typing import Optional
+from typing import Callable, Optional
 
-# Output-shaping options that never change a record's vector. format: previous rows are read in their own format
-# and written in the new one. keep_text: a reused row takes its text from the input (equal text_sha256, equal
-# text). emit_tokens: checked on its own (the previous output must have the token columns). The others decide which
-# records exist, which the join on id and text_sha256 already accounts for.
-NOT_VECTOR_SHAPING = frozenset({
-    "format", "keep_text", "emit_tokens", "input_format", "id_field", "text_field", "text_pair_field", "limit",
-    "on_duplicate_id", "dedupe_texts", "num_shards"})
+_WHICH_RECORDS = "decides which records exist and under which id, which the join on id and text_sha256 accounts for"
+_BATCHING = ("decides which records share an encoder call and how far they are padded; padding is masked, so a "
+             "record's vector is the same up to float rounding")
+
+# Config fields that cannot change a record's vector (nor the columns a carried row must have), with the reason,
+# per config class. Every other field is a fingerprint input.
+NOT_VECTOR_SHAPING: dict[str, dict[str, str]] = {
+    "JobConfig": {
+        "inputs": _WHICH_RECORDS,
+        "input_patterns": _WHICH_RECORDS,
+        "input_format": _WHICH_RECORDS,
+        "id_field": _WHICH_RECORDS,
+        "text_field": _WHICH_RECORDS + " (another field, another text: another text_sha256)",
+        "text_pair_field": _WHICH_RECORDS + " (text_sha256 covers the pair)",
+        "limit": _WHICH_RECORDS,
+        "on_duplicate_id": _WHICH_RECORDS,
+        "dedupe_texts": "a distinct text's vector is fanned out to every record with that text: the same vector",
+        "model": "the SavedModels' paths; what they hold is the model fingerprint, an input of its own",
+        "model_info": "the model fingerprint and dimension are inputs of their own; the rest is read from the model",
+        "output": "where the rows are written",
+        "output_format": "previous rows are read in their own format and written in the new one",
+        "num_shards": "how the rows are split into files",
+        "keep_text": "a carried row takes its text from the input (equal text_sha256, equal text)",
+        "emit_tokens": "checked on its own: the previous output must have the token columns (pipeline/previous.py)",
+        "previous": "what is compared with, not what is computed",
+        "drift_sample": "how many old and new vectors the manifest compares, after they are computed",
+        "batch_size": _BATCHING,
+        "min_batch_size": _BATCHING,
+        "max_batch_tokens": _BATCHING,
+        "bucket_lengths": _BATCHING + " (tests/test_batching.py compares bucketed with unbucketed vectors)",
+        "preprocess_batch_size": "how many texts are tokenized per call; each text is tokenized on its own",
+    },
+    "MlmSpec": {
+        "special": "the preprocessor's special token ids: from its vocab, which the model fingerprint covers",
+        "continuation": "the vocab's '##' pieces: from the vocab, which the model fingerprint covers",
+        "max_tokens": "how many masked copies share an encoder call; each copy's score is its own",
+    },
+}
+# The fields that are fingerprint inputs, per config class: NOT_VECTOR_SHAPING and these hold every field.
+VECTOR_SHAPING: dict[str, tuple[str, ...]] = {
+    "JobConfig": ("seq_length", "pooling", "normalize", "layers", "precision", "max_text_bytes", "embeddings", "mlm",
+                  "long_text", "chunk_stride", "chunk_output"),
+    "MlmSpec": ("whole_word", "per_token"),
+}
+# Fields that matter only with another setting: None otherwise (--chunk-stride and --chunk-output without chunking).
+APPLIES_WHEN: dict[str, dict[str, Callable[[object], bool]]] = {
+    "JobConfig": {"chunk_stride": lambda cfg: cfg.long_text == "chunk",
+                  "chunk_output": lambda cfg: cfg.long_text == "chunk"},
+}
+# What a fingerprint input absent from an older manifest means: the value of a run without that option.
+ABSENT_MEANS = {"embeddings": True, "mlm": None, "long_text": "truncate", "chunk_stride": None, "chunk_output": None}
+# Keys older versions recorded beside the fields above: `mlm` holds what the three mlm_* keys said, `format` is the
+# output format (output_format).
+_LEGACY_KEYS = ("mlm_scores", "mlm_whole_word", "mlm_per_token", "format")
 
 
-RUN_SHAPING_DEFAULTS = {"embeddings": True, "mlm": None, "long_text": "truncate", "chunk_stride": None,
-                        "chunk_output": None}
+class FingerprintError(ValueError):
+  """A fingerprint input that cannot be read: the fingerprint would silently miss it."""
 
 
-def run_shaping(cfg) -> dict:
-  """RUN_SHAPING_DEFAULTS' settings of a JobConfig (absent attributes read as the defaults)."""
-  mlm = getattr(cfg, "mlm", None)
-  chunked = getattr(cfg, "long_text", "truncate") == "chunk"
-  return {
-      "embeddings": bool(getattr(cfg, "embeddings", True)),
-      "mlm": None if mlm is None else {"whole_word": bool(mlm.whole_word), "per_token": bool(mlm.per_token),
-                                       "max_tokens": int(mlm.max_tokens)},
-      "long_text": getattr(cfg, "long_text", "truncate"),
-      "chunk_stride": getattr(cfg, "chunk_stride", 0) if chunked else None,
-      "chunk_output": getattr(cfg, "chunk_output", "rows") if chunked else None,
-  }
+def config_fields(obj) -> tuple[str, ...]:
+  """The field names of a config object: a dataclass or a NamedTuple."""
+  if dataclasses.is_dataclass(obj):
+    return tuple(f.name for f in dataclasses.fields(obj))
+  if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+    return tuple(obj._fields)
+  raise FingerprintError(f"{type(obj).__name__} is not a config object (a dataclass or NamedTuple)")
 
 
-def fingerprint_inputs(model_fingerprint: Optional[str], dimension: Optional[int], options: Optional[dict],
-                       run: Optional[dict] = None) -> dict:
-  """What the embedding fingerprint hashes (JSON-normalized, so a manifest's copy compares equal).
+def _plain(value, where: str):
+  """`value` as JSON data (tuples as lists); a config object by its vector-shaping fields."""
+  if value is None or isinstance(value, (bool, int, float, str)):
+    return value
+  if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+    return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
+  if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+    return {k: _plain(v, f"{where}.{k}") for k, v in value.items()}
+  if _config_kind(value) is not None:
+    return shaping_values(value, where)
+  raise FingerprintError(f"cannot compute the embedding fingerprint: {where} is of type {type(value).__name__}, "
+                         "which has no JSON form and no entry in pipeline/fingerprint.py's NOT_VECTOR_SHAPING")
 
-  `options` are output_shaping_options() (NOT_VECTOR_SHAPING left out); `run` adds run_shaping()'s settings that
-  the options do not already hold.
-  """
-  shaping = {k: v for k, v in (options or {}).items() if k not in NOT_VECTOR_SHAPING}
-  for key, value in {**RUN_SHAPING_DEFAULTS, **(run or {})}.items():
-    shaping.setdefault(key, value)
-  return json.loads(json.dumps({"model": model_fingerprint, "dimension": dimension, "options": shaping},
+
+def _config_kind(obj) -> Optional[str]:
+  """The config class (or base class) of `obj` that NOT_VECTOR_SHAPING has an entry for, or None."""
+  return next((c.__name__ for c in type(obj).__mro__ if c.__name__ in NOT_VECTOR_SHAPING), None)
+
+
+def shaping_values(obj, where: Optional[str] = None) -> dict:
+  """{field: JSON value} for every field of the config object `obj` not in NOT_VECTOR_SHAPING (a field that a
+  subclass adds is included)."""
+  kind = _config_kind(obj)
+  where = where or type(obj).__name__
+  if kind is None:
+    raise FingerprintError(f"cannot compute the embedding fingerprint: {where} is of type {type(obj).__name__}, "
+                           "which has no entry in pipeline/fingerprint.py's NOT_VECTOR_SHAPING")
+  skip, conditions = NOT_VECTOR_SHAPING[kind], APPLIES_WHEN.get(kind, {})
+  out = {}
+  for name in config_fields(obj):
+    if name in skip:
+      continue
+    applies = conditions.get(name)
+    out[name] = _plain(getattr(obj, name), f"{where}.{name}") if applies is None or applies(obj) else None
+  return out
+
+
+def fingerprint_inputs(model_fingerprint: Optional[str], dimension: Optional[int], options: dict) -> dict:
+  """What the embedding fingerprint hashes (JSON-normalized, so a manifest's copy compares equal)."""
+  return json.loads(json.dumps({"model": model_fingerprint, "dimension": dimension, "options": options},
                                sort_keys=True))
 
 
 def current_fingerprint_inputs(cfg) -> dict:
-  return fingerprint_inputs(cfg.model_info.fingerprint, cfg.model_info.dim, cfg.output_shaping_options(),
-                            run_shaping(cfg))
+  """The fingerprint inputs of the run `cfg` (a JobConfig); raises FingerprintError."""
+  return fingerprint_inputs(cfg.model_info.fingerprint, cfg.model_info.dim, shaping_values(cfg))
 
 
 def fingerprint(inputs: dict) -> str:
   return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def _upgrade_mlm(options: dict):
+  """The `mlm` input of an older manifest's options in the current form (MlmSpec's vector-shaping fields)."""
+  if "mlm" not in options:  # before `mlm` was recorded: the three flags said it
+    if not options.get("mlm_scores"):
+      return None
+    return {"whole_word": bool(options.get("mlm_whole_word")), "per_token": bool(options.get("mlm_per_token"))}
+  mlm = options["mlm"]
+  if mlm is None:
+    return None
+  if not isinstance(mlm, dict):
+    raise FingerprintError(f"its fingerprint input mlm is {json.dumps(mlm)}, not an object")
+  return {k: v for k, v in mlm.items() if k not in NOT_VECTOR_SHAPING["MlmSpec"]}
+
+
+def upgrade(inputs: dict) -> dict:
+  """Fingerprint inputs recorded by any version, in the current form (see the module docstring)."""
+  options = inputs.get("options")
+  if not isinstance(options, dict):
+    raise FingerprintError(f"its fingerprint inputs have no options object (found {json.dumps(options)[:80]})")
+  not_shaping = NOT_VECTOR_SHAPING["JobConfig"]
+  current = {k: v for k, v in options.items() if k not in not_shaping and k not in _LEGACY_KEYS}
+  current["mlm"] = _upgrade_mlm(options)
+  for key, value in ABSENT_MEANS.items():
+    current.setdefault(key, value)
+  return fingerprint_inputs(inputs.get("model"), inputs.get("dimension"), current)
+
+
 def manifest_fingerprint_inputs(manifest: dict) -> dict:
-  """The fingerprint inputs of an earlier run: as it recorded them, else rebuilt from its model and options."""
-  recorded = (manifest.get("incremental") or {}).get("fingerprint_inputs")
-  if isinstance(recorded, dict):
-    return recorded
-  return fingerprint_inputs((manifest.get("model") or {}).get("fingerprint"), manifest.get("dimension"),
-                            manifest.get("options"))
+  """The fingerprint inputs of an earlier run, in the current form: as it recorded them, else rebuilt from its
+  model and options. Raises FingerprintError when the manifest does not hold them as bert-embed writes them."""
+  if not isinstance(manifest, dict):
+    raise FingerprintError("its manifest is not a JSON object")
+  incremental = manifest.get("incremental")
+  if incremental is not None and not isinstance(incremental, dict):
+    raise FingerprintError("its manifest's incremental section is not an object")
+  recorded = (incremental or {}).get("fingerprint_inputs")
+  if recorded is not None:
+    if not isinstance(recorded, dict):
+      raise FingerprintError("its manifest's incremental.fingerprint_inputs is not an object")
+    return upgrade(recorded)
+  model = manifest.get("model")
+  if not isinstance(model, dict):
+    raise FingerprintError("its manifest has no model section")
+  return upgrade({"model": model.get("fingerprint"), "dimension": manifest.get("dimension"),
+                  "options": manifest.get("options")})
 
 
 def _short(value) -> str:

@@ -163,6 +163,3 @@ def previous_format(manifest: dict) -> Optional[str]:
       return fmt
   return None
 
-
-# Settings that shape the rows but that JobConfig.output_shaping_options() may not list, with the values of a run
-# that did not have them (so manifests written before they existed compare equal when they are off).

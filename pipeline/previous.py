@@ -9,10 +9,11 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-from pipeline.fingerprint import (current_fingerprint_inputs, differences, fingerprint, manifest_fingerprint_inputs,
-                                  resolved_precisions)
+from pipeline.fingerprint import (FingerprintError, current_fingerprint_inputs, differences, fingerprint,
+                                  manifest_fingerprint_inputs, resolved_precisions)
 from pipeline.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, normalize_prefix, parent_dir,
                                      pointer_path, previous_format)
+from pipeline.options import UsageError
 from formats.output_files import path_basename
 from transforms import incremental
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE
@@ -62,8 +63,12 @@ class Plan(NamedTuple):
 
 
 def plan(cfg) -> Plan:
-  """Decides how the run `cfg` (a JobConfig) uses its previous output."""
-  current = current_fingerprint_inputs(cfg)
+  """Decides how the run `cfg` (a JobConfig) uses its previous output; raises UsageError when a fingerprint input
+  of this run or of the previous output's manifest cannot be read."""
+  try:
+    current = current_fingerprint_inputs(cfg)
+  except FingerprintError as e:
+    raise UsageError(str(e)) from None
   previous = getattr(cfg, "previous", None)
   sample = getattr(cfg, "drift_sample", DEFAULT_DRIFT_SAMPLE)
   pointer = pointer_path(cfg.output, previous.latest_root if previous else None)
@@ -76,7 +81,10 @@ def plan(cfg) -> Plan:
   if previous.manifest is None:
     return full(f"no previous output yet: {join_path(normalize_prefix(previous.latest_root), LATEST_NAME)} "
                 "does not exist (the first run under this root)")
-  old = manifest_fingerprint_inputs(previous.manifest)
+  try:
+    old = manifest_fingerprint_inputs(previous.manifest)
+  except FingerprintError as e:
+    raise UsageError(f"--previous {previous.requested}: cannot tell which options shaped its vectors: {e}") from None
   changes = differences(old, current)
   if changes:
     comparable = (old.get("dimension") == current.get("dimension")

@@ -438,6 +438,27 @@ def pg_password(pgvector_server, monkeypatch):
   return pgvector_server
 
 
+# --- job config ---
+# A JobConfig without models or files (owner: pipeline/fingerprint.py, pipeline/previous.py), for the decisions
+# made from a config alone.
+
+
+@pytest.fixture
+def job_config():
+  """A factory: job_config(**field_changes) -> a JobConfig (model fingerprint 'm' * 64, dimension 32)."""
+  import dataclasses  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pipeline.models import ModelInfo, ModelSpec  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  base = JobConfig(
+      inputs=("in.jsonl",), input_patterns=("in.jsonl",), input_format="jsonl", id_field="id", text_field="text",
+      text_pair_field=None, max_text_bytes=1024, limit=None, model=ModelSpec("/m/preprocessor", "/m/encoder", "m"),
+      model_info=ModelInfo(dim=32, num_layers=2, vocab_size=100, has_mlm=False, metadata=None, fingerprint="m" * 64),
+      seq_length=32, pooling="cls", normalize=False, layers=None, precision="fp32", output="/runs/2/emb",
+      output_format="parquet", num_shards=0, keep_text=False, emit_tokens=False, batch_size=64, min_batch_size=1,
+      preprocess_batch_size=256)
+  return lambda **changes: dataclasses.replace(base, **changes)
+
+
 # --- process exit ---
 # pipeline.cli.finish ends a finished job's process with os._exit. A test that reaches it in the pytest process
 # (runpy on templates/main.py, say) must not end pytest there: in-process, finish is sys.exit. The real one is

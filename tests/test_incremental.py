@@ -216,11 +216,14 @@ OPTIONS = {"seq_length": 32, "pooling": "cls", "normalize": False, "layers": Non
            "on_duplicate_id": "dead-letter"}
 
 
-def _cfg(output, previous, model="m" * 64, dim=32, emit_tokens=False, **changes):
-  options = {**OPTIONS, "emit_tokens": emit_tokens, **changes}
-  return types.SimpleNamespace(
-      output=output, previous=previous, drift_sample=7, emit_tokens=emit_tokens,
-      model_info=types.SimpleNamespace(fingerprint=model, dim=dim), output_shaping_options=lambda: options)
+@pytest.fixture
+def plan_cfg(job_config):
+  """plan_cfg(output, previous, model=..., dim=..., **field_changes) -> a JobConfig."""
+  def make(output, previous, model="m" * 64, dim=32, **changes):
+    base = job_config()
+    return job_config(output=output, previous=previous, drift_sample=7,
+                      model_info=base.model_info._replace(fingerprint=model, dim=dim), **changes)
+  return make
 
 
 def _previous(manifest, prefix="/runs/1/emb", root=None):
@@ -233,18 +236,21 @@ PREVIOUS_MANIFEST = {"model": {"fingerprint": "m" * 64}, "dimension": 32, "optio
 
 @pytest.mark.parametrize("changes,mode,reason,drift", [
     ({}, "incremental", "", 0),
-    ({"format": "tfrecord", "keep_text": True, "limit": 5, "on_duplicate_id": "keep"}, "incremental", "", 0),
+    ({"output_format": "tfrecord", "keep_text": True, "limit": 5, "on_duplicate_id": "keep", "num_shards": 3,
+      "dedupe_texts": True, "batch_size": 8, "max_batch_tokens": 256, "bucket_lengths": None,
+      "preprocess_batch_size": 16}, "incremental", "", 0),
     ({"pooling": "mean"}, "full", 'pooling "cls" -> "mean"', 7),
     ({"normalize": True, "seq_length": 64}, "full", "normalize false -> true; seq_length 32 -> 64", 7),
-    ({"mlm_top_k": 5}, "full", "mlm_top_k (absent) -> 5", 7),  # an option this module does not know
+    ({"long_text": "chunk", "chunk_stride": 4}, "full", 'chunk_output null -> "rows"; chunk_stride null -> 4; '
+     'long_text "truncate" -> "chunk"', 7),
     ({"model": "n" * 64}, "full", "the model changed (fingerprint mmmmmmmmmmmm… -> nnnnnnnnnnnn…)", 7),
     ({"dim": 64}, "full", "dimension 32 -> 64", 0),  # vectors of other lengths cannot be compared
     ({"emit_tokens": True}, "full", "--emit-tokens needs token_ids", 0),
 ])
-def test_plan_reuses_vectors_only_when_the_fingerprint_matches(changes, mode, reason, drift):
+def test_plan_reuses_vectors_only_when_the_fingerprint_matches(plan_cfg, changes, mode, reason, drift):
   changes = dict(changes)
   kwargs = {k: changes.pop(k) for k in ("model", "dim", "emit_tokens") if k in changes}
-  plan = previous_lib.plan(_cfg("/runs/2/emb", _previous(PREVIOUS_MANIFEST), **kwargs, **changes))
+  plan = previous_lib.plan(plan_cfg("/runs/2/emb", _previous(PREVIOUS_MANIFEST), **kwargs, **changes))
   assert plan.mode == mode and reason in plan.reason and plan.drift_sample == drift
   assert plan.previous_files == PREVIOUS_MANIFEST["output_files"] and plan.previous_format == "parquet"
   previous_fingerprint = fingerprint_lib.fingerprint(fingerprint_lib.manifest_fingerprint_inputs(PREVIOUS_MANIFEST))
@@ -260,23 +266,23 @@ def test_plan_reuses_vectors_only_when_the_fingerprint_matches(changes, mode, re
     ("auto", {"bf16": 6, "fp32": 4}, "full", "mixes precisions (bf16, fp32"),
     ("fp32", {"fp32": 10}, "incremental", ""),
 ])
-def test_plan_reuses_only_vectors_of_one_resolved_precision(precision, used, mode, reason):
+def test_plan_reuses_only_vectors_of_one_resolved_precision(plan_cfg, precision, used, mode, reason):
   options = {**OPTIONS, "precision": precision}
   manifest = {**PREVIOUS_MANIFEST, "options": options, "precision_used": used}
-  plan = previous_lib.plan(_cfg("/runs/2/emb", _previous(manifest), precision=precision))
+  plan = previous_lib.plan(plan_cfg("/runs/2/emb", _previous(manifest), precision=precision))
   assert plan.mode == mode and reason in plan.reason
   assert previous_lib.manifest_section(plan)["previous_precision_used"] == sorted(k for k, n in used.items() if n)
 
 
-def test_previous_files_are_found_next_to_the_previous_prefix():
+def test_previous_files_are_found_next_to_the_previous_prefix(plan_cfg):
   moved = {**PREVIOUS_MANIFEST, "output_files": ["out/emb-00000-of-00002.parquet", "out/emb-00001-of-00002.parquet"]}
-  plan = previous_lib.plan(_cfg("/copy/run2/emb", _previous(moved, prefix="/copy/run1/emb")))
+  plan = previous_lib.plan(plan_cfg("/copy/run2/emb", _previous(moved, prefix="/copy/run1/emb")))
   assert plan.previous_files == ["/copy/run1/emb-00000-of-00002.parquet", "/copy/run1/emb-00001-of-00002.parquet"]
 
 
-def test_plan_without_a_previous_output_is_full_and_says_why():
-  assert "no --previous" in previous_lib.plan(_cfg("/runs/2/emb", None)).reason
-  first = previous_lib.plan(_cfg("/root/run1/emb", latest_pointer.PreviousOutput("latest:/root", None, None, "/root")))
+def test_plan_without_a_previous_output_is_full_and_says_why(plan_cfg):
+  assert "no --previous" in previous_lib.plan(plan_cfg("/runs/2/emb", None)).reason
+  first = previous_lib.plan(plan_cfg("/root/run1/emb", latest_pointer.PreviousOutput("latest:/root", None, None, "/root")))
   assert first.mode == "full" and "/root/LATEST does not exist" in first.reason
   assert first.pointer == "/root/LATEST" and first.previous_files is None
 
