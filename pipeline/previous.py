@@ -150,12 +150,19 @@ class ManifestSection(beam.PTransform):
 
 
 def summary_line(manifest: dict) -> Optional[str]:
-  """One line on what an incremental run reused, or None for a manifest without that section."""
+  """One line on what an incremental run reused, or None for a manifest without that section.
+
+  The new, changed and unchanged records are what was read minus what was dead-lettered while reading (unreadable,
+  duplicate ids); the line says how many of them were written and how many were dead-lettered after reading.
+  """
   section, c = manifest.get("incremental"), manifest.get("counts") or {}
   if not section:
     return None
+  classified = c.get("new", 0) + c.get("changed", 0) + c.get("unchanged", 0)
+  later = c.get("dead_lettered", 0) - (c.get("read", 0) - classified)
   line = (f"bert-embed: {section['mode']} run: {c.get('new', 0)} new, {c.get('changed', 0)} changed, "
-          f"{c.get('unchanged', 0)} unchanged, {c.get('deleted', 0)} deleted; {c.get('encoded', 0)} encoded")
+          f"{c.get('unchanged', 0)} unchanged ({c.get('written', 0)} written, {later} dead-lettered after reading), "
+          f"{c.get('deleted', 0)} deleted; {c.get('encoded', 0)} records encoded")
   if c.get(incremental.DAMAGED):
     line += f"; {c[incremental.DAMAGED]} unchanged records encoded again because their previous row was damaged"
   if section.get("reason"):

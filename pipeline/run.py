@@ -53,8 +53,9 @@ def _counted(pcoll, label: str, kind: str, value=None, input_format=None):
   return pcoll | label >> beam.ParDo(CountFn(kind, value, input_format))
 
 
-def _written(record) -> int:
-  return int(not record.chunk_index)  # records, not windows
+def _per_record(record) -> int:
+  """1 for a record's row (its window 0 when it is written as windows), 0 for its other windows."""
+  return int(not record.chunk_index)
 
 
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
@@ -105,9 +106,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),
                _counted(read.dead_letters, "CountUnreadable", "read"),
                _counted(duplicates.dead_letters, "CountDuplicates", "read")),
-      "written": _counted(valid, "CountWritten", "written", _written),
+      "written": _counted(valid, "CountWritten", "written", _per_record),
       "rows": _ones(valid, "CountRows"),
-      "encoded": _counted(embedded.encoded, "CountEncoded", "encoded"),
+      "encoded": _counted(embedded.encoded, "CountEncoded", "encoded", _per_record),  # records, not windows
       "windows": embedded.encoded | "CountWindows" >> beam.Map(lambda r: int(r.parent_id is not None)),
       "dead_lettered": _ones(dead, "CountDeadLettered"),
       "blank_lines": read.blank_lines,

@@ -168,6 +168,31 @@ def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
   return str(root)
 
 
+POISON_TOKEN = "fox"  # in the tiny vocab, in no probe text of pipeline/models.py
+
+
+@pytest.fixture(scope="session")
+def poisoned_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
+  """Export root: the tiny preprocessor plus an encoder whose input embedding of POISON_TOKEN is infinite, so any
+  sequence holding that word encodes to NaN (without an error) and every other sequence is finite."""
+  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf
+  from modeling import encoder as encoder_lib
+  from modeling import weight_names
+  from modeling.config import BertConfig
+  from modeling.importers import random_init
+  config = BertConfig.from_json_file(tiny_config_file)
+  weights = random_init.random_weights(config, seed=5)
+  weights[weight_names.WORD_EMBEDDINGS] = weights[weight_names.WORD_EMBEDDINGS].copy()
+  weights[weight_names.WORD_EMBEDDINGS][TINY_VOCAB_TOKENS.index(POISON_TOKEN)] = np.inf
+  root = tmp_path_factory.mktemp("poisoned") / "export"
+  root.mkdir()
+  (root / "preprocessor").symlink_to(os.path.join(tiny_model_dir, "preprocessor"))
+  encoder = encoder_lib.build_encoder(config, weights)
+  tf.saved_model.save(encoder, str(root / "encoder"), signatures={"serving_default": encoder.serving_default})
+  return str(root)
+
+
 # --- end model fixtures ---
 
 

@@ -1,4 +1,5 @@
 """--long-text chunk: windows follow the tokenizer's own pieces; mean of windows; one-window texts unchanged."""
+import json
 import os
 
 import numpy as np
@@ -94,3 +95,33 @@ def test_chunk_option_conflicts_fail_before_the_job(tmp_path, tiny_model_dir, ex
   with pytest.raises(UsageError, match=message):
     run(["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "e"),
          "--seq-length", str(SEQ), "--long-text", "chunk", *extra])
+
+
+def test_a_record_is_written_whole_or_dead_lettered_whole(tmp_path, poisoned_model_dir, capsys):
+  # The poisoned model encodes any window holding "fox" to NaN, which fails validation at the write stage.
+  texts = {"late": LONG + " the quick brown fox", "early": "the quick brown fox " + LONG, "clean": LONG,
+           "short-bad": "the fox sat.", "short-1": SHORT[0], "short-2": SHORT[1]}
+  (tmp_path / "in.txt").write_text("\n".join(texts.values()) + "\n", encoding="utf-8")
+  ids = {name: f"{tmp_path / 'in.txt'}:{i}" for i, name in enumerate(texts, 1)}
+  argv = ["--model", poisoned_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "rows"),
+          "--seq-length", str(SEQ), "--pooling", "mean", "--long-text", "chunk", "--chunk-stride", "4"]
+  outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
+  rows = [r for f in outcome.manifest["output_files"] for r in pq.read_table(f).to_pylist()]
+  pieces = {name: len(_pieces(poisoned_model_dir, text)) for name, text in texts.items()}
+  windows = {name: len(window_bounds(n, SEQ - 2, 4)) for name, n in pieces.items()}
+  assert windows["late"] > 1 and windows["early"] > 1  # "fox" is in the last window of one, the first of the other
+  assert sorted({r["parent_id"] for r in rows}) == sorted(ids[n] for n in ("clean", "short-1", "short-2"))
+  assert len(rows) == windows["clean"] + 2
+  dead = [json.loads(line) for f in outcome.manifest["error_files"] for line in open(f, encoding="utf-8")]
+  assert sorted(d["id"] for d in dead) == sorted(ids[n] for n in ("late", "early", "short-bad"))
+  for d in dead:
+    assert d["stage"] == "write" and "non-finite" in d["reason"], d
+  late = next(d for d in dead if d["id"] == ids["late"])
+  assert f"{ids['late']}#{windows['late'] - 1}" in late["reason"]  # names the window that failed
+  c = outcome.manifest["counts"]
+  assert (c["read"], c["written"], c["dead_lettered"], c["rows"]) == (6, 3, 3, windows["clean"] + 2)
+  assert (c["encoded"], c["windows"]) == (6, sum(windows.values()))  # records through the model, and windows
+  assert c["new"] + c["changed"] + c["unchanged"] == c["written"] + c["dead_lettered"]
+  out = capsys.readouterr().out
+  assert "read == written + dead-lettered: ok" in out
+  assert "6 new, 0 changed, 0 unchanged (3 written, 3 dead-lettered after reading), 0 deleted; 6 records encoded" in out

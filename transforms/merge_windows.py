@@ -1,7 +1,8 @@
 """Reassembling long texts split into windows (--long-text chunk): one row per window, or one mean per record.
 
 A record is all or nothing: when any of its windows fails, the record is dead-lettered once (with the window's
-reason) and none of its windows is written, so read == written + dead_lettered keeps holding per record.
+reason) and none of its windows is written, so read == written + dead_lettered keeps holding per record. Windows
+fail here when they are encoded, and again when they are validated for writing (transforms/validate.py).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from formats.records import EmbeddingRecord
 WINDOW_FAILED = "window_failed"
 
 
-def _is_split(rec: EmbeddingRecord) -> bool:
+def is_split(rec: EmbeddingRecord) -> bool:
   """A window of a text that needed more than one."""
   return bool(rec.num_windows and rec.num_windows > 1)
 
@@ -65,7 +66,7 @@ class MergeWindows(beam.PTransform):
 
   def expand(self, inputs):
     rows, window_failures = inputs
-    split = rows | "SplitWindows" >> beam.Partition(lambda r, _: int(_is_split(r)), 2)
+    split = rows | "SplitWindows" >> beam.Partition(lambda r, _: int(is_split(r)), 2)
     whole, windows = split[0], split[1]
     if self._output == "mean":
       whole = whole | "WholeTexts" >> beam.Map(_whole_text_mean, self._normalize)

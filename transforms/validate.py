@@ -9,15 +9,22 @@ The checks are the column table's (formats/columns.py), run in table order, firs
   - a column that is not written but set on the row is still checked, with the other columns of its switch (the
     embed stage sets only what is to be written, so a set field that is wrong means a bug upstream), except the
     embedding, which --no-embeddings ignores.
+
+A record is written whole or not at all. With window columns, a failing window of a text encoded as several
+windows (num_windows > 1) dead-letters its record: one DeadLetter under the record's id, naming the window and its
+reason, and none of the record's windows is written (transforms/merge_windows.py regroups them by parent id, one
+shuffle of such windows); a text in one window is dead-lettered under its record's id too. Rows carried from a previous output were checked as a whole record when they were
+carried (transforms/incremental.py).
 """
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from formats.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
+from transforms.merge_windows import WINDOW_FAILED, MergeWindows, is_split
 from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from formats.records import DeadLetter, EmbeddingRecord
@@ -62,8 +69,15 @@ def unwritable(records: Sequence[EmbeddingRecord], columns: OutputColumns, dim: 
   return ValueError(f"a batch of valid rows cannot be written ({type(error).__name__}: {error})")
 
 
+class Validated(NamedTuple):
+  """ValidateEmbeddings' result; unpacks as `valid, dead_letters = ...`."""
+  valid: beam.PCollection  # EmbeddingRecord
+  dead_letters: beam.PCollection  # DeadLetter
+
+
 class ValidateEmbeddingsFn(beam.DoFn):
-  """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG."""
+  """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG, or, for a
+  window of a text in several windows when windows are written, into (parent id, DeadLetter) on WINDOW_FAILED."""
 
   def __init__(self, dim: int, columns: OutputColumns):
     super().__init__()
@@ -77,22 +91,33 @@ class ValidateEmbeddingsFn(beam.DoFn):
       yield rec
       return
     self._rejected.inc()
-    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, DeadLetter.make(
-        getattr(rec, "id", ""), source=getattr(rec, "source", "") or "", stage="write", reason=problem,
-        text=getattr(rec, "text", "")))
+    dead = DeadLetter.make(getattr(rec, "id", ""), source=getattr(rec, "source", "") or "", stage="write",
+                           reason=problem, text=getattr(rec, "text", ""))
+    if self._columns.windows and isinstance(rec, EmbeddingRecord) and is_split(rec):
+      yield beam.pvalue.TaggedOutput(WINDOW_FAILED, (rec.parent_id, dead))
+      return
+    if self._columns.windows and isinstance(rec, EmbeddingRecord) and rec.num_windows == 1 and rec.parent_id:
+      dead = dead._replace(id=rec.parent_id)  # a text in one window (<id>#0): the record itself
+    yield beam.pvalue.TaggedOutput(DEAD_LETTER_TAG, dead)
 
 
 class ValidateEmbeddings(beam.PTransform):
-  """Splits EmbeddingRecords into writable ones and write-stage dead letters (see row_problem).
+  """Splits EmbeddingRecords into writable ones and write-stage dead letters (see row_problem), whole records.
 
-  Returns a tagged output: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter), which also
-  unpacks as `valid, dead_letters = ...`. Use the dim and columns of the WriteEmbeddings that follows.
+  Returns Validated: `result.valid` (EmbeddingRecord) and `result.dead_letters` (DeadLetter), which also unpacks
+  as `valid, dead_letters = ...`. Use the dim and columns of the WriteEmbeddings that follows.
   """
 
   def __init__(self, dim: int, columns: OutputColumns = OutputColumns()):
     super().__init__()
     check_dim(dim)
+    self._windows = columns.windows
     self._fn = ValidateEmbeddingsFn(dim, columns)
 
-  def expand(self, pcoll):
-    return pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, main=VALID_TAG)
+  def expand(self, pcoll) -> Validated:
+    checked = pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, WINDOW_FAILED, main=VALID_TAG)
+    if not self._windows:
+      return Validated(checked[VALID_TAG], checked[DEAD_LETTER_TAG])
+    valid, whole_dead = (checked[VALID_TAG], checked[WINDOW_FAILED]) | "WholeRecords" >> MergeWindows("rows", False)
+    dead = (checked[DEAD_LETTER_TAG], whole_dead) | "AllDeadLetters" >> beam.Flatten()
+    return Validated(valid, dead)
