@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 from typing import Callable, Optional
 
 _WHICH_RECORDS = "decides which records exist and under which id, which the join on id and text_sha256 accounts for"
@@ -101,6 +102,10 @@ def _plain(value, where: str):
   """`value` as JSON data (tuples as lists); a config object by its vector-shaping fields."""
   if value is None or isinstance(value, (bool, int, float, str)):
     return value
+  if isinstance(value, numbers.Integral):  # numpy integers
+    return int(value)
+  if isinstance(value, numbers.Real):
+    return float(value)
   if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
     return [_plain(v, f"{where}[{i}]") for i, v in enumerate(value)]
   if isinstance(value, dict) and all(isinstance(k, str) for k in value):

@@ -64,6 +64,17 @@ def test_mlm_scores_equal_brute_force_and_embeddings_stay_exact(tmp_path, tiny_m
     np.testing.assert_allclose(r["mlm_token_scores"][1:-1], per_token[1:-1], rtol=1e-4)
     assert len(r["embedding"]) == 32
   assert [r["truncated"] for r in rows if r["text"] == TEXTS[3]] == [True]
+  # --mlm-max-tokens only batches the masked copies: a rerun with another value carries every row over.
+  again = ["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "again"),
+           "--seq-length", str(SEQ), "--keep-text", "--mlm-scores", "--mlm-per-token", "--pooling", "cls",
+           "--mlm-max-tokens", "64", "--previous", str(tmp_path / "emb")]
+  carried = run(again, test_pipeline=TestPipeline(argv=again))
+  assert carried.manifest["incremental"]["mode"] == "incremental", carried.manifest["incremental"]["reason"]
+  c = carried.manifest["counts"]
+  assert (c["unchanged"], c["encoded"], c["written"]) == (len(TEXTS), 0, len(TEXTS))
+  by_text = {r["text"]: r for r in rows}
+  for r in pq.read_table(carried.manifest["output_files"]).to_pylist():
+    assert r["mlm_pll"] == by_text[r["text"]]["mlm_pll"] and r["embedding"] == by_text[r["text"]]["embedding"]
 
 
 def test_whole_word_scores_only_to_tfrecord_equal_brute_force(tmp_path, sharp_model_dir):
