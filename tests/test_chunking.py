@@ -99,29 +99,42 @@ def test_chunk_option_conflicts_fail_before_the_job(tmp_path, tiny_model_dir, ex
 
 def test_a_record_is_written_whole_or_dead_lettered_whole(tmp_path, poisoned_model_dir, capsys):
   # The poisoned model encodes any window holding "fox" to NaN, which fails validation at the write stage.
+  # With --dedupe-texts the copies get their text's windows (or its fate) under their own ids.
   texts = {"late": LONG + " the quick brown fox", "early": "the quick brown fox " + LONG, "clean": LONG,
            "short-bad": "the fox sat.", "short-1": SHORT[0], "short-2": SHORT[1]}
-  (tmp_path / "in.txt").write_text("\n".join(texts.values()) + "\n", encoding="utf-8")
-  ids = {name: f"{tmp_path / 'in.txt'}:{i}" for i, name in enumerate(texts, 1)}
-  argv = ["--model", poisoned_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "rows"),
-          "--seq-length", str(SEQ), "--pooling", "mean", "--long-text", "chunk", "--chunk-stride", "4"]
-  outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
+  copies = {"late-copy": "late", "clean-copy": "clean"}
+  lines = list(texts.values()) + [texts[of] for of in copies.values()]
+  (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+  ids = {name: f"{tmp_path / 'in.txt'}:{i}" for i, name in enumerate([*texts, *copies], 1)}
+  argv = ["--model", poisoned_model_dir, "--input", str(tmp_path / "in.txt"), "--seq-length", str(SEQ),
+          "--pooling", "mean", "--long-text", "chunk", "--chunk-stride", "4", "--dedupe-texts"]
+  outcome = run(argv + ["--output", str(tmp_path / "rows")], test_pipeline=TestPipeline(argv=argv))
   rows = [r for f in outcome.manifest["output_files"] for r in pq.read_table(f).to_pylist()]
   pieces = {name: len(_pieces(poisoned_model_dir, text)) for name, text in texts.items()}
   windows = {name: len(window_bounds(n, SEQ - 2, 4)) for name, n in pieces.items()}
   assert windows["late"] > 1 and windows["early"] > 1  # "fox" is in the last window of one, the first of the other
-  assert sorted({r["parent_id"] for r in rows}) == sorted(ids[n] for n in ("clean", "short-1", "short-2"))
-  assert len(rows) == windows["clean"] + 2
+  written = ("clean", "clean-copy", "short-1", "short-2")
+  assert sorted({r["parent_id"] for r in rows}) == sorted(ids[n] for n in written)
+  assert sorted(r["id"] for r in rows if r["parent_id"] == ids["clean-copy"]) == sorted(
+      f"{ids['clean-copy']}#{k}" for k in range(windows["clean"]))
+  assert len(rows) == 2 * windows["clean"] + 2
   dead = [json.loads(line) for f in outcome.manifest["error_files"] for line in open(f, encoding="utf-8")]
-  assert sorted(d["id"] for d in dead) == sorted(ids[n] for n in ("late", "early", "short-bad"))
+  assert sorted(d["id"] for d in dead) == sorted(ids[n] for n in ("late", "late-copy", "early", "short-bad"))
   for d in dead:
     assert d["stage"] == "write" and "non-finite" in d["reason"], d
-  late = next(d for d in dead if d["id"] == ids["late"])
-  assert f"{ids['late']}#{windows['late'] - 1}" in late["reason"]  # names the window that failed
+  for name in ("late", "late-copy"):
+    late = next(d for d in dead if d["id"] == ids[name])
+    assert f"{ids[name]}#{windows['late'] - 1}" in late["reason"]  # names the window that failed
   c = outcome.manifest["counts"]
-  assert (c["read"], c["written"], c["dead_lettered"], c["rows"]) == (6, 3, 3, windows["clean"] + 2)
-  assert (c["encoded"], c["windows"]) == (6, sum(windows.values()))  # records through the model, and windows
+  assert (c["read"], c["written"], c["dead_lettered"], c["rows"]) == (8, 4, 4, 2 * windows["clean"] + 2)
+  assert (c["encoded"], c["windows"]) == (6, sum(windows.values()))  # distinct texts through the model, windows
   assert c["new"] + c["changed"] + c["unchanged"] == c["written"] + c["dead_lettered"]
   out = capsys.readouterr().out
   assert "read == written + dead-lettered: ok" in out
-  assert "6 new, 0 changed, 0 unchanged (3 written, 3 dead-lettered after reading), 0 deleted; 6 records encoded" in out
+  assert "8 new, 0 changed, 0 unchanged (4 written, 4 dead-lettered after reading), 0 deleted; 6 records encoded" in out
+
+  mean = run(argv + ["--output", str(tmp_path / "mean"), "--chunk-output", "mean"],
+             test_pipeline=TestPipeline(argv=argv))
+  c = mean.manifest["counts"]
+  assert (c["read"], c["written"], c["dead_lettered"], c["rows"]) == (8, 4, 4, 4)
+  assert (c["encoded"], c["windows"]) == (6, sum(windows.values()))
