@@ -23,6 +23,7 @@ import tensorflow as tf
 from modeling import encoder as encoder_lib
 from modeling import preprocessor as preprocessor_lib
 from modeling import vocab as vocab_lib
+from modeling.errors import SeqLengthError
 from modeling.importers import ImportedModel, load_source
 
 METADATA_FILENAME = "bert_embed_export.json"
@@ -76,7 +77,7 @@ def export_model(source: str, output_dir: str, *, seq_length: int = 128,
 
   Raises:
     ModelSourceError: the source is unusable.
-    ValueError: seq_length out of range.
+    SeqLengthError: seq_length out of range (a ValueError).
     FileExistsError: `output_dir` is non-empty and `overwrite` is False.
   """
   output_dir = output_dir.rstrip("/") or output_dir
@@ -85,8 +86,7 @@ def export_model(source: str, output_dir: str, *, seq_length: int = 128,
                          seed=seed)
   max_length = imported.config.max_position_embeddings
   if not 2 <= seq_length <= max_length:
-    raise ValueError(f"seq_length must be in [2, {max_length}] (the model's "
-                     f"max_position_embeddings), got {seq_length}")
+    raise SeqLengthError(seq_length, max_length)
   metadata = build_metadata(source, imported, seq_length)
   tokens = vocab_lib.read_vocab(imported.vocab_file)
   special_ids = vocab_lib.special_token_ids(tokens, imported.vocab_file)
@@ -129,7 +129,7 @@ def _check_destination(output_dir: str, overwrite: bool) -> None:
   if tf.io.gfile.exists(output_dir) and not overwrite:
     if not tf.io.gfile.isdir(output_dir) or tf.io.gfile.listdir(output_dir):
       raise FileExistsError(
-          f"{output_dir} exists and is not empty (pass overwrite=True)")
+          f"{output_dir} exists and is not empty (set overwrite to replace it)")
 
 
 def _move_into_place(staging: str, output_dir: str, overwrite: bool) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import errno
 import logging
 import os
 import re
 import signal
 import sys
 import threading
-from typing import Iterator, NoReturn, Optional
+from typing import Callable, Iterator, NoReturn, Optional
 
 from pipeline.options import UsageError
 
@@ -24,15 +25,39 @@ INTERRUPTED = ("interrupted before the job finished; an output without its manif
                "replaces it")
 # Beam's note of the step that raised, appended to a DoFn's exception message.
 _BEAM_STEP_NOTE = re.compile(r"\s*\[while running '[^']*'\]")
+_BEAM_STEP = re.compile(r"\[while running '([^']*)'\]")
+# A full disk or quota, as an OSError's errno or as Beam's text of an OSError it re-raised as another type.
+_OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+_OUT_OF_SPACE_TEXT = re.compile(r"\[Errno (?:%s)\]|No space left on device|Disk quota exceeded"
+                                % "|".join(str(n) for n in _OUT_OF_SPACE_ERRNOS))
+
+
+def _export_seq_length(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+  if value < 2:
+    raise argparse.ArgumentTypeError(f"must be at least 2 ([CLS] and [SEP]), got {value}")
+  return value
+
+
+class _ExportParser(argparse.ArgumentParser):
+  """Reports a bad argument on one line (`bert-embed export --help` shows the usage)."""
+
+  def error(self, message: str) -> NoReturn:
+    self.exit(2, f"{self.prog}: error: {one_line(message)}\n")
 
 
 def export_parser() -> argparse.ArgumentParser:
-  parser = argparse.ArgumentParser(prog="bert-embed export",
+  parser = _ExportParser(prog="bert-embed export",
                                    description="Write DIR/preprocessor and DIR/encoder as TF Hub BERT SavedModels.")
   parser.add_argument("--from", dest="source", required=True,
                       help="hf:DIR (Hugging Face BERT checkpoint), tf1:DIR (Google BERT release) or random:CONFIG.json")
   parser.add_argument("--output", required=True)
-  parser.add_argument("--seq-length", type=int, default=128)
+  parser.add_argument("--seq-length", type=_export_seq_length, default=128,
+                      help="Packed sequence length of the preprocessor: 2 to the model's max_position_embeddings.")
+  parser.add_argument("--overwrite", action="store_true", help="Replace a non-empty --output folder.")
   case = parser.add_mutually_exclusive_group()
   case.add_argument("--lower-case", dest="lower_case", action="store_const", const=True, default=None)
   case.add_argument("--cased", dest="lower_case", action="store_const", const=False)
@@ -43,14 +68,27 @@ def export_parser() -> argparse.ArgumentParser:
 
 def _export(argv: list[str]) -> int:
   args = export_parser().parse_args(argv)
-  from modeling.errors import ModelSourceError  # pylint: disable=import-outside-toplevel
+  from modeling.errors import ModelSourceError, SeqLengthError  # pylint: disable=import-outside-toplevel
   from modeling.export import export_model  # pylint: disable=import-outside-toplevel
   try:
     metadata = export_model(args.source, args.output, seq_length=args.seq_length, lower_case=args.lower_case,
-                            vocab=args.vocab, seed=args.seed)
-  except ModelSourceError as e:
-    print(f"bert-embed export: error: {e}", file=sys.stderr)
+                            vocab=args.vocab, seed=args.seed, overwrite=args.overwrite)
+  except FileExistsError:
+    print(f"bert-embed export: error: --output {args.output} exists and is not an empty folder; pass --overwrite to replace "
+          "it, or choose a new folder", file=sys.stderr)
     return 2
+  except SeqLengthError as e:
+    print(f"bert-embed export: error: --seq-length {e.seq_length} is out of range: the model has {e.max_length} "
+          f"positions (max_position_embeddings), so use 2 to {e.max_length}", file=sys.stderr)
+    return 2
+  except ModelSourceError as e:
+    print(f"bert-embed export: error: {one_line(e)}", file=sys.stderr)
+    return 2
+  except Exception as e:  # pylint: disable=broad-except
+    if not out_of_space(e):
+      raise
+    print(f"bert-embed export: error: {out_of_space_message(e, args.output)}", file=sys.stderr)
+    return 1
   print(f"exported {args.source} to {args.output}/preprocessor and {args.output}/encoder "
         f"(hidden {metadata['config']['hidden_size']}, {metadata['config']['num_hidden_layers']} layers, "
         f"MLM head: {metadata['has_mlm']}, recommended pooling: {metadata['recommended_pooling']})")
@@ -81,26 +119,52 @@ def one_line(message: str) -> str:
   return " ".join(_BEAM_STEP_NOTE.sub("", str(message)).split())
 
 
-class _DropLogsOf(logging.Filter):
-  """Drops log records carrying an exception of the given types (Beam logs a DoFn's exception before re-raising)."""
+def out_of_space(error: BaseException) -> bool:
+  """True when `error`, or an exception it was raised from or while handling, is a full disk or quota.
 
-  def __init__(self, *types: type):
+  Beam re-raises a step's OSError as a RuntimeError quoting it, with the OSError as its context.
+  """
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in _OUT_OF_SPACE_ERRNOS:
+      return True
+    if _OUT_OF_SPACE_TEXT.search(str(error)):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
+
+
+def out_of_space_message(error: BaseException, output: Optional[str]) -> str:
+  """One line for a full disk: where, and what to do."""
+  step = _BEAM_STEP.search(str(error))
+  where = f" in step {step.group(1).split('/')[0]}" if step else ""
+  target = f" writing {output}" if output else ""
+  return f"no space left on device{target}{where}; free some space (or write elsewhere) and run again"
+
+
+class _DropLogsOf(logging.Filter):
+  """Drops log records carrying an exception that `test` accepts (Beam logs a DoFn's exception before re-raising)."""
+
+  def __init__(self, test: Callable[[BaseException], bool]):
     super().__init__()
-    self._types = types
+    self._test = test
 
   def filter(self, record: logging.LogRecord) -> bool:
     exc = record.exc_info[1] if record.exc_info else record.msg
-    return not isinstance(exc, self._types)
+    return not (isinstance(exc, BaseException) and self._test(exc))
 
 
 @contextlib.contextmanager
-def _quiet_beam_about(*types: type) -> Iterator[None]:
-  """While the job runs, Beam does not log (with a traceback) the exceptions the command reports in one line.
+def _quiet_beam_about(*types: type, also: Optional[Callable[[BaseException], bool]] = None) -> Iterator[None]:
+  """While the job runs, Beam does not log (with a traceback) the exceptions the command reports in one line:
+  those of the given types, and those `also` accepts.
 
   Only the in-process runner's log is filtered (where a DoFn's exception is logged, then re-raised to the caller);
   the exceptions still end the job.
   """
-  logger, drop = logging.getLogger("apache_beam.runners.common"), _DropLogsOf(*types)
+  logger = logging.getLogger("apache_beam.runners.common")
+  drop = _DropLogsOf(lambda exc: isinstance(exc, types) or (also is not None and also(exc)))
   logger.addFilter(drop)
   try:
     yield
@@ -142,15 +206,20 @@ def _run(argv: list[str]) -> int:
     try:
       argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
       argv = arguments.join_negative_values(argv)
-      arguments.check(argv)
+      namespace = arguments.check(argv)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
       from pipeline.run import run  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
       try:
-        with _quiet_beam_about(DuplicateIdError, KeyboardInterrupt):
+        with _quiet_beam_about(DuplicateIdError, KeyboardInterrupt, also=out_of_space):
           outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
       except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
         print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
+        return 1
+      except Exception as e:  # pylint: disable=broad-except
+        if interrupted.is_set() or not out_of_space(e):
+          raise
+        print(f"bert-embed run: error: {out_of_space_message(e, namespace.output)}", file=sys.stderr)
         return 1
     except UsageError as e:
       print(f"bert-embed run: error: {one_line(e)}", file=sys.stderr)
