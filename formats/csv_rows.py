@@ -7,6 +7,7 @@ import io
 from typing import Iterator, NamedTuple, Optional, Union
 
 from formats.fields import FileStats, Item, ReadOptions, fields_to_item, is_blank, snippet_of, wanted_fields
+from formats.lines import utf8_stream
 from formats.read_errors import DamagedInput
 from formats.records import DeadLetter
 
@@ -137,7 +138,7 @@ def read_csv(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: 
   the lines after that are read again as rows, so a stray quote costs one row, not the rest of the file.
   """
   csv.field_size_limit(_CSV_FIELD_LIMIT)
-  text = io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline="")
+  text = io.TextIOWrapper(utf8_stream(stream), encoding="utf-8-sig", errors="surrogateescape", newline="")
   header: Optional[list[str]] = None
   columns: list[tuple[str, int]] = []
   for start, row in _csv_rows(text, options.max_text_bytes, stats):

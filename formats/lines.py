@@ -1,4 +1,8 @@
-"""Line formats: text (one record per non-blank line) and jsonl (one JSON object per non-blank line)."""
+"""Line formats: text (one record per non-blank line) and jsonl (one JSON object per non-blank line).
+
+Input is UTF-8; a file opening with a UTF-16 byte-order mark (as Windows tools save "Unicode" text) is decoded as
+UTF-16 (utf8_stream), and a UTF-8 byte-order mark is dropped.
+"""
 from __future__ import annotations
 
 import codecs
@@ -11,6 +15,68 @@ from formats.fields import (MAX_REASON_CHARS, FileStats, Item, ReadOptions, Reje
 from formats.records import DeadLetter
 
 _READ_CHUNK_BYTES = 1 << 16  # text lines are read this much at a time
+_UTF16_BOMS = {codecs.BOM_UTF16_LE: "utf-16-le", codecs.BOM_UTF16_BE: "utf-16-be"}
+
+
+class _Replayed(io.RawIOBase):
+  """The bytes already read from a stream's start, then the rest of the stream."""
+
+  def __init__(self, head: bytes, source: io.BufferedIOBase):
+    super().__init__()
+    self._head = memoryview(head)
+    self._source = source
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    if self._head:
+      size = min(len(buffer), len(self._head))
+      buffer[:size] = self._head[:size]
+      self._head = self._head[size:]
+      return size
+    data = self._source.read1(len(buffer))
+    buffer[:len(data)] = data
+    return len(data)
+
+
+class _Utf16AsUtf8(io.RawIOBase):
+  """A UTF-16 byte stream (its byte-order mark already read) as UTF-8 bytes; invalid UTF-16 raises
+  UnicodeDecodeError where it is met."""
+
+  def __init__(self, source: io.BufferedIOBase, encoding: str):
+    super().__init__()
+    self._source = source
+    self._decoder = codecs.getincrementaldecoder(encoding)(errors="strict")
+    self._pending = memoryview(b"")
+
+  def readable(self) -> bool:
+    return True
+
+  def readinto(self, buffer) -> int:
+    while not self._pending:
+      data = self._source.read1(_READ_CHUNK_BYTES)
+      text = self._decoder.decode(data, final=not data)
+      if not data and not text:
+        return 0
+      self._pending = memoryview(text.encode("utf-8"))
+    size = min(len(buffer), len(self._pending))
+    buffer[:size] = self._pending[:size]
+    self._pending = self._pending[size:]
+    return size
+
+
+def utf8_stream(stream: io.BufferedIOBase) -> io.BufferedIOBase:
+  """`stream` itself, or, when it opens with a UTF-16 byte-order mark, its text as UTF-8 bytes (mark dropped)."""
+  head = stream.peek(2)[:2] if hasattr(stream, "peek") else b""
+  if len(head) < 2:  # peek may return less than asked: read, then put the bytes back in front
+    head = stream.read(2)
+    stream = io.BufferedReader(_Replayed(head, stream))
+  encoding = _UTF16_BOMS.get(bytes(head))
+  if encoding is None:
+    return stream
+  stream.read(2)
+  return io.BufferedReader(_Utf16AsUtf8(stream, encoding), buffer_size=_READ_CHUNK_BYTES)
 
 
 def _strip_newline(line: bytes) -> bytes:
@@ -69,8 +135,10 @@ def _numbered_lines(stream: io.BufferedIOBase, stats: FileStats,
                     universal: bool = False) -> Iterator[tuple[int, bytes]]:
   """Yields (1-based line number, line without its end); a UTF-8 byte-order mark opening the file is dropped.
 
-  Lines end at \\n or \\r\\n, and with universal=True also at a lone \\r.
+  Lines end at \\n or \\r\\n, and with universal=True also at a lone \\r. UTF-16 input is read as UTF-8
+  (utf8_stream).
   """
+  stream = utf8_stream(stream)
   lines = _universal_lines(stream) if universal else map(_strip_newline, stream)
   for number, line in enumerate(lines, start=1):
     if number == 1 and line.startswith(codecs.BOM_UTF8):
@@ -79,8 +147,15 @@ def _numbered_lines(stream: io.BufferedIOBase, stats: FileStats,
     yield number, line
 
 
+def _looks_utf16(raw: bytes) -> bool:
+  """Every other byte NUL: ASCII text saved as UTF-16 without the byte-order mark that would have told."""
+  return len(raw) >= 2 and (not raw[0::2].strip(b"\x00") or not raw[1::2].strip(b"\x00"))
+
+
 def decode_line(raw: bytes) -> str:
   """A line's text; rejects invalid UTF-8 and NUL bytes (stage "decode")."""
+  if b"\x00" in raw and _looks_utf16(raw):
+    raise Rejected("decode", "NUL bytes: the file looks like UTF-16 without a byte-order mark (save it as UTF-8)")
   text = decode_utf8(raw, "")
   if "\x00" in text:
     raise Rejected("decode", "NUL byte")

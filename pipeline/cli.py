@@ -74,8 +74,8 @@ def _export(argv: list[str]) -> int:
     metadata = export_model(args.source, args.output, seq_length=args.seq_length, lower_case=args.lower_case,
                             vocab=args.vocab, seed=args.seed, overwrite=args.overwrite)
   except FileExistsError:
-    print(f"bert-embed export: error: --output {args.output} exists and is not an empty folder; pass --overwrite to replace "
-          "it, or choose a new folder", file=sys.stderr)
+    print(f"bert-embed export: error: --output {args.output} exists and is not an empty folder; pass --overwrite "
+          "to replace it, or choose a new folder", file=sys.stderr)
     return 2
   except SeqLengthError as e:
     print(f"bert-embed export: error: --seq-length {e.seq_length} is out of range: the model has {e.max_length} "

@@ -9,6 +9,7 @@ prefix on one line.
 """
 from __future__ import annotations
 
+import codecs
 import os
 from typing import NamedTuple, Optional
 
@@ -80,15 +81,57 @@ def pointer_path(output: str, latest_root: Optional[str]) -> str:
   return join_path(parent_dir(output), LATEST_NAME)
 
 
+def _decode_pointer(path: str, data: bytes) -> str:
+  """A LATEST file's text: UTF-8, or UTF-16 or UTF-8 with a byte-order mark (as Windows editors save); raises
+  UsageError for anything else."""
+  for bom, encoding in ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"),
+                        (codecs.BOM_UTF16_BE, "utf-16")):
+    if data.startswith(bom):
+      break
+  else:
+    encoding = "utf-8"
+  try:
+    return data.decode(encoding)
+  except UnicodeDecodeError as e:
+    raise UsageError(f"{path} is not {encoding.upper().removesuffix('-SIG')} text ({e.reason} at byte {e.start}): "
+                     "it should hold the output prefix of the last successful run on one line") from None
+
+
+def _is_local_directory(path: str) -> bool:
+  return not _is_remote(path) and os.path.isdir(normalize_prefix(path))
+
+
+def check_pointer_path(path: str) -> None:
+  """Raises UsageError when the LATEST file a run would read or write is in the way (a directory of that name)."""
+  if _is_local_directory(path):
+    raise UsageError(f"{path} is a directory, but the run keeps its LATEST pointer file there: rename or remove "
+                     "that directory")
+
+
 def read_pointer(path: str) -> Optional[str]:
-  """The prefix a LATEST file points at, or None when the file does not exist."""
+  """The prefix a LATEST file points at, or None when the file does not exist; raises UsageError when it cannot be
+  read as a pointer.
+
+  A relative prefix in the file (written by hand) is taken relative to the directory holding the file (ROOT), not
+  to the working directory.
+  """
+  check_pointer_path(path)
   if not FileSystems.exists(path):
     return None
-  with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    lines = [line.strip() for line in f.read().decode("utf-8").splitlines() if line.strip()]
+  try:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      data = f.read()
+  except OSError as e:
+    raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+  lines = [line.strip() for line in _decode_pointer(path, data).splitlines() if line.strip()]
   if not lines:
     raise UsageError(f"{path} is empty: it should hold the output prefix of the last successful run")
-  return lines[0]
+  prefix = lines[0]
+  if "\x00" in prefix:
+    raise UsageError(f"{path} holds a NUL byte: it should hold the output prefix of the last successful run")
+  if _is_remote(prefix) or prefix.startswith("file://") or os.path.isabs(os.path.expanduser(prefix)):
+    return prefix
+  return join_path(FileSystems.split(path)[0], prefix)
 
 
 def write_pointer(path: str, prefix: str) -> str:

@@ -77,13 +77,16 @@ def build_manifest(output_prefix: str, static_fields: Mapping[str, object], file
 
 
 def write_atomically(path: str, data: bytes, mime_type: str = "application/json") -> None:
-  """Writes `path` via a uniquely named temporary file and a rename (local files and gs://)."""
+  """Writes `path` via a uniquely named temporary file and a rename (local files and gs://).
+
+  A failure (a full disk, say) removes the temporary file and raises.
+  """
   tmp = f"{path}{_TMP_INFIX}{uuid.uuid4().hex}"
-  with FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-    f.write(data)
   try:
+    with FileSystems.create(tmp, mime_type=mime_type, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+      f.write(data)
     FileSystems.rename([tmp], [path])
-  except Exception:
+  except BaseException:
     _delete_quietly(tmp)
     raise
 
