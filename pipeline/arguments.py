@@ -150,6 +150,35 @@ def _unknown_message(unknown: Sequence[str], known: Sequence[str]) -> str:
   return f"unknown {noun} {', '.join(described)}; `{PROG} --help` lists the options"
 
 
+class _Assignments(argparse.Namespace):
+  """A namespace that remembers every value argparse assigns to each option (defaults are not assignments)."""
+
+  def __init__(self, defaults: dict):
+    object.__setattr__(self, "assigned", {})
+    super().__init__(**defaults)
+    self.assigned.clear()
+
+  def __setattr__(self, name: str, value) -> None:
+    self.assigned.setdefault(name, []).append(value)
+    super().__setattr__(name, value)
+
+
+def check_repeated(argv: Sequence[str]) -> None:
+  """Raises UsageError when a bert-embed option is given twice with different values (`--pooling cls ...
+  --pooling mean`: argparse would silently keep the last). The same value twice passes; --input is repeatable."""
+  parser = _parser()
+  actions = [a for a in parser._actions if a.option_strings and a.dest != argparse.SUPPRESS]  # pylint: disable=protected-access
+  namespace = _Assignments({a.dest: a.default for a in actions})
+  parser.parse_known_args(list(argv), namespace=namespace)
+  for action in actions:
+    if isinstance(action, argparse._AppendAction):  # pylint: disable=protected-access
+      continue
+    values = list(dict.fromkeys(repr(v) for v in namespace.assigned.get(action.dest, ())))
+    if len(values) > 1:
+      raise UsageError(f"{action.option_strings[0]} is given more than once, with different values "
+                       f"({', '.join(values)}); give it once")
+
+
 def check(argv: Sequence[str]) -> argparse.Namespace:
   """Every argument known, every value valid, no conflicting options; returns bert-embed's options.
 
@@ -157,6 +186,7 @@ def check(argv: Sequence[str]) -> argparse.Namespace:
   """
   parser = _parser()
   namespace, rest = parser.parse_known_args(list(argv))
+  check_repeated(argv)
   if rest:
     beam_names = beam_option_names()
     if beam_names is not None:  # a flag Beam does not define either: no need to import Beam to say so

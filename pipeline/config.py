@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tempfile
-from typing import Optional
+from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline import arguments
 from pipeline import latest_pointer
+from pipeline.manifest import manifest_path
 from pipeline import models
 from pipeline import remote
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
@@ -19,7 +21,8 @@ from runtime import pooling as pooling_lib
 from formats.columns import OutputColumns
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
-from formats.output_files import check_output_prefix
+from formats.output_files import (check_output_prefix, is_error_file, is_output_file, is_scratch_dir,
+                                  path_basename)
 from transforms.read import InputError, match_inputs
 
 
@@ -153,6 +156,39 @@ def check_output(output: str) -> None:
     raise UsageError(f"--output {output}: cannot write in {existing} ({e.strerror or e})") from None
 
 
+def _directory_identity(path: str) -> str:
+  """A file's directory, comparable across spellings (local: its real path; remote: the URL's directory)."""
+  if "://" in path and not path.startswith("file://"):
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{re.sub('/+', '/', rest).rsplit('/', 1)[0]}"
+  return os.path.realpath(os.path.dirname(os.path.abspath(os.path.expanduser(path.removeprefix("file://")))))
+
+
+def is_own_file(path: str, output: str, pointer: str) -> bool:
+  """True when `path` is one of the files a run writing `output` writes (its shards, dead letters, manifest, their
+  temporary names, files in its sink scratch folders) or its LATEST pointer `pointer` (or a temporary one)."""
+  name = path_basename(path)
+  directory = _directory_identity(path)
+  if directory == _directory_identity(pointer) and (name == path_basename(pointer) or
+                                                    name.startswith(path_basename(pointer) + ".tmp-")):
+    return True
+  if is_scratch_dir(directory, output) and _directory_identity(directory) == _directory_identity(output):
+    return True
+  manifest = path_basename(manifest_path(output))
+  return directory == _directory_identity(output) and (
+      is_output_file(path, output) or is_error_file(path, output) or name == manifest
+      or name.startswith(manifest + ".tmp-"))
+
+
+def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: str) -> None:
+  """Raises UsageError when an input is a file the run writes: a glob such as `dir/*` with `--output dir/emb`
+  would read the run's earlier output as input."""
+  for path in inputs:
+    if is_own_file(path, output, pointer):
+      raise UsageError(f"--input matches {path}, a file this run writes (--output {output}, pointer {pointer}): "
+                       "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
+
+
 def max_positions(encoder: str) -> Optional[int]:
   """The encoder's max_position_embeddings from its export metadata (None for other TF Hub models)."""
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
@@ -181,6 +217,9 @@ def resolve(options: PipelineOptions) -> JobConfig:
   except InputError as e:
     raise UsageError(str(e)) from None
   previous = latest_pointer.resolve_previous(o.previous, o.output)
+  pointer = latest_pointer.pointer_path(o.output, previous.latest_root if previous else None)
+  latest_pointer.check_pointer_path(pointer)
+  check_inputs_are_not_outputs(inputs, o.output, pointer)
   layers = pooling_lib.parse_layers(o.layers)  # checked by arguments.check_values
   spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
   positions = max_positions(spec.encoder)

@@ -8,6 +8,7 @@ with the pure-Python readers of the formats package.
 from __future__ import annotations
 
 import os
+import re
 from typing import Iterable, NamedTuple, Optional, Sequence, Union
 
 import apache_beam as beam
@@ -77,10 +78,28 @@ def _match_one(pattern: str) -> list[str]:
   return paths
 
 
-def match_inputs(patterns: Union[str, Sequence[str]]) -> list[MatchedPath]:
-  """Expands file patterns (local or any Beam filesystem, e.g. gs://) into sorted, distinct paths.
+def file_identity(path: str) -> object:
+  """What tells two spellings of one file apart from two files: a local file's device and inode (so `a.txt`,
+  `./a.txt`, `/abs/a.txt`, a symlink or a hard link to it are one file), else its real path; a remote object's URL
+  without repeated slashes."""
+  if "://" in path and not path.startswith("file://"):
+    scheme, rest = path.split("://", 1)
+    return f"{scheme}://{re.sub('/+', '/', rest)}"
+  local = path.removeprefix("file://")
+  try:
+    status = os.stat(local)
+  except OSError:
+    return os.path.realpath(local)
+  return (status.st_dev, status.st_ino)
 
-  A MatchedPath (what this returns) is kept as it is, not matched again.
+
+def match_inputs(patterns: Union[str, Sequence[str]]) -> list[MatchedPath]:
+  """Expands file patterns (local or any Beam filesystem, e.g. gs://) into sorted, distinct files.
+
+  A file that several patterns, or several spellings, reach is listed once (see file_identity), spelled as the first
+  pattern in order that matches it spells it (within one pattern: the first spelling in sorted order); with text
+  input, that spelling is its records' `<file>:<line>` ids. A MatchedPath (what this returns) is kept as it is, not
+  matched again.
 
   Raises:
     InputError: naming the first pattern that matches no file, or when there is no pattern.
@@ -89,15 +108,17 @@ def match_inputs(patterns: Union[str, Sequence[str]]) -> list[MatchedPath]:
     patterns = [patterns]
   if not patterns:
     raise InputError("no input pattern given")
-  paths = set()
+  spellings = {}  # file identity -> the path read
   for pattern in patterns:
     if isinstance(pattern, MatchedPath):
-      paths.add(str(pattern))
-      continue
-    if not pattern or not pattern.strip():
+      matched = [str(pattern)]
+    elif not pattern or not pattern.strip():
       raise InputError("an input pattern is empty")
-    paths.update(_match_one(pattern))
-  return [MatchedPath(path) for path in sorted(paths)]
+    else:
+      matched = sorted(set(_match_one(pattern)))
+    for path in matched:
+      spellings.setdefault(file_identity(path), path)
+  return [MatchedPath(path) for path in sorted(set(spellings.values()))]
 
 
 def _check_field(name: str, value: Optional[str], optional: bool = False) -> None:
