@@ -18,7 +18,8 @@ from pipeline.options import UsageError
 USAGE = """usage: bert-embed {run,export} ... | bert-embed --version
 
   bert-embed run --input GLOB --output PREFIX --model default|DIR [options] [Beam pipeline options]
-  bert-embed export --from hf:DIR|tf1:DIR|random:CONFIG.json --output DIR [--seq-length 128] [--lower-case|--cased]
+  bert-embed export --from hf:DIR|tf1:DIR|random:CONFIG.json --output DIR [--overwrite] [--seq-length 128]
+                    [--lower-case|--cased]
 
 `bert-embed run --help` lists the job's options."""
 INTERRUPTED = ("interrupted before the job finished; an output without its manifest is incomplete, and a rerun "

@@ -198,11 +198,29 @@ def test_a_directory_named_latest_is_refused_at_launch(tmp_path, capsys, previou
       "rename or remove that directory")
 
 
-def test_a_failed_pointer_write_removes_its_temporary_file(tmp_path):
-  (tmp_path / "LATEST").mkdir()  # the rename onto it fails
-  with pytest.raises(OSError):
+class _FullDiskFile:
+  """A file just created on a full disk: its bytes cannot be written."""
+
+  def __init__(self, f):
+    self._f = f
+
+  def write(self, data):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self._f.close()
+
+
+def test_a_pointer_write_that_fails_removes_its_temporary_file(tmp_path, monkeypatch):
+  real_create = FileSystems.create
+  monkeypatch.setattr(FileSystems, "create", staticmethod(lambda path, *a, **k: _FullDiskFile(real_create(path, *a,
+                                                                                                         **k))))
+  with pytest.raises(OSError, match="No space left"):
     latest_pointer.write_pointer(str(tmp_path / "LATEST"), str(tmp_path / "emb"))
-  assert os.listdir(tmp_path) == ["LATEST"]
+  assert not os.listdir(tmp_path)
 
 
 # --- bert-embed export -------------------------------------------------------------------------------
