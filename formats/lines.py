@@ -67,16 +67,18 @@ class _Utf16AsUtf8(io.RawIOBase):
 
 
 def utf8_stream(stream: io.BufferedIOBase) -> io.BufferedIOBase:
-  """`stream` itself, or, when it opens with a UTF-16 byte-order mark, its text as UTF-8 bytes (mark dropped)."""
-  head = stream.peek(2)[:2] if hasattr(stream, "peek") else b""
-  if len(head) < 2:  # peek may return less than asked: read, then put the bytes back in front
-    head = stream.read(2)
-    stream = io.BufferedReader(_Replayed(head, stream))
-  encoding = _UTF16_BOMS.get(bytes(head))
+  """`stream`'s bytes, or, when it opens with a UTF-16 byte-order mark, its text as UTF-8 bytes (mark dropped).
+
+  The first chunk is read as the line readers would read it (one read1), then put back in front of the rest.
+  """
+  head = stream.read1(_READ_CHUNK_BYTES)
+  if len(head) == 1:
+    head += stream.read(1)
+  encoding = _UTF16_BOMS.get(head[:2])
   if encoding is None:
-    return stream
-  stream.read(2)
-  return io.BufferedReader(_Utf16AsUtf8(stream, encoding), buffer_size=_READ_CHUNK_BYTES)
+    return io.BufferedReader(_Replayed(head, stream), buffer_size=_READ_CHUNK_BYTES)
+  rest = io.BufferedReader(_Replayed(head[2:], stream), buffer_size=_READ_CHUNK_BYTES)
+  return io.BufferedReader(_Utf16AsUtf8(rest, encoding), buffer_size=_READ_CHUNK_BYTES)
 
 
 def _strip_newline(line: bytes) -> bytes:
