@@ -164,7 +164,7 @@ def _directory_identity(path: str) -> str:
   return os.path.realpath(os.path.dirname(os.path.abspath(os.path.expanduser(path.removeprefix("file://")))))
 
 
-def is_own_file(path: str, output: str, pointer: str) -> bool:
+def writes_file(path: str, output: str, pointer: str) -> bool:
   """True when `path` is one of the files a run writing `output` writes (its shards, dead letters, manifest, their
   temporary names, files in its sink scratch folders) or its LATEST pointer `pointer` (or a temporary one)."""
   name = path_basename(path)
@@ -184,7 +184,7 @@ def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: st
   """Raises UsageError when an input is a file the run writes: a glob such as `dir/*` with `--output dir/emb`
   would read the run's earlier output as input."""
   for path in inputs:
-    if is_own_file(path, output, pointer):
+    if writes_file(path, output, pointer):
       raise UsageError(f"--input matches {path}, a file this run writes (--output {output}, pointer {pointer}): "
                        "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
 

@@ -277,9 +277,10 @@ def test_another_prefixs_files_and_look_alikes_are_inputs_like_any_other(tmp_pat
   others = [data / name for name in ("emb-large-00000-of-00001.parquet", "emb-00000-of-00001.parquet.bak",
                                      "emb.txt", "LATEST.txt", "other-manifest.json")]
   check_inputs_are_not_outputs([str(p) for p in others], str(data / "emb"), str(data / "LATEST"))
-  with pytest.raises(UsageError, match="a file this run writes"):
-    check_inputs_are_not_outputs([str(data / "x" / ".." / "emb-manifest.json.tmp-0a1b")], str(data / "emb"),
-                                 str(data / "LATEST"))
+  for own in (data / "x" / ".." / "emb-manifest.json.tmp-0a1b", data / "LATEST.tmp-0a1b",
+              data / f"beam-temp-embeddings-{'0' * 32}-emb" / "part.parquet"):
+    with pytest.raises(UsageError, match="a file this run writes"):
+      check_inputs_are_not_outputs([str(own)], str(data / "emb"), str(data / "LATEST"))
 
 
 @pytest.mark.parametrize("flags, message", [
