@@ -49,7 +49,6 @@ def main() -> None:
   flags = precision.cpu_flags()
   print(f"CPU: avx2={'avx2' in flags} avx512f={'avx512f' in flags} avx512_bf16={'avx512_bf16' in flags} "
         f"amx_bf16={'amx_bf16' in flags}; ONEDNN_MAX_CPU_ISA={os.environ.get('ONEDNN_MAX_CPU_ISA', '(unset)')}")
-  precision.keep_elementwise_ops_in_fp32()
   for name in ("fp32", "bf16"):
     scope = precision.rewrite_scope(precision.rewrite_name(name, "/CPU:0"))
     with scope():

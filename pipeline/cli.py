@@ -209,8 +209,10 @@ def _run(argv: list[str]) -> int:
       argv = arguments.join_negative_values(argv)
       namespace = arguments.check(argv)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
-      from pipeline.run import run  # pylint: disable=import-outside-toplevel
+      from pipeline.run import is_verbose, run  # pylint: disable=import-outside-toplevel
+      from runtime import quiet  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
+      quiet.enable(not is_verbose(argv))  # this process and the local workers it starts; the library never does
       try:
         with _quiet_beam_about(DuplicateIdError, KeyboardInterrupt, also=out_of_space):
           outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports

