@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import csv
 import io
+import re
 from typing import Iterator, NamedTuple, Optional, Union
 
 from formats.fields import FileStats, Item, ReadOptions, fields_to_item, is_blank, snippet_of, wanted_fields
@@ -11,7 +12,11 @@ from formats.lines import utf8_stream
 from formats.read_errors import DamagedInput
 from formats.records import DeadLetter
 
-_CSV_FIELD_LIMIT = (1 << 31) - 1  # the largest limit every platform's C long accepts
+# The csv module refuses a field longer than its limit (csv.field_size_limit(), 131072 characters unless the
+# program changed it), and that limit is one setting for the whole process. This reader leaves it alone: a row
+# the module refuses for its size is parsed again, from its lines, by _parse_long_row (the same strict dialect).
+_FIELD_LIMIT_ERROR = "field larger than field limit"
+_UNQUOTED_END = re.compile(r"[,\r\n]")
 
 
 def _csv_value(value: str) -> Union[str, bytes]:
@@ -85,6 +90,47 @@ class _CsvLines:
     return line
 
 
+def _parse_long_row(lines: _CsvLines) -> list[str]:
+  """The current row, parsed from its lines read so far and the further lines it needs, in the csv module's strict
+  default dialect (comma-separated, '"' quotes, '""' inside quotes for a quote, nothing but a comma or the line's
+  end after a closing quote). Raises csv.Error as the module would, or _RunawayQuote (from `lines`)."""
+  text, pos, fields = "".join(line for _, line in lines.row), 0, []
+  while True:  # at the start of a field
+    if text.startswith('"', pos):
+      parts, pos = [], pos + 1
+      while True:
+        close = text.find('"', pos)
+        if close < 0:  # the quoted field goes on in the next line
+          parts.append(text[pos:])
+          try:
+            text, pos = next(lines), 0
+          except StopIteration:
+            raise csv.Error("unexpected end of data") from None
+          continue
+        parts.append(text[pos:close])
+        if text.startswith('"', close + 1):
+          parts.append('"')
+          pos = close + 2
+          continue
+        pos = close + 1
+        break
+      fields.append("".join(parts))
+      if pos >= len(text) or text[pos] in "\r\n":
+        return fields
+      if text[pos] != ",":
+        raise csv.Error("',' expected after '\"'")
+      pos += 1
+    else:
+      end = _UNQUOTED_END.search(text, pos)
+      if end is None:
+        fields.append(text[pos:])
+        return fields
+      fields.append(text[pos:end.start()])
+      if end.group() != ",":
+        return fields
+      pos = end.end()
+
+
 class _MalformedRow(NamedTuple):
   reason: str
   snippet: str
@@ -116,7 +162,12 @@ def _csv_rows(text: Iterator[str], limit: Optional[int],
   while True:
     lines.start_row()
     try:
-      row = next(reader)
+      try:
+        row = next(reader)
+      except csv.Error as error:
+        if not lines.row or not str(error).startswith(_FIELD_LIMIT_ERROR):
+          raise
+        row = _parse_long_row(lines)
     except StopIteration:
       return
     except (csv.Error, _RunawayQuote) as error:
@@ -137,7 +188,6 @@ def read_csv(stream: io.BufferedIOBase, path: str, options: ReadOptions, stats: 
   Lines end at \\n, \\r\\n or a lone \\r outside quotes. A malformed row is dead-lettered under its first line and
   the lines after that are read again as rows, so a stray quote costs one row, not the rest of the file.
   """
-  csv.field_size_limit(_CSV_FIELD_LIMIT)
   text = io.TextIOWrapper(utf8_stream(stream), encoding="utf-8-sig", errors="surrogateescape", newline="")
   header: Optional[list[str]] = None
   columns: list[tuple[str, int]] = []
