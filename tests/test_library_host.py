@@ -47,7 +47,7 @@ with beam.Pipeline() as p:
                                      EmbedConfig(precision="bf16", seq_length=32))
   _ = (result.embeddings | beam.Map(lambda r: (r.id, len(r.embedding)))
        | beam.io.WriteToText(out + "/vectors", shard_name_template=""))
-vectors = embed(["a text of the user", "   "], model, seq_length=32)
+vectors = embed(["a text of the user", "another one"], model, seq_length=32)
 run(["--model", model, "--input", csv_path, "--input-format", "csv", "--output", out + "/run/emb",
      "--seq-length", "32", "--precision", "bf16"])
 after = state()
