@@ -11,10 +11,12 @@ devices) and, per model load, Beam's `Resource module is not available` warning 
 Quieting changes the process (its root logger, its fd 2 while TF loads), so only the command does it:
 `enable()` is called by `pipeline.cli` unless --verbose, and sets BERT_EMBED_QUIET, which the local worker
 processes it starts inherit. Library use (pipeline.api, EmbedTexts in a user's pipeline) changes nothing: without
-BERT_EMBED_QUIET, `import_tensorflow()` is a plain import. In a quiet process, `import_tensorflow()` runs the first TensorFlow import and device listing with fd 2
-captured into a temporary file, then writes back every captured line except the known noise; the CUDA lines are
-dropped only when the machine has no NVIDIA device (on a GPU machine a failing cuInit matters). Messages that matter
-(TF warnings and errors at TF_CPP_MIN_LOG_LEVEL, Python warnings, tracebacks of a failed import) are kept.
+BERT_EMBED_QUIET, `import_tensorflow()` is a plain import.
+
+In a quiet process, `import_tensorflow()` runs the first TensorFlow import and device listing with fd 2 captured
+into a temporary file, then writes back every captured line except the known noise; the CUDA lines are dropped
+only when the machine has no NVIDIA device (on a GPU machine a failing cuInit matters). Messages that matter (TF
+warnings and errors at TF_CPP_MIN_LOG_LEVEL, Python warnings, tracebacks of a failed import) are kept.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Loading TF Hub-form BERT SavedModels on workers: plain `tf.saved_model.load`, TF Text ops registered first.
 
 Each SavedModel is loaded once per process: on the DirectRunner the launcher (which inspects the models before the
-job) and the workers run in one process, and a load of the default MiniLM costs seconds (issue 15). Loaded objects
-are kept in a small process-level cache keyed by path and device; callers get a fresh `LoadedModel` wrapper each
-time, so per-use state (e.g. a precision runner) is never shared between pipelines.
+job) and the workers run in one process, and a load of the default MiniLM costs seconds. Loaded objects are kept in
+a small process-level cache keyed by path and device until `clear_cache()` (`pipeline.api.release_models()` for
+library users); callers get a fresh `LoadedModel` wrapper each time, so per-use state (e.g. a precision runner) is
+never shared between pipelines.
 
 SavedModels are programs: only load models you trust.
 """
@@ -153,6 +154,7 @@ def cached_load(path: str, device: str):
 
 
 def clear_cache() -> None:
+  """Drops this process's loaded SavedModels (their memory is freed once no pipeline or caller holds them)."""
   with _CACHE_LOCK:
     _CACHE.clear()
 
