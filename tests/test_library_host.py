@@ -81,7 +81,8 @@ def _rows(text: str, limit: int) -> list:
   """_csv_rows' rows and malformed rows of `text`, with the csv module's limit at `limit` meanwhile."""
   previous = csv.field_size_limit(limit)
   try:
-    rows = csv_rows._csv_rows(iter(text.splitlines(keepends=True)), None, FileStats())  # pylint: disable=protected-access
+    lines = iter(text.splitlines(keepends=True))
+    rows = csv_rows._csv_rows(lines, None, FileStats())  # pylint: disable=protected-access
     return [(start, row if isinstance(row, list) else ("malformed", row.reason, row.snippet)) for start, row in rows]
   finally:
     csv.field_size_limit(previous)
