@@ -29,6 +29,7 @@ from transforms.drift import DriftCheck
 from transforms.incremental import SplitByPrevious
 from transforms.progress_counts import CountFn
 from transforms.read import InputError, ReadTexts
+from transforms.spread import spread_records
 from transforms.validate import ValidateEmbeddings
 from transforms.write import WriteConfig, WriteDeadLetters, WriteEmbeddings
 
@@ -77,11 +78,18 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
       columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized)
+  to_encode = split.to_encode
+  # Records reach the encoder spread over the workers, not fused with the read of their file: through the shuffle
+  # of the --previous join, of --dedupe-texts or of the duplicate-id grouping (unless --limit gathered them), or
+  # through one of their own (transforms/spread.py).
+  grouped_by_id = cfg.input_format != "text" and cfg.on_duplicate_id != "keep" and not cfg.limit
+  if not (plan.previous_files is not None or cfg.dedupe_texts or grouped_by_id):
+    to_encode = spread_records(to_encode, "SpreadRecords")
   embed = EmbedTexts(cfg.model.preprocessor, cfg.model.encoder, cfg.embed_config)
   if cfg.dedupe_texts:
-    embedded = split.to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
+    embedded = to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
-    embedded = split.to_encode | "EmbedTexts" >> embed
+    embedded = to_encode | "EmbedTexts" >> embed
   rows = embedded.embeddings
   if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
