@@ -2,8 +2,8 @@
 
 Reading streams each file whole in one DoFn, and everything after it (tokenizing, encoding, writing) is fused with
 the read: without a shuffle in between, the worker that read a file encodes all of its records. `spread_records`
-adds a Reshuffle (random keys): it cuts that fusion, and the runner hands the records to all its workers. The elements are
-the same, so ids and outputs do not change; only which worker encodes which record does.
+adds a Reshuffle (random keys): it cuts that fusion, and the runner hands the records to all its workers. The
+elements are the same, so ids and outputs do not change; only which worker encodes which record does.
 
 The shuffle is skipped where it cannot help: on the DirectRunner with one worker (its default), where it would only
 hold every record in the runner's memory between reading and encoding.
