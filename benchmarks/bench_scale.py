@@ -12,6 +12,14 @@ Growth between consecutive sizes is reported as an exponent k in cost ~ size^k: 
     python -m benchmarks.bench_scale --sizes 10000,100000
     python -m benchmarks.bench_scale --sizes 10000,100000,1000000    # the 1M run takes tens of minutes
     python -m benchmarks.bench_scale --input-format jsonl ...        # structured ids: the duplicate-id shuffle runs
+    python -m benchmarks.bench_scale --spread --lines 2000 --model default   # records spread over the workers
+
+`--spread` measures the shuffle that spreads records over the workers before the encoder (transforms/spread.py):
+one file of `--lines` lines against the same lines in eight files, on one worker (the in-process DirectRunner) and
+on two (its multi_processing mode), each with the shuffle and without it (the job then encodes each file's records
+in the worker that read it). Without/with are forced in the job's process by replacing the spreading step, so the
+one-worker case shows what the shuffle would cost where the pipeline leaves it out. Besides records/s it prints the
+CPU seconds of each process of the job (launcher first), which show how the encoding was shared.
 """
 from __future__ import annotations
 
@@ -134,6 +142,78 @@ def run_once(model: str, corpus: str, output: str, input_format: str, extra: lis
   return seconds, peak, text
 
 
+def tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
+  """Updates `seen` with the CPU seconds (user + system) of pid and all its descendants."""
+  tree, stack, tick = _children(), [pid], os.sysconf("SC_CLK_TCK")
+  while stack:
+    p = stack.pop()
+    stack.extend(tree.get(p, ()))
+    try:
+      with open(f"/proc/{p}/stat", encoding="utf-8") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+      seen[p] = (int(fields[11]) + int(fields[12])) / tick
+    except (OSError, IndexError, ValueError):
+      pass
+
+
+def spread_child(argv: list[str]) -> None:
+  """The job's process for --spread: argv[0] is "on" or "off", the rest the job's arguments."""
+  from pipeline import run as run_module  # pylint: disable=import-outside-toplevel
+  from pipeline.cli import finish  # pylint: disable=import-outside-toplevel
+  from transforms import spread  # pylint: disable=import-outside-toplevel
+  if argv[0] == "on":
+    spread.single_worker = lambda pipeline: False
+  else:
+    run_module.spread_records = lambda pcoll, label: pcoll
+  finish(run_module.main(argv[1:]))
+
+
+def spread_matrix(args, extra: list[str]) -> None:
+  """The --spread table: one file against eight, one worker against two, with and without the shuffle."""
+  if args.model == "tiny":
+    model = ensure_model(os.path.join(args.work, "model"))
+  else:
+    model = args.model
+  from benchmarks import corpus  # pylint: disable=import-outside-toplevel
+  lines = corpus.build(args.lines, seed=0)
+  root = os.path.join(args.work, "spread")
+  shutil.rmtree(root, ignore_errors=True)
+  corpora = {"1 file": os.path.join(root, "one"), "8 files": os.path.join(root, "eight")}
+  os.makedirs(corpora["1 file"])
+  os.makedirs(corpora["8 files"])
+  with open(os.path.join(corpora["1 file"], "part-0.txt"), "w", encoding="utf-8") as f:
+    f.writelines(line + "\n" for line in lines)
+  for k in range(8):
+    with open(os.path.join(corpora["8 files"], f"part-{k}.txt"), "w", encoding="utf-8") as f:
+      f.writelines(line + "\n" for line in lines[k::8])
+  workers = {1: [], 2: ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]}
+  print(f"model {args.model}; {args.lines} lines; seq_length {args.seq_length}; extra {extra or 'none'}", flush=True)
+  print("| workers | input | shuffle | wall s | encoding records/s | CPU s per process (launcher first) |")
+  print("| ---: | --- | --- | ---: | ---: | --- |")
+  for n, runner in workers.items():
+    for name, directory in corpora.items():
+      for mode in ("off", "on"):
+        output = os.path.join(root, f"out-{n}-{name[0]}-{mode}", "emb")
+        argv = [sys.executable, "-c", "import sys; from benchmarks import bench_scale; "
+                "bench_scale.spread_child(sys.argv[1:])", mode, "--model", model, "--input",
+                os.path.join(directory, "*"), "--output", output, "--seq-length", args.seq_length, *runner, *extra]
+        start, cpu = time.perf_counter(), {}
+        with subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+          while proc.poll() is None:
+            tree_cpu_seconds(proc.pid, cpu)
+            time.sleep(0.2)
+          log = proc.stdout.read()
+        seconds = time.perf_counter() - start
+        rate = re.search(r"encoding ([0-9.]+) records/s", log)
+        match = _SUMMARY.search(log)
+        if proc.returncode != 0 or not match or int(match.group(2)) != args.lines:
+          raise RuntimeError(f"the job failed ({proc.returncode}):\n{log[-3000:]}")
+        launcher = cpu.pop(proc.pid, 0.0)
+        others = sorted((c for c in cpu.values() if c >= 0.5), reverse=True)
+        print(f"| {n} | {name} | {mode} | {seconds:.1f} | {rate.group(1) if rate else '?'} | "
+              f"{launcher:.1f}; {', '.join(f'{c:.1f}' for c in others) or '-'} |", flush=True)
+
+
 def exponent(a: float, b: float, size_a: int, size_b: int) -> float:
   return math.log(b / a) / math.log(size_b / size_a)
 
@@ -145,7 +225,13 @@ def main(argv: Optional[list[str]] = None) -> None:
   parser.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "bert-embed-bench-scale"))
   parser.add_argument("--seq-length", default="128")
   parser.add_argument("--keep", action="store_true", help="keep the corpora and outputs")
+  parser.add_argument("--spread", action="store_true", help="the spreading shuffle's table (see the module doc)")
+  parser.add_argument("--lines", type=int, default=2000, help="--spread: lines of the corpus")
+  parser.add_argument("--model", default="tiny", help="--spread: 'tiny' (hidden 32) or any --model value")
   args, extra = parser.parse_known_args(argv)  # the rest goes to the job (e.g. --direct_num_workers=2)
+  if args.spread:
+    spread_matrix(args, extra)
+    return
   sizes = [int(s) for s in args.sizes.split(",")]
   model = ensure_model(os.path.join(args.work, "model"))
   from benchmarks import corpus  # pylint: disable=import-outside-toplevel

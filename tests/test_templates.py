@@ -132,11 +132,11 @@ def _fresh_venv(resolved: dict[str, str], tmp_path: pathlib.Path) -> pathlib.Pat
   others are installed from PyPI.
   """
   venv = tmp_path / "image-venv"
-  subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+  subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)  # with pip, as the image
   (site,) = venv.glob("lib/python3*/site-packages")
   fetch = []
   for name, version in resolved.items():
-    if name == "bert-embed":
+    if name in ("bert-embed", "pip"):
       continue
     try:
       dist = importlib.metadata.distribution(name)
@@ -152,8 +152,8 @@ def _fresh_venv(resolved: dict[str, str], tmp_path: pathlib.Path) -> pathlib.Pat
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(source)
   if fetch:
-    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--quiet", "--target", str(site),
-                           *fetch], capture_output=True, text=True, timeout=900, check=False)
+    done = subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--quiet", *fetch],
+                          capture_output=True, text=True, timeout=900, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
   return venv
 
