@@ -158,7 +158,8 @@ class VectorStore(abc.ABC):
   @abc.abstractmethod
   def swap_in(self, physical: str) -> Optional[str]:
     """Makes NAME resolve to `physical` in one atomic step; returns the physical collection NAME resolved to before
-    (None when NAME did not exist). The previous one is kept until `drop`."""
+    (None when NAME did not exist, or when it already is this rebuild: a repeated call changes nothing). The
+    previous one is kept until `drop`."""
 
   @abc.abstractmethod
   def drop(self, physical: str) -> None:

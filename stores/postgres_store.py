@@ -30,6 +30,7 @@ from stores.base import (PAYLOAD_FIELDS, StoreError, StorePoint, StoreState, Vec
 _SQL_TYPES = {"text": "text", "int": "integer"}
 _PAYLOAD_COLUMNS = [name for name in PAYLOAD_FIELDS if name != "id"]
 _CONNECT_TIMEOUT_S = 10
+_REBUILD_MARK = "bert-embed rebuild "
 
 
 def _vector_literal(vector) -> str:
@@ -175,6 +176,9 @@ class PostgresStore(VectorStore):
     def work(connection):
       connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
       self._create_table(connection, physical, dimension)
+      # Kept through the rename: a repeated swap_in sees that NAME already is this rebuild.
+      connection.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(physical),
+                                                                    sql.Literal(_REBUILD_MARK + physical)))
 
     self._run("creating a rebuild table", work)
     return physical
@@ -183,9 +187,12 @@ class PostgresStore(VectorStore):
     previous = f"{self.name}__old_{uuid.uuid4().hex[:8]}"
 
     def work(connection):
-      if connection.execute("SELECT to_regclass(%s) IS NULL", [physical]).fetchone()[0]:
-        raise StoreError(f"PostgreSQL rebuild table {physical!r} does not exist")
       exists = connection.execute("SELECT to_regclass(%s) IS NOT NULL", [self.name]).fetchone()[0]
+      if connection.execute("SELECT to_regclass(%s) IS NULL", [physical]).fetchone()[0]:
+        mark = connection.execute("SELECT obj_description(to_regclass(%s), 'pg_class')", [self.name]).fetchone()
+        if exists and mark[0] == _REBUILD_MARK + physical:  # swapped in by an earlier attempt
+          return None
+        raise StoreError(f"PostgreSQL rebuild table {physical!r} does not exist")
       if exists:
         connection.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(self.name),
                                                                          sql.Identifier(previous)))

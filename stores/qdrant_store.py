@@ -232,6 +232,8 @@ class QdrantStore(VectorStore):
     client = self._connect()
     aliases = self._aliases()
     previous = aliases.get(self.name)
+    if previous == physical:  # swapped in by an earlier attempt
+      return None
     if previous is None and self._call("checking the collection", client.collection_exists, self.name):
       raise StoreError(f"Qdrant collection {self.name!r} is a collection, not an alias: a whole replacement needs "
                        f"an alias; choose another --vector-collection")

@@ -156,6 +156,8 @@ def test_rebuild_is_invisible_until_the_swap_then_replaces_everything(store):
   previous = store.swap_in(physical)
   assert previous is not None
   _assert_holds(store, new)  # the new complete set, nothing of the old
+  assert store.swap_in(physical) is None  # a retried commit changes nothing
+  _assert_holds(store, new)
   assert store.check(2 * DIM).dimension == 2 * DIM
   with pytest.raises(StoreError, match=f"dimension {2 * DIM}"):
     store.check(DIM)
