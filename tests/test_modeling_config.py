@@ -1,5 +1,6 @@
 """Tests for modeling.config.BertConfig."""
 
+import dataclasses
 import json
 
 import pytest
@@ -78,5 +79,6 @@ def test_from_json_file_names_the_file(tmp_path):
 
 def test_config_is_frozen():
   config = BertConfig.from_dict(_BASE)
-  with pytest.raises(Exception):
+  with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'hidden_size'"):
     config.hidden_size = 64  # pytype: disable=not-writable
+  assert config.hidden_size == _BASE["hidden_size"]

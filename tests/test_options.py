@@ -26,13 +26,22 @@ def test_boolean_flags(argv, expected):
   assert _opts(*argv).normalize is expected
 
 
-def test_bad_values_are_rejected():
-  with pytest.raises(argparse.ArgumentTypeError):
+@pytest.mark.parametrize("argv,message", [
+    (["--pooling=max"], "argument --pooling: invalid choice: 'max' (choose from 'pooled', 'cls', 'mean')"),
+    (["--seq-length=0"], "argument --seq-length/--seq_length: expected a positive integer, got '0'"),
+    (["--normalize=maybe"], "argument --normalize: expected true or false, got 'maybe'"),
+])
+def test_bad_values_are_rejected_with_the_flag_and_the_reason(capsys, argv, message):
+  with pytest.raises(SystemExit) as exited:
+    _opts(*argv)
+  assert exited.value.code == 2  # argparse's usage error
+  errors = [line for line in capsys.readouterr().err.splitlines() if ": error: " in line]
+  assert len(errors) == 1 and errors[0].endswith(": error: " + message), errors
+
+
+def test_parse_bool_names_the_bad_value():
+  with pytest.raises(argparse.ArgumentTypeError, match="expected true or false, got 'maybe'"):
     parse_bool("maybe")
-  with pytest.raises(SystemExit):
-    _opts("--pooling=max").pooling  # pylint: disable=expression-not-assigned
-  with pytest.raises(SystemExit):
-    _opts("--seq-length=0").seq_length  # pylint: disable=expression-not-assigned
 
 
 def test_split_patterns_keeps_brace_globs():
