@@ -15,16 +15,40 @@ from formats.records import TextRecord
 TEXTS = ["the cat sat on the mat.", "hello world!", "a dog is on the mat, the cat is not.", "the dog sat."]
 
 
-def test_embed_equals_the_pipeline_output(tmp_path, tiny_model_dir):
+def _direct_mean_normalized(model_dir, texts, seq_length):
+  """The reference: each text alone through the preprocessor's and the encoder's SavedModel signatures, called
+  here by hand, then a numpy mean over the real tokens and an L2 normalisation (no project code involved)."""
+  import os  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  import tensorflow_text  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  pre = tf.saved_model.load(os.path.join(model_dir, "preprocessor"))
+  enc = tf.saved_model.load(os.path.join(model_dir, "encoder"))
+  out = []
+  for text in texts:
+    inputs = pre.bert_pack_inputs([pre.tokenize(tf.constant([text]))], seq_length=tf.constant(seq_length))
+    tokens = enc(inputs)["sequence_output"].numpy()[0].astype(np.float64)
+    mask = inputs["input_mask"].numpy()[0].astype(bool)
+    assert 2 < mask.sum() < seq_length  # [CLS] words [SEP], then padding that the mean must leave out
+    mean = tokens[mask].mean(axis=0)
+    out.append(mean / np.linalg.norm(mean))
+  return np.array(out)
+
+
+def test_embed_and_the_pipeline_equal_a_direct_savedmodel_call(tmp_path, tiny_model_dir):
   (tmp_path / "in.txt").write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
   argv = ["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / "emb"),
           "--keep-text", "--pooling", "mean", "--normalize", "--seq-length", "32"]
   outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
   rows = [r for f in outcome.manifest["output_files"] for r in pq.read_table(f).to_pylist()]
+  expected = _direct_mean_normalized(tiny_model_dir, TEXTS, 32)
   vectors = embed(TEXTS, tiny_model_dir, pooling="mean", normalize=True, seq_length=32, batch_size=3)
   assert vectors.shape == (len(TEXTS), 32) and vectors.dtype == np.float32
+  np.testing.assert_allclose(vectors, expected, atol=1e-5)
+  assert sorted(r["text"] for r in rows) == sorted(TEXTS)
   for r in rows:
-    np.testing.assert_allclose(vectors[TEXTS.index(r["text"])], r["embedding"], atol=1e-5)
+    np.testing.assert_allclose(r["embedding"], expected[TEXTS.index(r["text"])], atol=1e-5)
+  # the texts' vectors differ by more than the tolerance, so a vector under the wrong text would be seen
+  assert min(np.abs(a - b).max() for i, a in enumerate(expected) for b in expected[i + 1:]) > 1e-3
 
 
 def _with_recommendation(tmp_path, model_dir, pooling, normalize):
