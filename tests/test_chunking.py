@@ -40,6 +40,20 @@ def _pieces(model_dir, text):
   return pre.tokenize(tf.constant([text])).merge_dims(-2, -1).flat_values.numpy().tolist()
 
 
+def _direct_window_means(model_dir, ids, bounds, cls_id, sep_id):
+  """The reference: `[CLS] ids[a:b] [SEP]` for each window, built here by hand and given to the encoder
+  SavedModel alone (no padding, segment 0), then the numpy mean of its token vectors."""
+  enc = tf.saved_model.load(os.path.join(model_dir, "encoder"))
+  out = []
+  for a, b in bounds:
+    word_ids = np.array([[cls_id, *ids[a:b], sep_id]], np.int32)
+    inputs = {"input_word_ids": tf.constant(word_ids), "input_mask": tf.constant(np.ones_like(word_ids)),
+              "input_type_ids": tf.constant(np.zeros_like(word_ids))}
+    tokens = enc(inputs)["sequence_output"].numpy()[0]
+    out.append(tokens.astype(np.float64).mean(axis=0))
+  return np.array(out)
+
+
 def _run(tmp_path, model_dir, name, *extra):
   argv = ["--model", model_dir, "--input", str(tmp_path / "in.txt"), "--output", str(tmp_path / name),
           "--seq-length", str(SEQ), "--keep-text", "--pooling", "mean", *extra]
@@ -48,14 +62,22 @@ def _run(tmp_path, model_dir, name, *extra):
   return outcome, rows
 
 
-def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_path, tiny_model_dir):
+def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_path, tiny_model_dir,
+                                                                          tiny_vocab_tokens):
   (tmp_path / "in.txt").write_text("\n".join([LONG] + SHORT) + "\n", encoding="utf-8")
   long_id = f"{tmp_path / 'in.txt'}:1"
   outcome, rows = _run(tmp_path, tiny_model_dir, "rows", "--long-text", "chunk", "--chunk-stride", "4",
                        "--emit-tokens")
-  pieces = _pieces(tiny_model_dir, LONG)
+  pieces = [tiny_vocab_tokens.index(word) for word in LONG.split()]  # every word of LONG is one vocabulary entry
+  assert _pieces(tiny_model_dir, LONG) == pieces
+  window, stride = SEQ - 2, 4
+  bounds = [(a, min(a + window, len(pieces))) for a in range(0, len(pieces) - stride, window - stride)]
+  assert bounds[-1][1] == len(pieces) and len(bounds) > 3
   windows = sorted((r for r in rows if r["parent_id"] == long_id), key=lambda r: r["chunk_index"])
-  assert [(r["chunk_start_piece"], r["chunk_end_piece"]) for r in windows] == window_bounds(len(pieces), SEQ - 2, 4)
+  assert [(r["chunk_start_piece"], r["chunk_end_piece"]) for r in windows] == bounds
+  direct = _direct_window_means(tiny_model_dir, pieces, bounds, tiny_vocab_tokens.index("[CLS]"),
+                                tiny_vocab_tokens.index("[SEP]"))
+  np.testing.assert_allclose(np.array([r["embedding"] for r in windows]), direct, atol=1e-5)
   for r in windows:
     assert r["id"] == f"{long_id}#{r['chunk_index']}"
     assert r["token_ids"][1:-1] == pieces[r["chunk_start_piece"]:r["chunk_end_piece"]]
@@ -71,9 +93,10 @@ def test_rows_follow_the_tokenizers_pieces_and_mean_is_their_weighted_mean(tmp_p
                                  "--chunk-output", "mean", "--normalize")
   by_id = {r["id"]: r for r in mean_rows}
   assert sorted(by_id) == sorted([long_id, f"{tmp_path / 'in.txt'}:2", f"{tmp_path / 'in.txt'}:3"])
-  weights = np.array([r["chunk_end_piece"] - r["chunk_start_piece"] for r in windows], dtype=np.float64)
-  expected = (np.array([r["embedding"] for r in windows], dtype=np.float64) * weights[:, None]).sum(0) / weights.sum()
+  weights = np.array([b - a for a, b in bounds], dtype=np.float64)  # each window weighs its own pieces
+  expected = (direct * weights[:, None]).sum(0) / weights.sum()
   expected /= np.linalg.norm(expected)
+  assert np.abs(expected - direct[0] / np.linalg.norm(direct[0])).max() > 1e-3  # the windows' vectors differ
   np.testing.assert_allclose(by_id[long_id]["embedding"], expected, atol=1e-5)
   assert "parent_id" not in by_id[long_id]
   assert outcome_mean.manifest["counts"]["windows"] == len(windows) + 2
