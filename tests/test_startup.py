@@ -38,6 +38,42 @@ def test_a_model_inspected_by_the_launcher_is_not_loaded_again_by_the_workers(ti
   assert pre.obj is not again.obj
 
 
+def test_a_real_run_loads_each_savedmodel_once_and_its_workers_use_the_launchers(tiny_model_dir, tmp_path,
+                                                                                 monkeypatch):
+  """A real in-process DirectRunner run, with the SavedModel loader and the workers' model getters spied on: each
+  SavedModel is read from disk once in this process, and what the workers encode with is that object."""
+  from transforms import encode, preprocess  # pylint: disable=import-outside-toplevel
+  _lines(tmp_path / "in.txt", 40)
+  saved_models.clear_cache()
+  loads = []  # (process, local path, loaded object): every tf.saved_model.load of the run
+  real_load = saved_models.load_saved_model
+
+  def counting_load(path):
+    obj = real_load(path)
+    loads.append((os.getpid(), os.path.basename(path), obj))
+    return obj
+
+  monkeypatch.setattr(saved_models, "load_saved_model", counting_load)
+  used = {"preprocessor": [], "encoder": []}  # what the workers were handed
+
+  def spy(name, real):
+    def getter(path):
+      used[name].append(real(path))
+      return used[name][-1]
+    return getter
+
+  monkeypatch.setattr(preprocess, "load_preprocessor", spy("preprocessor", preprocess.load_preprocessor))
+  monkeypatch.setattr(encode, "load_encoder", spy("encoder", encode.load_encoder))
+  outcome = run_lib.run(["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output",
+                         str(tmp_path / "out" / "emb"), "--seq-length", "32"])
+  assert outcome.manifest["counts"]["written"] == 40
+  assert sorted((pid, name) for pid, name, _ in loads) == [(os.getpid(), "encoder"), (os.getpid(), "preprocessor")]
+  loaded = {name: obj for _, name, obj in loads}
+  for name, handed in used.items():
+    assert handed, f"no worker asked for the {name}"  # the spies sit on the workers' path
+    assert all(model.obj is loaded[name] for model in handed), name
+
+
 def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_path, monkeypatch):
   root = tmp_path / "model"
   shutil.copytree(tiny_model_dir, root)
