@@ -2,19 +2,17 @@
 
 Beam's own parser keeps what it knows and only logs `Discarding unparseable args` for the rest, so a misspelt flag
 (`--poolng cls`) would silently run the job with the default. Here every argument must be a bert-embed option or a
-Beam/Dataflow pipeline option, and options that mean nothing without another one are refused. None of it imports
-TensorFlow. Beam takes seconds to import: an argument that is not a bert-embed option is first looked up among the
-flags Beam's source defines (so a typo fails fast), and Beam is imported only to parse the arguments as it would.
+pipeline option of a `PipelineOptions` subclass Beam has registered (Beam's own, those of the runner `--runner`
+names, any the user's code defines), and options that mean nothing without another one are refused. None of it
+imports TensorFlow. Arguments that are all bert-embed options are checked without importing Beam (which takes
+seconds); any other argument is parsed by the parser Beam builds for `PipelineOptions.get_all_options`.
 """
 from __future__ import annotations
 
 import argparse
-import ast
 import difflib
-import functools
+import importlib
 import importlib.metadata
-import importlib.util
-import os
 import re
 from typing import Optional, Sequence
 
@@ -32,7 +30,6 @@ _EPILOG = ("Beam and Dataflow pipeline options (--runner, --project, --region, -
 _USAGE = f"{PROG} --input GLOB --output PREFIX --model default|DIR [options] [Beam pipeline options]"
 _STATES_DEFAULT = re.compile(r"\bdefault\s*:", re.IGNORECASE)
 _NEGATIVE_VALUE = re.compile(r"^-\d")
-_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")  # argparse takes these for values, not options
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,45 +93,69 @@ def join_negative_values(argv: Sequence[str]) -> list[str]:
   return out
 
 
-@functools.lru_cache(maxsize=1)
-def beam_option_names() -> Optional[frozenset]:
-  """The option strings of Beam's pipeline options (all PipelineOptions subclasses Beam defines live in
-  apache_beam/options/pipeline_options.py), read from its source without importing Beam; None if unreadable."""
-  try:
-    spec = importlib.util.find_spec("apache_beam")
-    path = os.path.join(list(spec.submodule_search_locations)[0], "options", "pipeline_options.py")
-    with open(path, encoding="utf-8") as f:
-      tree = ast.parse(f.read())
-  except (AttributeError, ImportError, OSError, SyntaxError, TypeError, ValueError):
-    return None
-  names = set()
-  for node in ast.walk(tree):
-    if isinstance(node, ast.Call) and getattr(node.func, "attr", None) in (
-        "add_argument", "add_value_provider_argument"):
-      names.update(a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
-                   and a.value.startswith("-"))
-  return frozenset(names) or None
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+  """Every option string `parser` knows (argparse keeps its actions in `_actions`: it has no public listing)."""
+  return [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
 
 
-def _unknown_arguments(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """(arguments neither bert-embed nor any Beam PipelineOptions subclass knows, every known option string).
+def runner_module(runner: Optional[str]) -> Optional[str]:
+  """The module defining the runner `--runner` names, found as Beam finds it: a short name among
+  `StandardOptions.ALL_KNOWN_RUNNERS` (with or without `Runner`, any case), else a dotted `module.Class` path;
+  None for a short name Beam does not know (Beam refuses it when the pipeline is built)."""
+  from apache_beam.options.pipeline_options import StandardOptions  # pylint: disable=import-outside-toplevel
+  name = runner or "DirectRunner"
+  by_name = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+  path = by_name.get(name.lower(), by_name.get(name.lower() + "runner", name))
+  return path.rsplit(".", 1)[0] if "." in path else None
 
-  Parsed as Beam parses them (all PipelineOptions subclasses on one parser without abbreviations), so a value
-  Beam would reject (`--direct_num_workers=x`) is reported here too.
+
+def _runner_flag(argv: Sequence[str]) -> Optional[str]:
+  parser = _Parser(prog=PROG, allow_abbrev=False, add_help=False)
+  parser.add_argument("--runner")
+  return parser.parse_known_args(list(argv))[0].runner
+
+
+def import_runner(runner: Optional[str]) -> None:
+  """Imports the module of the runner `--runner` names, so that the options classes it defines are registered.
+
+  Raises UsageError when it cannot be imported (Beam could not create the runner either).
   """
-  from apache_beam.options import pipeline_options  # pylint: disable=import-outside-toplevel
+  module = runner_module(runner)
+  if module is None:
+    return
+  try:
+    importlib.import_module(module)
+  except ImportError as e:
+    raise UsageError(f"--runner {runner}: cannot import {module} ({type(e).__name__}: {e})") from None
+
+
+def _raise_usage_error(message: str):
+  raise UsageError(message)
+
+
+def check_with_beam(argv: Sequence[str]) -> list[str]:
+  """Parses `argv` with every registered PipelineOptions subclass's options, as Beam will (one parser, no
+  abbreviations, a class defined twice counted once); returns every option string that parser knows.
+
+  Raises UsageError naming the arguments none of them knows, each with its closest known spelling, or the first
+  value Beam would reject (`--direct_num_workers=x`).
+  """
+  import_runner(_runner_flag(argv))
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
   from pipeline import options  # pylint: disable=import-outside-toplevel
   _ = options.BertEmbedOptions  # registers it among PipelineOptions' subclasses
-  beam_parser = getattr(pipeline_options, "_BeamArgumentParser", argparse.ArgumentParser)
-  parser = type("_BeamParser", (_Parser, beam_parser), {})(prog=PROG, allow_abbrev=False)
-  seen = {}
-  for cls in pipeline_options.PipelineOptions.__subclasses__():
-    seen.setdefault(str(cls), cls)  # as Beam does: a class defined twice (e.g. re-run main sessions) counts once
-  for cls in seen.values():
-    cls._add_argparse_args(parser)  # pylint: disable=protected-access
-  _, unknown = parser.parse_known_args(list(argv))
-  known = [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
-  return unknown, known
+  known = []
+
+  def check_on(parser: argparse.ArgumentParser) -> None:
+    """Called by get_all_options with its parser, all subclasses' options added, before it parses."""
+    parser.error = _raise_usage_error  # argparse reports through error(): a UsageError, not a usage and exit
+    known.extend(option_strings(parser))
+    _, unknown = parser.parse_known_args(list(argv))
+    if unknown:
+      raise UsageError(_unknown_message(unknown, known))
+
+  PipelineOptions(list(argv)).get_all_options(add_extra_args_fn=check_on)
+  return known
 
 
 def _unknown_message(unknown: Sequence[str], known: Sequence[str]) -> str:
@@ -188,16 +209,7 @@ def check(argv: Sequence[str]) -> argparse.Namespace:
   namespace, rest = parser.parse_known_args(list(argv))
   check_repeated(argv)
   if rest:
-    beam_names = beam_option_names()
-    if beam_names is not None:  # a flag Beam does not define either: no need to import Beam to say so
-      flags = [arg for arg in rest if arg.startswith("-") and arg != "--" and not _NEGATIVE_NUMBER.match(arg)]
-      unknown = [arg for arg in flags if arg.split("=", 1)[0] not in beam_names]
-      if unknown:
-        ours = [name for action in parser._actions for name in action.option_strings]  # pylint: disable=protected-access
-        raise UsageError(_unknown_message(unknown, sorted(beam_names) + ours))
-    unknown, known = _unknown_arguments(argv)
-    if unknown:
-      raise UsageError(_unknown_message(unknown, known))
+    check_with_beam(argv)
   check_values(namespace)
   return namespace
 

@@ -84,14 +84,38 @@ def test_beam_and_dataflow_options_pass_and_layers_take_a_negative_list(tmp_path
   assert arguments.check(argv + ["--output", "o", "--model", "m", "--pooling", "mean"]).layers == "-1,-2"
 
 
-def test_beam_flag_names_read_from_its_source_are_those_it_defines():
-  from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser  # pylint: disable=import-outside-toplevel
-  parser = _BeamArgumentParser()
-  for cls in PipelineOptions.__subclasses__():
-    if cls.__module__.startswith("apache_beam."):
-      cls._add_argparse_args(parser)  # pylint: disable=protected-access
-  defined = {name for action in parser._actions for name in action.option_strings} - {"-h", "--help"}  # pylint: disable=protected-access
-  assert defined and arguments.beam_option_names() == defined
+RENDER_RUNNER = "apache_beam.runners.render.RenderRunner"  # declares its options in its own module
+
+
+def test_options_a_runner_declares_in_its_own_module_are_accepted():
+  argv = ["--input", "x", "--output", "o", "--model", "m", "--runner", RENDER_RUNNER, "--render_output", "g.dot",
+          "--render_port=-1"]
+  assert arguments.check(argv).model == "m"
+  from apache_beam.options.pipeline_options import PipelineOptions  # pylint: disable=import-outside-toplevel
+  assert PipelineOptions(argv).get_all_options()["render_output"] == ["g.dot"]  # Beam sees the option too
+
+
+def test_a_misspelt_runner_option_is_refused_with_the_closest_spelling():
+  argv = ["--input", "x", "--output", "o", "--model", "m", "--runner", RENDER_RUNNER, "--render_outptu", "g.dot"]
+  with pytest.raises(arguments.UsageError, match=r"^unknown option --render_outptu \(did you mean --render_output\?\)"):
+    arguments.check(argv)
+
+
+def test_a_runner_whose_module_cannot_be_imported_is_one_line(capsys):
+  runner = "apache_beam.runners.dask.dask_runner.DaskRunner"  # needs dask, which is not installed
+  code = cli.main(["run", "--input", "x", "--output", "o", "--model", "m", "--runner", runner,
+                   "--dask_client_address", "tcp://h:8786"])
+  assert code == 2
+  assert _error_line(capsys).startswith(f"bert-embed run: error: --runner {runner}: cannot import apache_beam.runners.dask.dask_runner (")
+
+
+def test_runner_modules_are_found_as_beam_finds_them():
+  assert arguments.runner_module(None) == "apache_beam.runners.direct.direct_runner"
+  assert arguments.runner_module("dataflow") == arguments.runner_module("DataflowRunner") == \
+      "apache_beam.runners.dataflow.dataflow_runner"
+  assert arguments.runner_module("PrismRunner") == "apache_beam.runners.portability.prism_runner"
+  assert arguments.runner_module(RENDER_RUNNER) == "apache_beam.runners.render"
+  assert arguments.runner_module("NoSuchRunner") is None
 
 
 @pytest.mark.parametrize("extra,message", [
@@ -241,6 +265,5 @@ def test_duplicate_id_failure_is_one_line_on_stderr(tiny_model_dir, tmp_path):
 
 def test_every_flex_template_parameter_is_an_option():
   parameters = [p["name"] for p in json.loads((ROOT / "templates" / "metadata.json").read_text())["parameters"]]
-  known = set(arguments.beam_option_names())
-  known |= {name for action in arguments._parser()._actions for name in action.option_strings}  # pylint: disable=protected-access
+  known = set(arguments.check_with_beam(["--runner", "DataflowRunner"]))
   assert parameters and [p for p in parameters if f"--{p}" not in known] == []
