@@ -15,9 +15,14 @@ _TFRECORD_HEADER = struct.Struct("<QI")  # payload length, masked CRC-32C of the
 _TFRECORD_FOOTER = struct.Struct("<I")  # masked CRC-32C of the payload
 
 
+_CRC_MASK_DELTA = 0xA282EAD8  # TFRecord stores a CRC rotated right by 15 bits plus this constant
+
+
 def _masked_crc32c(data: bytes) -> int:
-  from apache_beam.io.tfrecordio import _TFRecordUtil  # pylint: disable=import-outside-toplevel
-  return _TFRecordUtil._masked_crc32c(data)  # pylint: disable=protected-access
+  """The masked CRC-32C (Castagnoli) a TFRecord frame stores for `data`."""
+  import google_crc32c  # pylint: disable=import-outside-toplevel  (C implementation; installed with Beam's GCP extra)
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + _CRC_MASK_DELTA) & 0xFFFFFFFF
 
 
 class _DamagedPayload(NamedTuple):
@@ -72,6 +77,14 @@ def tfrecord_payloads(stream: io.BufferedIOBase) -> Iterator[Union[bytes, _Damag
     (payload_crc,) = _TFRECORD_FOOTER.unpack(footer)
     yield payload if _masked_crc32c(payload) == payload_crc else _DamagedPayload(offset, payload)
     offset += len(header) + length + len(footer)
+
+
+def verified_payloads(stream: io.BufferedIOBase) -> Iterator[bytes]:
+  """Yields each record's payload; raises DamagedInput at the first record failing a checksum or a broken frame."""
+  for payload in tfrecord_payloads(stream):
+    if isinstance(payload, _DamagedPayload):
+      raise DamagedInput(f"TFRecord payload checksum mismatch in the record at byte {payload.offset}")
+    yield payload
 
 
 def _feature_value(feature) -> Any:

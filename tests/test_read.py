@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystem import CompressionTypes, FileMetadata
 from apache_beam.io.localfilesystem import LocalFileSystem
-from apache_beam.io.tfrecordio import _TFRecordUtil
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that, equal_to
@@ -89,12 +88,15 @@ def tf_example(**features) -> bytes:
 
 
 def tfrecord_bytes(payloads) -> bytes:
-  class Sink(list):
-    write = list.append
-  sink = Sink()
-  for payload in payloads:
-    _TFRecordUtil.write_record(sink, payload)
-  return b"".join(sink)
+  """TFRecord frames as TensorFlow's own writer makes them (an implementation independent of the reader's)."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as directory:
+    path = os.path.join(directory, "records.tfrecord")
+    with tf.io.TFRecordWriter(path) as writer:
+      for payload in payloads:
+        writer.write(payload)
+    with open(path, "rb") as f:
+      return f.read()
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -446,17 +448,6 @@ def test_csv_a_closed_quoted_field_longer_than_max_text_bytes_is_cut_not_dead_le
   assert dead == []
 
 
-def _tfrecord_file_bytes(tmp_path, payloads) -> bytes:
-  """Bytes that TensorFlow's own writer frames (independent of the reader's checksum code)."""
-  import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  path = os.path.join(str(tmp_path), "written-by-tf.tfrecord")
-  with tf.io.TFRecordWriter(path) as writer:
-    for payload in payloads:
-      writer.write(payload)
-  with open(path, "rb") as f:
-    return f.read()
-
-
 def _frame_offsets(payloads) -> list:
   offsets, offset = [], 0
   for payload in payloads:
@@ -468,7 +459,7 @@ def _frame_offsets(payloads) -> list:
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_tfrecord_a_damaged_payload_is_dead_lettered_and_the_records_after_it_are_read(tmp_path, suffix):
   payloads = [tf_example(id=i, text=f"text {i}") for i in range(5)]
-  data = bytearray(_tfrecord_file_bytes(tmp_path, payloads))
+  data = bytearray(tfrecord_bytes(payloads))
   offsets = _frame_offsets(payloads)
   data[offsets[1] + 12 + 3] ^= 0x01  # a payload byte of record 1
   data[offsets[3 + 1] - 1] ^= 0x80  # record 3's payload checksum
@@ -485,7 +476,7 @@ def test_tfrecord_a_damaged_payload_is_dead_lettered_and_the_records_after_it_ar
 @pytest.mark.parametrize("suffix", ["", ".gz"])
 def test_tfrecord_a_broken_frame_ends_the_file_saying_how_many_bytes_were_skipped(tmp_path, suffix):
   payloads = [tf_example(id=i, text=f"text {i}") for i in range(4)]
-  good = _tfrecord_file_bytes(tmp_path, payloads)
+  good = tfrecord_bytes(payloads)
   offsets = _frame_offsets(payloads)
   bad_length = bytearray(good)
   bad_length[offsets[2]] ^= 0x01  # record 2's length no longer matches its checksum

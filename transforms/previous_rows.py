@@ -13,12 +13,12 @@ from typing import Iterable, NamedTuple, Sequence
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io import tfrecordio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats import columns as columns_lib
 from formats.columns import KEY_COLUMNS, OutputColumns
+from formats.tfrecord_input import verified_payloads
 
 UNREADABLE = "unreadable"
 TFRECORD_BATCH = 1024  # tf.Examples decoded at a time
@@ -70,15 +70,12 @@ def _read_tfrecords(path: str, dim: int, names: Sequence[str]) -> Iterable[objec
   try:
     with _open(path) as f:
       batch = []
-      while True:
-        record = tfrecordio._TFRecordUtil.read_record(f)  # pylint: disable=protected-access
-        if record is not None:
-          batch.append(record)
-        if record is None or len(batch) >= TFRECORD_BATCH:
+      for record in verified_payloads(f):
+        batch.append(record)
+        if len(batch) >= TFRECORD_BATCH:
           yield from columns_lib.examples_to_records(batch, names, dim, decoder)
           batch = []
-        if record is None:
-          return
+      yield from columns_lib.examples_to_records(batch, names, dim, decoder)
   except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
     yield _unreadable(path, e)
 
