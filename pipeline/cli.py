@@ -268,6 +268,8 @@ def finish(code: int) -> NoReturn:
   if "tensorflow" not in sys.modules:
     sys.exit(code)
   try:
+    # Python has no public call that runs the exit handlers before the process ends; an exit handler registered
+    # first (to run last) would miss those registered before this module was imported.
     atexit._run_exitfuncs()  # pylint: disable=protected-access
   finally:
     for stream in (sys.stdout, sys.stderr):

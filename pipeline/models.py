@@ -110,23 +110,7 @@ def all_variables(obj) -> list:
   listed = getattr(obj, "variables", None)
   if listed:
     return list(listed)
-  seen, found, stack = set(), [], [obj]
-  while stack:
-    node = stack.pop()
-    if id(node) in seen:
-      continue
-    seen.add(id(node))
-    if isinstance(node, tf.Variable):
-      found.append(node)
-      continue
-    children = getattr(node, "_trackable_children", None)
-    if children is None:
-      continue
-    try:
-      stack.extend(children().values())
-    except Exception:  # pylint: disable=broad-except
-      continue
-  return found
+  return [node for node in tf.train.TrackableView(obj).descendants() if isinstance(node, tf.Variable)]
 
 
 def _fingerprint(variables, preprocessor_path: str, metadata: Optional[dict] = None,

@@ -152,6 +152,8 @@ def rewrite_scope(rewrite: Optional[str]) -> Callable[[], contextlib.AbstractCon
   if rewrite is None:
     return _no_rewrite
   from tensorflow.core.protobuf import rewriter_config_pb2  # pylint: disable=import-outside-toplevel
+  # TF's eager context is not public API, but it is the only per-thread setting of graph rewrites:
+  # tf.config.optimizer.set_experimental_options changes them for the whole process.
   from tensorflow.python.eager import context  # pylint: disable=import-outside-toplevel
   config = context.context().config
   setattr(config.graph_options.rewrite_options, rewrite, rewriter_config_pb2.RewriterConfig.ON)

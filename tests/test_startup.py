@@ -93,6 +93,21 @@ def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_
   assert computed == [1]  # but computed again
 
 
+def test_every_variable_of_a_saved_model_without_a_variables_list_is_found(tmp_path):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  root = tf.Module()
+  root.inner = tf.Module()
+  root.inner.weights = [tf.Variable([1.0, 2.0]), tf.Variable([[3.0]])]
+  root.bias = tf.Variable(4.0)
+  root.shared = root.bias  # the same variable twice: found once
+  tf.saved_model.save(root, str(tmp_path / "m"))
+  loaded = tf.saved_model.load(str(tmp_path / "m"))
+  assert not getattr(loaded, "variables", None)  # a loaded tf.Module does not list them
+  found = sorted(v.numpy().ravel().tolist() for v in models.all_variables(loaded))
+  assert found == sorted(np.asarray(v.numpy()).ravel().tolist() for v in root.variables) == [[1.0, 2.0], [3.0], [4.0]]
+
+
 def test_auto_precision_without_a_faster_candidate_encodes_no_probe():
   def encoder(_):
     raise AssertionError("the probe ran")
