@@ -9,6 +9,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from formats.paths import is_local_path
 from pipeline.options import UsageError
 
 _LOG = logging.getLogger(__name__)
@@ -50,10 +51,6 @@ def _join(path: str, name: str) -> str:
 
 def _exists(path: str) -> bool:
   return _filesystems().exists(path)
-
-
-def is_local_path(path: str) -> bool:
-  return "://" not in path or path.startswith("file://")
 
 
 def _hf_snapshot(ref: str) -> str:
@@ -141,7 +138,7 @@ FINGERPRINT_CACHE_FORMAT = 1  # bump when _fingerprint changes, so cached values
 
 def _file_stats(root: str) -> Optional[list]:
   """(relative path, size, mtime_ns) of every file under a local directory; None for remote or unreadable ones."""
-  if "://" in root and not root.startswith("file://"):
+  if not is_local_path(root):
     return None
   root = root[len("file://"):] if root.startswith("file://") else root
   stats = []

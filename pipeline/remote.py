@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Optional
 
+from formats.paths import is_local_path
 from pipeline.options import UsageError, split_patterns
 
 _LOG = logging.getLogger(__name__)
@@ -32,13 +33,10 @@ def runner_name(runner) -> str:
 
 
 def is_remote_runner(runner) -> bool:
-  """True unless the runner runs on this machine (its workers then share the launcher's files)."""
+  """True unless the runner runs on this machine (its workers then share the launcher's files and environment):
+  a runner name or a runner object."""
   name = runner_name(runner).lower()
   return name.removesuffix("runner") not in LOCAL_RUNNERS
-
-
-def is_local_path(path: str) -> bool:
-  return "://" not in path or path.startswith("file://")
 
 
 def _refuse(flag: str, value: str, runner: str) -> UsageError:

@@ -19,6 +19,8 @@ import shutil
 import tempfile
 import threading
 
+from formats.paths import is_local_path
+
 _LOG = logging.getLogger(__name__)
 _LOCALIZE_LOCK = threading.Lock()
 # Loaded SavedModels of this process, most recently used last; a few at most (a BERT-base encoder is ~0.5 GB).
@@ -26,10 +28,6 @@ CACHE_SIZE = 4
 _CACHE: "collections.OrderedDict[tuple, object]" = collections.OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _LOAD_LOCKS: dict = {}
-
-
-def is_local(path: str) -> bool:
-  return "://" not in path or path.startswith("file://")
 
 
 def asset_files(saved_model_dir: str) -> list[tuple[str, str]]:
@@ -43,7 +41,7 @@ def asset_files(saved_model_dir: str) -> list[tuple[str, str]]:
   files = []
   for m in found:
     name = m.path[len(assets):].lstrip("/" + os.sep)
-    if name and "/" not in name and os.sep not in name and not (is_local(m.path) and os.path.isdir(m.path)):
+    if name and "/" not in name and os.sep not in name and not (is_local_path(m.path) and os.path.isdir(m.path)):
       files.append((name, m.path))
   return sorted(files)
 
@@ -73,7 +71,7 @@ def localize(path: str) -> str:
   uses the winner's copy (both copied the same files). The local copy is keyed by the remote path and its files'
   names and sizes, so a model rewritten in place is fetched anew.
   """
-  if is_local(path):
+  if is_local_path(path):
     return path[len("file://"):] if path.startswith("file://") else path
   root = path.rstrip("/") + "/"
   listing = _remote_listing(root)
@@ -135,7 +133,7 @@ def cached_load(path: str, device: str):
   """The SavedModel at `path` placed on `device`, loaded once per process (see the module docstring)."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
   local = localize(path)
-  key = (os.path.abspath(local) if is_local(path) else path, device, _file_stamp(local))
+  key = (os.path.abspath(local) if is_local_path(path) else path, device, _file_stamp(local))
   with _CACHE_LOCK:
     lock = _LOAD_LOCKS.setdefault(key, threading.Lock())
   with lock:  # threads asking for the same model wait for one load
