@@ -188,7 +188,7 @@ def main() -> None:
   if "hf-fp32" in runs:
     data = np.load(vectors)
     hf = np.load(os.path.join(args.work, "hf-fp32.npy"))
-    from runtime.precision import cosine  # pylint: disable=import-outside-toplevel
+    from runtime.similarity import cosine  # pylint: disable=import-outside-toplevel
     checks["hf_fp32_vs_tf_fp32_min_cosine"] = float(cosine(hf[data["ids"].astype(int)], data["fp32"]).min())
   corpus_info = {"sentences": raw["texts"], "mean_wordpieces": raw["mean_wordpieces"],
                  "mean_packed_tokens": raw["mean_packed_tokens"], "subset": raw["subset"]}

@@ -36,7 +36,7 @@ def main() -> None:
   from runtime.encoding import encode_batch  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
   from transforms import batching  # pylint: disable=import-outside-toplevel
-  from runtime import precision  # pylint: disable=import-outside-toplevel
+  from runtime import precision, similarity  # pylint: disable=import-outside-toplevel
   from runtime.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
   from formats.records import TextRecord  # pylint: disable=import-outside-toplevel
   from runtime.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
@@ -110,7 +110,7 @@ def main() -> None:
 
   sub_ids = [e.record.id for e in subset]
   all_ids = [e.record.id for e in packed]
-  cos = precision.cosine(vectors("bucketed-bf16", all_ids), vectors("bucketed-fp32", all_ids))
+  cos = similarity.cosine(vectors("bucketed-bf16", all_ids), vectors("bucketed-fp32", all_ids))
   report["bf16_vs_fp32_cosine"] = {"min": float(cos.min()), "mean": float(cos.mean())}
   report["bucketed_vs_fixed128_fp32_max_abs_diff"] = float(
       np.abs(vectors("bucketed-fp32-subset", sub_ids) - vectors("fixed128-fp32", sub_ids)).max())

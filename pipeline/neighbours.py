@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from runtime.similarity import cosine
+
 
 def load_parquet_output(files: list[str]):
   """(ids, texts or None, float32 [N, H]) from the output Parquet files."""
@@ -21,10 +23,9 @@ def load_parquet_output(files: list[str]):
 
 def nearest_neighbours(vectors: np.ndarray, queries: list[int]) -> list[tuple[int, float]]:
   """For each query row, the most cosine-similar other row and its similarity."""
-  unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
   out = []
   for q in queries:
-    sims = unit @ unit[q]
+    sims = cosine(vectors, vectors[q])
     sims[q] = -np.inf
     best = int(np.argmax(sims))
     out.append((best, float(sims[best])))

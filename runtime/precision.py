@@ -43,6 +43,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from runtime.similarity import cosine
+
 _LOG = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")
@@ -172,14 +174,6 @@ def rewrite_scope(rewrite: Optional[str]) -> Callable[[], contextlib.AbstractCon
       ctx.function_call_options = previous
 
   return scope
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-  """Row-wise cosine similarity of two [N, H] arrays."""
-  a = np.asarray(a, np.float64)
-  b = np.asarray(b, np.float64)
-  denom = np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1)
-  return np.sum(a * b, axis=-1) / np.maximum(denom, 1e-30)
 
 
 class PrecisionRunner:

@@ -14,19 +14,12 @@ import apache_beam as beam
 import numpy as np
 
 from formats.records import EmbeddingRecord
+from runtime.similarity import cosine
 
 
 def sample_key(record_id: str) -> str:
   """The drift sample takes the previous rows with the smallest key: deterministic, spread over the corpus."""
   return hashlib.sha256(record_id.encode("utf-8")).hexdigest()
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> float:
-  a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-  if a.shape != b.shape:
-    return float("nan")
-  norms = np.linalg.norm(a) * np.linalg.norm(b)
-  return float(np.dot(a, b) / norms) if norms > 0 else 0.0
 
 
 def _sample_lookup(sample: list) -> dict:
@@ -36,7 +29,8 @@ def _sample_lookup(sample: list) -> dict:
 def _compare_sampled(rec: EmbeddingRecord, lookup: dict):
   old = lookup.get(rec.id)
   if old is not None and old[0] == rec.text_sha256 and rec.embedding is not None:
-    yield rec.id, cosine(old[1], rec.embedding)
+    before, after = np.asarray(old[1]), np.asarray(rec.embedding)
+    yield rec.id, float(cosine(before, after)) if before.shape == after.shape else float("nan")
 
 
 def summarize_drift(pairs: list, requested: int) -> dict:
