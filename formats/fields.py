@@ -7,6 +7,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Union
 
 from formats.records import SNIPPET_CHARS, DeadLetter, TextRecord
 
+INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 MAX_REASON_CHARS = 500
 _SNIPPET_BYTES = SNIPPET_CHARS * 4  # enough bytes for SNIPPET_CHARS characters of UTF-8
 

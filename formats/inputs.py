@@ -17,13 +17,12 @@ from typing import Iterator, Optional
 
 from formats.compression import open_input
 from formats.csv_rows import read_csv
-from formats.fields import FileStats, Item, ReadOptions, describe_error, fields_to_item, wanted_fields
+from formats.fields import (INPUT_FORMATS, FileStats, Item, ReadOptions, describe_error, fields_to_item,
+                            wanted_fields)
 from formats.lines import read_jsonl, read_text
 from formats.read_errors import DamagedInput, caused_by_read_failure, is_damage
 from formats.tfrecord_input import read_tfrecord
 from formats.records import DeadLetter
-
-INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
 
 PARQUET_BATCH_ROWS = 1024
 

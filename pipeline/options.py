@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from formats.fields import INPUT_FORMATS
+from formats.output_files import OUTPUT_FORMATS
 from runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
                                  DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MLM_MAX_TOKENS,
                                  DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
 from runtime.pooling import POOLINGS
+from runtime.precision import PRECISIONS
 
-INPUT_FORMATS = ("text", "jsonl", "csv", "parquet", "tfrecord")
-OUTPUT_FORMATS = ("parquet", "tfrecord")
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 
