@@ -253,7 +253,12 @@ def _check_layers(o) -> None:
     layers = pooling.parse_layers(o.layers)
   except ValueError as e:
     raise UsageError(str(e)) from None
-  if layers and o.pooling == "pooled":
+  check_layers_pooling(layers, o.pooling)
+
+
+def check_layers_pooling(layers: Optional[tuple[int, ...]], pooling: Optional[str]) -> None:
+  """--layers pools the named layers' tokens: refused with the pooled output (the flag's or the model's choice)."""
+  if layers and pooling == "pooled":
     raise UsageError("--layers needs --pooling cls or mean (pooled_output comes from the last layer's pooler)")
 
 

@@ -232,8 +232,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
   chunk_stride = arguments.chunk_stride(o)
   metadata = info.metadata or {}
   pooling, normalize = resolve_pooling(metadata, o.pooling, o.normalize)
-  if layers and pooling == "pooled":
-    raise UsageError("--layers needs --pooling cls or mean (pooled_output comes from the last layer's pooler)")
+  arguments.check_layers_pooling(layers, pooling)
   try:
     pooling_lib.check_layers(layers, info.num_layers)
   except ValueError as e:
