@@ -19,6 +19,7 @@ from pipeline import manifest as manifest_lib
 from pipeline import models
 from pipeline import previous as previous_lib
 from pipeline import progress
+from pipeline import remote
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
 from runtime import quiet
@@ -186,11 +187,6 @@ def summary_line(m: dict, seconds: float, totals: Optional[dict] = None) -> str:
           f"{c['truncated']} truncated; {when}; read == written + dead-lettered: {ok}")
 
 
-def _is_local(p: beam.Pipeline) -> bool:
-  """DirectRunner (in-process or its worker subprocesses): progress goes through the local side channel."""
-  return "DirectRunner" in type(p.runner).__name__
-
-
 def is_verbose(argv: list[str]) -> bool:
   """Whether `argv` (checked job arguments) asks for --verbose."""
   return bool(PipelineOptions(argv).view_as(BertEmbedOptions).verbose)
@@ -221,7 +217,9 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   except InputError as e:  # reading options the transforms refuse
     raise UsageError(str(e)) from None
   total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
-  reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if _is_local(p) else None
+  # A runner on this machine (its workers inherit the side channel's directory): progress from the side channel.
+  local = not remote.is_remote_runner(p.runner)
+  reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if local else None
   if reporter is not None:
     reporter.start()
   try:

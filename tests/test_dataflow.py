@@ -189,8 +189,10 @@ def test_a_dataflow_launch_with_a_local_path_exits_2_with_one_line(flag, value, 
 
 
 def test_local_runners_accept_local_paths_and_remote_ones_do_not():
+  from apache_beam.runners.portability.fn_api_runner import FnApiRunner  # pylint: disable=import-outside-toplevel
+  from apache_beam.runners.portability.prism_runner import PrismRunner  # pylint: disable=import-outside-toplevel
   for runner in (None, "DirectRunner", "direct", "SwitchingDirectRunner", "BundleBasedDirectRunner", "PrismRunner",
-                 "apache_beam.runners.direct.direct_runner.DirectRunner"):
+                 "apache_beam.runners.direct.direct_runner.DirectRunner", "FnApiRunner", PrismRunner(), FnApiRunner()):
     assert not remote.is_remote_runner(runner), runner
   for runner in ("DataflowRunner", "dataflow", "TestDataflowRunner", "FlinkRunner", "PortableRunner"):
     assert remote.is_remote_runner(runner), runner

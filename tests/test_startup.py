@@ -182,6 +182,16 @@ def test_progress_lines_while_the_job_runs(tiny_model_dir, tmp_path, monkeypatch
   assert progress.ENV not in os.environ  # the run's side channel is gone
 
 
+def test_a_local_runner_other_than_the_direct_runner_reports_progress_from_the_side_channel(tiny_model_dir, tmp_path,
+                                                                                           capsys):
+  _lines(tmp_path / "in.txt", 40)
+  outcome = run_lib.run(["--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output",
+                         str(tmp_path / "out" / "emb"), "--seq-length", "32", "--runner", "FnApiRunner"])
+  assert outcome.manifest["counts"]["written"] == 40
+  summary = [line for line in capsys.readouterr().out.splitlines() if "records read" in line][0]
+  assert re.search(r"s wall, [\d.]+ s start-up, encoding [\d.]+ records/s", summary), summary
+
+
 def test_quiet_cli_prints_no_noise_and_no_progress_in_any_process(tiny_model_dir, tmp_path):
   """The launcher and each multi-process runner worker (which import TensorFlow themselves) print nothing of
   TensorFlow's or Beam's start-up, with what an AVX-512 CPU makes TensorFlow print forced on any CPU."""
