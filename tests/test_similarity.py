@@ -33,3 +33,19 @@ def test_a_zero_vector_has_cosine_zero_and_parallel_ones_one():
   assert cosine(np.zeros(3), np.ones(3)) == 0.0
   assert cosine(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(1.0, abs=1e-12)
   assert cosine(np.array([1.0, 0.0]), np.array([-3.0, 0.0])) == pytest.approx(-1.0, abs=1e-12)
+
+
+def test_nearest_neighbours_match_a_brute_force_search():
+  from pipeline.neighbours import nearest_neighbours  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(3)
+  vectors = rng.normal(size=(12, 5)).astype(np.float32)
+  vectors[4] = 0.0  # a zero vector is nobody's neighbour unless all others are opposite
+  queries = [0, 4, 7, 11]
+  expected = []
+  for q in queries:
+    sims = {j: _reference(vectors[q].tolist(), vectors[j].tolist()) for j in range(len(vectors)) if j != q}
+    best = max(sims, key=sims.get)
+    expected.append((best, sims[best]))
+  found = nearest_neighbours(vectors, queries)
+  assert [j for j, _ in found] == [j for j, _ in expected]
+  assert [s for _, s in found] == pytest.approx([s for _, s in expected], abs=1e-6)
