@@ -94,14 +94,14 @@ def _install(tracer: Tracer) -> None:
   """The wrappers: each start-up step of issue 15 is the function that does it, patched where it is looked up."""
   from apache_beam.io import filebasedsink  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  from pipeline import config, manifest, models, run  # pylint: disable=import-outside-toplevel
+  from pipeline import config, manifest, model_fingerprint, model_flags, model_inspection, run  # pylint: disable=import-outside-toplevel
   from transforms import encode, preprocess, write  # pylint: disable=import-outside-toplevel
   from runtime import precision, saved_models  # pylint: disable=import-outside-toplevel
   tracer.wrap(run, "resolve", "option resolution (matching inputs, checks)")
-  tracer.wrap(models, "resolve_model", "model resolution (default model cache)")
-  tracer.wrap(models, "inspect_models", "model inspection (probe texts)")
+  tracer.wrap(model_flags, "resolve_model", "model resolution (default model cache)")
+  tracer.wrap(model_inspection, "inspect_models", "model inspection (probe texts)")
   tracer.wrap(saved_models, "load_saved_model", "  SavedModel loads")
-  tracer.wrap(models, "_fingerprint", "fingerprinting")
+  tracer.wrap(model_fingerprint, "model_fingerprint", "fingerprinting")
   tracer.wrap(manifest, "delete_previous_outputs", "deleting previous outputs")
   tracer.wrap(run, "build_pipeline", "graph construction")
   tracer.wrap(beam.Pipeline, "run", "pipeline execution (Beam, unwrapped steps)")

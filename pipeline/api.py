@@ -14,7 +14,7 @@ import numpy as np
 
 from formats.fields import Rejected, is_blank, text_value
 from pipeline.progress_bar import ProgressBar
-from pipeline import models
+from pipeline import model_flags
 from pipeline.config import resolve_pooling
 from runtime.encoding import encode_batch
 from runtime.tokenizer import Tokenizer
@@ -150,7 +150,7 @@ def embed(texts: Union[str, Sequence[str]], model: Optional[str] = "default", *,
   layers = tuple(layers) if layers is not None else None
   if layers is not None and (not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
     raise TypeError(f"layers must be a non-empty sequence of ints, got {layers!r}")
-  spec = models.resolve_model(model if not (preprocessor or encoder) else None, preprocessor, encoder)
+  spec = model_flags.resolve_model(model if not (preprocessor or encoder) else None, preprocessor, encoder)
   from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
   pooling, normalize = resolve_pooling(read_export_metadata(spec.encoder), pooling, normalize)
   if layers and pooling == "pooled":

@@ -16,7 +16,7 @@ import importlib.metadata
 import re
 from typing import Optional, Sequence
 
-from pipeline import models
+from pipeline import model_flags
 from pipeline.options import BertEmbedArguments, UsageError, split_patterns
 from runtime import text_windows, pooling
 from runtime.defaults import DEFAULT_BUCKET_SPEC
@@ -227,7 +227,7 @@ def check_values(o) -> None:
     raise UsageError("--input is required (a file pattern; local or gs:// globs)")
   if not o.output:
     raise UsageError("--output is required (an output prefix, e.g. out/embeddings)")
-  models.check_model_flags(o.model, o.preprocessor, o.encoder)
+  model_flags.check_model_flags(o.model, o.preprocessor, o.encoder)
   for flag, value in (("--id-field", o.id_field), ("--text-field", o.text_field),
                       ("--text-pair-field", o.text_pair_field)):
     if value is not None and not str(value).strip():

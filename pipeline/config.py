@@ -12,7 +12,8 @@ from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOpt
 from pipeline import arguments
 from pipeline import latest_pointer
 from pipeline.manifest import manifest_path
-from pipeline import models
+from pipeline import model_flags
+from pipeline import model_inspection
 from pipeline import remote
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from runtime import buckets
@@ -36,8 +37,8 @@ class JobConfig:
   text_pair_field: Optional[str]
   max_text_bytes: int
   limit: Optional[int]
-  model: models.ModelSpec
-  model_info: models.ModelInfo
+  model: model_flags.ModelSpec
+  model_info: model_inspection.ModelInfo
   seq_length: int
   pooling: str
   normalize: bool
@@ -109,7 +110,7 @@ def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize:
   return pooling, bool(normalize)
 
 
-def resolve_mlm(o: BertEmbedOptions, spec: models.ModelSpec) -> Optional[MlmSpec]:
+def resolve_mlm(o: BertEmbedOptions, spec: model_flags.ModelSpec) -> Optional[MlmSpec]:
   """The MLM scoring settings, checked before the job: the encoder must have a working `.mlm`."""
   if not o.mlm_scores:  # the flags that need --mlm-scores: arguments.check_values
     return None
@@ -221,11 +222,11 @@ def resolve(options: PipelineOptions) -> JobConfig:
   latest_pointer.check_pointer_path(pointer)
   check_inputs_are_not_outputs(inputs, o.output, pointer)
   layers = pooling_lib.parse_layers(o.layers)  # checked by arguments.check_values
-  spec = models.resolve_model(o.model, o.preprocessor, o.encoder)
+  spec = model_flags.resolve_model(o.model, o.preprocessor, o.encoder)
   positions = max_positions(spec.encoder)
   # Probed within the encoder's positions, so that a --seq-length beyond them is reported as such below, after
   # the more basic load and compatibility errors, rather than as the encoder's failure on the probe.
-  info = models.inspect_models(spec, min(o.seq_length, positions or o.seq_length))
+  info = model_inspection.inspect_models(spec, min(o.seq_length, positions or o.seq_length))
   if positions and o.seq_length > positions:
     raise UsageError(f"--seq-length {o.seq_length} exceeds the encoder's {positions} positions")
   mlm_spec = resolve_mlm(o, spec)

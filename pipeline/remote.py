@@ -111,12 +111,12 @@ def stage_model(spec, fingerprint: str, temp_location: Optional[str], runner, so
 
   `source` is what the model flags said (e.g. "default", "hf:ORG/NAME"), recorded as the spec's `staged_from`.
 
-  Keyed by the model fingerprint (pipeline/models.py: what determines the vectors), so every launch of the same
+  Keyed by the model fingerprint (pipeline/model_fingerprint.py: what determines the vectors), so every launch of the same
   model shares one copy; the marker file is written after all the model's files, so an interrupted upload is
   redone by the next launch.
   """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
-  from pipeline.models import ModelSpec  # pylint: disable=import-outside-toplevel
+  from pipeline.model_flags import ModelSpec  # pylint: disable=import-outside-toplevel
   root = staging_root(temp_location, fingerprint, runner)
   staged = ModelSpec(FileSystems.join(root, "preprocessor"), FileSystems.join(root, "encoder"), spec.name,
                      staged_from=source)

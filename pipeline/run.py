@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipeline import arguments
 from pipeline import latest_pointer
 from pipeline import manifest as manifest_lib
-from pipeline import models
+from pipeline import model_inspection
 from pipeline import previous as previous_lib
 from pipeline import progress
 from pipeline import remote
@@ -127,7 +127,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None},  # None: 0 without a shuffle
   }
   static = {
-      "model": models.describe(cfg.model, cfg.model_info),
+      "model": model_inspection.describe(cfg.model, cfg.model_info),
       "inputs": {"patterns": list(cfg.input_patterns), "files": len(cfg.inputs)},
       "options": cfg.output_shaping_options(),
       "dimension": cfg.model_info.dim,

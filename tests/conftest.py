@@ -168,7 +168,7 @@ def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
   return str(root)
 
 
-POISON_TOKEN = "fox"  # in the tiny vocab, in no probe text of pipeline/models.py
+POISON_TOKEN = "fox"  # in the tiny vocab, in no probe text of pipeline/model_inspection.py
 
 
 @pytest.fixture(scope="session")
@@ -473,7 +473,8 @@ def job_config():
   """A factory: job_config(**field_changes) -> a JobConfig (model fingerprint 'm' * 64, dimension 32)."""
   import dataclasses  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from pipeline.models import ModelInfo, ModelSpec  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pipeline.model_flags import ModelSpec  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from pipeline.model_inspection import ModelInfo  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   base = JobConfig(
       inputs=("in.jsonl",), input_patterns=("in.jsonl",), input_format="jsonl", id_field="id", text_field="text",
       text_pair_field=None, max_text_bytes=1024, limit=None, model=ModelSpec("/m/preprocessor", "/m/encoder", "m"),

@@ -262,8 +262,8 @@ def test_a_default_model_is_staged_once_under_temp_location_and_reused(gcs, gcs_
   assert FileSystems.exists(f"{staged}/preprocessor/assets/vocab.txt")
   second = run(argv).config
   assert second.model == first.model and len(uploads) == 2  # reused, not uploaded again
-  from pipeline import models  # pylint: disable=import-outside-toplevel
-  described = models.describe(second.model, second.model_info)  # the manifest's model section
+  from pipeline import model_inspection  # pylint: disable=import-outside-toplevel
+  described = model_inspection.describe(second.model, second.model_info)  # the manifest's model section
   assert described["encoder"] == f"{staged}/encoder" and described["staged_from"] == "default"
 
 

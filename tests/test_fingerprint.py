@@ -10,7 +10,7 @@ from pipeline import fingerprint as fingerprint_lib
 from pipeline import latest_pointer
 from pipeline import previous as previous_lib
 from pipeline.config import JobConfig
-from pipeline.models import ModelSpec
+from pipeline.model_flags import ModelSpec
 from pipeline.options import UsageError
 from transforms.embed_config import MlmSpec
 

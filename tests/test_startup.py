@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from pipeline import models, progress
+from pipeline import model_fingerprint, model_flags, model_inspection, progress
 from pipeline import run as run_lib
 from runtime import precision, quiet, saved_models
 
@@ -21,14 +21,14 @@ AS_ON_AVX512 = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 PROGRESS = re.compile(r"^bert-embed: progress: (\d+) read, (\d+) encoded, (\d+) written", re.M)
 
 
-def _spec(root: str) -> models.ModelSpec:
-  return models.ModelSpec(os.path.join(root, "preprocessor"), os.path.join(root, "encoder"), "tiny")
+def _spec(root: str) -> model_flags.ModelSpec:
+  return model_flags.ModelSpec(os.path.join(root, "preprocessor"), os.path.join(root, "encoder"), "tiny")
 
 
 def test_a_model_inspected_by_the_launcher_is_not_loaded_again_by_the_workers(tiny_model_dir):
   saved_models.clear_cache()
   spec = _spec(tiny_model_dir)
-  models.inspect_models(spec, 32)
+  model_inspection.inspect_models(spec, 32)
   launcher_encoder = saved_models.load_encoder(spec.encoder)
   again = saved_models.load_encoder(spec.encoder)
   assert again.obj is launcher_encoder.obj  # one load per process
@@ -79,17 +79,17 @@ def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_
   shutil.copytree(tiny_model_dir, root)
   monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
   saved_models.clear_cache()
-  first = models.inspect_models(_spec(str(root)), 32).fingerprint
+  first = model_inspection.inspect_models(_spec(str(root)), 32).fingerprint
   computed = []
-  original = models._fingerprint  # pylint: disable=protected-access
-  monkeypatch.setattr(models, "_fingerprint", lambda *a, **k: computed.append(1) or original(*a, **k))
-  assert models.inspect_models(_spec(str(root)), 32).fingerprint == first
+  original = model_fingerprint.model_fingerprint
+  monkeypatch.setattr(model_fingerprint, "model_fingerprint", lambda *a, **k: computed.append(1) or original(*a, **k))
+  assert model_inspection.inspect_models(_spec(str(root)), 32).fingerprint == first
   assert not computed  # read from the cache
   variables = root / "encoder" / "variables" / "variables.index"
   stat = variables.stat()
   os.utime(variables, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rewritten weights file
   saved_models.clear_cache()
-  assert models.inspect_models(_spec(str(root)), 32).fingerprint == first  # same values, so the same hash
+  assert model_inspection.inspect_models(_spec(str(root)), 32).fingerprint == first  # same values, so the same hash
   assert computed == [1]  # but computed again
 
 
@@ -104,7 +104,7 @@ def test_every_variable_of_a_saved_model_without_a_variables_list_is_found(tmp_p
   tf.saved_model.save(root, str(tmp_path / "m"))
   loaded = tf.saved_model.load(str(tmp_path / "m"))
   assert not getattr(loaded, "variables", None)  # a loaded tf.Module does not list them
-  found = sorted(v.numpy().ravel().tolist() for v in models.all_variables(loaded))
+  found = sorted(v.numpy().ravel().tolist() for v in model_fingerprint.all_variables(loaded))
   assert found == sorted(np.asarray(v.numpy()).ravel().tolist() for v in root.variables) == [[1.0, 2.0], [3.0], [4.0]]
 
 
