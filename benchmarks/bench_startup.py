@@ -1,4 +1,4 @@
-"""Benchmark: where the time of a small `bert-embed run` goes (issue 15: fast start).
+"""Benchmark: where the time of a small `bert-embed run` goes, phase by phase.
 
     .venv/bin/python -m benchmarks.bench_startup [--model default] [--lines 1] [--repeats 3] [--precision fp32]
 
@@ -91,7 +91,7 @@ class Tracer:
 
 
 def _install(tracer: Tracer) -> None:
-  """The wrappers: each start-up step of issue 15 is the function that does it, patched where it is looked up."""
+  """The wrappers: each start-up step is the function that does it, patched where it is looked up."""
   from apache_beam.io import filebasedsink  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from pipeline import config, manifest, model_fingerprint, model_flags, model_inspection, run  # pylint: disable=import-outside-toplevel

@@ -1,4 +1,4 @@
-"""Benchmark: embedding throughput of a BERT-base-shaped model, every comparison of issue 5 in one run.
+"""Benchmark: embedding throughput of a BERT-base-shaped model, every comparison in one run.
 
     .venv/bin/python -m benchmarks.bench_throughput [--num 1500] [--subset 256] [--hf-python /work/hf-venv/bin/python]
 

@@ -32,8 +32,8 @@ class Dense(tf.Module):
 
   def __call__(self, x: tf.Tensor) -> tf.Tensor:
     # As one 2-D MatMul + BiasAdd (+ activation on the 2-D rows), which TF's oneDNN path fuses into one inner
-    # product with post-ops: 6-8% faster in fp32 than an Einsum at BERT-base shapes on this project's CPU, and
-    # the activation then costs no separate pass over the [rows, intermediate] tensor.
+    # product with post-ops (faster than an Einsum at BERT-base shapes: benchmarks/RESULTS.md), and the
+    # activation then costs no separate pass over the [rows, intermediate] tensor.
     rows = tf.reshape(x, [-1, self.kernel.shape[0]])
     y = tf.nn.bias_add(tf.matmul(rows, self.kernel), self.bias)
     if self._activation is not None:

@@ -261,9 +261,9 @@ def main(argv: Optional[list[str]] = None) -> int:
 def finish(code: int) -> NoReturn:
   """Ends the process with `code`, without the interpreter's teardown once TensorFlow is loaded.
 
-  After a job, when every file is closed, that teardown (module and C++ static destructors) took ~1.4 s of a
-  one-line job here. The exit handlers registered with atexit still run first (logging, multiprocessing,
-  temporary files), then the standard streams are flushed and the process ends.
+  After a job, when every file is closed, that teardown (module and C++ static destructors) is a noticeable part of
+  a small job's time (benchmarks/RESULTS.md, "Start-up"). The exit handlers registered with atexit still run first
+  (logging, multiprocessing, temporary files), then the standard streams are flushed and the process ends.
   """
   if "tensorflow" not in sys.modules:
     sys.exit(code)

@@ -1,4 +1,4 @@
-"""Progress while a job runs: `bert-embed: progress ...` lines on stderr every ~10 s (issue 15).
+"""Progress while a job runs: `bert-embed: progress ...` lines on stderr every ~10 s.
 
 Beam's metrics cannot be queried while the DirectRunner runs, so local runs use a side channel:
 

@@ -1,4 +1,5 @@
-"""Length buckets for encoder batches (pure Python, no Beam): each batch is padded only to its bucket's length and sized by a token budget.
+"""Length buckets for encoder batches (pure Python, no Beam): each batch is padded only to its bucket's length and
+sized by a token budget.
 
 A record of n packed tokens goes to the smallest bucket length >= n (the last bucket is always --seq-length). A
 batch holds records of one bucket, at most `max_batch_tokens // bucket` of them (and at most `max_batch_size`),
@@ -8,13 +9,13 @@ or compilation caches). Padding never changes a record's vector: padded position
 pooling.
 
 The default lengths are every length up to 64, then every 8th up to 128: sentence corpora are mostly short, and on
-the benchmark corpus (22 packed tokens on average) 95% of the encoded tokens are real, against 91% with lengths
-stepping by 4 up to 32 and by 8 up to 64, 71% with 16/32/64/96/128, and 94% for sorting the whole corpus and
-padding each batch of 32 to its longest (the Hugging Face recipe). Many lengths cost no retracing: the encoder's
-signature has dynamic [batch, length] dimensions, and a new batch shape costs nothing measurable after its first
-call. A bundle's leftover records (the partial batch of each bucket) are pooled, sorted by length and cut again
-(`pack_sorted`), each batch padded to the bucket of its longest record, so that many fine buckets do not turn into
-many small batches (on CPU, 8 rows run ~1.7x slower per token than 64).
+the benchmark corpus this leaves the fewest padded tokens of the bucket sets compared in benchmarks/RESULTS.md
+("Throughput"), the Hugging Face recipe (sorting the whole corpus, padding each batch of 32 to its longest)
+included. Many lengths cost no retracing: the encoder's signature has dynamic [batch, length] dimensions, and a new
+batch shape costs nothing measurable after its first call. A bundle's leftover records (the partial batch of each
+bucket) are pooled, sorted by length and cut again (`pack_sorted`), each batch padded to the bucket of its longest
+record, so that many fine buckets do not turn into many small batches (on CPU, small batches run slower per
+token).
 """
 from __future__ import annotations
 
@@ -23,8 +24,8 @@ from typing import NamedTuple, Optional, Sequence
 
 from runtime.defaults import DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_MAX_BATCH_TOKENS
 
-# What one more encoder call costs, in padded tokens (BERT-base on 2 CPU cores: ~30 ms fixed per call, ~0.25 ms
-# per padded token, and batches under ~32 rows run slower per token): the price of cutting a batch in two.
+# What one more encoder call costs, in padded tokens (a fixed cost per call, and small batches run slower per token:
+# benchmarks/RESULTS.md): the price of cutting a batch in two.
 BATCH_OVERHEAD_TOKENS = 256
 
 

@@ -24,9 +24,9 @@ class Tokenizer:
   def pack(self, records: Sequence[TextRecord]) -> list[EncoderInput]:
     """Packs records that all have, or all lack, a text pair. Raises on failure (callers bisect).
 
-    The batch is padded with empty texts to a power of two: a loaded packer pays ~0.1 s and some MB for every new
+    The batch is padded with empty texts to a power of two: a loaded packer pays time and memory for every new
     batch size it sees, and the last batch of each bundle and the halves of a bisected batch come in every size
-    (measured with adaptive batches of every size: 10x slower and +0.5 GB RSS).
+    (benchmarks/RESULTS.md, "Scale").
     """
     import tensorflow as tf  # pylint: disable=import-outside-toplevel
     padding = [""] * (padded_batch_size(len(records)) - len(records))

@@ -1,6 +1,6 @@
 """A local Google Cloud Storage for the tests: `gcp-storage-emulator` on a free loopback port, plus a loopback OAuth
 token endpoint so that every process (the test process, multi-process DirectRunner workers, CLI subprocesses) gets
-credentials at once instead of Beam's credential probing (google.auth.default retried with backoff, ~27 s).
+credentials at once instead of Beam's credential probing (google.auth.default retried with backoff).
 
 Used by the `gcs` fixture in conftest.py, which sets the environment for the whole session.
 """

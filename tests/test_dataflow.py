@@ -1,4 +1,4 @@
-"""Issue 13: Dataflow for real. Every byte a job touches goes through Beam's FileSystems, so gs:// works end to end
+"""Dataflow. Every byte a job touches goes through Beam's FileSystems, so gs:// works end to end
 against the suite's GCS emulator (the `gcs` fixture); remote launches refuse launcher-local paths and stage
 launcher-side models once; the Dataflow job graph builds offline (dry run); the launch never deletes an earlier
 output (the job does, as its first step).

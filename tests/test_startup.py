@@ -1,4 +1,4 @@
-"""Issue 15: start-up costs cut (models loaded once, cached fingerprints, no needless precision probe), progress
+"""Start-up costs (models loaded once, cached fingerprints, no needless precision probe), progress
 lines while a job runs, quiet stderr by default, and a summary that separates start-up from encoding."""
 import os
 import re

@@ -313,7 +313,7 @@ def test_bad_vectors_become_write_dead_letters(tmp_path):
 
 def test_a_window_row_without_window_fields_is_a_dead_letter_not_a_failed_write(tmp_path):
   """With window columns every row needs parent_id and the window numbers: ValidateEmbeddings rejects a row without
-  them, so the sink never sees it (it used to pass validation and fail the whole write)."""
+  them, so the sink never sees it (it would fail the whole write)."""
   windows = [r._replace(id=f"doc#{i}", parent_id="doc", chunk_index=i, chunk_start_piece=i, chunk_end_piece=i + 1)
              for i, r in enumerate(make_records(3, seed=8))]
   no_window = make_records(1, seed=9)[0]._replace(id="whole")
@@ -478,7 +478,7 @@ def test_arguments_are_checked():
 
 
 # ------------------------------------------------------------------------------------------------
-# MLM scores (issue 4).
+# MLM scores.
 
 MLM_NAMES = ["mlm_pll", "mlm_scored_tokens", "mlm_pseudo_perplexity"]
 

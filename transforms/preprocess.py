@@ -91,8 +91,8 @@ class Preprocess(beam.PTransform):
     results = (
         records
         # Fixed-size batches (the last of a bundle is smaller). Adaptive sizing would time each batch together with
-        # the encoder fused after it, judge large batches slow and shrink them to ~13 texts, where each call's fixed
-        # cost (~15 ms) made tokenizing ~15% of the job instead of ~1%.
+        # the encoder fused after it, judge large batches slow and shrink them to a few texts, where each call's
+        # fixed cost dominates tokenizing (benchmarks/RESULTS.md, "Throughput").
         | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
         | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._config)).with_outputs(
             DEAD_LETTER, main="packed"))
