@@ -47,7 +47,8 @@ class Tracer:
 
   def record(self, phase: str, start: float, end: float, child: float = 0.0) -> None:
     with self._lock:
-      self.spans.append({"phase": phase, "start": start - self.origin, "seconds": end - start, "self": end - start - child})
+      self.spans.append({"phase": phase, "start": start - self.origin, "seconds": end - start,
+                         "self": end - start - child})
 
   def _call(self, phase: str, fn: Callable, args, kwargs):
     stack = getattr(self._local, "stack", None)
@@ -94,7 +95,8 @@ def _install(tracer: Tracer) -> None:
   """The wrappers: each start-up step is the function that does it, patched where it is looked up."""
   from apache_beam.io import filebasedsink  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  from pipeline import config, manifest, model_fingerprint, model_flags, model_inspection, run  # pylint: disable=import-outside-toplevel
+  from pipeline import config, manifest, run  # pylint: disable=import-outside-toplevel
+  from pipeline import model_fingerprint, model_flags, model_inspection  # pylint: disable=import-outside-toplevel
   from transforms import encode, preprocess, write  # pylint: disable=import-outside-toplevel
   from runtime import precision, saved_models  # pylint: disable=import-outside-toplevel
   tracer.wrap(run, "resolve", "option resolution (matching inputs, checks)")
@@ -111,7 +113,8 @@ def _install(tracer: Tracer) -> None:
   tracer.wrap(precision, "probe_inputs", "precision probe")
   tracer.wrap(preprocess.Tokenizer, "pack", "first tokenizer batch", first=1)
   tracer.wrap(encode, "encode_batch", "first encoder batch", first=1)
-  tracer.wrap(write._ToArrowTableFn, "process", "write (rows to Arrow, sink open/close/finalize)")  # pylint: disable=protected-access
+  to_arrow = write._ToArrowTableFn  # pylint: disable=protected-access
+  tracer.wrap(to_arrow, "process", "write (rows to Arrow, sink open/close/finalize)")
   for name in ("open", "close", "finalize_write"):
     tracer.wrap(filebasedsink.FileBasedSink, name, "write (rows to Arrow, sink open/close/finalize)")
   tracer.wrap(manifest, "write_atomically", "manifest and LATEST pointer")

