@@ -114,8 +114,8 @@ def test_embed_texts_composes_in_a_users_pipeline(tiny_model_dir):
   expected = embed(TEXTS, tiny_model_dir, pooling="cls", seq_length=32)
   with TestPipeline() as p:
     records = p | beam.Create([TextRecord(id="t0", text=TEXTS[0], source="in.txt"), ("t1", TEXTS[1]),
-                               {"id": "t2", "text": TEXTS[2]}, ("t3", TEXTS[3], None), TextRecord(id="blank", text="\u200b"), ("no-text", None),
-                               42])
+                               {"id": "t2", "text": TEXTS[2]}, ("t3", TEXTS[3], None),
+                               TextRecord(id="blank", text="\u200b"), ("no-text", None), 42])
     result = records | EmbedTexts(pre, enc, EmbedConfig(pooling="cls", seq_length=32))
     assert_that(result.embeddings | "Ids" >> beam.Map(lambda r: (r.id, r.source)),
                 equal_to([("t0", "in.txt")] + [(f"t{i}", "") for i in range(1, 4)]), label="ids")
