@@ -80,7 +80,8 @@ def version_text() -> str:
 
 def join_negative_values(argv: Sequence[str]) -> list[str]:
   """`--layers -1,-2` -> `--layers=-1,-2`: argparse takes a value starting with '-' for an option of its own."""
-  takes_value = {name for action in _parser()._actions if action.nargs is None and action.option_strings  # pylint: disable=protected-access
+  parser_actions = _parser()._actions  # pylint: disable=protected-access
+  takes_value = {name for action in parser_actions if action.nargs is None and action.option_strings
                  for name in action.option_strings}
   out, i = [], 0
   while i < len(argv):
@@ -188,7 +189,8 @@ def check_repeated(argv: Sequence[str]) -> None:
   """Raises UsageError when a bert-embed option is given twice with different values (`--pooling cls ...
   --pooling mean`: argparse would silently keep the last). The same value twice passes; --input is repeatable."""
   parser = _parser()
-  actions = [a for a in parser._actions if a.option_strings and a.dest != argparse.SUPPRESS]  # pylint: disable=protected-access
+  parser_actions = parser._actions  # pylint: disable=protected-access
+  actions = [a for a in parser_actions if a.option_strings and a.dest != argparse.SUPPRESS]
   namespace = _Assignments({a.dest: a.default for a in actions})
   parser.parse_known_args(list(argv), namespace=namespace)
   for action in actions:

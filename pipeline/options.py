@@ -99,7 +99,8 @@ class BertEmbedArguments:
                "or hf:ORG/NAME.")
     _flag(g, "preprocessor", default=None, help="TF Hub BERT preprocessor SavedModel (dir, gs:// or hf:ORG/NAME).")
     _flag(g, "encoder", default=None, help="TF Hub BERT encoder SavedModel (dir, gs:// or hf:ORG/NAME).")
-    _flag(g, "seq_length", type=positive_int, default=DEFAULT_SEQ_LENGTH, help="Packed sequence length ([CLS]/[SEP] included).")
+    _flag(g, "seq_length", type=positive_int, default=DEFAULT_SEQ_LENGTH,
+          help="Packed sequence length ([CLS]/[SEP] included).")
     _flag(g, "pooling", choices=POOLINGS, default=None,
           help="pooled | cls | mean. Default: the model's recommended pooling from its export metadata, else pooled.")
     _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation with its pooling).")

@@ -9,8 +9,8 @@ worker in batches of the store's batch size, each connection opened in `setup`. 
 embedded engine to one process, so for it every upsert and delete is gathered under one key (a GroupByKey) and
 applied by a single call, in one process, which opens the folder and closes it before returning: no two processes
 ever hold it, and the launcher can open it again afterwards. That call holds the job's rows in memory, which suits
-the embedded engine's scale (Qdrant recommends a server beyond ~20,000 points). Deletes run before upserts (an id is never in both:
-a deleted id is absent from the output). Every write is idempotent, so a retried bundle converges.
+the embedded engine's scale (Qdrant recommends a server beyond ~20,000 points). Deletes run before upserts (an id is
+never in both: a deleted id is absent from the output). Every write is idempotent, so a retried bundle converges.
 """
 from __future__ import annotations
 

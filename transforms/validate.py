@@ -13,8 +13,8 @@ The checks are the column table's (formats/columns.py), run in table order, firs
 A record is written whole or not at all. With window columns, a failing window of a text encoded as several
 windows (num_windows > 1) dead-letters its record: one DeadLetter under the record's id, naming the window and its
 reason, and none of the record's windows is written (transforms/merge_windows.py regroups them by parent id, one
-shuffle of such windows); a text in one window is dead-lettered under its record's id too. Rows carried from a previous output were checked as a whole record when they were
-carried (transforms/incremental.py).
+shuffle of such windows); a text in one window is dead-lettered under its record's id too. Rows carried from a
+previous output were checked as a whole record when they were carried (transforms/incremental.py).
 """
 from __future__ import annotations
 
