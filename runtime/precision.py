@@ -54,7 +54,7 @@ AUTO_MIN_SPEEDUP = 1.1
 
 # Element-wise ops kept in fp32 by the rewrite (removed from TF's infer/clear lists, added to its deny list).
 # BiasAdd, AddV2, Mul and Erf are absent on purpose: the fused bias add and GELU need them in the product's
-# precision (benchmarks/RESULTS.md, "Throughput").
+# precision (benchmarks/RESULTS.md).
 FP32_OPS = ("Add", "AddN", "Erfc", "Exp", "Gelu", "Log", "Mean", "Neg", "Pow", "RealDiv", "Rsqrt", "Softmax",
             "Sqrt", "Square", "SquaredDifference", "Sub", "Sum", "Tanh")
 _LIST_ENV = "TF_AUTO_MIXED_PRECISION_GRAPH_REWRITE_"

@@ -92,7 +92,7 @@ class Preprocess(beam.PTransform):
         records
         # Fixed-size batches (the last of a bundle is smaller). Adaptive sizing would time each batch together with
         # the encoder fused after it, judge large batches slow and shrink them to a few texts, where each call's
-        # fixed cost dominates tokenizing (benchmarks/RESULTS.md, "Throughput").
+        # fixed cost dominates tokenizing (benchmarks/RESULTS.md).
         | "BatchForTokenizer" >> beam.BatchElements(min_batch_size=size, max_batch_size=size)
         | "TokenizeAndPack" >> beam.ParDo(_PreprocessBatchFn(self._path, self._config)).with_outputs(
             DEAD_LETTER, main="packed"))
