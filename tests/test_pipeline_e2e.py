@@ -247,13 +247,15 @@ def test_layers_average_before_mean_pooling(tmp_path, tiny_model_dir, direct):
 
 @pytest.mark.parametrize("argv_tail,message", [
     (["--input", "/nonexistent/*.txt"], "/nonexistent"),
-    (["--model", "/nonexistent-model"], "does not exist"),
+    (["--model", "/nonexistent-model"], "does not exist"),  # replaces the tiny model (a flag is given once)
     (["--pooling", "pooled", "--layers", "0"], "--layers"),
     (["--layers", "7", "--pooling", "mean"], "out of range"),
 ])
 def test_bad_options_fail_before_the_job(tmp_path, tiny_model_dir, argv_tail, message):
   (tmp_path / "in.txt").write_text("hello world\n", encoding="utf-8")
-  argv = _base_args(tiny_model_dir, str(tmp_path / "in.txt"), str(tmp_path / "emb")) + argv_tail
+  model = argv_tail[argv_tail.index("--model") + 1] if "--model" in argv_tail else tiny_model_dir
+  tail = [a for i, a in enumerate(argv_tail) if "--model" not in argv_tail[max(0, i - 1):i + 1]]
+  argv = _base_args(model, str(tmp_path / "in.txt"), str(tmp_path / "emb")) + tail
   with pytest.raises(UsageError, match=message):
     run(argv)
   assert not list(tmp_path.glob("emb*"))
