@@ -1,9 +1,10 @@
-"""The names of a run's files: its embedding shards, dead-letter shards and sink scratch directories.
+"""The names of a run's files: its embedding shards, dead-letter shards and staging directory.
 
-A run touches only its own files. Beam's sinks delete everything matching `PREFIX-*-of-NNNNN.ext` before
-renaming, which also takes the shards of another run whose prefix starts with this one (`emb` would delete
-`emb-large-00000-of-00001.parquet`); the names here belong to exactly one prefix, so the sinks
-(formats/sinks.py) and the manifest's clean-up (pipeline/manifest.py) can tell their own files from others'.
+A run touches only its own files. A glob such as `PREFIX-*-of-NNNNN.ext` also matches the shards of another run
+whose prefix starts with this one (`emb` would take `emb-large-00000-of-00001.parquet`); the names here belong to
+exactly one prefix, so the writes (transforms/write.py) and the clean-up (pipeline/finalize.py) can tell their own
+files from others'. A run writes its shards into its own staging directory `bert-embed-tmp-TOKEN-STEM` next to the
+output and moves them to their final names only when it finalizes.
 """
 from __future__ import annotations
 
@@ -18,8 +19,12 @@ ERRORS_SUFFIX = ".jsonl"
 # Beam's default shard template '-SSSSS-of-NNNNN': shard number and count, 5 digits each.
 _SHARD_PATTERN = r"-\d{5}-of-\d{5}"
 _OUTPUT_EXTENSIONS = r"\.(?:parquet|tfrecord)"
-# The kinds of sink scratch directory (see scratch_dir_name).
+# The kinds of sink scratch directory earlier versions' Beam sinks left (see scratch_dir_name).
 SCRATCH_KINDS = ("embeddings", "errors")
+# The kinds of file a run writes: embedding shards and dead-letter shards.
+EMBEDDINGS, ERRORS = "embeddings", "errors"
+FILE_KINDS = (EMBEDDINGS, ERRORS)
+_STAGING_STEM = "bert-embed-tmp-"
 
 
 def check_output_prefix(output_prefix: str) -> None:
@@ -64,8 +69,47 @@ def is_error_file(path: str, output_prefix: str) -> bool:
   return re.fullmatch(stem + _SHARD_PATTERN + re.escape(ERRORS_SUFFIX), path_basename(path)) is not None
 
 
+def shard_name(output_prefix: str, kind: str, index: int, count: int, extension: str) -> str:
+  """The final name of shard `index` of `count`: PREFIX-SSSSS-of-NNNNN.EXT, or PREFIX-errors-SSSSS-of-NNNNN.EXT."""
+  if kind not in FILE_KINDS:
+    raise ValueError(f"file kind must be one of {FILE_KINDS}, got {kind!r}")
+  if not 0 <= index < count <= 99999:
+    raise ValueError(f"shard {index} of {count} does not fit the 5-digit shard names")
+  stem = errors_prefix(output_prefix) if kind == ERRORS else output_prefix
+  return f"{stem}-{index:05d}-of-{count:05d}{extension}"
+
+
+def is_own_file(path: str, output_prefix: str, kind: str) -> bool:
+  """is_output_file for EMBEDDINGS, is_error_file for ERRORS."""
+  return is_error_file(path, output_prefix) if kind == ERRORS else is_output_file(path, output_prefix)
+
+
+def staging_dir_name(output_prefix: str, token: str) -> str:
+  """The name of a run's staging directory: bert-embed-tmp-TOKEN-STEM (TOKEN: 32 hex digits).
+
+  The run's stem comes last, after fixed-length fields, so a name belongs to exactly one prefix (`emb` and
+  `emb-large` cannot take each other's).
+  """
+  if re.fullmatch(r"[0-9a-f]{32}", token) is None:
+    raise ValueError(f"staging token must be 32 hex digits, got {token!r}")
+  return f"{_STAGING_STEM}{token}-{path_basename(output_prefix)}"
+
+
+def staging_dir(output_prefix: str, token: str) -> str:
+  """The run's staging directory next to its output (the prefix's directory), as a path or URL."""
+  directory = output_prefix[:len(output_prefix) - len(path_basename(output_prefix))]
+  return directory + staging_dir_name(output_prefix, token)
+
+
+def staging_token(path: str, output_prefix: str):
+  """The token of `path` when it names a staging directory of `output_prefix`, else None."""
+  pattern = re.escape(_STAGING_STEM) + r"([0-9a-f]{32})-" + re.escape(path_basename(output_prefix))
+  match = re.fullmatch(pattern, path_basename(path.rstrip("/\\")))
+  return match.group(1) if match else None
+
+
 def scratch_dir_name(output_prefix: str, kind: str, token: str) -> str:
-  """The name of a sink's scratch directory: beam-temp-KIND-TOKEN-STEM (TOKEN: 32 hex digits).
+  """The name of an earlier version's sink scratch directory: beam-temp-KIND-TOKEN-STEM (TOKEN: 32 hex digits).
 
   Beam's own `beam-temp-STEM-UUID` cannot tell the dead-letter sink of `emb` (stem `emb-errors`) from
   the embedding sink of `emb-errors`; with the run's stem last, after fixed-length fields, a name
@@ -77,7 +121,8 @@ def scratch_dir_name(output_prefix: str, kind: str, token: str) -> str:
 
 
 def is_scratch_dir(path: str, output_prefix: str) -> bool:
-  """True when `path` is named like a sink scratch directory of `output_prefix` (see scratch_dir_name)."""
+  """True when `path` is named like a sink scratch directory of `output_prefix` (see scratch_dir_name); a run
+  removes those that an earlier version left."""
   kinds = "|".join(SCRATCH_KINDS)
   pattern = rf"beam-temp-(?:{kinds})-[0-9a-f]{{32}}-" + re.escape(path_basename(output_prefix))
   return re.fullmatch(pattern, path_basename(path.rstrip("/\\"))) is not None

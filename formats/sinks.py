@@ -1,117 +1,142 @@
-"""Beam file sinks for the pipeline's outputs: Parquet, TFRecord and JSON lines.
+"""File formats of the pipeline's outputs as Beam `fileio.FileSink`s: Parquet, TFRecord and JSON lines.
 
-All files go through Beam's file-based sinks, which write to a temporary directory and rename the finished shards
-into place, so a reader never sees a half-written `PREFIX-SSSSS-of-NNNNN.*` file. Every sink returns the
-PCollection of its final file names, also for an empty input (Beam then writes one empty shard), so the manifest
-step can list them. The sinks delete only the shard names they are about to write and name their scratch
-directories after their run's prefix (formats/output_files.py). Parquet pages carry CRC checksums, which a
-later `--previous` run verifies before reusing a vector.
+Each sink writes one file into a handle it is given (`open`, `write` per element, `flush` at the end), the public
+interface of Beam's file writing; transforms/write.py decides which files exist, names them and counts their rows.
+`HashingWriter` wraps the handle so that a file's size and SHA-256 are known the moment it is written, without
+reading it back. Parquet pages carry CRC checksums and its footer the key-value metadata it is given; TFRecord
+frames carry their length and data CRCs.
 """
 from __future__ import annotations
 
-import uuid
-from typing import NamedTuple
+import hashlib
+import struct
 
-import apache_beam as beam
+import google_crc32c
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam import coders
-from apache_beam.io import filebasedsink, textio, tfrecordio
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.iobase import Write
-
-from formats.output_files import ERRORS_SUFFIX, errors_prefix, path_basename, scratch_dir_name
+from apache_beam.io import fileio
 
 PARQUET_CODEC = "snappy"
 
 
-class OwnShardsOnly:
-  """Mixin for a Beam FileBasedSink: deletes only its own shard names, keeps scratch names unambiguous.
+class HashingWriter:
+  """A binary file object that passes writes on to `raw` while counting the bytes and hashing them (SHA-256)."""
 
-  FileBasedSink.pre_finalize deletes every file matching PREFIX-*-of-NNNNN.ext before the rename, so
-  a run with the prefix `emb` would delete the shards of a finished run with the prefix `emb-large`.
-  Here only the exact names this sink is about to write are deleted (a stale shard of the same name
-  would otherwise confuse the rename's already-renamed check). The subclass sets `_run_prefix` (the
-  run's output prefix, also for the dead-letter sink) and `_scratch_kind` (one of SCRATCH_KINDS).
-  """
+  def __init__(self, raw):
+    self._raw = raw
+    self._sha256 = hashlib.sha256()
+    self.size_bytes = 0
+    self.closed = False
 
-  _run_prefix: str
-  _scratch_kind: str
+  def write(self, data) -> int:
+    view = memoryview(data).cast("B")
+    self._sha256.update(view)
+    self.size_bytes += len(view)
+    self._raw.write(view)
+    return len(view)
 
-  def _create_temp_dir(self, file_path_prefix):
-    base, _ = FileSystems.split(file_path_prefix)
-    return FileSystems.join(base, scratch_dir_name(self._run_prefix, self._scratch_kind, uuid.uuid1().hex))
+  def tell(self) -> int:
+    return self.size_bytes
 
-  def pre_finalize(self, init_result, writer_results):
-    self._delete_own_shards(len(list(writer_results)), None)
+  def flush(self) -> None:
+    self._raw.flush()
 
-  def pre_finalize_windowed(self, init_result, writer_results, window=None):
-    self._delete_own_shards(len(list(writer_results)), window)
+  def writable(self) -> bool:
+    return True
 
-  def _delete_own_shards(self, num_shards: int, window) -> None:
-    own = {path_basename(self._get_final_name(i, num_shards, window)) for i in range(num_shards)}
-    candidates = FileSystems.match([self._get_final_name_glob(num_shards, window)])
-    existing = [m.path for result in candidates for m in result.metadata_list if path_basename(m.path) in own]
-    if existing:
-      FileSystems.delete(existing)
+  def readable(self) -> bool:
+    return False
+
+  def seekable(self) -> bool:
+    return False
+
+  def close(self) -> None:
+    if not self.closed:
+      self.closed = True
+      self._raw.close()
+
+  @property
+  def sha256(self) -> str:
+    return self._sha256.hexdigest()
 
 
-class ParquetShard(NamedTuple):
-  handle: object  # the file handle FileBasedSink.open returned
-  writer: pq.ParquetWriter
+class OutputSink(fileio.FileSink):
+  """A FileSink that also says the extension and MIME type of its files and how many rows an element holds."""
+
+  extension = ""
+  mime_type = "application/octet-stream"
+
+  def rows(self, element) -> int:  # pylint: disable=unused-argument
+    return 1
 
 
-class ParquetSink(OwnShardsOnly, filebasedsink.FileBasedSink):
-  """pyarrow.Tables -> PREFIX-SSSSS-of-NNNNN.parquet, one row group per table, with page checksums."""
+class ParquetSink(OutputSink):
+  """pyarrow.Tables -> one Parquet file, one row group per table, with page checksums and the schema's metadata."""
 
-  def __init__(self, output_prefix: str, schema: pa.Schema, num_shards: int):
-    super().__init__(output_prefix, coder=None, file_name_suffix=".parquet", num_shards=num_shards,
-                     mime_type="application/x-parquet", compression_type=CompressionTypes.UNCOMPRESSED)
-    self._run_prefix = output_prefix
-    self._scratch_kind = "embeddings"
+  extension = ".parquet"
+  mime_type = "application/x-parquet"
+
+  def __init__(self, schema: pa.Schema):
     self._schema = schema
+    self._writer = None
 
-  def open(self, temp_path):
-    handle = super().open(temp_path)
-    return ParquetShard(handle, pq.ParquetWriter(
-        handle, self._schema, compression=PARQUET_CODEC, use_compliant_nested_type=True,
-        write_page_checksum=True))
+  def open(self, fh):
+    self._writer = pq.ParquetWriter(fh, self._schema, compression=PARQUET_CODEC, use_compliant_nested_type=True,
+                                    write_page_checksum=True)
 
-  def write_record(self, file_handle, value):
-    file_handle.writer.write_table(value)
+  def write(self, record):
+    self._writer.write_table(record)
 
-  def close(self, file_handle):
-    file_handle.writer.close()
-    file_handle.handle.close()
+  def flush(self):
+    self._writer.close()  # writes the footer; the handle stays open (its owner closes it)
 
-
-class TFRecordSink(OwnShardsOnly, tfrecordio._TFRecordSink):  # pylint: disable=protected-access
-  """Serialized tf.Examples -> PREFIX-SSSSS-of-NNNNN.tfrecord (each record with its CRCs)."""
-
-  def __init__(self, output_prefix: str, num_shards: int):
-    super().__init__(output_prefix, coders.BytesCoder(), ".tfrecord", num_shards, None,
-                     CompressionTypes.UNCOMPRESSED, None)
-    self._run_prefix = output_prefix
-    self._scratch_kind = "embeddings"
+  def rows(self, element) -> int:
+    return element.num_rows
 
 
-class JsonLinesSink(OwnShardsOnly, textio._TextSink):  # pylint: disable=protected-access
-  """Dead-letter lines -> PREFIX-errors-SSSSS-of-NNNNN.jsonl."""
-
-  def __init__(self, output_prefix: str, num_shards: int):
-    super().__init__(errors_prefix(output_prefix), file_name_suffix=ERRORS_SUFFIX, num_shards=num_shards,
-                     compression_type=CompressionTypes.UNCOMPRESSED)
-    self._run_prefix = output_prefix
-    self._scratch_kind = "errors"
+def _masked_crc32c(data: bytes) -> int:
+  crc = google_crc32c.value(data)
+  return (((crc >> 15) | (crc << 17)) + 0xa282ead8) & 0xffffffff
 
 
-class WriteFiles(beam.PTransform):
-  """Writes through one of the sinks above (as Beam's WriteToParquetBatched etc. do: one `Write` step)."""
+def tfrecord_frame(data: bytes) -> bytes:
+  """One TFRecord: length (uint64 LE), the length's masked CRC32C, the data, the data's masked CRC32C."""
+  length = struct.pack("<Q", len(data))
+  return length + struct.pack("<I", _masked_crc32c(length)) + data + struct.pack("<I", _masked_crc32c(data))
 
-  def __init__(self, sink: filebasedsink.FileBasedSink):
-    super().__init__()
-    self._sink = sink
 
-  def expand(self, pcoll):
-    return pcoll | Write(self._sink)
+class TFRecordSink(OutputSink):
+  """Serialized tf.Examples -> one TFRecord file (each record with its CRCs)."""
+
+  extension = ".tfrecord"
+
+  def __init__(self):
+    self._fh = None
+
+  def open(self, fh):
+    self._fh = fh
+
+  def write(self, record):
+    self._fh.write(tfrecord_frame(record))
+
+  def flush(self):
+    self._fh.flush()
+
+
+class JsonLinesSink(OutputSink):
+  """Dead-letter lines (UTF-8 bytes without the newline) -> one JSON-lines file."""
+
+  extension = ".jsonl"
+  mime_type = "application/jsonl"
+
+  def __init__(self):
+    self._fh = None
+
+  def open(self, fh):
+    self._fh = fh
+
+  def write(self, record):
+    self._fh.write(record + b"\n")
+
+  def flush(self):
+    self._fh.flush()

@@ -4,24 +4,35 @@ Embedding rows must be checked with ValidateEmbeddings (transforms/validate.py) 
 validation covers everything the sink needs, so the sink never fails on a row that passed, and the rows are not
 checked again here. A row that skipped the validation and cannot be converted (wrong types or shapes, non-finite
 floats) fails the pipeline, naming ValidateEmbeddings, rather than being written corrupt. The columns and their
-types are those of the column table (formats/columns.py); the sinks and file names are in formats/sinks.py
+types are those of the column table (formats/columns.py); the file formats and names are in formats/sinks.py
 and formats/output_files.py.
+
+Files are written under temporary names into a staging directory (WriteStaged), each with its size and SHA-256
+known as it is written, and moved to their final names by commit_files: in the job, only once its checks passed
+(pipeline/finalize.py), so a failed run leaves the earlier output as it was.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-from typing import Iterator, Mapping, Optional
+import random
+import uuid
+from typing import Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
 from formats import columns as columns_lib
 from formats import sinks
 from formats.columns import OutputColumns
-from formats.output_files import OUTPUT_FORMATS, check_output_prefix
+from formats.output_files import (EMBEDDINGS, ERRORS, FILE_KINDS, OUTPUT_FORMATS, check_output_prefix, is_own_file,
+                                  path_basename, shard_name, staging_dir as staging_dir_path)
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from formats.records import DeadLetter, EmbeddingRecord
 from transforms.validate import unwritable
@@ -103,18 +114,207 @@ class _ToExamplesFn(beam.DoFn):
     yield from examples
 
 
+class WrittenFile(NamedTuple):
+  """A file a run wrote: its kind (formats.output_files.FILE_KINDS), path (staged, or final once committed), size,
+  SHA-256 of its bytes and rows."""
+  kind: str
+  path: str
+  size_bytes: int
+  sha256: str
+  rows: int
+
+
+def _open_staged(staging_dir: str, kind: str, sink: sinks.OutputSink) -> tuple[str, sinks.HashingWriter]:
+  path = FileSystems.join(staging_dir, f"{kind}-{uuid.uuid4().hex}{sink.extension}")
+  handle = sinks.HashingWriter(FileSystems.create(path, mime_type=sink.mime_type,
+                                                  compression_type=CompressionTypes.UNCOMPRESSED))
+  sink.open(handle)
+  return path, handle
+
+
+def _close_staged(kind: str, path: str, handle: sinks.HashingWriter, sink: sinks.OutputSink, rows: int) -> WrittenFile:
+  sink.flush()
+  handle.close()
+  return WrittenFile(kind, path, handle.size_bytes, handle.sha256, rows)
+
+
+def write_empty_file(staging_dir: str, kind: str, sink: sinks.OutputSink) -> WrittenFile:
+  """A file without rows (for Parquet: the schema and footer), so that even an empty output has a shard."""
+  sink = copy.copy(sink)
+  path, handle = _open_staged(staging_dir, kind, sink)
+  return _close_staged(kind, path, handle, sink, 0)
+
+
+class _WritePerBundleFn(beam.DoFn):
+  """Elements -> one staged file per bundle (none for an empty bundle); emits its WrittenFile."""
+
+  def __init__(self, staging_dir: str, kind: str, sink: sinks.OutputSink):
+    super().__init__()
+    self._staging_dir = staging_dir
+    self._kind = kind
+    self._sink = sink
+    self._open = None
+
+  def start_bundle(self):
+    self._open = None
+
+  def process(self, element):
+    if self._open is None:
+      sink = copy.copy(self._sink)
+      path, handle = _open_staged(self._staging_dir, self._kind, sink)
+      self._open = [sink, path, handle, 0]
+    sink = self._open[0]
+    sink.write(element)
+    self._open[3] += sink.rows(element)
+
+  def finish_bundle(self):
+    if self._open is not None:
+      sink, path, handle, rows = self._open
+      self._open = None
+      yield GlobalWindows.windowed_value(_close_staged(self._kind, path, handle, sink, rows))
+
+
+class _AssignShardFn(beam.DoFn):
+  """Element -> (shard, element), round robin over `num_shards` from a random start per bundle."""
+
+  def __init__(self, num_shards: int):
+    super().__init__()
+    self._num_shards = num_shards
+    self._next = 0
+
+  def start_bundle(self):
+    self._next = random.randrange(self._num_shards)
+
+  def process(self, element):
+    self._next = (self._next + 1) % self._num_shards
+    yield self._next, element
+
+
+def _write_shard(keyed, staging_dir: str, kind: str, sink: sinks.OutputSink) -> Iterator[WrittenFile]:
+  """(shard, elements) -> one staged file holding them (an empty one when the shard got none)."""
+  _, elements = keyed
+  sink = copy.copy(sink)
+  path, handle = _open_staged(staging_dir, kind, sink)
+  rows = 0
+  for element in elements:
+    if element is not None:  # the placeholder every shard gets (see WriteStaged)
+      sink.write(element)
+      rows += sink.rows(element)
+  yield _close_staged(kind, path, handle, sink, rows)
+
+
+class WriteStaged(beam.PTransform):
+  """Elements -> files in `staging_dir` through `sink`; returns a PCollection of WrittenFile.
+
+  num_shards 0: one file per bundle, written where the bundle is processed (no shuffle). num_shards N: the elements
+  are spread over N files through a GroupByKey, and each of the N files exists, also without elements. A retried
+  bundle writes new files under new names: only the files of the attempts that succeeded come out. The files get
+  their final names when the run commits them (commit_files).
+  """
+
+  def __init__(self, staging_dir: str, kind: str, sink: sinks.OutputSink, num_shards: int = 0):
+    super().__init__()
+    if kind not in FILE_KINDS:
+      raise ValueError(f"file kind must be one of {FILE_KINDS}, got {kind!r}")
+    if num_shards < 0:
+      raise ValueError(f"num_shards must be >= 0, got {num_shards}")
+    self._staging_dir = staging_dir
+    self._kind = kind
+    self._sink = sink
+    self._num_shards = num_shards
+
+  def expand(self, pcoll):
+    if not self._num_shards:
+      return pcoll | "WriteBundles" >> beam.ParDo(_WritePerBundleFn(self._staging_dir, self._kind, self._sink))
+    every_shard = pcoll.pipeline | "EveryShard" >> beam.Create([(i, None) for i in range(self._num_shards)])
+    return ((pcoll | "AssignShards" >> beam.ParDo(_AssignShardFn(self._num_shards)), every_shard)
+            | "WithEveryShard" >> beam.Flatten()
+            | "GroupShards" >> beam.GroupByKey()
+            | "WriteShards" >> beam.FlatMap(_write_shard, self._staging_dir, self._kind, self._sink))
+
+
+def _matching_files(pattern: str) -> list:
+  return [m for result in FileSystems.match([pattern]) for m in result.metadata_list]
+
+
+def own_files(output_prefix: str, kinds: Sequence[str] = FILE_KINDS) -> list[str]:
+  """The files of `output_prefix` of these kinds that exist: never another prefix's, nor look-alikes."""
+  return sorted(m.path for m in _matching_files(output_prefix + "-*")
+                if any(is_own_file(m.path, output_prefix, kind) for kind in kinds))
+
+
+def delete_staging_dir(staging_dir: str) -> None:
+  """Deletes a staging directory and what is in it (on filesystems without directories: its files)."""
+  if "://" in staging_dir:
+    files = [m.path for m in _matching_files(FileSystems.join(staging_dir, "*"))]
+    if files:
+      FileSystems.delete(files)
+  elif FileSystems.exists(staging_dir):
+    FileSystems.delete([staging_dir])
+
+
+def commit_files(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile],
+                 kinds: Mapping[str, sinks.OutputSink]) -> list[WrittenFile]:
+  """Moves staged files to their final names, replacing the prefix's earlier files of the same kinds.
+
+  For each kind in `kinds` (kind -> its sink, which writes an empty shard when the kind has no file): the staged
+  files become PREFIX[-errors]-SSSSS-of-NNNNN.EXT, N their number; the prefix's earlier files of that kind that do
+  not get a new file's name are deleted first (only this prefix's own: formats.output_files.is_own_file); the rest
+  are replaced by the rename. Safe to run again after an interruption: a staged file already moved is found under
+  its final name (same size). Returns the files under their final names, sorted by path.
+  """
+  plan = []
+  for kind, sink in kinds.items():
+    files = sorted((w for w in written if w.kind == kind), key=lambda w: w.path)
+    if not files:
+      files = [write_empty_file(staging_dir, kind, sink)]
+    plan += [(w, shard_name(output_prefix, kind, i, len(files), sink.extension)) for i, w in enumerate(files)]
+  targets = {path_basename(final) for _, final in plan}
+  stale = [path for path in own_files(output_prefix, tuple(kinds)) if path_basename(path) not in targets]
+  if stale:
+    FileSystems.delete(stale)
+  staged = {path_basename(m.path) for m in _matching_files(FileSystems.join(staging_dir, "*"))}
+  moves = [(w.path, final) for w, final in plan if path_basename(w.path) in staged]
+  if moves:
+    FileSystems.rename([source for source, _ in moves], [final for _, final in moves])
+  moved = {source for source, _ in moves}
+  missing = [final for w, final in plan if w.path not in moved]
+  if missing:  # moved by an earlier, interrupted attempt: they must be there, whole
+    sizes = {path_basename(m.path): m.size_in_bytes for m in _matching_files(output_prefix + "-*")}
+    for w, final in plan:
+      if w.path not in moved and sizes.get(path_basename(final)) != w.size_bytes:
+        raise IOError(f"staged file {w.path} is gone and {final} is not the file it was ({w.size_bytes} bytes)")
+  return sorted((w._replace(path=final) for w, final in plan), key=lambda w: w.path)
+
+
+def _commit(written: list, output_prefix: str, staging_dir: str, kinds: Mapping[str, sinks.OutputSink]):
+  committed = commit_files(output_prefix, staging_dir, written, kinds)
+  delete_staging_dir(staging_dir)
+  return [w.path for w in committed]
+
+
+def embedding_sink(config: WriteConfig) -> sinks.OutputSink:
+  """The sink of the embedding files of `config`'s format."""
+  return sinks.ParquetSink(config.parquet_schema()) if config.format == "parquet" else sinks.TFRecordSink()
+
+
 class WriteEmbeddings(beam.PTransform):
-  """Writes EmbeddingRecords to PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord; returns the file names.
+  """Writes EmbeddingRecords to PREFIX-SSSSS-of-NNNNN.parquet or .tfrecord.
 
   Rows must already have passed ValidateEmbeddings with the same dim and columns. Counter
   bert_embed/records_written counts the rows handed to the sink.
+
+  With `staging_dir`, the files stay there under temporary names and the output is a PCollection of WrittenFile
+  (the job commits them with commit_files once its checks passed). Without, this transform commits them itself
+  (replacing the prefix's earlier embedding files) and returns the final file names.
   """
 
-  def __init__(self, output_prefix: str, config: WriteConfig):
+  def __init__(self, output_prefix: str, config: WriteConfig, staging_dir: Optional[str] = None):
     super().__init__()
     check_output_prefix(output_prefix)
     self._prefix = output_prefix
     self._config = config
+    self._staging_dir = staging_dir
 
   def expand(self, pcoll):
     size = max(1, int(self._config.batch_bytes))
@@ -122,13 +322,33 @@ class WriteEmbeddings(beam.PTransform):
         min_batch_size=size, max_batch_size=size, element_size_fn=record_bytes)
     config = self._config
     if config.format == "parquet":
-      return (batches
-              | "ToArrow" >> beam.ParDo(_ToArrowTableFn(config))
-              | "WriteParquet" >> sinks.WriteFiles(
-                  sinks.ParquetSink(self._prefix, config.parquet_schema(), config.num_shards)))
-    return (batches
-            | "ToExamples" >> beam.ParDo(_ToExamplesFn(config))
-            | "WriteTFRecord" >> sinks.WriteFiles(sinks.TFRecordSink(self._prefix, config.num_shards)))
+      encoded = batches | "ToArrow" >> beam.ParDo(_ToArrowTableFn(config))
+    else:
+      encoded = batches | "ToExamples" >> beam.ParDo(_ToExamplesFn(config))
+    return encoded | "Write" >> _Write(self._prefix, EMBEDDINGS, embedding_sink(config), config.num_shards,
+                                       self._staging_dir)
+
+
+class _Write(beam.PTransform):
+  """WriteStaged into `staging_dir`, or into a staging directory of its own followed by the commit."""
+
+  def __init__(self, output_prefix: str, kind: str, sink: sinks.OutputSink, num_shards: int,
+               staging_dir: Optional[str]):
+    super().__init__()
+    self._prefix = output_prefix
+    self._kind = kind
+    self._sink = sink
+    self._num_shards = num_shards
+    self._staging_dir = staging_dir
+
+  def expand(self, pcoll):
+    staging = self._staging_dir or staging_dir_path(self._prefix, uuid.uuid4().hex)
+    written = pcoll | "Staged" >> WriteStaged(staging, self._kind, self._sink, self._num_shards)
+    if self._staging_dir is not None:
+      return written
+    return (written
+            | "AllStaged" >> beam.combiners.ToList()
+            | "Commit" >> beam.FlatMap(_commit, self._prefix, staging, {self._kind: self._sink}))
 
 
 def dead_letter_line(dead_letter: DeadLetter) -> bytes:
@@ -156,20 +376,25 @@ class _DeadLetterLineFn(beam.DoFn):
 
 
 class WriteDeadLetters(beam.PTransform):
-  """Writes DeadLetters to PREFIX-errors-SSSSS-of-NNNNN.jsonl, one to_json() per line; returns the file names.
+  """Writes DeadLetters to PREFIX-errors-SSSSS-of-NNNNN.jsonl, one to_json() per line.
 
-  An empty input still yields one empty shard. Counter bert_embed/records_dead_lettered counts lines.
+  An empty input still yields one empty shard. Counter bert_embed/records_dead_lettered counts lines. With
+  `staging_dir`, as WriteEmbeddings: the files stay staged and the output is their WrittenFiles.
   """
 
-  def __init__(self, output_prefix: str, num_shards: int = 0):
+  def __init__(self, output_prefix: str, num_shards: int = 0, staging_dir: Optional[str] = None):
     super().__init__()
     check_output_prefix(output_prefix)
     if num_shards < 0:
       raise ValueError(f"num_shards must be >= 0, got {num_shards}")
     self._prefix = output_prefix
     self._num_shards = num_shards
+    self._staging_dir = staging_dir
 
   def expand(self, pcoll):
     return (pcoll
             | "ToJsonLines" >> beam.ParDo(_DeadLetterLineFn())
-            | "WriteJsonLines" >> sinks.WriteFiles(sinks.JsonLinesSink(self._prefix, self._num_shards)))
+            | "WriteJsonLines" >> _Write(self._prefix, ERRORS, ERRORS_SINK, self._num_shards, self._staging_dir))
+
+
+ERRORS_SINK = sinks.JsonLinesSink()
