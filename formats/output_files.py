@@ -25,6 +25,8 @@ SCRATCH_KINDS = ("embeddings", "errors")
 EMBEDDINGS, ERRORS = "embeddings", "errors"
 FILE_KINDS = (EMBEDDINGS, ERRORS)
 _STAGING_STEM = "bert-embed-tmp-"
+# The key of the embedding fingerprint (pipeline/fingerprint.py) in a Parquet shard's footer metadata.
+EMBEDDING_FINGERPRINT_KEY = "embedding_fingerprint"
 
 
 def check_output_prefix(output_prefix: str) -> None:

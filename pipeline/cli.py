@@ -209,14 +209,15 @@ def _run(argv: list[str]) -> int:
       argv = arguments.join_negative_values(argv)
       namespace = arguments.check(argv)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
+      from pipeline.finalize import RunCheckError  # pylint: disable=import-outside-toplevel
       from pipeline.run import is_verbose, run  # pylint: disable=import-outside-toplevel
       from runtime import quiet  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
       quiet.enable(not is_verbose(argv))  # this process and the local workers it starts; the library never does
       try:
-        with _quiet_beam_about(DuplicateIdError, KeyboardInterrupt, also=out_of_space):
+        with _quiet_beam_about(DuplicateIdError, RunCheckError, KeyboardInterrupt, also=out_of_space):
           outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
-      except DuplicateIdError as e:  # a property of the data, not a bug: no traceback
+      except (DuplicateIdError, RunCheckError) as e:  # a property of the data, not a bug: no traceback
         print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
         return 1
       except Exception as e:  # pylint: disable=broad-except

@@ -1,4 +1,4 @@
-"""The manifest step's inputs gathered by one combine: counts, tallies, single-value fields and file names.
+"""The finalize step's inputs gathered by one combine: counts, tallies, single-value fields and written files.
 
 Every input becomes a "fact" `(kind, name, value)`; one Flatten joins them and one CombineGlobally(GatherFacts())
 folds them into {"counts", "tallies", "fields", "files"}. Counts and tallies are first summed per bundle where they
@@ -16,7 +16,7 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-COUNT, TALLY, FIELD, FILE = "count", "tally", "field", "file"
+COUNT, TALLY, FIELD, FILE, EXAMPLES = "count", "tally", "field", "file", "examples"
 
 
 class SumPerBundle(beam.DoFn):
@@ -48,6 +48,33 @@ class SumPerBundle(beam.DoFn):
       yield GlobalWindows.windowed_value((COUNT, self._name, self._sum))
 
 
+class TallyWithExample(beam.DoFn):
+  """(key, example) pairs -> one (EXAMPLES, name, {key: [occurrences, smallest example]}) per bundle: how often each
+  key occurs and one example of it (e.g. dead-letter reasons and a record id), at the cost of a tally."""
+
+  def __init__(self, name: str):
+    super().__init__()
+    self._name = name
+    self._seen: dict = {}
+
+  def start_bundle(self):
+    self._seen = {}
+
+  def process(self, element):
+    key, example = element
+    seen = self._seen.get(key)
+    if seen is None:
+      self._seen[key] = [1, example]
+    else:
+      seen[0] += 1
+      seen[1] = min(seen[1], example)
+    return ()
+
+  def finish_bundle(self):
+    if self._seen:
+      yield GlobalWindows.windowed_value((EXAMPLES, self._name, dict(self._seen)))
+
+
 def field_fact(value, name: str) -> tuple:
   return FIELD, name, value
 
@@ -57,7 +84,8 @@ def file_fact(path: str) -> tuple:
 
 
 class GatherFacts(beam.CombineFn):
-  """Facts -> {"counts": {name: sum}, "tallies": {name: {key: sum}}, "fields": {name: value}, "files": sorted}.
+  """Facts -> {"counts": {name: sum}, "tallies": {name: {key: sum}}, "fields": {name: value}, "files": sorted}, and
+  "examples": {name: {key: [sum, smallest example]}} when there were EXAMPLES facts.
 
   A name that got no fact is absent. Two values for one field are an error (a field holds at most one value).
   """
@@ -79,6 +107,13 @@ class GatherFacts(beam.CombineFn):
       accumulator["fields"][name] = value
     elif kind == FILE:
       accumulator["files"].append(value)
+    elif kind == EXAMPLES:
+      seen = accumulator.setdefault("examples", {}).setdefault(name, {})
+      for key, (n, example) in value.items():
+        if key in seen:
+          seen[key] = [seen[key][0] + int(n), min(seen[key][1], example)]
+        else:
+          seen[key] = [int(n), example]
     else:
       raise ValueError(f"not a manifest fact: {fact!r}")
     return accumulator
@@ -103,4 +138,6 @@ def _facts_of(accumulator: dict) -> Iterable[tuple]:
     yield FIELD, name, value
   for path in accumulator["files"]:
     yield FILE, None, path
+  for name, seen in accumulator.get("examples", {}).items():
+    yield EXAMPLES, name, seen
 

@@ -6,7 +6,8 @@ import argparse
 from formats.fields import INPUT_FORMATS
 from formats.output_files import OUTPUT_FORMATS
 from runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
-                                 DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS, DEFAULT_MLM_MAX_TOKENS,
+                                 DEFAULT_DUPLICATE_ID_POLICY, DEFAULT_MAX_BATCH_TOKENS,
+                                 DEFAULT_MAX_DEAD_LETTER_FRACTION, DEFAULT_MLM_MAX_TOKENS,
                                  DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
 from runtime.pooling import POOLINGS
 from runtime.precision import PRECISIONS
@@ -42,6 +43,13 @@ def non_negative_int(value) -> int:
   if n < 0:
     raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}")
   return n
+
+
+def fraction(value) -> float:
+  f = float(value)
+  if not 0.0 <= f <= 1.0:  # also refuses nan
+    raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
+  return f
 
 
 def split_patterns(values) -> list[str]:
@@ -116,6 +124,9 @@ class BertEmbedArguments:
     g.add_argument("--format", "--output-format", "--output_format", dest="output_format", choices=OUTPUT_FORMATS,
                    default="parquet", help="parquet | tfrecord")
     _flag(g, "num_shards", type=non_negative_int, default=0, help="Output shards (0: the runner chooses).")
+    _flag(g, "max_dead_letter_fraction", type=fraction, default=DEFAULT_MAX_DEAD_LETTER_FRACTION,
+          help="Fail the run, keeping the earlier output and LATEST, when more than this fraction of the records "
+               "read is dead-lettered (1 turns the check off).")
     _bool_flag(g, "keep_text", False, "Also write the text.")
     _bool_flag(g, "emit_tokens", False, "Also write token ids and the token-level sequence_output of real tokens.")
     # Long texts.

@@ -8,12 +8,16 @@ import datetime
 import logging
 import sys
 import time
-from typing import NamedTuple, Optional
+import uuid
+from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from formats import output_files as output_files_lib
+from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
 from pipeline import arguments
+from pipeline import finalize as finalize_lib
 from pipeline import latest_pointer
 from pipeline import manifest as manifest_lib
 from pipeline import model_inspection
@@ -32,7 +36,7 @@ from transforms.progress_counts import CountFn
 from transforms.read import InputError, ReadTexts
 from transforms.spread import spread_records
 from transforms.validate import ValidateEmbeddings
-from transforms.write import WriteConfig, WriteDeadLetters, WriteEmbeddings
+from transforms.write import ERRORS_SINK, WriteConfig, WriteDeadLetters, WriteEmbeddings, embedding_sink
 
 COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
           "encoded", "windows",
@@ -60,8 +64,14 @@ def _per_record(record) -> int:
   return int(not record.chunk_index)
 
 
-def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
-  """Wires the job's transforms onto `p`; returns the main PCollections (for tests)."""
+def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
+                   checks: finalize_lib.RunChecks = finalize_lib.RunChecks(),
+                   finalizers: Sequence[finalize_lib.Finalizer] = ()) -> dict:
+  """Wires the job's transforms onto `p`; returns the main PCollections (for tests).
+
+  `checks`: what the run must satisfy to replace the earlier output; `finalizers`: what commits with it, after the
+  files and before the manifest (pipeline/finalize.py).
+  """
   read = p | "ReadTexts" >> ReadTexts(
       list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
       text_pair_field=cfg.text_pair_field, max_text_bytes=cfg.max_text_bytes)
@@ -96,21 +106,23 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
   valid, invalid = checked.valid, checked.dead_letters
-  # The earlier output under this prefix goes in the job's first step, never at launch: a submission that fails
-  # leaves it whole. Every write waits for it.
-  cleared = p | "DeletePreviousOutputs" >> manifest_lib.DeletePreviousOutputs(cfg.output)
+  # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
+  # checks passed (pipeline/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
+  token = uuid.uuid4().hex
+  staging = output_files_lib.staging_dir(cfg.output, token)
+  cleared = p | "RemoveStaleStaging" >> finalize_lib.RemoveStaleStaging(cfg.output, token)
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
-                   "long_text": cfg.long_text}
-  output_files = (valid | "AfterDeletion" >> manifest_lib.After(cleared)
-                  | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, WriteConfig(
-                      cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
-                      file_metadata=file_metadata)))
+                   "long_text": cfg.long_text, EMBEDDING_FINGERPRINT_KEY: plan.fingerprint}
+  write_config = WriteConfig(cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
+                             file_metadata=file_metadata)
+  output_files = (valid | "AfterCleanUp" >> manifest_lib.After(cleared)
+                  | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, write_config, staging_dir=staging))
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
-  error_files = (dead | "DeadLettersAfterDeletion" >> manifest_lib.After(cleared)
-                 | "WriteDeadLetters" >> WriteDeadLetters(cfg.output))
+  error_files = (dead | "DeadLettersAfterCleanUp" >> manifest_lib.After(cleared)
+                 | "WriteDeadLetters" >> WriteDeadLetters(cfg.output, staging_dir=staging))
   counts = {
       "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),
                _counted(read.dead_letters, "CountUnreadable", "read"),
@@ -135,7 +147,6 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
       "package_versions": manifest_lib.package_versions(),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
-  _ = files | "DeleteStaleScratch" >> manifest_lib.DeleteStaleScratch(cfg.output)  # a killed run's sink scratch
   # The manifest's computed fields; those known at launch are static (fewer steps: see pipeline/manifest_facts.py).
   fields, tallies = {}, {}
   if split.drift_sample is None:
@@ -150,8 +161,10 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str) -> dict:
     static["precision_used"] = {}
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
     tallies["precision_used"] = embedded.precision_used
-  manifest = {"files": files, "counts": counts, "fields": fields, "tallies": tallies} | "WriteManifest" >> (
-      manifest_lib.WriteManifest(cfg.output, static, COUNTS))
+  kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
+  manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
+               "after": cleared}
+              | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, COUNTS, kinds, checks, finalizers))
   _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
 
@@ -197,7 +210,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   """Validates the options, builds the graph on `test_pipeline` (or a new Pipeline), runs it and waits.
 
   Everything that can fail before the job (arguments, output, inputs, models, the graph's construction) is checked
-  at launch; raises UsageError. An earlier output at the prefix is deleted by the job itself, as its first step.
+  at launch; raises UsageError. The earlier output at the prefix is replaced by the job's last step, only when the
+  run's checks pass (else the job raises finalize.RunCheckError and the earlier output stays).
   `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
   process's start, so the imports count; by default, this call.
   """
@@ -213,7 +227,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
   try:
-    build_pipeline(p, cfg, start_iso)
+    build_pipeline(p, cfg, start_iso, finalize_lib.RunChecks(flags.max_dead_letter_fraction))
   except InputError as e:  # reading options the transforms refuse
     raise UsageError(str(e)) from None
   total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
