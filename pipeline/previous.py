@@ -16,6 +16,7 @@ from pipeline.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, nor
 from pipeline.options import UsageError
 from formats.output_files import path_basename
 from transforms import incremental
+from transforms.previous_rows import ShardIdentity
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE
 
 MODE_INCREMENTAL = "incremental"
@@ -47,6 +48,25 @@ class Plan(NamedTuple):
       return None
     directory = parent_dir(self.previous.prefix)
     return [join_path(directory, path_basename(f)) for f in self.previous.manifest.get("output_files") or []]
+
+  @property
+  def previous_identities(self) -> Optional[dict]:
+    """{previous file: ShardIdentity} as its manifest records them (size, SHA-256, and for Parquet the embedding
+    fingerprint its footer carries); None when the manifest records none (written before it did)."""
+    files = self.previous_files
+    shards = (self.previous.manifest or {}).get("shards") if files is not None else None
+    if not isinstance(shards, dict) or not shards:
+      return None
+    fingerprint = (self.previous.manifest.get("incremental") or {}).get("fingerprint")
+    footer = fingerprint if self.previous_format == "parquet" else None
+    identities = {}
+    for path in files:
+      entry = shards.get(path_basename(path))
+      if isinstance(entry, dict):
+        identities[path] = ShardIdentity(int(entry.get("size_bytes", -1)), str(entry.get("sha256", "")), footer)
+      else:  # listed, but not described: it cannot match
+        identities[path] = ShardIdentity(-1, "", footer)
+    return identities
 
   @property
   def previous_normalized(self) -> bool:

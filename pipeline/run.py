@@ -88,7 +88,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   columns = cfg.output_columns
   split = records | "SplitByPrevious" >> SplitByPrevious(
       plan.previous_files, plan.previous_format, cfg.model_info.dim, carry_over=plan.incremental,
-      columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized)
+      columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized,
+      identities=plan.previous_identities)
   to_encode = split.to_encode
   # Records reach the encoder spread over the workers, not fused with the read of their file: through the shuffle
   # of the --previous join, of --dedupe-texts or of the duplicate-id grouping (unless --limit gathered them), or

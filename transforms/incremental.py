@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import NamedTuple, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -39,7 +39,7 @@ import numpy as np
 from formats.column_checks import float_array_problem
 from formats.columns import OutputColumns
 from transforms.drift import sample_key
-from transforms.previous_rows import ReadPreviousEmbeddings
+from transforms.previous_rows import ReadPreviousEmbeddings, ShardIdentity
 from formats.records import EmbeddingRecord, TextRecord, text_sha256
 from transforms.validate import row_problem
 
@@ -210,12 +210,16 @@ class SplitByPrevious(beam.PTransform):
       embedding column is then read.
     unit_norm: the previous output's vectors are normalised (--normalize): a carried or sampled vector must have
       norm 1 (within UNIT_NORM_TOLERANCE).
+    identities: {previous file: ShardIdentity} from its manifest; a file that does not match is unreadable (its
+      records are encoded again, see ReadPreviousEmbeddings). None: not checked.
   """
 
   def __init__(self, previous_files: Optional[Sequence[str]], previous_format: Optional[str] = None,
                dim: int = 0, *, carry_over: bool = False, columns: OutputColumns = OutputColumns(),
-               drift_sample: int = 0, unit_norm: bool = False):
+               drift_sample: int = 0, unit_norm: bool = False,
+               identities: Optional[Mapping[str, ShardIdentity]] = None):
     super().__init__()
+    self._identities = identities
     self._unit_norm = unit_norm
     self._columns = columns
     self._files = None if previous_files is None else list(previous_files)
@@ -233,7 +237,8 @@ class SplitByPrevious(beam.PTransform):
       counts = {kind: None for kind in KINDS + (DAMAGED,)}
       counts["new"] = records | "CountNew" >> beam.Map(lambda _: 1)
       return IncrementalResult(records, None, counts, None, None)
-    read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._read)
+    read = pipeline | "ReadPrevious" >> ReadPreviousEmbeddings(self._files, self._format, self._dim, self._read,
+                                                               self._identities)
     previous = read.rows
     if self._carry_over:
       old = previous | "KeyPrevious" >> beam.Map(lambda r: (_previous_key(r), r))

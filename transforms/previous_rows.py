@@ -5,11 +5,18 @@ from the input), converted by the column table (formats/columns.py): Parquet row
 files in batches decoded by tfx-bsl. Parquet pages are read with their CRC checksums verified, TFRecord records
 with theirs. A file (or a row group of one) that cannot be read, fails a checksum or does not parse is reported on
 `PreviousRows.unreadable` instead of failing the pipeline.
+
+A file is also unreadable when it is not the file its manifest describes (another run may have rewritten the
+prefix since the launcher read the manifest): given its identity (ShardIdentity: size and SHA-256 as the manifest
+records them, and for Parquet the embedding fingerprint in the footer), the worker that reads a file first reads it
+whole to check its size and hash, and each Parquet row group read checks the file's size and footer fingerprint
+again.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
-from typing import Iterable, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow.parquet as pq
@@ -18,15 +25,66 @@ from apache_beam.io.filesystems import FileSystems
 
 from formats import columns as columns_lib
 from formats.columns import KEY_COLUMNS, OutputColumns
+from formats.output_files import EMBEDDING_FINGERPRINT_KEY
 from formats.tfrecord_input import verified_payloads
 
 UNREADABLE = "unreadable"
 TFRECORD_BATCH = 1024  # tf.Examples decoded at a time
+_HASH_CHUNK = 8 << 20
 _LOG = logging.getLogger(__name__)
+
+
+class ShardIdentity(NamedTuple):
+  """What a previous manifest records of one of its files: size, SHA-256, and the embedding fingerprint its
+  Parquet footer must carry (None: not checked, e.g. TFRecord, whose files have no footer)."""
+  size_bytes: int
+  sha256: str
+  fingerprint: Optional[str] = None
+
+
+class ShardMismatch(ValueError):
+  """A previous file that is not the one its manifest describes."""
 
 
 def _open(path: str):
   return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def verify_identity(path: str, identity: Optional[ShardIdentity]) -> None:
+  """Reads `path` whole; raises ShardMismatch unless its size and SHA-256 are the identity's (None: no check)."""
+  if identity is None:
+    return
+  digest, size = hashlib.sha256(), 0
+  with _open(path) as f:
+    while chunk := f.read(_HASH_CHUNK):
+      digest.update(chunk)
+      size += len(chunk)
+  if size != identity.size_bytes or digest.hexdigest() != identity.sha256:
+    raise ShardMismatch(f"not the file its manifest describes ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
+                        f"the manifest records {identity.size_bytes} bytes, sha256 {identity.sha256[:12]}…): "
+                        "rewritten since")
+
+
+def _check_footer(parquet: pq.ParquetFile, size: int, identity: Optional[ShardIdentity]) -> None:
+  """Raises ShardMismatch unless an opened Parquet file has the identity's size and footer fingerprint."""
+  if identity is None:
+    return
+  if size != identity.size_bytes:
+    raise ShardMismatch(f"not the file its manifest describes ({size} bytes, the manifest records "
+                        f"{identity.size_bytes}): rewritten since")
+  if identity.fingerprint is not None:
+    found = (parquet.schema_arrow.metadata or {}).get(EMBEDDING_FINGERPRINT_KEY.encode())
+    if found != identity.fingerprint.encode():
+      shown = found.decode(errors="replace")[:12] + "…" if found else "none"
+      raise ShardMismatch(f"its footer's embedding fingerprint ({shown}) is not its manifest's "
+                          f"({identity.fingerprint[:12]}…): rewritten since")
+
+
+def _size(f) -> int:
+  f.seek(0, 2)
+  size = f.tell()
+  f.seek(0)
+  return size
 
 
 def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
@@ -35,11 +93,16 @@ def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
   return beam.pvalue.TaggedOutput(UNREADABLE, (path, reason[:500]))
 
 
-def _row_groups(path: str) -> Iterable[object]:
+def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
   """A Parquet file -> (path, row group index) pairs: the unit of parallel reading (or one UNREADABLE output)."""
+  identity = (identities or {}).get(path)
   try:
+    verify_identity(path, identity)
     with _open(path) as f:
-      count = pq.ParquetFile(f).num_row_groups
+      size = _size(f)
+      parquet = pq.ParquetFile(f)
+      _check_footer(parquet, size, identity)
+      count = parquet.num_row_groups
   except Exception as e:  # pylint: disable=broad-except  (a missing, truncated or garbled file)
     yield _unreadable(path, e)
     return
@@ -47,13 +110,17 @@ def _row_groups(path: str) -> Iterable[object]:
     yield path, i
 
 
-def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str]) -> Iterable[object]:
+def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
+                    identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
   """One row group, its page checksums verified, reading only the wanted columns the file has (e.g. no window
-  columns: not windowed); on any failure one UNREADABLE output and no rows."""
+  columns: not windowed); on any failure (also a file that is no longer the verified one) one UNREADABLE output
+  and no rows."""
   path, index = part
   try:
     with _open(path) as f:
+      size = _size(f)
       parquet = pq.ParquetFile(f, page_checksum_verification=True)
+      _check_footer(parquet, size, (identities or {}).get(path))
       present = [name for name in names if name in parquet.schema_arrow.names]
       table = parquet.read_row_group(index, columns=present)
     rows = columns_lib.arrow_to_records(table, present, dim)
@@ -63,11 +130,13 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str]) -> It
   yield from rows
 
 
-def _read_tfrecords(path: str, dim: int, names: Sequence[str]) -> Iterable[object]:
-  """One TFRecord file, each record's length and data CRC verified; on any failure one UNREADABLE output (the
-  verified batches before it have been emitted and are used)."""
+def _read_tfrecords(path: str, dim: int, names: Sequence[str],
+                    identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
+  """One TFRecord file, its identity verified first, then each record's length and data CRC; on any failure one
+  UNREADABLE output (the verified batches before it have been emitted and are used)."""
   decoder = columns_lib.example_decoder(names)
   try:
+    verify_identity(path, (identities or {}).get(path))
     with _open(path) as f:
       batch = []
       for record in verified_payloads(f):
@@ -94,9 +163,12 @@ class ReadPreviousEmbeddings(beam.PTransform):
     output_format: "parquet" or "tfrecord".
     dim: the embedding dimension.
     columns: the columns to read (their `carried()` ones); id and text_sha256 always.
+    identities: {file: ShardIdentity} as the previous manifest records them; a file that does not match is
+      unreadable (None: nothing is checked, e.g. for a manifest that records no identities).
   """
 
-  def __init__(self, files: Sequence[str], output_format: str, dim: int, columns: OutputColumns = OutputColumns()):
+  def __init__(self, files: Sequence[str], output_format: str, dim: int, columns: OutputColumns = OutputColumns(),
+               identities: Optional[Mapping[str, ShardIdentity]] = None):
     super().__init__()
     if output_format not in ("parquet", "tfrecord"):
       raise ValueError(f"previous output format must be parquet or tfrecord, got {output_format!r}")
@@ -104,19 +176,20 @@ class ReadPreviousEmbeddings(beam.PTransform):
     self._format = output_format
     self._dim = dim
     self._names = tuple(dict.fromkeys(KEY_COLUMNS + columns.carried()))
+    self._identities = None if identities is None else dict(identities)
 
   def expand(self, pbegin) -> PreviousRows:
     files = pbegin | "PreviousFiles" >> beam.Create(self._files)
     if self._format == "tfrecord":
       read = (files
               | "SpreadFiles" >> beam.Reshuffle()
-              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._names)
+              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._names, self._identities)
               .with_outputs(UNREADABLE, main="rows"))
       return PreviousRows(read.rows, read[UNREADABLE])
-    parts = files | "RowGroups" >> beam.FlatMap(_row_groups).with_outputs(UNREADABLE, main="parts")
+    parts = files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities).with_outputs(UNREADABLE, main="parts")
     read = (parts.parts
             | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names)
+            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names, self._identities)
             .with_outputs(UNREADABLE, main="rows"))
     unreadable = (parts[UNREADABLE], read[UNREADABLE]) | "Unreadable" >> beam.Flatten()
     return PreviousRows(read.rows, unreadable)
