@@ -98,7 +98,7 @@ def check_run(counts: Mapping[str, int], reasons: Mapping[str, Sequence], checks
     reason, (n, example) = max(reasons.items(), key=lambda kv: (kv[1][0], kv[0])) if reasons else ("?", (0, "?"))
     raise RunCheckError(f"{dead} of {read} records dead-lettered ({fraction:.1%}), above "
                         f"--max-dead-letter-fraction {checks.max_dead_letter_fraction:g}; most common reason "
-                        f"({n} records): {reason}; e.g. id {example!r}; {where}")
+                        f"({n} record{'' if n == 1 else 's'}): {reason}; e.g. id {example!r}; {where}")
 
 
 def shard_identities(files: Sequence[WrittenFile]) -> dict:

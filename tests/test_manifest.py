@@ -1,8 +1,10 @@
-"""Tests for pipeline/manifest.py: the manifest step on the DirectRunner and output clean-up."""
+"""Tests for pipeline/manifest.py and pipeline/finalize.py: the checks, the commit of the staged files and the
+manifest on the DirectRunner, and the clean-up of a prefix's own files."""
 from __future__ import annotations
 
 import datetime
 import glob
+import hashlib
 import json
 import os
 from unittest import mock
@@ -14,9 +16,9 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 
-from pipeline import manifest
+from pipeline import finalize, manifest
 from transforms import write
-from formats.output_files import is_error_file, is_output_file
+from formats.output_files import EMBEDDINGS, ERRORS, is_error_file, is_output_file, staging_dir
 from transforms.validate import ValidateEmbeddings
 from formats.records import DeadLetter, EmbeddingRecord
 
@@ -35,20 +37,27 @@ def ones(pcoll, label: str):
 
 
 def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=(), num_shards=0,
-                           static_fields=None) -> dict:
-  """A miniature of the real pipeline's tail: validate, write, dead-letter, then the manifest."""
+                           static_fields=None, count_read_errors=True, checks=finalize.RunChecks(1.0)) -> dict:
+  """A miniature of the real pipeline's tail: validate, write (staged), dead-letter, then Finalize.
+
+  count_read_errors=False leaves the read errors out of "read", so that the counts do not balance.
+  """
   p = test_pipeline.TestPipeline()
   rows = p | "Rows" >> beam.Create(records, reshuffle=False)
   earlier_errors = p | "ReadErrors" >> beam.Create(list(read_errors), reshuffle=False)
   checked = rows | ValidateEmbeddings(DIM)
-  output_files = checked.valid | write.WriteEmbeddings(
-      prefix, write.WriteConfig("parquet", DIM, num_shards=num_shards))
+  staging = staging_dir(prefix, "f" * 32)
+  config = write.WriteConfig("parquet", DIM, num_shards=num_shards)
+  output_files = checked.valid | write.WriteEmbeddings(prefix, config, staging_dir=staging)
   dead_letters = (earlier_errors, checked.dead_letters) | "AllDeadLetters" >> beam.Flatten()
-  error_files = dead_letters | write.WriteDeadLetters(prefix)
+  error_files = dead_letters | write.WriteDeadLetters(prefix, staging_dir=staging)
+  read = (ones(rows, "CountRead"), ones(earlier_errors, "CountReadErrors")) if count_read_errors else ones(rows,
+                                                                                                          "CountRead")
   inputs = {
       "files": (output_files, error_files) | "AllFiles" >> beam.Flatten(),
+      "dead_letters": dead_letters,
       "counts": {
-          "read": ones(rows, "CountRead"),
+          "read": read,
           "written": ones(checked.valid, "CountWritten"),
           "dead_lettered": ones(dead_letters, "CountDead"),
           "blank_lines": p | "BlankLines" >> beam.Create(list(blank_lines), reshuffle=False),
@@ -56,7 +65,8 @@ def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=
       },
   }
   fields = {"dimension": DIM, "start_time": manifest.utc_now_iso()} if static_fields is None else static_fields
-  _ = inputs | manifest.WriteManifest(prefix, fields, COUNT_NAMES)
+  kinds = {EMBEDDINGS: write.embedding_sink(config), ERRORS: write.ERRORS_SINK}
+  _ = inputs | finalize.Finalize(prefix, staging, fields, COUNT_NAMES, kinds, checks)
   p.run().wait_until_finish()
   return manifest.read_manifest(prefix)
 
@@ -96,9 +106,14 @@ def test_manifest_lists_the_files_on_disk_with_counts_and_invariant(tmp_path):
   assert got["schema_version"] == manifest.SCHEMA_VERSION
   for key, value in fields.items():
     assert got[key] == value
-  # dead_lettered also holds the read-stage error, which "read" never saw.
-  assert got["counts"] == {"read": 11, "written": 10, "dead_lettered": 2, "blank_lines": 5, "files_failed": 0}
-  assert got["invariant"] == {"read_equals_written_plus_dead_lettered": False}
+  assert got["counts"] == {"read": 12, "written": 10, "dead_lettered": 2, "blank_lines": 5, "files_failed": 0}
+  assert got["invariant"] == {"read_equals_written_plus_dead_lettered": True}
+  assert got["checks"] == {"max_dead_letter_fraction": 1.0, "dead_letter_fraction": 2 / 12}
+  for name in on_disk:  # each file's identity, as the sink computed it while writing
+    data = open(name, "rb").read()
+    identity = got["shards"][os.path.basename(name)]
+    assert identity["size_bytes"] == len(data) and identity["sha256"] == hashlib.sha256(data).hexdigest()
+  assert sum(got["shards"][os.path.basename(f)]["rows"] for f in got["output_files"]) == 10
   end = datetime.datetime.fromisoformat(got["end_time"])
   assert end.utcoffset() == datetime.timedelta(0)
   assert end >= datetime.datetime.fromisoformat(fields["start_time"])
@@ -121,49 +136,86 @@ def test_empty_input_gives_files_and_zero_counts(tmp_path):
   assert got["invariant"] == {"read_equals_written_plus_dead_lettered": True}
 
 
-def test_rerun_after_delete_previous_outputs_replaces_everything(tmp_path):
+def test_a_rerun_replaces_every_file_of_the_prefix(tmp_path):
   prefix = str(tmp_path / "emb")
   first = run_embedding_pipeline(prefix, make_records(6), num_shards=3)
   assert len(first["output_files"]) == 3
   assert first["invariant"] == {"read_equals_written_plus_dead_lettered": True}
 
-  deleted = manifest.delete_previous_outputs(prefix)
-  assert deleted[0] == manifest.manifest_path(prefix)
-  assert sorted(deleted[1:]) == first["files"]
-  assert not glob.glob(f"{prefix}*")
-
   second = run_embedding_pipeline(prefix, make_records(4), num_shards=1)
-  assert second["files"] == shard_files(prefix)
+  assert second["files"] == shard_files(prefix)  # the 3 earlier shards are gone
   assert len(second["output_files"]) == 1
   assert second["counts"]["written"] == 4
+  assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(f) for f in second["files"] + [
+      manifest.manifest_path(prefix)])  # the staging directory is gone too
+
+
+def _snapshot(directory) -> dict:
+  return {name: (directory / name).read_bytes() for name in sorted(os.listdir(directory))
+          if (directory / name).is_file()}
+
+
+def test_a_violated_invariant_fails_the_run_and_keeps_the_earlier_output(tmp_path):
+  prefix = str(tmp_path / "emb")
+  run_embedding_pipeline(prefix, make_records(5), num_shards=2)
+  before = _snapshot(tmp_path)
+  read_error = DeadLetter.make("x", "in.txt", "read", "unreadable")
+  with pytest.raises(finalize.RunCheckError, match=r"^the counts do not balance: 6 records read, but 6 written \+ "
+                                                   r"1 dead-lettered = 7; nothing was replaced at "):
+    run_embedding_pipeline(prefix, make_records(6), read_errors=[read_error], count_read_errors=False)
+  assert _snapshot(tmp_path) == before  # files and manifest byte-identical; the staged files stay aside
+  (staged,) = [d for d in os.listdir(tmp_path) if d.startswith("bert-embed-tmp-")]
+  assert sorted(f.split("-")[0] for f in os.listdir(tmp_path / staged)) == ["embeddings", "errors"]
+
+
+def test_too_many_dead_letters_fail_the_run_in_one_line_with_the_commonest_reason(tmp_path):
+  prefix = str(tmp_path / "emb")
+  letters = ([DeadLetter.make(f"f.jsonl:{i}", "f.jsonl", "parse", f"invalid JSON at column {i}") for i in range(3)]
+             + [DeadLetter.make("g.jsonl:9", "g.jsonl", "read", "gzip: bad crc")])
+  with pytest.raises(finalize.RunCheckError) as raised:
+    run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=finalize.RunChecks(0.3))
+  message = str(raised.value).split(" [while running")[0]
+  assert "\n" not in message
+  assert message.startswith("4 of 10 records dead-lettered (40.0%), above --max-dead-letter-fraction 0.3; most "
+                            "common reason (3 records): parse: invalid JSON at column N; e.g. id 'f.jsonl:0'; ")
+  assert not os.path.exists(manifest.manifest_path(prefix)) and not shard_files(prefix)
+  got = run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=finalize.RunChecks(0.4))
+  assert got["counts"]["dead_lettered"] == 4  # at the threshold: committed
 
 
 def test_manifest_without_invariant_counts(tmp_path):
   prefix = str(tmp_path / "emb")
   p = test_pipeline.TestPipeline()
-  files = p | "Files" >> beam.Create(["b", "a"], reshuffle=False)
+  files = p | "Files" >> beam.Create([], reshuffle=False)
   tokens = p | "Tokens" >> beam.Create([5, 7], reshuffle=False)
-  result = {"files": files, "counts": {"tokens": tokens}} | manifest.WriteManifest(prefix, {}, ("tokens",))
+  result = ({"files": files, "counts": {"tokens": tokens}}
+            | finalize.Finalize(prefix, staging_dir(prefix, "e" * 32), {}, ("tokens",), {}, checks=None))
   _ = result | beam.Map(lambda m: m["counts"])
   p.run().wait_until_finish()
   got = manifest.read_manifest(prefix)
-  assert got["files"] == ["a", "b"]
+  assert got["files"] == [] and got["shards"] == {}
   assert got["counts"] == {"tokens": 12}
-  assert "invariant" not in got
+  assert "invariant" not in got and "checks" not in got
 
 
-def test_write_manifest_checks_its_arguments():
+def test_finalize_checks_its_arguments():
+  kinds = {ERRORS: write.ERRORS_SINK}
   with pytest.raises(ValueError, match="own keys"):
-    manifest.WriteManifest("out/emb", {"counts": 1}, ())
+    finalize.Finalize("out/emb", "out/s", {"counts": 1}, (), kinds, checks=None)
   with pytest.raises(TypeError):
-    manifest.WriteManifest("out/emb", {"when": object()}, ())
+    finalize.Finalize("out/emb", "out/s", {"when": object()}, (), kinds, checks=None)
+  with pytest.raises(ValueError, match="checks need the counts"):
+    finalize.Finalize("out/emb", "out/s", {}, ("read",), kinds)
+  with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+    finalize.RunChecks(1.5)
   p = test_pipeline.TestPipeline()
   files = p | beam.Create([], reshuffle=False)
   with pytest.raises(ValueError, match=r"counts \['raed'\] are not among the count names \['read'\]"):
-    _ = {"files": files, "counts": {"raed": files}} | "Typo" >> manifest.WriteManifest("out/emb", {}, ("read",))
+    _ = ({"files": files, "counts": {"raed": files}}
+         | "Typo" >> finalize.Finalize("out/emb", "out/s", {}, ("read",), kinds, checks=None))
   with pytest.raises(ValueError, match="each other's names"):
     _ = ({"files": files, "fields": {"drift": files}, "tallies": {"drift": files}}
-         | "Clash" >> manifest.WriteManifest("out/emb", {}, ()))
+         | "Clash" >> finalize.Finalize("out/emb", "out/s", {}, (), kinds, checks=None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -177,10 +229,10 @@ def touch(path) -> str:
   return str(path)
 
 
-def test_delete_previous_outputs_only_touches_its_own_prefix(tmp_path, monkeypatch):
+def test_a_commit_replaces_only_its_own_prefix_files(tmp_path):
   out = tmp_path / "out"
   own = [touch(out / name) for name in (
-      "emb-manifest.json", "emb-manifest.json.tmp-" + "0" * 32, "emb-00000-of-00002.parquet",
+      "emb-manifest.json.tmp-" + "0" * 32, "emb-00000-of-00002.parquet",
       "emb-00001-of-00002.parquet", "emb-00000-of-00001.tfrecord", "emb-errors-00000-of-00001.jsonl",
       "emb-errors-00003-of-00004.jsonl")]
   others = [touch(out / name) for name in (
@@ -192,17 +244,18 @@ def test_delete_previous_outputs_only_touches_its_own_prefix(tmp_path, monkeypat
       "emb-errors-00000-of-00001.parquet", "emb-errors-errors-00000-of-00001.jsonl",
       "emb-errors-00000-of-00001.jsonl.bak", "emb-000000-of-000001.parquet", "emb-manifest.json.bak",
       "emb-manifest.json.tmp-xyz")]
-  calls = []
-  real_delete = FileSystems.delete
-  monkeypatch.setattr(FileSystems, "delete", lambda paths: (calls.append(list(paths)), real_delete(paths)))
-
-  deleted = manifest.delete_previous_outputs(str(out / "emb"))
-
-  assert calls[0] == [str(out / "emb-manifest.json")]  # the manifest goes first, on its own
-  assert sorted(deleted) == sorted(own)
-  assert all(not os.path.exists(p) for p in own)
+  prefix = str(out / "emb")
+  staging = staging_dir(prefix, "a" * 32)
+  assert finalize.remove_stale_staging(prefix, "a" * 32) == [own[0]]
+  kinds = {EMBEDDINGS: write.embedding_sink(write.WriteConfig("parquet", DIM)), ERRORS: write.ERRORS_SINK}
+  committed = write.commit_files(prefix, staging, [], kinds)  # no files: one empty shard of each kind
+  assert [os.path.basename(f.path) for f in committed] == ["emb-00000-of-00001.parquet",
+                                                           "emb-errors-00000-of-00001.jsonl"]
+  assert all(not os.path.exists(p) for p in own[:4] + own[5:])
+  assert os.path.getsize(own[4]) == 0  # emb-errors-00000-of-00001.jsonl: replaced by the new (empty) shard
+  assert pq.read_table(str(out / "emb-00000-of-00001.parquet")).num_rows == 0
   assert all(os.path.exists(p) for p in others)
-  assert manifest.delete_previous_outputs(str(out / "emb")) == []
+  assert all((out / n).read_bytes() == b"x" for n in os.listdir(out) if str(out / n) in others)
 
 
 def _corpus(path, lines: list[str]) -> str:
@@ -236,7 +289,8 @@ def test_runs_with_overlapping_prefixes_in_one_directory_keep_each_others_output
   manifests = {}
   for prefix, (texts, extra) in runs.items():
     lines = [json.dumps({"id": f"{prefix}:{i}", "text": t}) for i, t in enumerate(texts)] + ["{not json"]
-    outcome = _run(tiny_model_dir, _corpus(tmp_path / f"{prefix}.jsonl", lines), str(out / prefix), *extra)
+    outcome = _run(tiny_model_dir, _corpus(tmp_path / f"{prefix}.jsonl", lines), str(out / prefix), *extra,
+                   "--max-dead-letter-fraction", "1")
     manifests[prefix] = outcome.manifest
   for prefix, (texts, extra) in runs.items():
     m = manifest.read_manifest(str(out / prefix))
@@ -256,16 +310,16 @@ def test_runs_with_overlapping_prefixes_in_one_directory_keep_each_others_output
     assert [e["snippet"] for e in errors] == ["{not json"]
   for name, data in decoys.items():
     assert (out / name).read_bytes() == data
-  assert not [n for n in os.listdir(out) if n.startswith("beam-temp-")]
+  assert not [n for n in os.listdir(out) if n.startswith(("beam-temp-", "bert-embed-tmp-"))]
 
 
 def test_prefixes_with_glob_characters_are_refused(tmp_path):
   survivor = touch(tmp_path / "emb-00000-of-00001.parquet")
   for prefix in ("e*b", "e?b", "e[m]b"):
     with pytest.raises(ValueError, match="glob"):
-      manifest.delete_previous_outputs(str(tmp_path / prefix))
+      finalize.RemoveStaleStaging(str(tmp_path / prefix), "a" * 32)
   with pytest.raises(ValueError, match="glob"):
-    manifest.WriteManifest(str(tmp_path / "e*b"), {}, ())
+    finalize.Finalize(str(tmp_path / "e*b"), str(tmp_path), {}, (), {}, checks=None)
   assert os.path.exists(survivor)
 
 
