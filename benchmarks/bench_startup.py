@@ -93,9 +93,8 @@ class Tracer:
 
 def _install(tracer: Tracer) -> None:
   """The wrappers: each start-up step is the function that does it, patched where it is looked up."""
-  from apache_beam.io import filebasedsink  # pylint: disable=import-outside-toplevel
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  from pipeline import config, manifest, run  # pylint: disable=import-outside-toplevel
+  from pipeline import config, finalize, manifest, run  # pylint: disable=import-outside-toplevel
   from pipeline import model_fingerprint, model_flags, model_inspection  # pylint: disable=import-outside-toplevel
   from transforms import encode, preprocess, write  # pylint: disable=import-outside-toplevel
   from runtime import precision, saved_models  # pylint: disable=import-outside-toplevel
@@ -104,7 +103,7 @@ def _install(tracer: Tracer) -> None:
   tracer.wrap(model_inspection, "inspect_models", "model inspection (probe texts)")
   tracer.wrap(saved_models, "load_saved_model", "  SavedModel loads")
   tracer.wrap(model_fingerprint, "model_fingerprint", "fingerprinting")
-  tracer.wrap(manifest, "delete_previous_outputs", "deleting previous outputs")
+  tracer.wrap(finalize, "remove_stale_staging", "removing a failed run's staged files")
   tracer.wrap(run, "build_pipeline", "graph construction")
   tracer.wrap(beam.Pipeline, "run", "pipeline execution (Beam, unwrapped steps)")
   tracer.wrap(encode.BertEncoderModelHandler, "load_model", "worker encoder load (RunInference)")
@@ -115,8 +114,7 @@ def _install(tracer: Tracer) -> None:
   tracer.wrap(encode, "encode_batch", "first encoder batch", first=1)
   to_arrow = write._ToArrowTableFn  # pylint: disable=protected-access
   tracer.wrap(to_arrow, "process", "write (rows to Arrow, sink open/close/finalize)")
-  for name in ("open", "close", "finalize_write"):
-    tracer.wrap(filebasedsink.FileBasedSink, name, "write (rows to Arrow, sink open/close/finalize)")
+  tracer.wrap(write, "commit_files", "write (moving the staged files to their final names)")
   tracer.wrap(manifest, "write_atomically", "manifest and LATEST pointer")
   del config
 

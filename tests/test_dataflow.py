@@ -238,10 +238,10 @@ def test_the_dataflow_job_builds_offline_from_template_parameters_and_the_launch
             for env in job.proto_pipeline.components.environments.values()]
   assert images and set(images) == {"europe-west4-docker.pkg.dev/p/bert-embed/bert-embed-gpu:latest"}
   labels = {t.unique_name for t in outcome.result.job.proto_pipeline.components.transforms.values()}
-  for label in ("DeletePreviousOutputs", "AfterDeletion", "WriteEmbeddings", "WriteDeadLetters", "WriteManifest",
+  for label in ("RemoveStaleStaging", "AfterCleanUp", "WriteEmbeddings", "WriteDeadLetters", "Finalize",
                 "UpdateLatest", "ReadTexts", "EmbedTexts"):
     assert label in labels, label
-  assert all(FileSystems.exists(path) for path in old)  # deleting them is the job's first step, not the launch's
+  assert all(FileSystems.exists(path) for path in old)  # replacing them is the job's last step, not the launch's
 
 
 def test_a_default_model_is_staged_once_under_temp_location_and_reused(gcs, gcs_valid_bucket, tiny_model_dir,

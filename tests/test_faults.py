@@ -22,7 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.manifest import delete_previous_outputs
+from pipeline.finalize import remove_stale_staging
 from pipeline.run import run
 from transforms import encode
 from transforms.embed import EmbedTexts
@@ -192,16 +192,19 @@ def test_embed_texts_dead_letters_only_the_poisonous_records_and_counts_the_retr
 
 # --- a worker process killed mid-run ------------------------------------------------------------
 
-def test_a_rerun_deletes_the_sink_scratch_of_its_own_prefix_only(tmp_path):
+def test_a_rerun_deletes_the_staged_files_of_its_own_prefix_only(tmp_path):
   hexes = "0123456789abcdef" * 2
-  own = [tmp_path / f"beam-temp-embeddings-{hexes}-emb", tmp_path / f"beam-temp-errors-{hexes}-emb"]
-  others = [tmp_path / f"beam-temp-embeddings-{hexes}-emb2", tmp_path / f"beam-temp-errors-{hexes}-emb-large",
+  own = [tmp_path / f"bert-embed-tmp-{hexes}-emb", tmp_path / f"bert-embed-tmp-{'a' * 32}-emb",
+         tmp_path / f"beam-temp-embeddings-{hexes}-emb", tmp_path / f"beam-temp-errors-{hexes}-emb"]  # older versions'
+  others = [tmp_path / f"bert-embed-tmp-{'b' * 32}-emb", tmp_path / f"bert-embed-tmp-{hexes}-emb2",
+            tmp_path / f"bert-embed-tmp-{hexes}-emb-large", tmp_path / f"bert-embed-tmp-{hexes}-emb-errors",
+            tmp_path / f"beam-temp-embeddings-{hexes}-emb2", tmp_path / f"beam-temp-errors-{hexes}-emb-large",
             tmp_path / f"beam-temp-embeddings-{hexes}-emb-errors", tmp_path / f"beam-temp-emb-errors-{hexes}",
             tmp_path / "beam-temp-emb-x"]  # Beam's own naming: the scratch of emb's dead letters or of emb-errors
   for d in own + others:
     d.mkdir()
-  (own[0] / "partial.emb.parquet").write_bytes(b"half a shard")
-  deleted = delete_previous_outputs(str(tmp_path / "emb"))
+  (own[0] / "embeddings-1.parquet").write_bytes(b"half a shard")
+  deleted = remove_stale_staging(str(tmp_path / "emb"), own_token="b" * 32)  # b...: the running job's own
   assert sorted(deleted) == sorted(str(d) for d in own)
   assert sorted(os.listdir(tmp_path)) == sorted(d.name for d in others)
 
@@ -230,7 +233,7 @@ def _group_alive(pgid):
   return True
 
 
-def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_output(tmp_path, tiny_model_dir):
+def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces_it(tmp_path, tiny_model_dir):
   out = tmp_path / "out"
   prefix = str(out / "emb")
   common = ["--model", tiny_model_dir, "--seq-length", "32", "--pooling", "mean", "--output", prefix]
@@ -240,7 +243,7 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
   argv = common + ["--input", str(tmp_path / "old.txt"), "--num-shards", "3"]
   old = run(argv, test_pipeline=TestPipeline(argv=argv))
   assert old.manifest["counts"]["written"] == 30 and len(old.manifest["output_files"]) == 3
-  old_files = set(_prefix_files(prefix))
+  old_files = {path: open(path, "rb").read() for path in _prefix_files(prefix)}
   assert prefix + "-manifest.json" in old_files
 
   # 2. A bigger job on 2 worker processes, SIGKILLed (the launcher and its workers) while it is running.
@@ -253,13 +256,13 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
   pgid = os.getpgid(proc.pid)
   try:
     deadline = time.monotonic() + 120
-    while not glob.glob(str(out / "beam-temp-*")):  # the sinks have started: the job is under way
+    while not glob.glob(str(out / "bert-embed-tmp-*" / "*")):  # the writes have started: the job is under way
       assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
       assert time.monotonic() < deadline, "the job did not start writing within 120 s"
       time.sleep(0.2)
     time.sleep(2)
     assert proc.poll() is None, "the job finished before it could be killed: make the corpus bigger"
-    assert not os.path.exists(prefix + "-manifest.json")  # the old one went first: the job's first step
+    assert os.path.exists(prefix + "-manifest.json")  # the old one stays until the run is committed
     os.killpg(pgid, signal.SIGKILL)
     proc.wait(timeout=30)
     for _ in range(100):  # the workers die with the group
@@ -271,9 +274,8 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
     if proc.poll() is None or _group_alive(pgid):
       os.killpg(pgid, signal.SIGKILL)
       proc.wait(timeout=30)
-  partial = set(_prefix_files(prefix))
-  assert prefix + "-manifest.json" not in partial
-  assert not partial & old_files  # the old run's shards went with its manifest
+  assert {path: open(path, "rb").read() for path in _prefix_files(prefix)} == old_files  # as it was, byte for byte
+  assert glob.glob(str(out / "bert-embed-tmp-*" / "*"))  # the killed run's staged files, aside
 
   # 3. A rerun completes and replaces the partial output: its manifest lists exactly the files on disk.
   argv = common + ["--input", str(tmp_path / "corpus" / "*.txt")]
@@ -281,6 +283,6 @@ def test_a_killed_multiprocess_run_leaves_no_manifest_and_a_rerun_replaces_its_o
   m = rerun.manifest
   assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
   assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
-  assert not glob.glob(str(out / "beam-temp-*"))  # the killed run's sink scratch went with its shards
+  assert not glob.glob(str(out / "bert-embed-tmp-*"))  # the killed run's staged files are gone
   rows = sum(pq.ParquetFile(f).metadata.num_rows for f in m["output_files"])
   assert rows == total
