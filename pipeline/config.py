@@ -203,7 +203,7 @@ def max_positions(encoder: str) -> Optional[int]:
 def resolve(options: PipelineOptions) -> JobConfig:
   """Validates the options, the output, the inputs and the models; raises UsageError on any problem.
 
-  Cheap checks come first; nothing is deleted (the job deletes an earlier output as its first step). On a remote
+  Cheap checks come first; nothing is deleted (the job replaces an earlier output in its last step). On a remote
   runner, local paths are refused and a model on this machine (--model default, hf:) is staged under
   --temp_location (pipeline/remote.py): the only thing written at launch.
   """
