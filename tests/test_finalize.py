@@ -161,7 +161,7 @@ def test_previous_does_not_carry_shards_another_run_rewrote(tiny_model_dir, tmp_
   monkeypatch.setattr(previous_lib, "plan", plan_then_rewrite)
   b = _run(tiny_model_dir, corpus, str(root / "b" / "emb"), "--previous", f"latest:{root}")
   assert b.manifest["incremental"]["mode"] == "incremental"
-  assert "rewritten since" in b.manifest["incremental"]["reason"], b.manifest["incremental"]
+  assert "changed since that run" in b.manifest["incremental"]["reason"], b.manifest["incremental"]
   assert b.manifest["counts"]["encoded"] == 24 and b.manifest["counts"]["written"] == 24
   expected, theirs, got = _vectors(a.manifest), _vectors(other.manifest), _vectors(b.manifest)
   assert set(got) == set(expected)
@@ -221,7 +221,7 @@ def test_a_previous_shard_that_does_not_match_its_identity_is_unreadable(tmp_pat
   wrong[first] = identities[first]._replace(sha256="0" * 64)  # same size, another hash: another file
   rows, unreadable = _read_previous(files, output_format, wrong, tmp_path)
   assert 0 < len(rows) < 10 and [path for path, _ in unreadable] == [first]
-  assert "rewritten since" in unreadable[0][1]
+  assert "changed since that run" in unreadable[0][1]
   if output_format == "parquet":  # the right bytes, but a footer of another fingerprint
     assert len(rows) == files[second][2]
     other = {path: i._replace(fingerprint="e" * 64) for path, i in identities.items()}

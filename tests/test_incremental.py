@@ -503,9 +503,17 @@ def normalized_run(tmp_path_factory, tiny_model_dir):
   return types.SimpleNamespace(tmp=tmp, corpus=corpus, outcome=outcome, rows=_rows(outcome))
 
 
-def _copy_previous(run, name):
-  """A copy of run 1's directory (its manifest lists paths under run1/: they are found next to the prefix)."""
+def _copy_previous(run, name, identities=True):
+  """A copy of run 1's directory (its manifest lists paths under run1/: they are found next to the prefix).
+
+  identities=False drops the manifest's `shards` (as a manifest written before it recorded them), so that damage is
+  found where the rows are read (checksums, row checks) instead of by the whole file's hash."""
   shutil.copytree(run.tmp / "run1", run.tmp / name)
+  if not identities:
+    path = run.tmp / name / "emb-manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["shards"]
+    path.write_text(json.dumps(manifest))
   return str(run.tmp / name / "emb"), str(run.tmp / name / os.path.basename(run.outcome.manifest["output_files"][0]))
 
 
@@ -524,7 +532,7 @@ def _counts(outcome):
 
 
 def test_damaged_previous_rows_are_encoded_again_not_copied(normalized_run, tiny_model_dir):
-  prefix, shard = _copy_previous(normalized_run, "rows-damaged")
+  prefix, shard = _copy_previous(normalized_run, "rows-damaged", identities=False)
   table = pq.read_table(shard)
   vectors = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
   ids = table.column("id").to_pylist()
@@ -565,7 +573,7 @@ def _assert_part_encoded_again(outcome, damaged_file, lost: int):
 
 
 def test_a_parquet_page_with_flipped_bytes_costs_only_its_row_group(normalized_run, tiny_model_dir):
-  prefix, shard = _copy_previous(normalized_run, "page-damaged")
+  prefix, shard = _copy_previous(normalized_run, "page-damaged", identities=False)
   table = pq.read_table(shard)  # rewritten in row groups of 5 rows, with page checksums and the same metadata
   pq.write_table(table, shard, row_group_size=5, write_page_checksum=True)
   assert pq.ParquetFile(shard).num_row_groups == 3
@@ -594,6 +602,7 @@ def test_a_tfrecord_with_a_changed_value_costs_the_records_from_it_on(normalized
     for example in columns_lib.records_to_examples(rows, OutputColumns(), 32):
       w.write(example)
   manifest = dict(normalized_run.outcome.manifest)
+  del manifest["shards"]  # (a manifest without identities: damage is found by the records' CRCs)
   manifest.update(options={**manifest["options"], "format": "tfrecord"}, output_files=[shard], files=[shard])
   (directory / "emb-manifest.json").write_text(json.dumps(manifest))
   _flip(shard, rows[4].embedding[3:4].tobytes(), 2)  # one float changed: the record's data CRC no longer matches

@@ -62,7 +62,7 @@ def verify_identity(path: str, identity: Optional[ShardIdentity]) -> None:
   if size != identity.size_bytes or digest.hexdigest() != identity.sha256:
     raise ShardMismatch(f"not the file its manifest describes ({size} bytes, sha256 {digest.hexdigest()[:12]}…; "
                         f"the manifest records {identity.size_bytes} bytes, sha256 {identity.sha256[:12]}…): "
-                        "rewritten since")
+                        "changed since that run")
 
 
 def _check_footer(parquet: pq.ParquetFile, size: int, identity: Optional[ShardIdentity]) -> None:
@@ -71,13 +71,13 @@ def _check_footer(parquet: pq.ParquetFile, size: int, identity: Optional[ShardId
     return
   if size != identity.size_bytes:
     raise ShardMismatch(f"not the file its manifest describes ({size} bytes, the manifest records "
-                        f"{identity.size_bytes}): rewritten since")
+                        f"{identity.size_bytes}): changed since that run")
   if identity.fingerprint is not None:
     found = (parquet.schema_arrow.metadata or {}).get(EMBEDDING_FINGERPRINT_KEY.encode())
     if found != identity.fingerprint.encode():
       shown = found.decode(errors="replace")[:12] + "…" if found else "none"
       raise ShardMismatch(f"its footer's embedding fingerprint ({shown}) is not its manifest's "
-                          f"({identity.fingerprint[:12]}…): rewritten since")
+                          f"({identity.fingerprint[:12]}…): changed since that run")
 
 
 def _size(f) -> int:
