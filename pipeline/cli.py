@@ -31,6 +31,8 @@ _BEAM_STEP = re.compile(r"\[while running '([^']*)'\]")
 _OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _OUT_OF_SPACE_TEXT = re.compile(r"\[Errno (?:%s)\]|No space left on device|Disk quota exceeded"
                                 % "|".join(str(n) for n in _OUT_OF_SPACE_ERRNOS))
+# A worker's data error as the multi-process runner (or a remote one) reports it: in the text of another exception.
+_WORKER_DATA_ERROR = re.compile(r"^[\w.]*\b(?:DuplicateIdError|RunCheckError): (.+)$", re.MULTILINE)
 
 
 def _export_seq_length(text: str) -> int:
@@ -228,9 +230,13 @@ def _run(argv: list[str]) -> int:
     except UsageError as e:
       print(f"bert-embed run: error: {one_line(e)}", file=sys.stderr)
       return 2
-    except BaseException:  # pylint: disable=broad-except
+    except BaseException as e:  # pylint: disable=broad-except
       if not interrupted.is_set():
-        raise
+        worker_error = _WORKER_DATA_ERROR.search(str(e))
+        if worker_error is None:
+          raise
+        print(f"bert-embed run: error: {one_line(worker_error.group(1))}", file=sys.stderr)
+        return 1
       print(f"bert-embed run: {INTERRUPTED}", file=sys.stderr)  # one line, not Beam's and TensorFlow's stacks
       return 130
   if neighbours and outcome.manifest and outcome.config.output_format == "parquet":

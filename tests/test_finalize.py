@@ -141,7 +141,7 @@ def test_a_run_that_fails_after_writing_leaves_the_previous_run_byte_identical(t
 
 
 def test_previous_does_not_carry_shards_another_run_rewrote(tiny_model_dir, tmp_path, monkeypatch):
-  """Run A (mean pooling) is LATEST. A run B with `--previous latest:` resolves A's manifest; before its workers read
+  """Run A (mean pooling) is done. A run B with `--previous` A resolves A's manifest; before its workers read
   A's shards, another run rewrites them (the shards of a `--pooling cls --normalize` run over the same records).
   B must not carry those vectors: the shards do not match A's manifest, so every record is encoded again."""
   corpus = _corpus(tmp_path / "in.jsonl", 24)
@@ -159,7 +159,7 @@ def test_previous_does_not_carry_shards_another_run_rewrote(tiny_model_dir, tmp_
     return p
 
   monkeypatch.setattr(previous_lib, "plan", plan_then_rewrite)
-  b = _run(tiny_model_dir, corpus, str(root / "b" / "emb"), "--previous", f"latest:{root}")
+  b = _run(tiny_model_dir, corpus, str(root / "b" / "emb"), "--previous", str(root / "a" / "emb"))
   assert b.manifest["incremental"]["mode"] == "incremental"
   assert "changed since that run" in b.manifest["incremental"]["reason"], b.manifest["incremental"]
   assert b.manifest["counts"]["encoded"] == 24 and b.manifest["counts"]["written"] == 24
