@@ -247,7 +247,7 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   assert prefix + "-manifest.json" in old_files
 
   # 2. A bigger job on 2 worker processes, SIGKILLed (the launcher and its workers) while it is running.
-  total = _write_corpus(tmp_path / "corpus")
+  total = _write_corpus(tmp_path / "corpus", lines=4000)
   argv = common + ["--input", str(tmp_path / "corpus" / "*.txt"), "--direct_num_workers=2",
                    "--direct_running_mode=multi_processing"]
   with open(tmp_path / "killed.log", "wb") as log:
@@ -259,8 +259,7 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
     while not glob.glob(str(out / "bert-embed-tmp-*" / "*")):  # the writes have started: the job is under way
       assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
       assert time.monotonic() < deadline, "the job did not start writing within 120 s"
-      time.sleep(0.2)
-    time.sleep(2)
+      time.sleep(0.1)
     assert proc.poll() is None, "the job finished before it could be killed: make the corpus bigger"
     assert os.path.exists(prefix + "-manifest.json")  # the old one stays until the run is committed
     os.killpg(pgid, signal.SIGKILL)

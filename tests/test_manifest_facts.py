@@ -9,7 +9,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from hypothesis import given, settings, strategies as st
 
-from pipeline.manifest_facts import COUNT, FIELD, FILE, TALLY, GatherFacts, SumPerBundle, field_fact, file_fact
+from pipeline.manifest_facts import (COUNT, EXAMPLES, FIELD, FILE, TALLY, GatherFacts, SumPerBundle, field_fact,
+                                    file_fact)
 
 _NAMES = st.sampled_from(["read", "written", "tokens"])
 _COUNT_FACTS = st.tuples(st.just(COUNT), _NAMES, st.integers(0, 10**6))
@@ -84,3 +85,24 @@ def test_partial_sums_per_bundle_add_up_with_fewer_elements_than_the_input():
   assert_that(sums, check_sums, label="Sums")
   assert_that(tallies, check_tallies, label="Tallies")
   p.run().wait_until_finish()
+
+
+@settings(max_examples=40, deadline=None)
+@given(pairs=st.lists(st.tuples(st.sampled_from(["parse: x", "read: y", "encode: z"]), st.text(min_size=1, max_size=4)),
+                      min_size=1, max_size=30),
+       cut=st.integers(0, 30))
+def test_examples_keep_every_occurrence_and_the_smallest_example(pairs, cut):
+  """TallyWithExample's per-bundle facts, gathered from any split: {key: [occurrences, smallest example]}."""
+  combine = GatherFacts()
+  accumulators = []
+  for part in (pairs[:cut], pairs[cut:]):
+    seen = {}
+    for key, example in part:
+      n, smallest = seen.get(key, (0, example))
+      seen[key] = [n + 1, min(smallest, example)]
+    accumulators.append(combine.add_input(combine.create_accumulator(), (EXAMPLES, "reasons", seen)) if seen
+                        else combine.create_accumulator())
+  got = combine.extract_output(combine.merge_accumulators(accumulators))["examples"]["reasons"]
+  expected = {key: [sum(1 for k, _ in pairs if k == key), min(e for k, e in pairs if k == key)]
+              for key in {k for k, _ in pairs}}
+  assert got == expected

@@ -124,7 +124,7 @@ def test_jsonl_bad_records_are_dead_lettered_and_the_rest_written_to_tfrecord(tm
   (tmp_path / "in.jsonl").write_bytes(b"\n".join(lines) + b"\n")
   out = str(tmp_path / "emb")
   argv = _base_args(tiny_model_dir, str(tmp_path / "in.jsonl"), out, "--input-format", "jsonl", "--format",
-                    "tfrecord", "--pooling", "mean", "--normalize")
+                    "tfrecord", "--pooling", "mean", "--normalize", "--max-dead-letter-fraction", "1")
   outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
   examples = _examples(outcome)
   assert sorted(e["id"].bytes_list.value[0].decode() for e in examples) == ["2", "good-1", "good-3"]
