@@ -150,6 +150,7 @@ def test_previous_does_not_carry_shards_another_run_rewrote(tiny_model_dir, tmp_
   other = _run(tiny_model_dir, corpus, str(tmp_path / "other" / "emb"), "--pooling", "cls", "--normalize")
   assert [os.path.basename(f) for f in a.manifest["output_files"]] == [
       os.path.basename(f) for f in other.manifest["output_files"]]
+  expected, theirs = _vectors(a.manifest), _vectors(other.manifest)  # (before A's files are overwritten)
   real_plan = previous_lib.plan
 
   def plan_then_rewrite(cfg):
@@ -163,7 +164,7 @@ def test_previous_does_not_carry_shards_another_run_rewrote(tiny_model_dir, tmp_
   assert b.manifest["incremental"]["mode"] == "incremental"
   assert "changed since that run" in b.manifest["incremental"]["reason"], b.manifest["incremental"]
   assert b.manifest["counts"]["encoded"] == 24 and b.manifest["counts"]["written"] == 24
-  expected, theirs, got = _vectors(a.manifest), _vectors(other.manifest), _vectors(b.manifest)
+  got = _vectors(b.manifest)
   assert set(got) == set(expected)
   for record_id, vector in got.items():
     assert _cosine(vector, expected[record_id]) > 0.9999
