@@ -23,7 +23,7 @@ from formats.columns import OutputColumns
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
 from formats.output_files import (check_output_prefix, is_error_file, is_output_file, is_scratch_dir,
-                                  path_basename)
+                                  path_basename, staging_token)
 from transforms.read import InputError, match_inputs
 
 
@@ -167,13 +167,14 @@ def _directory_identity(path: str) -> str:
 
 def writes_file(path: str, output: str, pointer: str) -> bool:
   """True when `path` is one of the files a run writing `output` writes (its shards, dead letters, manifest, their
-  temporary names, files in its sink scratch folders) or its LATEST pointer `pointer` (or a temporary one)."""
+  temporary names, files in its staging folders) or its LATEST pointer `pointer` (or a temporary one)."""
   name = path_basename(path)
   directory = _directory_identity(path)
   if directory == _directory_identity(pointer) and (name == path_basename(pointer) or
                                                     name.startswith(path_basename(pointer) + ".tmp-")):
     return True
-  if is_scratch_dir(directory, output) and _directory_identity(directory) == _directory_identity(output):
+  if ((is_scratch_dir(directory, output) or staging_token(directory, output) is not None)
+      and _directory_identity(directory) == _directory_identity(output)):
     return True
   manifest = path_basename(manifest_path(output))
   return directory == _directory_identity(output) and (

@@ -278,7 +278,8 @@ def test_another_prefixs_files_and_look_alikes_are_inputs_like_any_other(tmp_pat
                                      "emb.txt", "LATEST.txt", "other-manifest.json")]
   check_inputs_are_not_outputs([str(p) for p in others], str(data / "emb"), str(data / "LATEST"))
   for own in (data / "x" / ".." / "emb-manifest.json.tmp-0a1b", data / "LATEST.tmp-0a1b",
-              data / f"beam-temp-embeddings-{'0' * 32}-emb" / "part.parquet"):
+              data / f"beam-temp-embeddings-{'0' * 32}-emb" / "part.parquet",
+              data / f"bert-embed-tmp-{'0' * 32}-emb" / "embeddings-1.parquet"):
     with pytest.raises(UsageError, match="a file this run writes"):
       check_inputs_are_not_outputs([str(own)], str(data / "emb"), str(data / "LATEST"))
 
