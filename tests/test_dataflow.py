@@ -1,7 +1,7 @@
 """Dataflow. Every byte a job touches goes through Beam's FileSystems, so gs:// works end to end
 against the suite's GCS emulator (the `gcs` fixture); remote launches refuse launcher-local paths and stage
 launcher-side models once; the Dataflow job graph builds offline (dry run); the launch never deletes an earlier
-output (the job does, as its first step).
+output (the job replaces it in its last step, once its checks passed).
 """
 import gzip
 import io

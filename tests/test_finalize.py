@@ -49,8 +49,9 @@ def _corpus(path: pathlib.Path, n: int, bad: int = 0, id_field: str = "id") -> s
 
 
 def _argv(model_dir: str, corpus: str, output: str, *extra: str) -> list[str]:
+  pooling = [] if "--pooling" in extra else ["--pooling", "mean"]
   return ["--model", model_dir, "--input", corpus, "--input-format", "jsonl", "--output", output,
-          "--seq-length", str(SEQ), "--pooling", "mean", *extra]
+          "--seq-length", str(SEQ), *pooling, *extra]
 
 
 def _run(model_dir: str, corpus: str, output: str, *extra: str):
