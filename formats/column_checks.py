@@ -12,6 +12,7 @@ from typing import Optional
 
 import numpy as np
 
+from formats import compact
 from formats.records import EmbeddingRecord
 
 INT32_MAX = 2**31 - 1
@@ -84,6 +85,33 @@ def truth_value(rec: EmbeddingRecord, dim: int) -> Optional[str]:
 
 def embedding(rec: EmbeddingRecord, dim: int) -> Optional[str]:
   return float_array_problem("embedding", rec.embedding, (dim,))
+
+
+def compact_embedding(dtype: str, truncate_dim: Optional[int], rec: EmbeddingRecord, dim: int) -> Optional[str]:
+  """The embedding in the form `dtype` (formats/compact.py) with kept_dims(dim, truncate_dim) dimensions: finite
+  floats that survive the cast (float forms), or an array of exactly the form's integer type (int8, binary)."""
+  length = compact.stored_length(compact.kept_dims(dim, truncate_dim), dtype)
+  if compact.is_float(dtype):
+    problem = float_array_problem("embedding", rec.embedding, (length,))
+    if problem or dtype == compact.FLOAT32:
+      return problem
+    with np.errstate(over="ignore"):
+      half = np.asarray(rec.embedding, dtype=np.float32).astype(np.float16)
+    bad = int(np.count_nonzero(~np.isfinite(half)))
+    return f"embedding has {bad} value(s) beyond float16's range" if bad else None
+  if rec.embedding is None:
+    return "embedding is missing"
+  array = np.asarray(rec.embedding)
+  expected = np.dtype(compact.NUMPY_DTYPES[dtype])
+  if array.dtype != expected:
+    if np.issubdtype(array.dtype, np.floating):  # not encoded: say why (e.g. non-finite values) when there is a reason
+      problem = float_array_problem("embedding", array, array.shape)
+      if problem:
+        return problem
+    return f"embedding is {array.dtype}, not the {dtype} form ({expected})"
+  if array.shape != (length,):
+    return f"embedding has shape {array.shape}, expected ({length},) in the {dtype} form"
+  return None
 
 
 def token_ids(rec: EmbeddingRecord, dim: int) -> Optional[str]:

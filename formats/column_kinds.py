@@ -11,10 +11,12 @@ only fires for a pipeline that skipped the validation.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
+
+from formats import compact
 
 # tf.Example feature kinds and the Arrow item types tfx-bsl encodes them from.
 BYTES, INT64, FLOAT = "bytes_list", "int64_list", "float_list"
@@ -118,31 +120,67 @@ class Scalar(Kind):
 
 
 class Vector(Kind):
-  """float32 [dim] per row (the embedding): list<float32> in both formats."""
+  """The embedding, one vector per row, in one of the forms of formats/compact.py (float32 by default) and of
+  kept_dims(dim, truncate_dim) dimensions.
 
-  feature = FLOAT
+  Parquet: list<float32>, list<halffloat>, list<int8> or list<uint8> (binary: the packed bytes). tf.Example: a
+  float_list for float32; for the others one bytes_list value holding the vector's bytes (float16 little-endian,
+  int8, packed uint8), which `tf.io.decode_raw(value, tf.float16 | tf.int8 | tf.uint8)` reads back.
+  """
+
+  def __init__(self, dtype: str = compact.FLOAT32, truncate_dim: Optional[int] = None):
+    compact.check_dtype(dtype)
+    self.dtype = dtype
+    self.truncate_dim = truncate_dim
+    self._numpy = compact.NUMPY_DTYPES[dtype]
+    self.feature = FLOAT if dtype == compact.FLOAT32 else BYTES
+
+  def length(self, dim: int) -> int:
+    """The number of stored values per row for a model of `dim` dimensions."""
+    return compact.stored_length(compact.kept_dims(dim, self.truncate_dim), self.dtype)
 
   def parquet_type(self) -> pa.DataType:
-    return pa.list_(pa.float32())
+    return pa.list_(pa.from_numpy_dtype(self._numpy))
+
+  def _matrix(self, name: str, values: list, dim: int) -> np.ndarray:
+    length = self.length(dim)
+    if not values:
+      return np.zeros((0, length), self._numpy)
+    arrays = [np.asarray(v) for v in values]
+    if not compact.is_float(self.dtype) and any(a.dtype != self._numpy for a in arrays):
+      raise ValueError(f"{name} rows must be {self._numpy.__name__} arrays ({self.dtype} form)")
+    matrix = np.stack([a.astype(self._numpy, copy=False) for a in arrays])
+    if matrix.shape != (len(values), length):
+      raise ValueError(f"{name} rows have shape {matrix.shape[1:]}, expected ({length},)")
+    if compact.is_float(self.dtype):
+      _require_finite(name, matrix)
+    return matrix
 
   def to_parquet(self, name: str, values: list, dim: int) -> pa.Array:
-    matrix = np.stack([np.asarray(v, dtype=np.float32) for v in values]) if values else np.zeros((0, dim), np.float32)
-    if matrix.shape != (len(values), dim):
-      raise ValueError(f"{name} rows have shape {matrix.shape[1:]}, expected ({dim},)")
-    _require_finite(name, matrix)
-    return _list_array([dim] * len(values), matrix.reshape(-1), pa.float32())
+    matrix = self._matrix(name, values, dim)
+    item = pa.from_numpy_dtype(self._numpy)
+    return _list_array([matrix.shape[1]] * len(values), pa.array(matrix.reshape(-1), type=item), item)
 
   def to_example(self, name: str, values: list, dim: int, null: str) -> pa.Array:
-    return self.to_parquet(name, values, dim)
+    matrix = self._matrix(name, values, dim)
+    if self.feature == FLOAT:
+      return _list_array([matrix.shape[1]] * len(values), matrix.reshape(-1), pa.float32())
+    little = matrix.astype(matrix.dtype.newbyteorder("<"), copy=False)
+    return _list_array([1] * len(values), [row.tobytes() for row in little], pa.binary())
 
   def decode(self, column, dim: int) -> list:
-    """float32 [rows, dim] without a Python float per value when every row has `dim` values; else one array (or
-    None for a null) per row, for the row check to reject the odd ones."""
+    """[rows, length] arrays of the form's element type without a Python value per element when every row has
+    `length` values; else one array (or None for a null) per row, for the row check to reject the odd ones."""
     array = _combined(column)
-    values = array.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
-    if values.size == len(array) * dim and not array.null_count:
-      return list(values.reshape(len(array), dim))
-    return [None if v is None else np.asarray(v, dtype=np.float32) for v in array.to_pylist()]
+    length = self.length(dim)
+    if pa.types.is_binary(array.type.value_type) or pa.types.is_large_binary(array.type.value_type):
+      little = np.dtype(self._numpy).newbyteorder("<")
+      return [None if v is None else np.frombuffer(v[0] if v else b"", dtype=little).astype(self._numpy)
+              for v in array.to_pylist()]
+    values = array.flatten().to_numpy(zero_copy_only=False).astype(self._numpy, copy=False)
+    if values.size == len(array) * length and not array.null_count:
+      return list(values.reshape(len(array), length))
+    return [None if v is None else np.asarray(v, dtype=self._numpy) for v in array.to_pylist()]
 
 
 class Ragged(Kind):

@@ -43,6 +43,7 @@ import pyarrow as pa
 
 from formats import column_checks as checks
 from formats import column_kinds as kinds
+from formats import compact
 from formats.records import EmbeddingRecord
 
 SWITCHES = ("embeddings", "text", "tokens", "mlm", "mlm_per_token", "windows")
@@ -57,18 +58,35 @@ class OutputColumns:
   mlm: bool = False
   mlm_per_token: bool = False
   windows: bool = False
+  dtype: str = compact.FLOAT32  # the embedding's form (formats/compact.py)
+  truncate_dim: Optional[int] = None  # the embedding keeps its first dimensions (None: all)
 
   def __post_init__(self):
     if self.mlm_per_token and not self.mlm:
       raise ValueError("mlm_per_token=True needs mlm=True (per-token scores come with the MLM scores)")
+    compact.check_dtype(self.dtype)
+    if self.truncate_dim is not None:
+      check_dim(self.truncate_dim)
 
   def writes(self, column: "Column") -> bool:
     return column.switch is None or getattr(self, column.switch)
 
+  def resolved(self, column: "Column") -> "Column":
+    """`column` as this run stores it: the embedding in its form."""
+    if column.name != "embedding" or (self.dtype == compact.FLOAT32 and self.truncate_dim is None):
+      return column
+    return dataclasses.replace(column, kind=kinds.Vector(self.dtype, self.truncate_dim),
+                               check=functools.partial(checks.compact_embedding, self.dtype, self.truncate_dim))
+
+  @property
+  def table(self) -> tuple["Column", ...]:
+    """Every column (COLUMNS), resolved."""
+    return tuple(self.resolved(c) for c in COLUMNS)
+
   @property
   def selected(self) -> tuple["Column", ...]:
     """The columns written, in file order."""
-    return tuple(c for c in COLUMNS if self.writes(c))
+    return tuple(c for c in self.table if self.writes(c))
 
   def names(self) -> tuple[str, ...]:
     return tuple(c.name for c in self.selected)
@@ -204,11 +222,13 @@ def records_to_examples(records: Sequence[EmbeddingRecord], columns: OutputColum
 _DEFAULTS = {"num_tokens": 0, "truncated": False, "embedding": None}  # for a read without these columns
 
 
-def arrow_to_records(data, names: Sequence[str], dim: int) -> list[EmbeddingRecord]:
+def arrow_to_records(data, names: Sequence[str], dim: int,
+                     columns: Optional[OutputColumns] = None) -> list[EmbeddingRecord]:
   """A Parquet table (or a RecordBatch tfx-bsl decoded from tf.Examples) -> EmbeddingRecords with the fields
-  `names` (those the data lacks are None)."""
+  `names` (those the data lacks are None), the embedding in the form of `columns` (default float32)."""
+  columns = columns or OutputColumns()
   present = [name for name in names if name in data.schema.names]
-  fields = {name: BY_NAME[name].kind.decode(data.column(name), dim) for name in present}
+  fields = {name: columns.resolved(BY_NAME[name]).kind.decode(data.column(name), dim) for name in present}
   return [EmbeddingRecord(**{**_DEFAULTS, **{name: fields[name][i] for name in present}})
           for i in range(data.num_rows)]
 
@@ -216,22 +236,24 @@ def arrow_to_records(data, names: Sequence[str], dim: int) -> list[EmbeddingReco
 _TFMD_TYPES = {kinds.BYTES: "BYTES", kinds.INT64: "INT", kinds.FLOAT: "FLOAT"}
 
 
-def example_decoder(names: Sequence[str]):
+def example_decoder(names: Sequence[str], columns: Optional[OutputColumns] = None):
   """A tfx-bsl decoder of serialized tf.Examples to a RecordBatch with the features `names` (null when absent;
-  a feature of the wrong kind fails the decoding)."""
+  a feature of the wrong kind fails the decoding), the embedding in the form of `columns` (default float32)."""
+  columns = columns or OutputColumns()
   from tensorflow_metadata.proto.v0 import schema_pb2  # pylint: disable=import-outside-toplevel
   from tfx_bsl.coders import example_coder  # pylint: disable=import-outside-toplevel
   schema = schema_pb2.Schema()
   for name in names:
     feature = schema.feature.add(name=name)
-    feature.type = schema_pb2.FeatureType.Value(_TFMD_TYPES[BY_NAME[name].kind.feature])
+    feature.type = schema_pb2.FeatureType.Value(_TFMD_TYPES[columns.resolved(BY_NAME[name]).kind.feature])
   return example_coder.ExamplesToRecordBatchDecoder(schema.SerializeToString())
 
 
-def examples_to_records(serialized: Sequence[bytes], names: Sequence[str], dim: int,
-                        decoder=None) -> list[EmbeddingRecord]:
-  """Serialized tf.Examples -> EmbeddingRecords with the fields `names` (an omitted feature is None)."""
+def examples_to_records(serialized: Sequence[bytes], names: Sequence[str], dim: int, decoder=None,
+                        columns: Optional[OutputColumns] = None) -> list[EmbeddingRecord]:
+  """Serialized tf.Examples -> EmbeddingRecords with the fields `names` (an omitted feature is None); `decoder`
+  must be example_decoder(names, columns)."""
   if not serialized:
     return []
-  batch = (decoder or example_decoder(names)).DecodeBatch(list(serialized))
-  return arrow_to_records(batch, names, dim)
+  batch = (decoder or example_decoder(names, columns)).DecodeBatch(list(serialized))
+  return arrow_to_records(batch, names, dim, columns)

@@ -248,6 +248,8 @@ def check_values(o) -> None:
   _check_mlm(o)
   _check_long_text(o)
   _check_buckets(o.bucket_lengths)
+  if o.no_embeddings and (o.output_dtype != "float32" or o.truncate_dim is not None):
+    raise UsageError("--output-dtype and --truncate-dim shape the vectors, which --no-embeddings does not write")
 
 
 def _check_layers(o) -> None:

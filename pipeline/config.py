@@ -63,13 +63,16 @@ class JobConfig:
   drift_sample: int = DEFAULT_DRIFT_SAMPLE
   bucket_lengths: Optional[tuple[int, ...]] = buckets.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
   max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
+  output_dtype: str = "float32"  # the embedding's stored form (formats/compact.py)
+  truncate_dim: Optional[int] = None  # keep the first N dimensions (None: all)
 
   @property
   def output_columns(self) -> OutputColumns:
     """The columns of the embedding files (formats/columns.py), for every stage that writes, checks or reads them."""
     return OutputColumns(embeddings=self.embeddings, text=self.keep_text, tokens=self.emit_tokens,
                          mlm=self.mlm is not None, mlm_per_token=bool(self.mlm and self.mlm.per_token),
-                         windows=self.long_text == "chunk" and self.chunk_output == "rows")
+                         windows=self.long_text == "chunk" and self.chunk_output == "rows",
+                         dtype=self.output_dtype, truncate_dim=self.truncate_dim)
 
   @property
   def embed_config(self) -> EmbedConfig:
@@ -93,7 +96,8 @@ class JobConfig:
             "mlm_scores": self.mlm is not None, "mlm_whole_word": bool(self.mlm and self.mlm.whole_word),
             "mlm_per_token": bool(self.mlm and self.mlm.per_token), "long_text": self.long_text,
             "chunk_stride": self.chunk_stride if self.long_text == "chunk" else None,
-            "chunk_output": self.chunk_output if self.long_text == "chunk" else None}
+            "chunk_output": self.chunk_output if self.long_text == "chunk" else None,
+            "output_dtype": self.output_dtype, "truncate_dim": self.truncate_dim}
 
 
 def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:
@@ -239,6 +243,8 @@ def resolve(options: PipelineOptions) -> JobConfig:
     pooling_lib.check_layers(layers, info.num_layers)
   except ValueError as e:
     raise UsageError(str(e)) from None
+  if o.truncate_dim is not None and o.truncate_dim > info.dim:
+    raise UsageError(f"--truncate-dim {o.truncate_dim} is larger than the model's {info.dim} dimensions")
   if remote.is_remote_runner(runner) and remote.is_local_path(spec.encoder):  # --model default or hf:
     spec = remote.stage_model(spec, info.fingerprint, options.view_as(GoogleCloudOptions).temp_location, runner,
                               source=o.model or f"{o.preprocessor} {o.encoder}")
@@ -252,4 +258,4 @@ def resolve(options: PipelineOptions) -> JobConfig:
       mlm=mlm_spec, embeddings=not o.no_embeddings, long_text=o.long_text, chunk_stride=chunk_stride,
       chunk_output=o.chunk_output or "rows", on_duplicate_id=o.on_duplicate_id,
       previous=previous, drift_sample=o.drift_sample, bucket_lengths=resolve_buckets(o.bucket_lengths),
-      max_batch_tokens=o.max_batch_tokens)
+      max_batch_tokens=o.max_batch_tokens, output_dtype=o.output_dtype, truncate_dim=o.truncate_dim)

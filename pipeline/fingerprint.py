@@ -70,7 +70,7 @@ NOT_VECTOR_SHAPING: dict[str, dict[str, str]] = {
 # The fields that are fingerprint inputs, per config class: NOT_VECTOR_SHAPING and these hold every field.
 VECTOR_SHAPING: dict[str, tuple[str, ...]] = {
     "JobConfig": ("seq_length", "pooling", "normalize", "layers", "precision", "max_text_bytes", "embeddings", "mlm",
-                  "long_text", "chunk_stride", "chunk_output"),
+                  "long_text", "chunk_stride", "chunk_output", "output_dtype", "truncate_dim"),
     "MlmSpec": ("whole_word", "per_token"),
 }
 # Fields that matter only with another setting: None otherwise (--chunk-stride and --chunk-output without chunking).
@@ -79,7 +79,8 @@ APPLIES_WHEN: dict[str, dict[str, Callable[[object], bool]]] = {
                   "chunk_output": lambda cfg: cfg.long_text == "chunk"},
 }
 # What a fingerprint input absent from an older manifest means: the value of a run without that option.
-ABSENT_MEANS = {"embeddings": True, "mlm": None, "long_text": "truncate", "chunk_stride": None, "chunk_output": None}
+ABSENT_MEANS = {"embeddings": True, "mlm": None, "long_text": "truncate", "chunk_stride": None, "chunk_output": None,
+                "output_dtype": "float32", "truncate_dim": None}
 # Keys older versions recorded beside the fields above: `mlm` holds what the three mlm_* keys said, `format` is the
 # output format (output_format).
 _LEGACY_KEYS = ("mlm_scores", "mlm_whole_word", "mlm_per_token", "format")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from formats.compact import DTYPES as OUTPUT_DTYPES
 from formats.fields import INPUT_FORMATS
 from formats.output_files import OUTPUT_FORMATS
 from runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_DRIFT_SAMPLE,
@@ -129,6 +130,11 @@ class BertEmbedArguments:
                "read is dead-lettered (1 turns the check off).")
     _bool_flag(g, "keep_text", False, "Also write the text.")
     _bool_flag(g, "emit_tokens", False, "Also write token ids and the token-level sequence_output of real tokens.")
+    _flag(g, "output_dtype", choices=OUTPUT_DTYPES, default="float32",
+          help="How the embedding is stored: float32, float16, int8 (per-dimension ranges calibrated on the run's "
+               "vectors, recorded in the manifest) or binary (sign bits packed 8 per byte).")
+    _flag(g, "truncate_dim", type=positive_int, default=None,
+          help="Keep the first N dimensions of each vector (Matryoshka-style), renormalised with --normalize.")
     # Long texts.
     _flag(g, "long_text", choices=("truncate", "chunk"), default="truncate",
           help="truncate: keep the first seq_length tokens; chunk: split into overlapping windows.")

@@ -14,6 +14,7 @@ from pipeline.fingerprint import (FingerprintError, current_fingerprint_inputs, 
 from pipeline.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, normalize_prefix, parent_dir,
                                      pointer_path, previous_format)
 from pipeline.options import UsageError
+from formats import compact
 from formats.output_files import path_basename
 from transforms import incremental
 from transforms.previous_rows import ShardIdentity
@@ -107,8 +108,12 @@ def plan(cfg) -> Plan:
     raise UsageError(f"--previous {previous.requested}: cannot tell which options shaped its vectors: {e}") from None
   changes = differences(old, current)
   if changes:
+    old_options = old.get("options") or {}
     comparable = (old.get("dimension") == current.get("dimension")
-                  and all((inputs.get("options") or {}).get("embeddings", True) for inputs in (old, current)))
+                  and all((inputs.get("options") or {}).get("embeddings", True) for inputs in (old, current))
+                  # the new vectors are compared before they are compacted: the old ones must be whole float32
+                  and old_options.get("output_dtype", "float32") == "float32"
+                  and old_options.get("truncate_dim") is None)
     return full("the embedding fingerprint changed: " + "; ".join(changes), sample if comparable else 0)
   if cfg.emit_tokens and not (previous.manifest.get("options") or {}).get("emit_tokens"):
     return full("--emit-tokens needs token_ids and sequence_output, which the previous output does not have")
@@ -118,7 +123,35 @@ def plan(cfg) -> Plan:
                 f"--precision {current['options'].get('precision')} differently), so its vectors are not one snapshot")
   if current["options"].get("precision", "fp32") == "fp32" and resolved not in ([], ["fp32"]):
     return full(f"the previous output was encoded in {resolved[0]}, this run encodes in fp32")
+  if getattr(cfg, "output_dtype", "float32") == compact.INT8:
+    try:
+      previous_int8_ranges(previous.manifest, cfg.model_info.dim, cfg.truncate_dim)
+    except ValueError as e:
+      return full(f"the previous output's int8 ranges cannot be read ({e}), so its rows cannot share a quantizer "
+                  "with new ones")
   return Plan(MODE_INCREMENTAL, "", previous, fingerprint(current), current, 0, pointer)
+
+
+INT8_RANGES_KEY = "int8_ranges"
+
+
+def previous_int8_ranges(manifest: dict, dim: int, truncate_dim: Optional[int]) -> Optional[compact.Int8Ranges]:
+  """The int8 ranges a previous output's manifest records; None when it calibrated on no vector (it has no int8
+  vector to carry). Raises ValueError when they are missing or malformed."""
+  if INT8_RANGES_KEY not in manifest:
+    raise ValueError(f"its manifest has no {INT8_RANGES_KEY}")
+  recorded = manifest[INT8_RANGES_KEY]
+  if recorded is None:
+    return None
+  return compact.Int8Ranges.from_json(recorded, compact.kept_dims(dim, truncate_dim))
+
+
+def int8_ranges(p: Plan, cfg) -> Optional[compact.Int8Ranges]:
+  """The ranges an int8 run quantizes with: the previous output's when it carries rows from it, else None (the run
+  calibrates on its own vectors)."""
+  if not p.incremental or cfg.output_dtype != compact.INT8:
+    return None
+  return previous_int8_ranges(p.previous.manifest, cfg.model_info.dim, cfg.truncate_dim)
 
 
 def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dict:

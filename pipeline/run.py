@@ -26,9 +26,11 @@ from pipeline import progress
 from pipeline import remote
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
+from formats import compact
 from runtime import quiet
 from transforms.duplicate_ids import ResolveDuplicateIds
 from transforms.distinct_texts import EmbedDistinctTexts
+from transforms.compact_vectors import Calibration, CompactVectors
 from transforms.embed import EmbedTexts
 from transforms.drift import DriftCheck
 from transforms.incremental import SplitByPrevious
@@ -103,6 +105,11 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   else:
     embedded = to_encode | "EmbedTexts" >> embed
   rows = embedded.embeddings
+  compacting = cfg.embeddings and (cfg.output_dtype != compact.FLOAT32 or cfg.truncate_dim is not None)
+  carried_ranges = previous_lib.int8_ranges(plan, cfg)
+  compactor = CompactVectors(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim, cfg.normalize, carried_ranges)
+  if compacting:
+    rows = rows | "CompactVectors" >> compactor
   if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
     rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
@@ -115,7 +122,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
-                   "long_text": cfg.long_text, EMBEDDING_FINGERPRINT_KEY: plan.fingerprint}
+                   "long_text": cfg.long_text, "output_dtype": cfg.output_dtype,
+                   "truncate_dim": str(cfg.truncate_dim or cfg.model_info.dim),
+                   EMBEDDING_FINGERPRINT_KEY: plan.fingerprint}
   write_config = WriteConfig(cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
                              file_metadata=file_metadata)
   output_files = (valid | "AfterCleanUp" >> manifest_lib.After(cleared)
@@ -158,6 +167,15 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     static["incremental"] = previous_lib.manifest_section(plan)
   else:
     fields["incremental"] = split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)
+  static["vectors"] = vector_form(cfg)
+  if compactor.calibration is not None:
+    fields[previous_lib.INT8_RANGES_KEY] = compactor.calibration | "Int8RangesJson" >> beam.Map(
+        lambda c: c.to_json("this run's vectors"))
+  elif carried_ranges is not None:
+    static[previous_lib.INT8_RANGES_KEY] = Calibration(carried_ranges, 0).to_json(
+        f"the previous output {plan.previous.prefix} (kept so that its carried rows and this run's share them)")
+  elif cfg.output_dtype == compact.INT8:
+    static[previous_lib.INT8_RANGES_KEY] = None
   if embedded.precision_used is None:
     static["precision_used"] = {}
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
@@ -168,6 +186,23 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
               | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, COUNTS, kinds, checks, finalizers))
   _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
+
+
+def vector_form(cfg: JobConfig) -> Optional[dict]:
+  """The manifest's `vectors`: how the embedding is stored (None with --no-embeddings)."""
+  if not cfg.embeddings:
+    return None
+  dims = compact.kept_dims(cfg.model_info.dim, cfg.truncate_dim)
+  form = {"dtype": cfg.output_dtype, "dimensions": dims, "truncated": cfg.truncate_dim is not None,
+          "renormalized": cfg.truncate_dim is not None and cfg.normalize,
+          "stored_values": compact.stored_length(dims, cfg.output_dtype)}
+  if cfg.output_dtype == compact.INT8:
+    form["int8"] = ("code = clip(floor((value - low) / ((high - low) / 255)), 0, 255) - 128 per dimension, "
+                    "low and high in int8_ranges")
+  if cfg.output_dtype == compact.BINARY:
+    form["binary"] = ("bit = value > 0, packed 8 per byte as numpy.packbits (first dimension = high bit of byte 0), "
+                      "zero bits padding the last byte")
+  return form
 
 
 def timing(seconds: float, totals: Optional[dict], end: Optional[float] = None) -> str:

@@ -36,6 +36,7 @@ from typing import Mapping, NamedTuple, Optional, Sequence
 import apache_beam as beam
 import numpy as np
 
+from formats import compact
 from formats.column_checks import float_array_problem
 from formats.columns import OutputColumns
 from transforms.drift import sample_key
@@ -80,12 +81,13 @@ def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
 def carried_row_problem(row: EmbeddingRecord, dim: int, columns: OutputColumns, unit_norm: bool) -> Optional[str]:
   """Why a previous row, as it would be carried (text from the input), must not be written again, or None.
 
-  ValidateEmbeddings' checks for the run's columns, and the unit norm of a normalised output's vectors.
+  ValidateEmbeddings' checks for the run's columns, and the unit norm of a normalised output's vectors (in the float
+  forms; a float16 vector's length is 1 within the tolerance).
   """
   problem = row_problem(row, columns, dim)
-  if problem or not columns.embeddings:
-    return problem
-  return vector_problem(row.embedding, dim, unit_norm)
+  if problem or not columns.embeddings or not compact.is_float(columns.dtype):
+    return problem  # int8 and binary forms have no length to check
+  return vector_problem(row.embedding, compact.kept_dims(dim, columns.truncate_dim), unit_norm)
 
 
 # --------------------------------------------------------------------------------------------

@@ -111,7 +111,8 @@ def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = N
 
 
 def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
-                    identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
+                    identities: Optional[Mapping[str, ShardIdentity]] = None,
+                    columns: Optional[OutputColumns] = None) -> Iterable[object]:
   """One row group, its page checksums verified, reading only the wanted columns the file has (e.g. no window
   columns: not windowed); on any failure (also a file that is no longer the verified one) one UNREADABLE output
   and no rows."""
@@ -123,7 +124,7 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
       _check_footer(parquet, size, (identities or {}).get(path))
       present = [name for name in names if name in parquet.schema_arrow.names]
       table = parquet.read_row_group(index, columns=present)
-    rows = columns_lib.arrow_to_records(table, present, dim)
+    rows = columns_lib.arrow_to_records(table, present, dim, columns)
   except Exception as e:  # pylint: disable=broad-except  (checksum failures, undecodable pages, bad values)
     yield _unreadable(f"{path} (row group {index})", e)
     return
@@ -131,10 +132,11 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
 
 
 def _read_tfrecords(path: str, dim: int, names: Sequence[str],
-                    identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
+                    identities: Optional[Mapping[str, ShardIdentity]] = None,
+                    columns: Optional[OutputColumns] = None) -> Iterable[object]:
   """One TFRecord file, its identity verified first, then each record's length and data CRC; on any failure one
   UNREADABLE output (the verified batches before it have been emitted and are used)."""
-  decoder = columns_lib.example_decoder(names)
+  decoder = columns_lib.example_decoder(names, columns)
   try:
     verify_identity(path, (identities or {}).get(path))
     with _open(path) as f:
@@ -142,9 +144,9 @@ def _read_tfrecords(path: str, dim: int, names: Sequence[str],
       for record in verified_payloads(f):
         batch.append(record)
         if len(batch) >= TFRECORD_BATCH:
-          yield from columns_lib.examples_to_records(batch, names, dim, decoder)
+          yield from columns_lib.examples_to_records(batch, names, dim, decoder, columns)
           batch = []
-      yield from columns_lib.examples_to_records(batch, names, dim, decoder)
+      yield from columns_lib.examples_to_records(batch, names, dim, decoder, columns)
   except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
     yield _unreadable(path, e)
 
@@ -176,6 +178,7 @@ class ReadPreviousEmbeddings(beam.PTransform):
     self._format = output_format
     self._dim = dim
     self._names = tuple(dict.fromkeys(KEY_COLUMNS + columns.carried()))
+    self._columns = columns  # the embedding's form
     self._identities = None if identities is None else dict(identities)
 
   def expand(self, pbegin) -> PreviousRows:
@@ -183,13 +186,15 @@ class ReadPreviousEmbeddings(beam.PTransform):
     if self._format == "tfrecord":
       read = (files
               | "SpreadFiles" >> beam.Reshuffle()
-              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._names, self._identities)
+              | "ReadTFRecords" >> beam.FlatMap(_read_tfrecords, self._dim, self._names, self._identities,
+                                                   self._columns)
               .with_outputs(UNREADABLE, main="rows"))
       return PreviousRows(read.rows, read[UNREADABLE])
     parts = files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities).with_outputs(UNREADABLE, main="parts")
     read = (parts.parts
             | "SpreadRowGroups" >> beam.Reshuffle()
-            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names, self._identities)
+            | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names, self._identities,
+                                                 self._columns)
             .with_outputs(UNREADABLE, main="rows"))
     unreadable = (parts[UNREADABLE], read[UNREADABLE]) | "Unreadable" >> beam.Flatten()
     return PreviousRows(read.rows, unreadable)

@@ -51,7 +51,7 @@ def row_problem(rec: EmbeddingRecord, columns: OutputColumns, dim: int) -> Optio
   if not isinstance(rec, EmbeddingRecord):
     return f"not an EmbeddingRecord but {type(rec).__name__}"
   switches = _checked(rec, columns)
-  for column in COLUMNS:
+  for column in columns.table:
     if column.switch is None or column.switch in switches:
       problem = column.check(rec, dim)
       if problem:
