@@ -112,22 +112,31 @@ def _brute_force_int8(vectors):
   return low, high, codes
 
 
-_COMPACT_CASES = [("float32", 20), ("float16", 20), ("int8", 20), ("binary", 13), ("float16", None), ("int8", None)]
+_COMPACT_CASES = [("parquet", "float32", 20), ("parquet", "float16", 20), ("parquet", "int8", 20),
+                  ("parquet", "binary", 13), ("tfrecord", "float16", 20), ("tfrecord", "int8", 20),
+                  ("tfrecord", "binary", 13)]
 
 
-@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
-@pytest.mark.parametrize("dtype,truncate", _COMPACT_CASES)
+@pytest.mark.parametrize("output_format,dtype,truncate", _COMPACT_CASES)
 def test_compact_vectors_match_references(corpus, baseline, tiny_model_dir, output_format, dtype, truncate):
   tmp, _, path = corpus
   ids, full = baseline
-  extra = ["--output-dtype", dtype, "--format", output_format]
-  if truncate:
-    extra += ["--truncate-dim", str(truncate)]
+  extra = ["--output-dtype", dtype, "--format", output_format, "--truncate-dim", str(truncate)]
+  against_previous = (output_format, dtype) == ("parquet", "float16")
+  if against_previous:  # the float32 run as --previous: another fingerprint, everything encoded again
+    extra += ["--previous", str(tmp / "base" / "emb")]
   outcome = _run(tiny_model_dir, path, str(tmp / f"{dtype}-{truncate}-{output_format}" / "emb"), *extra)
+  if against_previous:
+    incremental_section = outcome.manifest["incremental"]
+    assert incremental_section["mode"] == "full"
+    assert 'output_dtype "float32" -> "float16"' in incremental_section["reason"]
+    assert "truncate_dim null -> 20" in incremental_section["reason"]
+    assert _counter(outcome, "records_encoded") == len(ids)
+    assert outcome.manifest["drift"]["mean_cosine"] > 0.999  # old float32 vectors against the new ones before compaction
   stored = _vectors(outcome, output_format, dtype)
   assert sorted(stored) == ids
   got = np.stack([stored[i] for i in ids])
-  n = truncate or DIM
+  n = truncate
   reference = _reference_truncated(full, n)
   m = outcome.manifest
   assert m["options"]["output_dtype"] == dtype and m["options"]["truncate_dim"] == truncate
@@ -176,9 +185,9 @@ def _counter(outcome, name):
   return sum(r.committed if r.committed is not None else r.attempted for r in results)
 
 
-@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
-def test_previous_with_int8_carries_rows_and_keeps_the_previous_ranges(corpus, tiny_model_dir, output_format):
+def test_previous_with_int8_carries_rows_and_keeps_the_previous_ranges(corpus, tiny_model_dir):
   tmp, records, path = corpus
+  output_format = "tfrecord"
   options = ["--output-dtype", "int8", "--truncate-dim", "24", "--format", output_format]
   first = _run(tiny_model_dir, path, str(tmp / f"prev-{output_format}" / "run1"), *options)
   second_records = dict(records)
@@ -210,17 +219,6 @@ def test_previous_with_int8_carries_rows_and_keeps_the_previous_ranges(corpus, t
   assert _counter(third, "records_encoded") == len(records)
   assert "int8_ranges" not in m3 and m3["drift"] is None
   assert all(v.dtype == np.uint8 and v.shape == (3,) for v in _vectors(third, output_format, "binary").values())
-
-
-def test_previous_with_another_truncate_dim_re_embeds(corpus, tiny_model_dir):
-  tmp, records, path = corpus
-  _run(tiny_model_dir, path, str(tmp / "trunc" / "run1"), "--output-dtype", "float16", "--truncate-dim", "16")
-  second = _run(tiny_model_dir, path, str(tmp / "trunc" / "run2"), "--output-dtype", "float16", "--truncate-dim",
-                "8", "--previous", str(tmp / "trunc" / "run1"))
-  assert second.manifest["incremental"]["mode"] == "full"
-  assert "truncate_dim 16 -> 8" in second.manifest["incremental"]["reason"]
-  assert _counter(second, "records_encoded") == len(records)
-  assert all(v.shape == (8,) for v in _vectors(second, "parquet", "float16").values())
 
 
 @pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
