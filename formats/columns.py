@@ -4,7 +4,8 @@ Each Column is named like its EmbeddingRecord field (and its Parquet column and 
 storage kind (formats/column_kinds.py), the OutputColumns switch that writes it (None: always written) and a
 check (formats/column_checks.py). From this table come the Parquet schema, the Arrow conversion for Parquet and
 tf.Example (written by tfx-bsl), the decoding of a previous output's rows, and the validation of a row
-(transforms/validate.py). Which columns a run writes is an OutputColumns value, built from the job's options
+(transforms/validate.py). The embedding's form (--output-dtype, --truncate-dim: formats/compact.py) is part of
+OutputColumns: `resolved` gives the embedding column its kind and check. Which columns a run writes is an OutputColumns value, built from the job's options
 (pipeline/config.py):
 
   switch          option                              columns
@@ -19,6 +20,9 @@ tf.Example (written by tfx-bsl), the decoding of a previous output's rows, and t
 Types that differ between the formats:
 
   column                  Parquet                          tf.Example
+  embedding               list<float32> (float16: list<    float_list; float16/int8/binary: one bytes_list
+                          halffloat>, int8: list<int8>,    value, the vector's bytes (formats/column_kinds.py)
+                          binary: list<uint8>)
   truncated               bool                             int64_list [1]
   sequence_output         list<list<float32>>              float_list [num_tokens * H], row-major
   mlm_pll                 float64, not null                float_list [1] (float32: ~7 digits kept)

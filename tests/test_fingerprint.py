@@ -71,7 +71,7 @@ def _other_values(base: JobConfig) -> dict:
       "preprocess_batch_size": 4,
       "seq_length": 64, "pooling": "mean", "normalize": True, "layers": (-1, -2), "precision": "bf16",
       "max_text_bytes": 10, "embeddings": False, "mlm": None, "long_text": "truncate", "chunk_stride": 4,
-      "chunk_output": "mean",
+      "chunk_output": "mean", "output_dtype": "int8", "truncate_dim": 16,
       "mlm.special": {"mask_id": 5}, "mlm.continuation": np.array([False, True]), "mlm.max_tokens": 1024,
       "mlm.whole_word": True, "mlm.per_token": True,
   }
