@@ -101,19 +101,20 @@ def merge_ranges(a: Optional[Int8Ranges], b: Optional[Int8Ranges]) -> Optional[I
   return Int8Ranges(np.minimum(a.low, b.low), np.maximum(a.high, b.high))
 
 
-def quantize_int8(vectors: np.ndarray, ranges: Int8Ranges) -> np.ndarray:
+def quantize_int8(vectors: np.ndarray, ranges: Int8Ranges, toward_zero: bool = False) -> np.ndarray:
   """float32 [..., dims] -> int8 codes: floor((value - low) / step) - 128 with step = (high - low) / 255.
 
-  As sentence-transformers' int8 quantization, except that a value outside its dimension's range (a query, or a
-  vector quantized with another run's ranges) is clipped to the range's end instead of wrapping around. A dimension
-  whose range is one value (step 0) maps to -128.
+  A value outside its dimension's range (a query, or a vector quantized with another run's ranges) is clipped to
+  the range's end. A dimension whose range is one value (step 0) maps to -128. `toward_zero`: round
+  (value - low) / step - 128 toward zero instead, as sentence-transformers' int8 does (its code 0 then spans the two
+  steps around the middle); the pipeline floors.
   """
   vectors = np.asarray(vectors, dtype=np.float32)
   steps = (ranges.high - ranges.low) / INT8_STEPS
   steps = np.where(steps > 0, steps, 1.0).astype(np.float32)
   with np.errstate(invalid="ignore"):
-    index = np.floor((vectors - ranges.low) / steps)
-  return (np.clip(index, 0, INT8_STEPS) - 128).astype(np.int8)
+    index = np.clip((vectors - ranges.low) / steps, 0, INT8_STEPS)
+  return (index - 128).astype(np.int8) if toward_zero else (np.floor(index) - 128).astype(np.int8)
 
 
 def dequantize_int8(codes: np.ndarray, ranges: Int8Ranges) -> np.ndarray:

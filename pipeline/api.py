@@ -12,6 +12,7 @@ from typing import NamedTuple, Optional, Sequence, Union
 
 import numpy as np
 
+from formats import compact
 from formats.fields import Rejected, is_blank, text_value
 from pipeline.progress_bar import ProgressBar
 from pipeline import model_flags
@@ -90,10 +91,12 @@ def _normalize_flag(normalize: Optional[bool], normalize_embeddings: Optional[bo
 
 
 def quantize(vectors: np.ndarray, precision: str) -> np.ndarray:
-  """float32 [N, H] -> the `precision` form, as sentence-transformers' quantization defines it.
+  """float32 [N, H] -> the `precision` form, as sentence-transformers' quantization defines it, computed by the
+  pipeline's own code for --output-dtype (formats/compact.py).
 
   int8 / uint8: each dimension's range is calibrated on `vectors` themselves (its min and max over the rows) and
-  cut into 256 steps; a value maps to the index of its step (truncated), minus 128 for int8. A dimension whose
+  cut into 255 steps; a value maps to the index of its step (0..255), for int8 minus 128 and rounded toward zero
+  as sentence-transformers does (the pipeline's int8 floors). A dimension whose
   values are all equal maps to the lowest step. binary / ubinary: the sign bits (value > 0) packed 8 to a byte,
   high bit first, so [N, ceil(H / 8)]; binary stores each byte minus 128 as int8.
   """
@@ -102,12 +105,11 @@ def quantize(vectors: np.ndarray, precision: str) -> np.ndarray:
   if precision in ("int8", "uint8"):
     if not len(vectors):
       return np.zeros(vectors.shape, np.int8 if precision == "int8" else np.uint8)
-    low, high = vectors.min(axis=0), vectors.max(axis=0)
-    steps = (high - low) / 255
-    steps = np.where(steps > 0, steps, 1.0)
-    index = (vectors - low) / steps
-    return (index - 128).astype(np.int8) if precision == "int8" else index.astype(np.uint8)
-  bits = np.packbits(vectors > 0, axis=-1)
+    ranges = compact.calibrate(vectors)
+    if precision == "int8":
+      return compact.quantize_int8(vectors, ranges, toward_zero=True)
+    return (compact.quantize_int8(vectors, ranges).astype(np.int16) + 128).astype(np.uint8)
+  bits = compact.pack_bits(vectors)
   return (bits.astype(np.int16) - 128).astype(np.int8) if precision == "binary" else bits
 
 
@@ -175,11 +177,7 @@ def embed(texts: Union[str, Sequence[str]], model: Optional[str] = "default", *,
       batch = [packed[i] for i in idx]
       out[idx] = np.stack([e.embedding for e in encode_batch(loaded.encoder, batch, config.pooling_spec)])
       bar.advance(len(idx))
-  if truncate_dim is not None:
-    out = out[:, :truncate_dim]
-    if normalize:
-      out = out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-  out = quantize(out, precision)
+  out = quantize(compact.truncate(out, truncate_dim, bool(normalize)), precision)
   return _converted(out, single, convert_to_numpy, convert_to_tensor)
 
 

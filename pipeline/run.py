@@ -197,7 +197,7 @@ def vector_form(cfg: JobConfig) -> Optional[dict]:
           "renormalized": cfg.truncate_dim is not None and cfg.normalize,
           "stored_values": compact.stored_length(dims, cfg.output_dtype)}
   if cfg.output_dtype == compact.INT8:
-    form["int8"] = ("code = clip(floor((value - low) / ((high - low) / 255)), 0, 255) - 128 per dimension, "
+    form["int8"] = ("code = floor(clip((value - low) / ((high - low) / 255), 0, 255)) - 128 per dimension, "
                     "low and high in int8_ranges")
   if cfg.output_dtype == compact.BINARY:
     form["binary"] = ("bit = value > 0, packed 8 per byte as numpy.packbits (first dimension = high bit of byte 0), "
