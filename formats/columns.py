@@ -5,8 +5,8 @@ storage kind (formats/column_kinds.py), the OutputColumns switch that writes it 
 check (formats/column_checks.py). From this table come the Parquet schema, the Arrow conversion for Parquet and
 tf.Example (written by tfx-bsl), the decoding of a previous output's rows, and the validation of a row
 (transforms/validate.py). The embedding's form (--output-dtype, --truncate-dim: formats/compact.py) is part of
-OutputColumns: `resolved` gives the embedding column its kind and check. Which columns a run writes is an OutputColumns value, built from the job's options
-(pipeline/config.py):
+OutputColumns: `resolved` gives the embedding column its kind and check. Which columns a run writes is an
+OutputColumns value, built from the job's options (pipeline/config.py):
 
   switch          option                              columns
   (always)                                            id, num_tokens, truncated, text_sha256

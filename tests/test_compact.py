@@ -132,7 +132,8 @@ def test_compact_vectors_match_references(corpus, baseline, tiny_model_dir, outp
     assert 'output_dtype "float32" -> "float16"' in incremental_section["reason"]
     assert "truncate_dim null -> 20" in incremental_section["reason"]
     assert _counter(outcome, "records_encoded") == len(ids)
-    assert outcome.manifest["drift"]["mean_cosine"] > 0.999  # old float32 vectors against the new ones before compaction
+    # the old float32 vectors against the new ones before compaction
+    assert outcome.manifest["drift"]["mean_cosine"] > 0.999
   stored = _vectors(outcome, output_format, dtype)
   assert sorted(stored) == ids
   got = np.stack([stored[i] for i in ids])
