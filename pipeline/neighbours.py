@@ -7,7 +7,8 @@ from runtime.similarity import cosine
 
 
 def load_parquet_output(files: list[str]):
-  """(ids, texts or None, float32 [N, H]) from the output Parquet files."""
+  """(ids, texts or None, float32 [N, H]) from the output Parquet files; packed sign bits (--output-dtype binary)
+  as +1/-1 per bit, int8 codes as their values."""
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
   ids, texts, vectors = [], [], []
@@ -17,7 +18,11 @@ def load_parquet_output(files: list[str]):
     ids += table.column("id").to_pylist()
     if "text" in table.column_names:
       texts += table.column("text").to_pylist()
-    vectors += table.column("embedding").to_pylist()
+    column = table.column("embedding")
+    rows = [np.asarray(v) for v in column.to_pylist()]
+    if str(column.type.value_type) == "uint8":  # binary: packed sign bits
+      rows = [np.unpackbits(np.asarray(v, dtype=np.uint8)).astype(np.float32) * 2 - 1 for v in rows]
+    vectors += rows
   return ids, (texts or None), np.asarray(vectors, dtype=np.float32).reshape(len(ids), -1)
 
 

@@ -260,3 +260,16 @@ def test_compact_rows_round_trip_through_the_column_table(output_format, dtype):
     assert "norm" in incremental.carried_row_problem(doubled, DIM, columns, unit_norm=True)
     huge = rows[0]._replace(embedding=np.full(12, 1e6, np.float32))
     assert "float16's range" in incremental.carried_row_problem(huge, DIM, columns, unit_norm=False)
+
+
+def test_show_neighbours_reads_binary_vectors_as_signs(tmp_path):
+  """--show-neighbours on a binary output compares sign vectors, not the packed bytes as numbers."""
+  from pipeline.neighbours import load_parquet_output  # pylint: disable=import-outside-toplevel
+  columns = OutputColumns(dtype="binary", truncate_dim=16)
+  packed = [np.array([0b10000000, 0b00000001], np.uint8), np.array([0b01111111, 0b11111110], np.uint8)]
+  rows = [EmbeddingRecord(f"r{i}", p, 3, False, text_sha256(f"t{i}")) for i, p in enumerate(packed)]
+  path = str(tmp_path / "b-00000-of-00001.parquet")
+  pq.write_table(columns_lib.records_to_table(rows, columns, DIM), path)
+  _, _, vectors = load_parquet_output([path])
+  first = [1.0] + [-1.0] * 14 + [1.0]
+  assert vectors.tolist() == [first, [-v for v in first]]
