@@ -250,6 +250,24 @@ def check_values(o) -> None:
   _check_buckets(o.bucket_lengths)
   if o.no_embeddings and (o.output_dtype != "float32" or o.truncate_dim is not None):
     raise UsageError("--output-dtype and --truncate-dim shape the vectors, which --no-embeddings does not write")
+  _check_vector_store(o)
+
+
+def _check_vector_store(o) -> None:
+  given = [flag for flag, value in (("--vector-store-url", o.vector_store_url),
+                                    ("--vector-collection", o.vector_collection)) if _given(value)]
+  if not o.vector_store:
+    if given:
+      raise UsageError(f"{' and '.join(given)} need(s) --vector-store qdrant|postgres")
+    return
+  missing = [flag for flag in ("--vector-store-url", "--vector-collection") if flag not in given]
+  if missing:
+    raise UsageError(f"--vector-store {o.vector_store} needs {' and '.join(missing)}")
+  if o.no_embeddings:
+    raise UsageError("--vector-store needs embeddings; --no-embeddings writes MLM scores only")
+  if o.output_dtype != "float32" or o.truncate_dim is not None:
+    raise UsageError("--vector-store writes float32 vectors of the model's dimension: it does not go with "
+                     "--output-dtype or --truncate-dim")
 
 
 def _check_layers(o) -> None:

@@ -15,6 +15,7 @@ from pipeline.manifest import manifest_path
 from pipeline import model_flags
 from pipeline import model_inspection
 from pipeline import remote
+from pipeline import vector_store as vector_store_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from runtime import buckets
 from runtime import mlm_scoring, mlm_vocab
@@ -65,6 +66,7 @@ class JobConfig:
   max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
   output_dtype: str = "float32"  # the embedding's stored form (formats/compact.py)
   truncate_dim: Optional[int] = None  # keep the first N dimensions (None: all)
+  vector_store: Optional[vector_store_lib.StoreLaunch] = None  # --vector-store, as checked at launch
 
   @property
   def output_columns(self) -> OutputColumns:
@@ -245,6 +247,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
     raise UsageError(str(e)) from None
   if o.truncate_dim is not None and o.truncate_dim > info.dim:
     raise UsageError(f"--truncate-dim {o.truncate_dim} is larger than the model's {info.dim} dimensions")
+  store = vector_store_lib.check_store(o, info.dim)  # reachable, credentials, dimension: before anything is written
   if remote.is_remote_runner(runner) and remote.is_local_path(spec.encoder):  # --model default or hf:
     spec = remote.stage_model(spec, info.fingerprint, options.view_as(GoogleCloudOptions).temp_location, runner,
                               source=o.model or f"{o.preprocessor} {o.encoder}")
@@ -258,4 +261,5 @@ def resolve(options: PipelineOptions) -> JobConfig:
       mlm=mlm_spec, embeddings=not o.no_embeddings, long_text=o.long_text, chunk_stride=chunk_stride,
       chunk_output=o.chunk_output or "rows", on_duplicate_id=o.on_duplicate_id,
       previous=previous, drift_sample=o.drift_sample, bucket_lengths=resolve_buckets(o.bucket_lengths),
-      max_batch_tokens=o.max_batch_tokens, output_dtype=o.output_dtype, truncate_dim=o.truncate_dim)
+      max_batch_tokens=o.max_batch_tokens, output_dtype=o.output_dtype, truncate_dim=o.truncate_dim,
+      vector_store=store)

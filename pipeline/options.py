@@ -12,6 +12,9 @@ from runtime.defaults import (DEFAULT_BATCH_SIZE, DEFAULT_BUCKET_SPEC, DEFAULT_D
                                  DEFAULT_PREPROCESS_BATCH_SIZE, DEFAULT_SEQ_LENGTH, DUPLICATE_ID_POLICIES)
 from runtime.pooling import POOLINGS
 from runtime.precision import PRECISIONS
+from stores import STORE_KINDS
+from stores.base import DEFAULT_BATCH_SIZE as DEFAULT_STORE_BATCH_SIZE
+from stores.base import DEFAULT_RETRIES as DEFAULT_STORE_RETRIES
 
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
@@ -161,6 +164,20 @@ class BertEmbedArguments:
     _flag(g, "drift_sample", type=non_negative_int, default=DEFAULT_DRIFT_SAMPLE,
           help="When the fingerprint changed since --previous: compare old and new vectors of this many records "
                "(cosine, in the manifest's drift). 0 turns the check off.")
+    # Vector store.
+    _flag(g, "vector_store", choices=STORE_KINDS, default=None,
+          help="Also keep a vector store equal to the output: qdrant (a server, or a local folder with Qdrant's "
+               "embedded engine) or postgres (pgvector). With --previous only new, changed and deleted records "
+               "are written; a fingerprint change rebuilds the collection and swaps it in at the end.")
+    _flag(g, "vector_store_url", default=None,
+          help="qdrant: http(s)://host:6333 (API key from $QDRANT_API_KEY) or a local folder; postgres: "
+               "postgresql://user@host:port/db (password from $PGPASSWORD or a service file, never in the URL).")
+    _flag(g, "vector_collection", default=None,
+          help="The name readers query: a Qdrant alias (over collections NAME__TAG) or a PostgreSQL table.")
+    _flag(g, "vector_store_batch_size", type=positive_int, default=DEFAULT_STORE_BATCH_SIZE,
+          help="Points per upsert or delete request.")
+    _flag(g, "vector_store_retries", type=non_negative_int, default=DEFAULT_STORE_RETRIES,
+          help="Retries of a store request that failed transiently (connection, 5xx, rate limit), with backoff.")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
           help="Largest encoder batch (RunInference max_batch_size).")

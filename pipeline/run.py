@@ -24,6 +24,7 @@ from pipeline import model_inspection
 from pipeline import previous as previous_lib
 from pipeline import progress
 from pipeline import remote
+from pipeline import vector_store as vector_store_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
 from formats import compact
@@ -110,10 +111,13 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   compactor = CompactVectors(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim, cfg.normalize, carried_ranges)
   if compacting:
     rows = rows | "CompactVectors" >> compactor
-  if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
-    rows = (rows, split.carried) | "WithCarriedOver" >> beam.Flatten()  # stage (the DirectRunner then holds all rows)
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
-  valid, invalid = checked.valid, checked.dead_letters
+  encoded_valid = valid = checked.valid
+  invalid = checked.dead_letters
+  if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
+    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns)  # stage (the
+    valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()  # DirectRunner then holds all rows)
+    invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
   # checks passed (pipeline/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
   token = uuid.uuid4().hex
@@ -180,10 +184,18 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     static["precision_used"] = {}
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
     tallies["precision_used"] = embedded.precision_used
+  count_names = COUNTS
+  if cfg.vector_store is not None:  # the store is written while the job runs; a rebuild is swapped in by Finalize
+    store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
+    counts.update(vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid, split.stale_ids,
+                                               p))
+    count_names += vector_store_lib.COUNTS
+    finalizers = (*finalizers, vector_store_lib.StoreFinalizer(store_plan))
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
   manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
                "after": cleared}
-              | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, COUNTS, kinds, checks, finalizers))
+              | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, count_names, kinds, checks,
+                                                    finalizers))
   _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
 
@@ -293,6 +305,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
           f"manifest {manifest_lib.manifest_path(cfg.output)}")
     if (incremental := previous_lib.summary_line(manifest)) is not None:
       print(incremental)
+    if (store := vector_store_lib.summary_line(manifest)) is not None:
+      print(store)
   return RunOutcome(cfg, result, manifest)
 
 

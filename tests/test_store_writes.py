@@ -1,11 +1,10 @@
-"""WriteToStore in Beam pipelines against real stores: upserts and deletes land, counts add up, a Qdrant folder is
-written by a single process even on the multi-process runner."""
+"""WriteToStore in Beam pipelines against real stores: upserts and deletes land and counts add up (the
+multi-process runner with a Qdrant folder: tests/test_vector_store_e2e.py)."""
 from __future__ import annotations
 
 import numpy as np
 import psycopg
 import pytest
-from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 import apache_beam as beam
@@ -33,8 +32,8 @@ def _seed(config: StoreConfig, records):
   store.close()
 
 
-def _run(config, rows, ids, target=None, options=None):
-  with TestPipeline(options=options) as p:
+def _run(config, rows, ids, target=None):
+  with TestPipeline() as p:
     written = (p | "Rows" >> beam.Create(rows), p | "Ids" >> beam.Create(ids)) | WriteToStore(config, target)
     assert_that(written["upserted"] | "SumU" >> beam.CombineGlobally(sum), equal_to([len(rows)]), label="Up")
     assert_that(written["deleted"] | "SumD" >> beam.CombineGlobally(sum), equal_to([len(ids)]), label="Del")
@@ -91,17 +90,6 @@ def test_postgres_sync_and_rebuild_target(pg_password):
   store.drop(store.swap_in(physical))
   store.close()
   _check(_postgres_contents(config.url, "sync_writes"), rebuilt, keep_text=False)
-
-
-def test_qdrant_folder_is_written_by_one_process_on_the_multi_process_runner(tmp_path):
-  config = StoreConfig("qdrant", str(tmp_path / "q"), "emb", batch_size=5)
-  assert config.single_writer
-  old = _records(30, seed=1)
-  _seed(config, old)
-  rows = _records(10, seed=2) + _records(25, seed=3, prefix="new")
-  options = PipelineOptions(["--direct_num_workers=2", "--direct_running_mode=multi_processing"])
-  _run(config, rows, [r.id for r in old[20:]], options=options)
-  _check(_qdrant_contents(config.url, "emb"), rows + old[10:20], keep_text=False)
 
 
 def test_store_config_fails_at_construction_on_a_bad_name():

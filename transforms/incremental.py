@@ -15,6 +15,8 @@ with parent_id) join under their parent's id, and an unchanged record carries al
 bert_embed namespace: records_new, records_changed, records_unchanged, records_deleted, records_carried_over.
 
 With drift_sample > 0 a deterministic sample of previous rows comes out for DriftCheck (transforms/drift.py).
+With carry-over, the ids of the previous rows that are not carried (their record was deleted, changed, or is
+encoded again) come out too (`stale_ids`), so that a vector store can be brought to this run's rows.
 
 Damaged previous outputs are never copied. Parquet pages are read with their CRC checksums verified, TFRecord
 records with theirs. A previous file (or a row group of one) that cannot be read, fails a checksum or does not
@@ -48,6 +50,7 @@ from transforms.names import NAMESPACE
 KINDS = ("new", "changed", "unchanged", "deleted")
 DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"
+STALE = "stale_ids"  # with carry-over: ids of previous rows not carried (their record is gone or encoded again)
 _NEW, _OLD = "new", "old"
 # A normalised vector's norm is 1 up to float32 rounding (~1e-7 per component); a damaged one is far off.
 UNIT_NORM_TOLERANCE = 1e-3
@@ -62,6 +65,7 @@ class IncrementalResult(NamedTuple):
   drift_sample: Optional[beam.PCollection]  # one list of (key, id, text_sha256, vector), or None
   unreadable: Optional[beam.PCollection] = None  # (file, reason) of each previous file part that could not be read
   # (None without a previous output)
+  stale_ids: Optional[beam.PCollection] = None  # str: with carry-over, the ids of previous rows not carried over
 
 
 def vector_problem(vector: object, dim: int, unit_norm: bool) -> Optional[str]:
@@ -152,6 +156,14 @@ class _ClassifyFn(beam.DoFn):
   def process(self, element, unreadable=()):
     _, grouped = element
     news, olds = list(grouped[_NEW]), list(grouped[_OLD])
+    carried = set()
+    yield from self._classify(news, olds, unreadable, carried)
+    if self._carry_over:  # the previous rows this run does not carry: gone, or replaced if encoded again
+      for row_id in sorted({old.id for old in olds} - carried):
+        yield beam.pvalue.TaggedOutput(STALE, row_id)
+
+  def _classify(self, news: list, olds: list, unreadable, carried: set):
+    """Yields the outputs of one id's records and previous rows; adds the ids of the carried rows to `carried`."""
     # With parts of the previous output unreadable, a record written as windows may have lost some of them there:
     # its readable windows are not carried. (A record in one row is whole or absent; absent ones count as new.)
     incomplete = bool(unreadable) and any(old.chunk_index is not None for old in olds)
@@ -173,15 +185,16 @@ class _ClassifyFn(beam.DoFn):
         yield record
       elif self._carry_over:
         yield self._count("unchanged")
-        carried = _rows_of_record(rows)
-        damage = WINDOWS_MAY_BE_MISSING if incomplete else self._damage(carried, record)
+        rows_to_carry = _rows_of_record(rows)
+        damage = WINDOWS_MAY_BE_MISSING if incomplete else self._damage(rows_to_carry, record)
         if damage:
           _LOG.warning("previous row of %r is damaged, encoding the record again: %s", record.id, damage)
           yield self._count(DAMAGED)
           yield record
           continue
         self._carried.inc()
-        for row in carried:
+        for row in rows_to_carry:
+          carried.add(row.id)
           yield beam.pvalue.TaggedOutput(CARRIED, self._carry(row, record))
       else:
         yield self._count("unchanged")
@@ -252,7 +265,7 @@ class SplitByPrevious(beam.PTransform):
     split = ({_NEW: new, _OLD: old}
              | "JoinById" >> beam.CoGroupByKey()
              | "Classify" >> beam.ParDo(classify, unreadable=beam.pvalue.AsList(read.unreadable))
-             .with_outputs(CARRIED, DAMAGED, *KINDS, main="to_encode"))
+             .with_outputs(CARRIED, DAMAGED, STALE, *KINDS, main="to_encode"))
     sample = None
     if self._drift_sample > 0:
       dim, unit_norm = self._dim, self._unit_norm
@@ -262,4 +275,5 @@ class SplitByPrevious(beam.PTransform):
                 | "SampleKeys" >> beam.Map(lambda r: (sample_key(r.id), r.id, r.text_sha256, r.embedding))
                 | "DriftSample" >> beam.combiners.Top.Of(self._drift_sample, key=lambda t: t[0], reverse=True))
     counts = {kind: split[kind] for kind in KINDS + (DAMAGED,)}
-    return IncrementalResult(split.to_encode, split[CARRIED], counts, sample, read.unreadable)
+    return IncrementalResult(split.to_encode, split[CARRIED], counts, sample, read.unreadable,
+                             split[STALE] if self._carry_over else None)
