@@ -247,7 +247,8 @@ def resolve(options: PipelineOptions) -> JobConfig:
     raise UsageError(str(e)) from None
   if o.truncate_dim is not None and o.truncate_dim > info.dim:
     raise UsageError(f"--truncate-dim {o.truncate_dim} is larger than the model's {info.dim} dimensions")
-  store = vector_store_lib.check_store(o, info.dim)  # reachable, credentials, dimension: before anything is written
+  # Reachable, credentials, dimension: before anything is written.
+  store = vector_store_lib.check_store(o, info.dim, remote.is_remote_runner(runner))
   if remote.is_remote_runner(runner) and remote.is_local_path(spec.encoder):  # --model default or hf:
     spec = remote.stage_model(spec, info.fingerprint, options.view_as(GoogleCloudOptions).temp_location, runner,
                               source=o.model or f"{o.preprocessor} {o.encoder}")

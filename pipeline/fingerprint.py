@@ -60,6 +60,8 @@ NOT_VECTOR_SHAPING: dict[str, dict[str, str]] = {
         "max_batch_tokens": _BATCHING,
         "bucket_lengths": _BATCHING + " (tests/test_batching.py compares bucketed with unbucketed vectors)",
         "preprocess_batch_size": "how many texts are tokenized per call; each text is tokenized on its own",
+        "vector_store": "where a copy of the rows goes (pipeline/vector_store.py decides on its own whether to sync "
+                        "or rebuild it)",
     },
     "MlmSpec": {
         "special": "the preprocessor's special token ids: from its vocab, which the model fingerprint covers",

@@ -56,14 +56,18 @@ class StorePlan(NamedTuple):
   tag: Optional[str] = None  # the rebuild's tag (target = NAME__TAG)
 
 
-def check_store(o, dimension: int) -> Optional[StoreLaunch]:
+def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[StoreLaunch]:
   """--vector-store at launch: reachable, credentials accepted, NAME absent or of `dimension`; raises UsageError
-  (one line). Changes nothing in the store. None without --vector-store."""
+  (one line). Changes nothing in the store. None without --vector-store. A Qdrant folder needs a local runner:
+  remote workers cannot reach this machine's folder."""
   if not o.vector_store:
     return None
   try:
     config = StoreConfig(o.vector_store, o.vector_store_url, o.vector_collection, batch_size=o.vector_store_batch_size,
                          retries=o.vector_store_retries, keep_text=o.keep_text)
+    if remote_runner and config.single_writer:
+      raise UsageError(f"--vector-store-url {o.vector_store_url}: a Qdrant folder is written by Qdrant's embedded "
+                       f"engine on this machine, which remote workers cannot reach; give a Qdrant server URL")
     store = config.make()
     try:
       state = store.check(dimension)

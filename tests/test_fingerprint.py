@@ -12,6 +12,9 @@ from pipeline import previous as previous_lib
 from pipeline.config import JobConfig
 from pipeline.model_flags import ModelSpec
 from pipeline.options import UsageError
+from pipeline.vector_store import StoreLaunch
+from stores.base import StoreState
+from transforms.store_writes import StoreConfig
 from transforms.embed_config import MlmSpec
 
 MLM = MlmSpec(special={"mask_id": 4}, whole_word=False, continuation=None, per_token=False, max_tokens=8192)
@@ -69,6 +72,7 @@ def _other_values(base: JobConfig) -> dict:
       "emit_tokens": True, "previous": latest_pointer.PreviousOutput("/r/1/emb", "/r/1/emb", {}, None),
       "drift_sample": 3, "batch_size": 8, "min_batch_size": 2, "max_batch_tokens": 99, "bucket_lengths": None,
       "preprocess_batch_size": 4,
+      "vector_store": StoreLaunch(StoreConfig("qdrant", "/q", "emb"), StoreState(False, None, None, 0)),
       "seq_length": 64, "pooling": "mean", "normalize": True, "layers": (-1, -2), "precision": "bf16",
       "max_text_bytes": 10, "embeddings": False, "mlm": None, "long_text": "truncate", "chunk_stride": 4,
       "chunk_output": "mean", "output_dtype": "int8", "truncate_dim": 16,

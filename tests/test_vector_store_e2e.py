@@ -16,11 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from pipeline import cli
 from pipeline import vector_store
+from pipeline.options import UsageError
 from pipeline.run import run
+from stores.base import StorePoint
 from stores.qdrant_store import QdrantStore, point_id
 
 SEQ = 32
@@ -273,3 +275,44 @@ def test_store_problems_fail_at_launch_in_one_line_before_anything_is_written(
   assert code == 2
   assert len(err) == 1 and err[0].startswith("bert-embed run: error: --vector-store") and expected in err[0]
   assert not output.parent.exists()  # nothing written or encoded
+
+
+def _launch_options(url, **over):
+  return types.SimpleNamespace(**{"vector_store": "qdrant", "vector_store_url": url, "vector_collection": "emb",
+                                  "vector_store_batch_size": 16, "vector_store_retries": 0, "keep_text": False,
+                                  **over})
+
+
+def test_a_qdrant_folder_is_refused_for_a_remote_runner(tmp_path):
+  with pytest.raises(UsageError, match="remote workers cannot reach"):
+    vector_store.check_store(_launch_options(str(tmp_path / "q")), 32, remote_runner=True)
+  assert not (tmp_path / "q").exists()
+
+
+def test_the_plan_rebuilds_when_the_store_is_not_what_the_previous_run_left(tmp_path):
+  folder = str(tmp_path / "q")
+  store = QdrantStore(folder, "emb")
+  store.swap_in(store.begin_rebuild(4, "a"))
+  store.upsert([StorePoint("x", np.ones(4, np.float32), {})])
+  store.close()
+  launch = vector_store.check_store(_launch_options(folder), 4)
+  section = {"kind": "qdrant", "url": folder, "collection": "emb", "physical": "emb__a"}
+
+  def plan(rows=1, **changes):
+    manifest = {"vector_store": {**section, **changes}, "counts": {"rows": rows}}
+    previous = types.SimpleNamespace(incremental=True, reason="", previous=types.SimpleNamespace(manifest=manifest))
+    return vector_store.plan_store(launch, previous, tag="t")
+
+  assert plan().mode == "incremental" and plan().target is None
+  assert plan(rows=2).mode == "rebuild" and "holds 1 points, the previous output 2 rows" in plan(rows=2).reason
+  assert "another job replaced it" in plan(physical="emb__b").reason
+  assert "did not write emb" in plan(url="/elsewhere").reason
+  assert plan(rows=2).target == "emb__t"
+  # A NAME that is a plain collection cannot be swapped: refused at launch when a rebuild is needed.
+  client = QdrantClient(path=folder)
+  client.create_collection("plain", vectors_config={"dense": models.VectorParams(size=4,
+                                                                                 distance=models.Distance.COSINE)})
+  client.close()
+  plain = vector_store.check_store(_launch_options(folder, vector_collection="plain"), 4)
+  with pytest.raises(UsageError, match="not an alias"):
+    vector_store.plan_store(plain, types.SimpleNamespace(incremental=False, reason="first", previous=None))
