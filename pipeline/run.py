@@ -114,9 +114,12 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
   encoded_valid = valid = checked.valid
   invalid = checked.dead_letters
-  if plan.previous_files is not None:  # else nothing is carried, and a Flatten would only cut the fused read-to-write
-    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns)  # stage (the
-    valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()  # DirectRunner then holds all rows)
+  # Carried rows are validated on their own, so that the rows this run encoded stay apart (a vector store upserts
+  # only those). Without a previous output nothing is carried, and a Flatten would only cut the fused read-to-write
+  # stage (the DirectRunner then holds all rows).
+  if plan.previous_files is not None:
+    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns)
+    valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
   # checks passed (pipeline/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
