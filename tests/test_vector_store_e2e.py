@@ -316,3 +316,19 @@ def test_the_plan_rebuilds_when_the_store_is_not_what_the_previous_run_left(tmp_
   plain = vector_store.check_store(_launch_options(folder, vector_collection="plain"), 4)
   with pytest.raises(UsageError, match="not an alias"):
     vector_store.plan_store(plain, types.SimpleNamespace(incremental=False, reason="first", previous=None))
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--output-dtype", "int8"], "does not go with --output-dtype"),
+    ([], "needs --vector-collection"),
+    (["--vector-collection", "emb", "--no-embeddings", "--mlm-scores"], "needs embeddings"),
+])
+def test_store_options_that_do_not_go_together_are_refused_before_anything_loads(tmp_path, capsys, extra, expected):
+  corpus = _corpus(tmp_path / "c.jsonl", {"a": "the cat sat."})
+  argv = ["run", "--model", "default", "--input", corpus, "--input-format", "jsonl", "--output", str(tmp_path / "o"),
+          "--vector-store", "qdrant", "--vector-store-url", str(tmp_path / "q"), *extra]
+  if "--vector-collection" not in extra and expected != "needs --vector-collection":
+    argv += ["--vector-collection", "emb"]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and expected in err[0]
