@@ -130,7 +130,8 @@ def test_a_record_is_written_whole_or_dead_lettered_whole(tmp_path, poisoned_mod
   (tmp_path / "in.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
   ids = {name: f"{tmp_path / 'in.txt'}:{i}" for i, name in enumerate([*texts, *copies], 1)}
   argv = ["--model", poisoned_model_dir, "--input", str(tmp_path / "in.txt"), "--seq-length", str(SEQ),
-          "--pooling", "mean", "--long-text", "chunk", "--chunk-stride", "4", "--dedupe-texts"]
+          "--pooling", "mean", "--long-text", "chunk", "--chunk-stride", "4", "--dedupe-texts",
+          "--max-dead-letter-fraction", "1"]  # half of these records are dead-lettered on purpose
   outcome = run(argv + ["--output", str(tmp_path / "rows")], test_pipeline=TestPipeline(argv=argv))
   rows = [r for f in outcome.manifest["output_files"] for r in pq.read_table(f).to_pylist()]
   pieces = {name: len(_pieces(poisoned_model_dir, text)) for name, text in texts.items()}

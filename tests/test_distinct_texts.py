@@ -36,7 +36,8 @@ def test_dedupe_encodes_each_distinct_text_once_and_matches_the_plain_run(tmp_pa
   lines += colliding
   (tmp_path / "in.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n", encoding="utf-8")
   common = ["--model", tiny_model_dir, "--input", str(tmp_path / "in.jsonl"), "--input-format", "jsonl",
-            "--seq-length", "32", "--pooling", "mean", "--on-duplicate-id", "keep"]
+            "--seq-length", "32", "--pooling", "mean", "--on-duplicate-id", "keep",
+            "--max-dead-letter-fraction", "1"]  # the blank records are dead-lettered on purpose
   plain_argv = common + ["--output", str(tmp_path / "plain")]
   plain = run(plain_argv, test_pipeline=TestPipeline(argv=plain_argv))
   dedupe_argv = common + ["--output", str(tmp_path / "dedupe"), "--dedupe-texts"]

@@ -252,8 +252,9 @@ def test_auto_picks_bf16_only_when_it_is_faster(tiny_model_dir, monkeypatch):
 def _pipeline_vectors(tmp_path, export_dir, name, extra):
   import pyarrow as pa  # pylint: disable=import-outside-toplevel
   import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
+  # The corpus holds bad records on purpose: the dead-letter check is off.
   out = run(["--model", export_dir, "--input", str(tmp_path / "in.jsonl"), "--input-format", "jsonl",
-             "--output", str(tmp_path / name / "emb"), *extra])
+             "--output", str(tmp_path / name / "emb"), "--max-dead-letter-fraction", "1", *extra])
   rows = pa.concat_tables([pq.read_table(f) for f in out.manifest["output_files"]]).to_pylist()
   return {r["id"]: np.asarray(r["embedding"], np.float32) for r in rows}, out.manifest
 

@@ -72,7 +72,8 @@ def _run_corpus(directory, input_format, files, model_dir):
         expected_ids.add(f"{path}:{number}")
   argv = ["--model", model_dir, "--input", os.path.join(directory, "part-*"), "--input-format", input_format,
           "--output", os.path.join(directory, "out", "emb"), "--seq-length", "32", "--pooling", "mean",
-          "--max-text-bytes", str(MAX_TEXT_BYTES), "--batch-size", "8"]
+          "--max-text-bytes", str(MAX_TEXT_BYTES), "--batch-size", "8",
+          "--max-dead-letter-fraction", "1"]  # generated corpora may be mostly bad records
   return run(argv, test_pipeline=TestPipeline(argv=argv)), expected_ids, non_blank, all_lines
 
 
