@@ -255,7 +255,9 @@ def check_values(o) -> None:
 
 def _check_vector_store(o) -> None:
   given = [flag for flag, value in (("--vector-store-url", o.vector_store_url),
-                                    ("--vector-collection", o.vector_collection)) if _given(value)]
+                                    ("--vector-collection", o.vector_collection),
+                                    ("--vector-store-batch-size", o.vector_store_batch_size),
+                                    ("--vector-store-retries", o.vector_store_retries)) if _given(value)]
   if not o.vector_store:
     if given:
       raise UsageError(f"{' and '.join(given)} need(s) --vector-store qdrant|postgres")

@@ -22,8 +22,8 @@ USAGE = """usage: bert-embed {run,export} ... | bert-embed --version
                     [--lower-case|--cased]
 
 `bert-embed run --help` lists the job's options."""
-INTERRUPTED = ("interrupted before the job finished; an output without its manifest is incomplete, and a rerun "
-               "replaces it")
+INTERRUPTED = ("interrupted before the job finished; the earlier output under the prefix is as it was (this run's "
+               "staged files are removed by the next run of the prefix)")
 # Beam's note of the step that raised, appended to a DoFn's exception message.
 _BEAM_STEP_NOTE = re.compile(r"\s*\[while running '[^']*'\]")
 _BEAM_STEP = re.compile(r"\[while running '([^']*)'\]")

@@ -6,10 +6,11 @@ element run once every file is written and every count gathered (pipeline/manife
 1. checks the run: read == written + dead_lettered, and dead-lettered / read <= --max-dead-letter-fraction. A failed
    check raises RunCheckError (one line), so the job fails and nothing below happens: the earlier output of the
    prefix, its manifest and LATEST stay as they were, and no manifest vouches for the failed run.
-2. deletes the prefix's earlier manifest, then moves the new shards to their final names, deleting the prefix's
+2. runs the finalizers (things that must also commit only after the checks, such as a vector store's swap to a
+   full rebuild), in order, before the prefix's files are touched: a finalizer that raises fails the job and leaves
+   the earlier output whole;
+3. deletes the prefix's earlier manifest, then moves the new shards to their final names, deleting the prefix's
    earlier shards that are not replaced (only this prefix's own files: formats/output_files.py);
-3. runs the finalizers (things that must also commit only after the checks, such as a vector store's swap to a
-   full rebuild), in order;
 4. writes the manifest, with each shard's size and SHA-256, and removes the staging directory.
 
 A run's first step (RemoveStaleStaging) removes what failed or killed runs of the same prefix left in their staging
@@ -55,17 +56,18 @@ class RunChecks:
 
 
 class CommittedRun(NamedTuple):
-  """What a finalizer is given: the run's counts and its files under their final names."""
+  """What a finalizer is given: the run's counts and its files, still under their staged names."""
   output_prefix: str
   counts: Mapping[str, int]
   files: Sequence[WrittenFile]
 
 
 class Finalizer:
-  """Something that commits with the run: after its checks passed and its files are in place, before its manifest.
+  """Something that commits with the run: after its checks passed, before its files replace the earlier output.
 
-  `commit` returns fields to add to the manifest ({} for none); it raises to fail the run (then no manifest is
-  written, and LATEST does not move). It runs on a worker: keep heavy state out of `__init__`.
+  `commit` returns fields to add to the manifest ({} for none); it raises to fail the run (then the earlier output
+  and its manifest stay as they were, and LATEST does not move). It runs on a worker: keep heavy state out of
+  `__init__`.
   """
 
   name = "finalizer"
@@ -133,16 +135,18 @@ class _FinalizeFn(beam.DoFn):
       check_run(counts, reasons, self._checks, where)
       checks = {"max_dead_letter_fraction": self._checks.max_dead_letter_fraction,
                 "dead_letter_fraction": counts["dead_lettered"] / counts["read"] if counts["read"] else 0.0}
-    manifest_path = manifest_lib.manifest_path(self._prefix)
-    if FileSystems.exists(manifest_path):  # first: a mix of old and new files is never vouched for
-      FileSystems.delete([manifest_path])
-    files = commit_files(self._prefix, self._staging_dir, facts["files"], self._kinds)
     computed = {name: facts["fields"].get(name) for name in self._field_names}
     computed.update({name: facts["tallies"].get(name, {}) for name in self._tally_names})
     if checks:
       computed["checks"] = checks
+    # The finalizers (a vector store's swap: a remote call that can fail) go before anything of the prefix is
+    # touched, so one that raises leaves the earlier output and its manifest whole.
     for finalizer in self._finalizers:
-      computed.update(finalizer.commit(CommittedRun(self._prefix, dict(counts), files)) or {})
+      computed.update(finalizer.commit(CommittedRun(self._prefix, dict(counts), tuple(facts["files"]))) or {})
+    manifest_path = manifest_lib.manifest_path(self._prefix)
+    if FileSystems.exists(manifest_path):  # first: a mix of old and new files is never vouched for
+      FileSystems.delete([manifest_path])
+    files = commit_files(self._prefix, self._staging_dir, facts["files"], self._kinds)
     manifest = manifest_lib.build_manifest(self._prefix, {**self._static_fields, **computed},
                                            [f.path for f in files], counts, shards=shard_identities(files))
     data = json.dumps(manifest, indent=2, ensure_ascii=False).encode("utf-8") + b"\n"

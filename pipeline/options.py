@@ -174,10 +174,11 @@ class BertEmbedArguments:
                "postgresql://user@host:port/db (password from $PGPASSWORD or a service file, never in the URL).")
     _flag(g, "vector_collection", default=None,
           help="The name readers query: a Qdrant alias (over collections NAME__TAG) or a PostgreSQL table.")
-    _flag(g, "vector_store_batch_size", type=positive_int, default=DEFAULT_STORE_BATCH_SIZE,
-          help="Points per upsert or delete request.")
-    _flag(g, "vector_store_retries", type=non_negative_int, default=DEFAULT_STORE_RETRIES,
-          help="Retries of a store request that failed transiently (connection, 5xx, rate limit), with backoff.")
+    _flag(g, "vector_store_batch_size", type=positive_int, default=None,
+          help=f"Points per upsert or delete request (default {DEFAULT_STORE_BATCH_SIZE}).")
+    _flag(g, "vector_store_retries", type=non_negative_int, default=None,
+          help="Retries of a store request that failed transiently (connection, 5xx, rate limit), with backoff "
+               f"(default {DEFAULT_STORE_RETRIES}).")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
           help="Largest encoder batch (RunInference max_batch_size).")

@@ -12,7 +12,7 @@ vectors). Two ways to get there, chosen at launch:
   some of them (each is idempotent, and the rerun converges).
 - rebuild: anything else (first run, fingerprint change, a store that drifted from the previous output). The job
   creates a new physical collection `NAME__TAG` as its first step, writes every row there, and the finalizer, which
-  runs only after the run's checks passed and its files are in place, moves NAME to it in one operation and drops
+  runs only after the run's checks passed and before its files replace the earlier output, moves NAME to it in one operation and drops
   the old one. A failed or killed run leaves NAME on the previous complete collection (the abandoned `NAME__TAG`
   stays until dropped by hand, see README).
 
@@ -63,8 +63,9 @@ def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[Stor
   if not o.vector_store:
     return None
   try:
-    config = StoreConfig(o.vector_store, o.vector_store_url, o.vector_collection, batch_size=o.vector_store_batch_size,
-                         retries=o.vector_store_retries, keep_text=o.keep_text)
+    given = {"batch_size": o.vector_store_batch_size, "retries": o.vector_store_retries}
+    config = StoreConfig(o.vector_store, o.vector_store_url, o.vector_collection, keep_text=o.keep_text,
+                         **{name: value for name, value in given.items() if value is not None})
     if remote_runner and config.single_writer:
       raise UsageError(f"--vector-store-url {o.vector_store_url}: a Qdrant folder is written by Qdrant's embedded "
                        f"engine on this machine, which remote workers cannot reach; give a Qdrant server URL")

@@ -253,30 +253,37 @@ def test_the_dead_letter_check_names_the_commonest_reason_class():
     finalize.check_run({"read": 10, "written": 4, "dead_lettered": 5}, reasons, finalize.RunChecks(1.0), "kept")
 
 
-def test_a_finalizer_commits_after_the_files_and_before_the_manifest(tmp_path):
-  """The hook a vector store's swap plugs into: it sees the committed files, and its fields go in the manifest;
-  with a failed check it never runs."""
+def test_a_finalizer_commits_after_the_checks_and_before_the_files_replace_the_earlier_output(tmp_path):
+  """The hook a vector store's swap plugs into: it runs only when the checks pass, before the prefix's files are
+  touched (a finalizer that raises leaves the earlier output and its manifest byte for byte), and its fields go in
+  the manifest."""
   prefix = str(tmp_path / "emb")
   seen = tmp_path / "seen.json"
 
   class Recorder(finalize.Finalizer):
     name = "recorder"
 
+    def __init__(self, fail: bool = False):
+      self._fail = fail
+
     def commit(self, committed):
       seen.write_text(json.dumps({"files": [os.path.basename(f.path) for f in committed.files],
                                   "on_disk": sorted(os.listdir(tmp_path)), "counts": dict(committed.counts)}))
+      if self._fail:
+        raise RuntimeError("the store refused the swap")
       return {"recorder": {"committed": True}}
 
-  def go(read: int):
+  def go(read: int, records: int = 3, fail: bool = False):
     p = TestPipeline()
-    staging = staging_dir(prefix, "b" * 32)
+    staging = staging_dir(prefix, ("c" if fail else "b") * 32)
     config = write.WriteConfig("parquet", DIM)
-    files = p | beam.Create(_records(3), reshuffle=False) | write.WriteEmbeddings(prefix, config, staging_dir=staging)
-    counts = {"read": p | "Read" >> beam.Create([read]), "written": p | "Written" >> beam.Create([3]),
+    files = (p | beam.Create(_records(records), reshuffle=False)
+             | write.WriteEmbeddings(prefix, config, staging_dir=staging))
+    counts = {"read": p | "Read" >> beam.Create([read]), "written": p | "Written" >> beam.Create([records]),
               "dead_lettered": p | "Dead" >> beam.Create([0])}
     _ = ({"files": files, "counts": counts}
          | finalize.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
-                             {"embeddings": write.embedding_sink(config)}, finalizers=[Recorder()]))
+                             {"embeddings": write.embedding_sink(config)}, finalizers=[Recorder(fail)]))
     p.run().wait_until_finish()
 
   with pytest.raises(finalize.RunCheckError):
@@ -284,6 +291,10 @@ def test_a_finalizer_commits_after_the_files_and_before_the_manifest(tmp_path):
   assert not seen.exists()
   go(read=3)
   record = json.loads(seen.read_text())
-  assert record["files"] == ["emb-00000-of-00001.parquet"] and record["counts"]["written"] == 3
-  assert "emb-00000-of-00001.parquet" in record["on_disk"] and "emb-manifest.json" not in record["on_disk"]
+  assert record["counts"]["written"] == 3 and len(record["files"]) == 1
+  assert "emb-00000-of-00001.parquet" not in record["on_disk"] and "emb-manifest.json" not in record["on_disk"]
   assert read_manifest(prefix)["recorder"] == {"committed": True}
+  before = {name: (tmp_path / name).read_bytes() for name in ("emb-00000-of-00001.parquet", "emb-manifest.json")}
+  with pytest.raises(Exception, match="the store refused the swap"):
+    go(read=5, records=5, fail=True)
+  assert {name: (tmp_path / name).read_bytes() for name in before} == before

@@ -332,3 +332,13 @@ def test_store_options_that_do_not_go_together_are_refused_before_anything_loads
   assert cli.main(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and expected in err[0]
+
+
+@pytest.mark.parametrize("flag", ["--vector-store-batch-size", "--vector-store-retries"])
+def test_store_tuning_without_a_store_is_refused(tmp_path, capsys, flag):
+  corpus = _corpus(tmp_path / "c.jsonl", {"a": "the cat sat."})
+  argv = ["run", "--model", "default", "--input", corpus, "--input-format", "jsonl", "--output", str(tmp_path / "o"),
+          flag, "10"]
+  assert cli.main(argv) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and f"{flag} need(s) --vector-store" in err[0]
