@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from formats import sinks
 from formats.output_files import check_output_prefix, is_scratch_dir, path_basename, staging_token
+from formats.paths import matching_paths
 from formats.records import DeadLetter
 from pipeline import manifest as manifest_lib
 from pipeline import manifest_facts
@@ -230,10 +231,6 @@ class Finalize(beam.PTransform):
 # What failed or killed runs of the prefix left.
 
 
-def _matching_files(pattern: str) -> list[str]:
-  return [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
-
-
 def stale_staging(output_prefix: str, own_token: Optional[str] = None) -> list[str]:
   """The staging directories of earlier runs of this prefix (not `own_token`'s), an earlier version's sink scratch
   directories and interrupted manifest writes: never another prefix's. Local: directories; elsewhere: their files."""
@@ -250,8 +247,8 @@ def stale_staging(output_prefix: str, own_token: Optional[str] = None) -> list[s
       stale += sorted(os.path.join(base, d) for d in os.listdir(directory)
                       if ours(d) and os.path.isdir(os.path.join(directory, d)))
     return stale
-  files = (_matching_files(FileSystems.join(base, f"bert-embed-tmp-*-{stem}", "*"))
-           + _matching_files(FileSystems.join(base, f"beam-temp-*-{stem}", "*")))
+  files = (matching_paths(FileSystems.join(base, f"bert-embed-tmp-*-{stem}", "*"))
+           + matching_paths(FileSystems.join(base, f"beam-temp-*-{stem}", "*")))
   return stale + sorted(p for p in files if ours(p.rsplit("/", 1)[0]))
 
 
@@ -265,7 +262,7 @@ def remove_stale_staging(output_prefix: str, own_token: Optional[str] = None) ->
 
 class RemoveStaleStaging(beam.PTransform):
   """The job's first step: removes what failed or killed runs of the prefix left (stale_staging). The run's writes
-  wait for it (manifest.After), so their space is free first. Output: one list of the deleted paths."""
+  wait for it (transforms/sequencing.py After), so their space is free first. Output: one list of the deleted paths."""
 
   def __init__(self, output_prefix: str, own_token: str):
     super().__init__()

@@ -15,11 +15,11 @@ import re
 import uuid
 from typing import Mapping, Optional, Sequence
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats.output_files import is_error_file, path_basename
+from formats.paths import matching_paths
 
 SCHEMA_VERSION = 1
 MANIFEST_SUFFIX = "-manifest.json"
@@ -111,32 +111,9 @@ def read_manifest(output_prefix_or_path: str) -> dict:
   return manifest
 
 
-def _matching_files(pattern: str) -> list[str]:
-  return [m.path for result in FileSystems.match([pattern]) for m in result.metadata_list]
-
-
 def stale_manifest_tmp_files(output_prefix: str) -> list[str]:
   """Leftover PREFIX-manifest.json.tmp-<uuid> files of an interrupted manifest write."""
   manifest = manifest_path(output_prefix)
   name = re.escape(path_basename(manifest) + _TMP_INFIX) + r"[0-9a-f]{32}"
-  candidates = _matching_files(manifest + _TMP_INFIX + "*")
+  candidates = matching_paths(manifest + _TMP_INFIX + "*")
   return sorted(p for p in candidates if re.fullmatch(name, path_basename(p)))
-
-
-class After(beam.PTransform):
-  """Passes its input through once `before` (a PCollection) is complete: sequences writes after a deletion.
-
-  `before` is a side input of the pass-through, so no element reaches the next step before it is computed, on
-  any runner.
-  """
-
-  def __init__(self, before):
-    super().__init__()
-    self._before = before
-
-  def expand(self, pcoll):
-    wait = beam.Map(lambda element, unused_before: element, beam.pvalue.AsList(self._before))
-    if pcoll.element_type is not None:
-      wait = wait.with_output_types(pcoll.element_type)  # the same coder as without the wait
-    return pcoll | "Wait" >> wait
-

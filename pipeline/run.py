@@ -37,6 +37,7 @@ from transforms.drift import DriftCheck
 from transforms.incremental import SplitByPrevious
 from transforms.progress_counts import CountFn
 from transforms.read import InputError, ReadTexts
+from transforms.sequencing import After
 from transforms.spread import spread_records
 from transforms.validate import ValidateEmbeddings
 from transforms.write import ERRORS_SINK, WriteConfig, WriteDeadLetters, WriteEmbeddings, embedding_sink
@@ -134,11 +135,11 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
                    EMBEDDING_FINGERPRINT_KEY: plan.fingerprint}
   write_config = WriteConfig(cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
                              file_metadata=file_metadata)
-  output_files = (valid | "AfterCleanUp" >> manifest_lib.After(cleared)
+  output_files = (valid | "AfterCleanUp" >> After(cleared)
                   | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, write_config, staging_dir=staging))
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
-  error_files = (dead | "DeadLettersAfterCleanUp" >> manifest_lib.After(cleared)
+  error_files = (dead | "DeadLettersAfterCleanUp" >> After(cleared)
                  | "WriteDeadLetters" >> WriteDeadLetters(cfg.output, staging_dir=staging))
   counts = {
       "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),

@@ -12,9 +12,9 @@ vectors). Two ways to get there, chosen at launch:
   some of them (each is idempotent, and the rerun converges).
 - rebuild: anything else (first run, fingerprint change, a store that drifted from the previous output). The job
   creates a new physical collection `NAME__TAG` as its first step, writes every row there, and the finalizer, which
-  runs only after the run's checks passed and before its files replace the earlier output, moves NAME to it in one operation and drops
-  the old one. A failed or killed run leaves NAME on the previous complete collection (the abandoned `NAME__TAG`
-  stays until dropped by hand, see README).
+  runs only after the run's checks passed and before its files replace the earlier output, moves NAME to it in one
+  operation and drops the old one. A failed or killed run leaves NAME on the previous complete collection (the
+  abandoned `NAME__TAG` stays until dropped by hand, see README).
 
 The finalizer records the `vector_store` section of the manifest (kind, URL, collection, mode and why, the physical
 collection, points held); the counts `store_upserted` and `store_deleted` say what the run wrote.
@@ -29,9 +29,9 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 
 from pipeline import finalize as finalize_lib
-from pipeline import manifest as manifest_lib
 from pipeline.options import UsageError
 from stores.base import StoreError, StoreState, rebuild_name
+from transforms.sequencing import After
 from transforms.store_writes import StoreConfig, WriteToStore
 
 MODE_SYNC = "incremental"
@@ -142,7 +142,7 @@ def write_store(plan: StorePlan, dimension: int, encoded_rows, all_rows, stale_i
     begun = (pipeline
              | "BeginStoreRebuild" >> beam.Create([None])
              | "CreateRebuild" >> beam.ParDo(_BeginRebuildFn(plan, dimension)))
-    upserts = all_rows | "AfterRebuildBegun" >> manifest_lib.After(begun)
+    upserts = all_rows | "AfterRebuildBegun" >> After(begun)
     deletes = pipeline | "NothingToDelete" >> beam.Create([])
   else:
     upserts = encoded_rows

@@ -34,6 +34,7 @@ from formats.columns import OutputColumns
 from formats.output_files import (EMBEDDINGS, ERRORS, FILE_KINDS, OUTPUT_FORMATS, check_output_prefix, is_own_file,
                                   path_basename, shard_name, staging_dir as staging_dir_path)
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
+from formats.paths import matching
 from formats.records import DeadLetter, EmbeddingRecord
 from transforms.validate import unwritable
 
@@ -233,20 +234,16 @@ class WriteStaged(beam.PTransform):
             | "WriteShards" >> beam.FlatMap(_write_shard, self._staging_dir, self._kind, self._sink))
 
 
-def _matching_files(pattern: str) -> list:
-  return [m for result in FileSystems.match([pattern]) for m in result.metadata_list]
-
-
 def own_files(output_prefix: str, kinds: Sequence[str] = FILE_KINDS) -> list[str]:
   """The files of `output_prefix` of these kinds that exist: never another prefix's, nor look-alikes."""
-  return sorted(m.path for m in _matching_files(output_prefix + "-*")
+  return sorted(m.path for m in matching(output_prefix + "-*")
                 if any(is_own_file(m.path, output_prefix, kind) for kind in kinds))
 
 
 def delete_staging_dir(staging_dir: str) -> None:
   """Deletes a staging directory and what is in it (on filesystems without directories: its files)."""
   if "://" in staging_dir:
-    files = [m.path for m in _matching_files(FileSystems.join(staging_dir, "*"))]
+    files = [m.path for m in matching(FileSystems.join(staging_dir, "*"))]
     if files:
       FileSystems.delete(files)
   elif FileSystems.exists(staging_dir):
@@ -273,14 +270,14 @@ def commit_files(output_prefix: str, staging_dir: str, written: Sequence[Written
   stale = [path for path in own_files(output_prefix, tuple(kinds)) if path_basename(path) not in targets]
   if stale:
     FileSystems.delete(stale)
-  staged = {path_basename(m.path) for m in _matching_files(FileSystems.join(staging_dir, "*"))}
+  staged = {path_basename(m.path) for m in matching(FileSystems.join(staging_dir, "*"))}
   moves = [(w.path, final) for w, final in plan if path_basename(w.path) in staged]
   if moves:
     FileSystems.rename([source for source, _ in moves], [final for _, final in moves])
   moved = {source for source, _ in moves}
   missing = [final for w, final in plan if w.path not in moved]
   if missing:  # moved by an earlier, interrupted attempt: they must be there, whole
-    sizes = {path_basename(m.path): m.size_in_bytes for m in _matching_files(output_prefix + "-*")}
+    sizes = {path_basename(m.path): m.size_in_bytes for m in matching(output_prefix + "-*")}
     for w, final in plan:
       if w.path not in moved and sizes.get(path_basename(final)) != w.size_bytes:
         raise IOError(f"staged file {w.path} is gone and {final} is not the file it was ({w.size_bytes} bytes)")
