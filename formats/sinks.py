@@ -105,10 +105,8 @@ def tfrecord_frame(data: bytes) -> bytes:
   return length + struct.pack("<I", _masked_crc32c(length)) + data + struct.pack("<I", _masked_crc32c(data))
 
 
-class TFRecordSink(OutputSink):
-  """Serialized tf.Examples -> one TFRecord file (each record with its CRCs)."""
-
-  extension = ".tfrecord"
+class _FramedSink(OutputSink):
+  """Bytes records -> one file, each record framed by `frame`."""
 
   def __init__(self):
     self._fh = None
@@ -116,27 +114,30 @@ class TFRecordSink(OutputSink):
   def open(self, fh):
     self._fh = fh
 
+  def frame(self, record: bytes) -> bytes:
+    raise NotImplementedError
+
   def write(self, record):
-    self._fh.write(tfrecord_frame(record))
+    self._fh.write(self.frame(record))
 
   def flush(self):
     self._fh.flush()
 
 
-class JsonLinesSink(OutputSink):
+class TFRecordSink(_FramedSink):
+  """Serialized tf.Examples -> one TFRecord file (each record with its CRCs)."""
+
+  extension = ".tfrecord"
+
+  def frame(self, record: bytes) -> bytes:
+    return tfrecord_frame(record)
+
+
+class JsonLinesSink(_FramedSink):
   """Dead-letter lines (UTF-8 bytes without the newline) -> one JSON-lines file."""
 
   extension = ".jsonl"
   mime_type = "application/jsonl"
 
-  def __init__(self):
-    self._fh = None
-
-  def open(self, fh):
-    self._fh = fh
-
-  def write(self, record):
-    self._fh.write(record + b"\n")
-
-  def flush(self):
-    self._fh.flush()
+  def frame(self, record: bytes) -> bytes:
+    return record + b"\n"

@@ -89,6 +89,16 @@ def check_vector(point_id: str, vector: np.ndarray, dimension: Optional[int]) ->
   return array
 
 
+def checked_point(point: StorePoint) -> tuple[np.ndarray, dict]:
+  """A point's vector (float32 [H], finite) and its payload with None values left out and integers as int; raises
+  ValueError for a payload or vector the stores do not take."""
+  check_payload(point.payload)
+  vector = check_vector(point.id, point.vector, None)
+  payload = {key: (int(value) if PAYLOAD_FIELDS[key] == "int" else value)
+             for key, value in point.payload.items() if value is not None}
+  return vector, payload
+
+
 def rebuild_name(name: str, tag: str) -> str:
   """The physical name of a rebuild of NAME: `NAME__TAG`, TAG made of [a-z0-9_]."""
   if not re.fullmatch(r"[a-z0-9_]{1,24}", tag):

@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from stores.base import (PAYLOAD_FIELDS, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
-                         check_payload, check_vector, one_line, rebuild_name)
+                         checked_point, one_line, rebuild_name)
 
 _SQL_TYPES = {"text": "text", "int": "integer"}
 _PAYLOAD_COLUMNS = [name for name in PAYLOAD_FIELDS if name != "id"]
@@ -221,12 +221,8 @@ class PostgresStore(VectorStore):
     for batch in batches(list(points), self.batch_size):
       rows = []
       for point in batch:
-        check_payload(point.payload)
-        vector = check_vector(point.id, point.vector, None)
-        rows.append([point.id, _vector_literal(vector)]
-                    + [None if point.payload.get(c) is None else
-                       (int(point.payload[c]) if PAYLOAD_FIELDS[c] == "int" else point.payload[c])
-                       for c in _PAYLOAD_COLUMNS])
+        vector, payload = checked_point(point)
+        rows.append([point.id, _vector_literal(vector)] + [payload.get(c) for c in _PAYLOAD_COLUMNS])
 
       def work(connection, rows=rows):
         with connection.cursor() as cursor:

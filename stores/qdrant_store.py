@@ -36,8 +36,8 @@ from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from stores.base import (PAYLOAD_FIELDS, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
-                         check_payload, check_vector, one_line, rebuild_name)
+from stores.base import (StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches, checked_point,
+                         one_line, rebuild_name)
 
 API_KEY_ENV = "QDRANT_API_KEY"
 VECTOR_NAME = "dense"  # Beam's QdrantWriteConfig default
@@ -259,10 +259,7 @@ class QdrantStore(VectorStore):
     for batch in batches(list(points), self.batch_size):
       structs = []
       for point in batch:
-        check_payload(point.payload)
-        vector = check_vector(point.id, point.vector, None)
-        payload = {k: (int(v) if PAYLOAD_FIELDS[k] == "int" else v)
-                   for k, v in point.payload.items() if v is not None}
+        vector, payload = checked_point(point)
         payload["id"] = point.id
         item = EmbeddableItem(content=Content(), id=point_id(point.id), metadata=payload,
                               embedding=Embedding(dense_embedding=vector.tolist()))
