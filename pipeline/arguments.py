@@ -154,6 +154,7 @@ def check_with_beam(argv: Sequence[str]) -> list[str]:
     _, unknown = parser.parse_known_args(list(argv))
     if unknown:
       raise UsageError(_unknown_message(unknown, known))
+    check_repeated(argv, parser)
 
   PipelineOptions(list(argv)).get_all_options(add_extra_args_fn=check_on)
   return known
@@ -185,16 +186,25 @@ class _Assignments(argparse.Namespace):
     super().__setattr__(name, value)
 
 
-def check_repeated(argv: Sequence[str]) -> None:
-  """Raises UsageError when a bert-embed option is given twice with different values (`--pooling cls ...
-  --pooling mean`: argparse would silently keep the last). The same value twice passes; --input is repeatable."""
-  parser = _parser()
+# Beam's options whose repeats replace each other; its other actions (append, dict union) collect their repeats.
+_REPLACING_ACTIONS = (argparse._StoreAction, argparse._StoreConstAction)  # pylint: disable=protected-access
+
+
+def check_repeated(argv: Sequence[str], parser: Optional[argparse.ArgumentParser] = None) -> None:
+  """Raises UsageError when an option is given twice with different values (`--pooling cls ... --pooling mean`:
+  argparse would silently keep the last). The same value twice passes; --input is repeatable. `parser`: Beam's,
+  with every registered options class (then only options whose repeats replace each other are checked); by
+  default bert-embed's own."""
+  own = parser is None
+  parser = _parser() if own else parser
   parser_actions = parser._actions  # pylint: disable=protected-access
   actions = [a for a in parser_actions if a.option_strings and a.dest != argparse.SUPPRESS]
   namespace = _Assignments({a.dest: a.default for a in actions})
   parser.parse_known_args(list(argv), namespace=namespace)
   for action in actions:
     if isinstance(action, argparse._AppendAction):  # pylint: disable=protected-access
+      continue
+    if not own and not isinstance(action, _REPLACING_ACTIONS):
       continue
     values = list(dict.fromkeys(repr(v) for v in namespace.assigned.get(action.dest, ())))
     if len(values) > 1:

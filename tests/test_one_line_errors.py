@@ -293,11 +293,20 @@ def test_another_prefixs_files_and_look_alikes_are_inputs_like_any_other(tmp_pat
                                                              "values ('parquet', 'tfrecord'); give it once"),
     (["--normalize", "--normalize=false"], "--normalize is given more than once, with different values (True, "
                                            "False); give it once"),
+    (["--temp_location", "/tmp/a", "--temp_location=/tmp/b"], "--temp_location is given more than once, with "
+                                                               "different values ('/tmp/a', '/tmp/b'); give it once"),
 ])
 def test_a_flag_given_twice_with_different_values_is_refused(tmp_path, capsys, flags, message):
   corpus = _corpus(tmp_path / "in.txt", 2)
   code = cli.main(["run", "--model", "m", "--input", corpus, "--output", str(tmp_path / "emb"), *flags])
   assert code == 2 and _one_line(capsys) == f"bert-embed run: error: {message}"
+
+
+def test_beam_options_that_collect_their_repeats_pass_the_check():
+  from pipeline import arguments  # pylint: disable=import-outside-toplevel
+  known = arguments.check_with_beam(["--experiments", "a", "--experiments", "b", "--temp_location", "/t",
+                                     "--temp_location", "/t", "--input", "x", "--output", "o"])
+  assert "--experiments" in known
 
 
 def test_the_same_value_twice_and_repeated_inputs_pass_the_check():
