@@ -1,0 +1,119 @@
+"""End-to-end cost of keeping a PostgreSQL + pgvector table in sync on a 2%-changed re-embedding.
+
+Builds a jsonl corpus of N real sentences (benchmarks/corpus.py) with stable ids `doc/0..`, embeds it once (v1) with
+`--vector-store postgres` into a fresh table, then makes v2 with 2% of the records touched (1% changed, 0.5% deleted,
+0.5% new) and runs v2 with `--previous` v1, each to a new prefix from the same v1: with the store (sync mode:
+upserts and deletes only what changed) and without it (output only), in interleaved order. Each run is the CLI in
+its own process (`python -m pipeline.cli run`, DirectRunner), so its wall seconds include start-up. Prints wall
+seconds per run, the ratio with/without, the manifest's store counts, and whether the table's ids equal v2's ids.
+The Qdrant folder is left out: its embedded engine commits every point on its own (bench_stores.py, RESULTS.md).
+usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 64] [--pairs 1]
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import corpus  # noqa: E402
+from benchmarks.bench_stores import postgres_server  # noqa: E402
+
+TABLE = "docs"
+
+
+def write_jsonl(path, records):
+  with open(path, "w", encoding="utf-8") as f:
+    for rid, text in records.items():
+      f.write(json.dumps({"id": rid, "text": text}) + "\n")
+
+
+def versions(num):
+  """v1 (num records) and v2: 1% changed, 0.5% deleted, 0.5% new (ids never reused)."""
+  share = num // 200
+  sentences = corpus.build(num + share)
+  v1 = {f"doc/{i}": s for i, s in enumerate(sentences[:num])}
+  v2 = dict(v1)
+  for i in range(0, 2 * share * 2, 2):  # every second id among the first 4*share: changed
+    v2[f"doc/{i}"] = v1[f"doc/{i}"] + " (revised)"
+  for i in range(1, 2 * share, 2):  # odd ids among the first 2*share: deleted
+    del v2[f"doc/{i}"]
+  for j, s in enumerate(sentences[num:]):
+    v2[f"doc/{num + j}"] = s
+  return v1, v2
+
+
+def run(args, work, input_path, output, *extra):
+  argv = [sys.executable, "-m", "pipeline.cli", "run", "--model", "default", "--input", str(input_path),
+          "--input-format", "jsonl", "--seq-length", str(args.seq_length), "--output", str(output), *extra]
+  env = dict(os.environ, PYTHONPATH=str(ROOT))
+  start = time.perf_counter()
+  done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, check=False)
+  seconds = time.perf_counter() - start
+  if done.returncode != 0:
+    raise RuntimeError(f"run failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}")
+  with open(f"{output}-manifest.json", encoding="utf-8") as f:
+    return seconds, json.load(f)
+
+
+def table_ids(url):
+  import psycopg  # pylint: disable=import-outside-toplevel
+  with psycopg.connect(url) as conn:
+    rows = conn.execute(f"SELECT id FROM {TABLE}").fetchall()
+  return [r[0] for r in rows]
+
+
+def main():
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--num", type=int, default=20000)
+  parser.add_argument("--seq-length", type=int, default=64)
+  parser.add_argument("--pairs", type=int, default=1, help="with/without pairs of v2 runs (order alternates)")
+  args = parser.parse_args()
+  work = pathlib.Path(tempfile.mkdtemp(prefix="bench-store-sync-", dir="/tmp"))
+  work.chmod(0o755)  # the server's own user (as root: pgserver) must reach its folder
+  try:
+    v1, v2 = versions(args.num)
+    write_jsonl(work / "v1.jsonl", v1)
+    write_jsonl(work / "v2.jsonl", v2)
+    (work / "pg").mkdir()
+    url, password, stop = postgres_server(work / "pg")
+    os.environ["PGPASSWORD"] = password
+    store = ["--vector-store", "postgres", "--vector-store-url", url, "--vector-collection", TABLE]
+    try:
+      print(f"corpus: v1 {len(v1)} records, v2 {len(v2)} (seq length {args.seq_length}, --model default)", flush=True)
+      seconds, manifest = run(args, work, work / "v1.jsonl", work / "v1" / "emb", *store)
+      print(f"v1 with store: {seconds:.1f} s, {manifest['counts'].get('written')} written, "
+            f"store_upserted {manifest['counts'].get('store_upserted')}", flush=True)
+      previous = ["--previous", str(work / "v1" / "emb")]
+      times = {"with": [], "without": []}
+      for pair in range(args.pairs):
+        order = ("with", "without") if pair % 2 == 0 else ("without", "with")
+        for kind in order:
+          output = work / f"v2-{kind}-{pair}" / "emb"
+          extra = previous + (store if kind == "with" else [])
+          seconds, manifest = run(args, work, work / "v2.jsonl", output, *extra)
+          times[kind].append(seconds)
+          c = manifest["counts"]
+          line = (f"v2 {kind:<7} store: {seconds:6.1f} s  new {c.get('new')} changed {c.get('changed')} "
+                  f"unchanged {c.get('unchanged')} deleted {c.get('deleted')} written {c.get('written')}")
+          if kind == "with":
+            ids = table_ids(url)
+            line += (f"  store_upserted {c.get('store_upserted')} store_deleted {c.get('store_deleted')}  "
+                     f"table rows {len(ids)}, ids equal v2's: {sorted(ids) == sorted(v2)}")
+          print(line, flush=True)
+      with_s, without_s = sum(times["with"]) / args.pairs, sum(times["without"]) / args.pairs
+      print(f"mean v2 with store {with_s:.1f} s, without {without_s:.1f} s, ratio {with_s / without_s:.3f}")
+    finally:
+      stop()
+  finally:
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+  main()
