@@ -7,7 +7,7 @@ upserts and deletes only what changed) and without it (output only), in interlea
 its own process (`python -m pipeline.cli run`, DirectRunner), so its wall seconds include start-up. Prints wall
 seconds per run, the ratio with/without, the manifest's store counts, and whether the table's ids equal v2's ids.
 The Qdrant folder is left out: its embedded engine commits every point on its own (bench_stores.py, RESULTS.md).
-usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 64] [--pairs 1]
+usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128] [--pairs 3]
 """
 import argparse
 import json
@@ -72,8 +72,8 @@ def table_ids(url):
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--num", type=int, default=20000)
-  parser.add_argument("--seq-length", type=int, default=64)
-  parser.add_argument("--pairs", type=int, default=1, help="with/without pairs of v2 runs (order alternates)")
+  parser.add_argument("--seq-length", type=int, default=128)
+  parser.add_argument("--pairs", type=int, default=3, help="with/without pairs of v2 runs (order alternates)")
   args = parser.parse_args()
   work = pathlib.Path(tempfile.mkdtemp(prefix="bench-store-sync-", dir="/tmp"))
   work.chmod(0o755)  # the server's own user (as root: pgserver) must reach its folder
