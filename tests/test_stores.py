@@ -315,6 +315,45 @@ def test_qdrant_server_url_unreachable_is_one_line_error(monkeypatch):
   assert "\n" not in message and "secret-key-value" not in message
 
 
+def test_qdrant_server_refusing_the_api_key_is_one_line_error(monkeypatch):
+  """No Qdrant server runs offline: a loopback endpoint stands in for its authentication, answering every request
+  without the right `api-key` header with 401 and Qdrant's JSON error body, as a server started with an API key
+  does. The store must say the key was refused (and where it comes from) in one line, without the key."""
+  import http.server  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+
+  seen = []
+
+  class Auth(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):  # pylint: disable=invalid-name
+      seen.append(self.headers.get("api-key"))
+      body = json.dumps({"status": {"error": "Must provide an API key or an Authorization bearer token"},
+                         "time": 0.0}).encode()
+      self.send_response(401)
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Auth)
+  thread = threading.Thread(target=server.serve_forever, daemon=True)
+  thread.start()
+  try:
+    monkeypatch.setenv("QDRANT_API_KEY", "wrong-key-value")
+    store = QdrantStore(f"http://127.0.0.1:{server.server_address[1]}", "n", retries=2)
+    with pytest.raises(StoreError, match=r"refused the API key \(401; key from \$QDRANT_API_KEY\)") as info:
+      store.check(DIM)
+  finally:
+    server.shutdown()
+    server.server_close()
+  message = str(info.value)
+  assert "\n" not in message and "wrong-key-value" not in message
+  assert seen == ["wrong-key-value"]  # the key went in the header, and a refusal is not retried
+
+
 # --- PostgreSQL ---
 
 
