@@ -158,14 +158,8 @@ def test_the_rewrite_is_thread_local_in_numbers(tiny_model_dir):
   assert not np.array_equal(seen["bf16"], exact)
 
 
-def test_a_non_finite_reduced_result_is_recomputed_in_fp32():
-  calls = []
-  state = threading.local()
-
-  def encoder(inputs):
-    calls.append(getattr(state, "reduced", False))
-    value = np.nan if getattr(state, "reduced", False) else 1.0
-    return {"pooled_output": tf.fill([2, 3], value)}
+def _bf16_runner_with_fake_scope(encoder, state: threading.local) -> precision.PrecisionRunner:
+  """A PrecisionRunner set to bf16 whose reduced-precision scope only sets `state.reduced` while it is open."""
 
   @contextlib.contextmanager
   def fake_scope():
@@ -178,6 +172,19 @@ def test_a_non_finite_reduced_result_is_recomputed_in_fp32():
   runner = precision.PrecisionRunner(encoder, "/CPU:0", "bf16", "fp32", {})
   runner.precision = "bf16"
   runner._scopes["bf16"] = fake_scope  # pylint: disable=protected-access
+  return runner
+
+
+def test_a_non_finite_reduced_result_is_recomputed_in_fp32():
+  calls = []
+  state = threading.local()
+
+  def encoder(inputs):
+    calls.append(getattr(state, "reduced", False))
+    value = np.nan if getattr(state, "reduced", False) else 1.0
+    return {"pooled_output": tf.fill([2, 3], value)}
+
+  runner = _bf16_runner_with_fake_scope(encoder, state)
   out, used = runner.call({"input_word_ids": np.zeros((2, 3), np.int32)},
                           lambda o: {"pooled_output": o["pooled_output"].numpy()})
   assert used == "fp32" and calls == [True, False]
@@ -192,17 +199,7 @@ def test_a_reduced_precision_fallback_is_logged_once_per_worker_without_a_traceb
       raise tf.errors.InvalidArgumentError(None, None, "no bf16 kernel for Erfc\n  [[{{node model/gelu}}]]")
     return {"pooled_output": tf.ones([2, 3])}
 
-  @contextlib.contextmanager
-  def fake_scope():
-    state.reduced = True
-    try:
-      yield
-    finally:
-      state.reduced = False
-
-  runner = precision.PrecisionRunner(encoder, "/CPU:0", "bf16", "fp32", {})
-  runner.precision = "bf16"
-  runner._scopes["bf16"] = fake_scope  # pylint: disable=protected-access
+  runner = _bf16_runner_with_fake_scope(encoder, state)
   with caplog.at_level("DEBUG", logger=precision.__name__):
     for _ in range(5):  # every batch falls back
       _, used = runner.call({"input_word_ids": np.zeros((2, 3), np.int32)},
