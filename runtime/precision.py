@@ -21,12 +21,12 @@ call that instantiates and optimizes the function under the rewrite), and the en
 a variable the user has set is left as it is. While such a call runs, the variables are visible to the whole
 process (another thread optimizing its own graph with TF's mixed-precision rewrite at that moment would see them).
 
-Which precisions exist on a worker: bf16 where the CPU has AMX-BF16 or AVX512_BF16 (otherwise oneDNN emulates it,
-slower than fp32); fp16 on NVIDIA GPUs. bf16 on a GPU has no TF graph rewrite (TF's CUDA rewrite only makes
-fp16), so a bf16 request on a GPU worker runs fp32 and says so. Every reduced variant is checked at load on
-probe texts: if its output is bit-identical to fp32, the rewrite did not apply on this worker, and the worker
-reports fp32. `auto` picks the fastest variant whose probe vectors are within cosine 0.999 of fp32 (and that is
-at least 10% faster; otherwise fp32).
+Which precisions exist on a worker: bf16 where oneDNN has native bf16 kernels under its ISA cap, fp16 on a GPU
+TF sees (runtime/precision_support.py decides before the first reduced-precision call: oneDNN aborts the process
+where it cannot build a kernel). bf16 on a GPU has no TF graph rewrite (TF's CUDA rewrite only makes fp16), so a
+bf16 request on a GPU worker runs fp32 and says so. Every reduced variant is checked at load on probe texts: if its
+output is bit-identical to fp32, the rewrite did not apply on this worker, and the worker reports fp32. `auto`
+picks the fastest variant whose probe vectors are within cosine 0.999 of fp32 (and at least 10% faster; else fp32).
 
 Reduced precision never changes which records succeed: a batch whose reduced-precision output is not finite is
 encoded again in fp32 (see `PrecisionRunner.call`).
@@ -43,6 +43,8 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from runtime import precision_support
+from runtime.precision_support import rewrite_name  # noqa: F401  (part of this module's interface)
 from runtime.similarity import cosine
 
 _LOG = logging.getLogger(__name__)
@@ -73,42 +75,34 @@ PROBE_TEXTS = (
 
 
 def cpu_flags() -> set[str]:
-  """The CPU feature flags of /proc/cpuinfo (empty where it does not exist)."""
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-      for line in f:
-        if line.startswith("flags"):
-          return set(line.split(":", 1)[1].split())
-  except OSError:
-    pass
-  return set()
+  return precision_support.cpu_flags()
 
 
 def cpu_has_bf16(flags: Optional[set[str]] = None) -> bool:
-  flags = cpu_flags() if flags is None else flags
-  return bool({"amx_bf16", "avx512_bf16"} & flags)
+  return precision_support.cpu_has_bf16(cpu_flags() if flags is None else flags)
+
+
+def blocker(precision: str, device: str, flags: Optional[set[str]] = None) -> Optional[str]:
+  """Why `precision` must not be called on `device` of this worker (runtime/precision_support.py), or None."""
+  gpus = 0
+  if precision == "fp16" and "GPU" in device.upper():
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    gpus = len(tf.config.list_physical_devices("GPU"))
+  return precision_support.blocker(precision, device, cpu_flags() if flags is None else flags, gpu_count=gpus)
 
 
 def available(device: str, flags: Optional[set[str]] = None) -> tuple[str, ...]:
   """Reduced precisions this worker can run fast on `device` ('/CPU:0' or '/GPU:0'), fastest-first guess."""
   if "GPU" in device.upper():
     return ("fp16",)
-  return ("bf16",) if cpu_has_bf16(flags) else ()
+  return () if blocker("bf16", device, flags) else ("bf16",)
 
 
 def needs_probe(requested: str, device: str, flags: Optional[set[str]] = None) -> bool:
-  """Whether resolving `requested` on `device` encodes probe texts (fp32, and auto without candidates, do not)."""
-  return requested != "fp32" and (requested != "auto" or bool(available(device, flags)))
-
-
-def rewrite_name(precision: str, device: str) -> Optional[str]:
-  """The grappler rewrite that makes `precision` on `device`, or None when there is none."""
-  on_gpu = "GPU" in device.upper()
-  if precision == "bf16" and not on_gpu:
-    return "auto_mixed_precision_onednn_bfloat16"
-  if precision == "fp16" and on_gpu:
-    return "auto_mixed_precision"
-  return None
+  """Whether resolving `requested` on `device` encodes probe texts (only when it may call a reduced precision)."""
+  if requested == "auto":
+    return bool(available(device, flags))
+  return requested != "fp32" and blocker(requested, device, flags) is None
 
 
 _LIST_NAMES = tuple(_LIST_ENV + suffix for suffix in ("DENYLIST_ADD", "INFERLIST_REMOVE", "CLEARLIST_REMOVE"))
@@ -266,11 +260,16 @@ def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], 
     return PrecisionRunner(encoder, device, requested, "fp32", report)
   if candidates is None:
     candidates = available(device, flags) if requested == "auto" else (requested,)
-  if requested == "auto" and not candidates:  # nothing faster here (e.g. an AVX2-only CPU): no probe to pay for
-    report["resolved"] = "fp32"
-    report["skipped"] = f"no faster precision on {device} of this worker"
-    _LOG.info("encoder precision: %s", report)
-    return PrecisionRunner(encoder, device, requested, "fp32", report)
+  for precision in candidates:  # before any reduced-precision call: oneDNN aborts the process where it cannot run
+    why = blocker(precision, device, flags)
+    if why:
+      report["candidates"][precision] = {"skipped": why}
+  candidates = [precision for precision in candidates if precision not in report["candidates"]]
+  if not candidates:  # nothing to try here (e.g. an AVX2-only CPU): no probe to pay for
+    if requested == "auto":
+      why = "" if "GPU" in device.upper() else f" (bf16: {blocker('bf16', device, flags)})"
+      report["skipped"] = f"no faster precision on {device} of this worker{why}"
+    return _resolved(encoder, device, requested, "fp32", report)
   fetch = _pooled
   base = PrecisionRunner(encoder, device, "fp32", "fp32", {})
   reference = base.call(probe_inputs, fetch)[0]["pooled_output"]
@@ -278,9 +277,6 @@ def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], 
   chosen = "fp32"
   for precision in candidates:
     entry = report["candidates"].setdefault(precision, {})
-    if rewrite_name(precision, device) is None:
-      entry["skipped"] = f"no {precision} rewrite on {device}"
-      continue
     runner = PrecisionRunner(encoder, device, precision, precision, {})
     try:
       out = runner._run(precision, probe_inputs, fetch)["pooled_output"]  # pylint: disable=protected-access
@@ -310,8 +306,12 @@ def resolve(encoder, device: str, requested: str, probe_inputs: Optional[dict], 
     best = timings[chosen] if chosen != "fp32" else timings["fp32"] / AUTO_MIN_SPEEDUP
     if timings[precision] < best:
       chosen = precision
+  return _resolved(encoder, device, requested, chosen, report)
+
+
+def _resolved(encoder, device: str, requested: str, chosen: str, report: dict) -> PrecisionRunner:
   report["resolved"] = chosen
-  if requested != "auto" and chosen != requested:
+  if requested != "auto" and chosen != requested:  # one line: the promised fallback, and why
     _LOG.warning("--precision %s is not available on this worker (%s): encoding in fp32", requested,
                  report["candidates"].get(requested, {}).get("skipped"))
   _LOG.info("encoder precision: %s", report)
