@@ -11,10 +11,11 @@ import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 from pipeline.run import run
 from runtime import precision
 
-# Whether TF's bf16 rewrite changes anything depends on the CPU (it does nothing without AVX512_BF16 or AMX). The
-# tests below assert the contract on every CPU: bf16 where this worker runs it, else fp32 with the reason, and
-# vectors within cosine 0.999 of fp32 either way.
-HAS_BF16 = precision.cpu_has_bf16()
+# Whether bf16 runs depends on the CPU (AVX512_BF16 or AMX) and on oneDNN's ISA cap. The tests below assert the
+# contract on every CPU: bf16 where this worker runs it, else fp32 with the reason, and vectors within cosine 0.999
+# of fp32 either way.
+BF16_BLOCKER = precision.blocker("bf16", "/CPU:0")
+HAS_BF16 = BF16_BLOCKER is None
 
 
 SENTENCES = [
@@ -87,9 +88,9 @@ def test_bf16_is_within_cosine_0999_of_fp32_and_leaves_fp32_exact(request, model
   if HAS_BF16:
     assert runner.precision == "bf16", runner.report
     assert not np.array_equal(reduced["pooled"], before)  # the rewrite really ran
-  else:  # TF's rewrite leaves the graph alone here: fp32, and the report says why
+  else:  # no bf16 call at all here: fp32, and the report says why
     assert runner.precision == "fp32", runner.report
-    assert "did not change" in runner.report["candidates"]["bf16"]["skipped"]
+    assert runner.report["candidates"]["bf16"]["skipped"] == BF16_BLOCKER
     np.testing.assert_array_equal(reduced["pooled"], before)
   texts = len(precision.PROBE_TEXTS)  # the probe's first rows are its distinct texts (then repeated)
   mask = probe["input_mask"]
