@@ -28,7 +28,13 @@ SENTENCES = [
 ]
 
 
-def test_hardware_detection_from_cpu_flags():
+def _no_isa_cap(monkeypatch):
+  for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # with a cap (tests/test_precision_guard.py)
+    monkeypatch.delenv(name, raising=False)
+
+
+def test_hardware_detection_from_cpu_flags(monkeypatch):
+  _no_isa_cap(monkeypatch)
   assert precision.cpu_has_bf16({"avx512f", "avx512_bf16"})
   assert precision.cpu_has_bf16({"amx_bf16", "amx_tile"})
   assert not precision.cpu_has_bf16({"avx512f", "avx2"})
@@ -228,6 +234,7 @@ def test_auto_on_a_cpu_without_bf16_is_fp32(tiny_model_dir):
 def test_auto_picks_bf16_only_when_it_is_faster(tiny_model_dir, monkeypatch):
   """The decision alone, on every CPU: the bf16 variant's output is the fp32 one nudged (as the rewrite would
   change it), its timing is given, and flags say the CPU has bf16."""
+  _no_isa_cap(monkeypatch)
   enc, probe = _loaded(tiny_model_dir, 32)
   real_run = precision.PrecisionRunner._run  # pylint: disable=protected-access
 

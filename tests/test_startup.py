@@ -108,7 +108,10 @@ def test_every_variable_of_a_saved_model_without_a_variables_list_is_found(tmp_p
   assert found == sorted(np.asarray(v.numpy()).ravel().tolist() for v in root.variables) == [[1.0, 2.0], [3.0], [4.0]]
 
 
-def test_auto_precision_without_a_faster_candidate_encodes_no_probe():
+def test_auto_precision_without_a_faster_candidate_encodes_no_probe(monkeypatch):
+  for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):  # no oneDNN ISA cap (tests/test_precision_guard.py)
+    monkeypatch.delenv(name, raising=False)
+
   def encoder(_):
     raise AssertionError("the probe ran")
 
@@ -116,7 +119,8 @@ def test_auto_precision_without_a_faster_candidate_encodes_no_probe():
   assert runner.precision == "fp32" and runner.report["resolved"] == "fp32"
   assert not precision.needs_probe("auto", "/CPU:0", {"avx2"})
   assert precision.needs_probe("auto", "/CPU:0", {"avx512_bf16"})
-  assert precision.needs_probe("bf16", "/CPU:0", {"avx2"}) and not precision.needs_probe("fp32", "/GPU:0")
+  assert precision.needs_probe("bf16", "/CPU:0", {"avx512_bf16"}) and not precision.needs_probe("fp32", "/GPU:0")
+  assert not precision.needs_probe("bf16", "/CPU:0", {"avx2"})  # decided without a bf16 call
 
 
 def test_noise_lines_are_dropped_and_the_rest_kept():
