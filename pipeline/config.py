@@ -25,7 +25,7 @@ from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
 from formats.output_files import (check_output_prefix, is_error_file, is_output_file, is_scratch_dir,
                                   path_basename, staging_token)
-from transforms.read import InputError, match_inputs
+from transforms.read import InputError, file_identity, match_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -188,13 +188,56 @@ def writes_file(path: str, output: str, pointer: str) -> bool:
       or name.startswith(manifest + ".tmp-"))
 
 
+def _is_local(path: str) -> bool:
+  return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def _own_files(output: str, pointer: str) -> dict:
+  """The local files the run writes that exist now (its shards, dead letters, manifest, LATEST, their temporary
+  names, its staging folders' files), keyed by device and inode."""
+  found = {}
+  for directory in {os.path.dirname(_local_path(p)) for p in (output, pointer) if _is_local(p)}:
+    try:
+      entries = list(os.scandir(directory))
+    except OSError:
+      continue
+    for entry in entries:
+      if entry.is_symlink():  # replacing or deleting it leaves what it links to alone
+        continue
+      if entry.is_dir() and (staging_token(entry.path, output) is not None or is_scratch_dir(entry.path, output)):
+        paths = [os.path.join(top, name) for top, _, names in os.walk(entry.path) for name in names]
+      else:
+        paths = [entry.path] if writes_file(entry.path, output, pointer) else []
+      for path in paths:
+        identity = file_identity(path)
+        if isinstance(identity, tuple):
+          found.setdefault(identity, path)
+  return found
+
+
 def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: str) -> None:
   """Raises UsageError when an input is a file the run writes: a glob such as `dir/*` with `--output dir/emb`
-  would read the run's earlier output as input."""
+  would read the run's earlier output as input. A local input is compared by its name, by the name it links to
+  (a symlink) and by its device and inode (a hard link), so that no other name reaches the run's own files."""
+  own = None
   for path in inputs:
-    if writes_file(path, output, pointer):
-      raise UsageError(f"--input matches {path}, a file this run writes (--output {output}, pointer {pointer}): "
-                       "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
+    target = path
+    if not writes_file(path, output, pointer) and _is_local(path):
+      real = os.path.realpath(_local_path(path))
+      if writes_file(real, output, pointer):
+        target = real
+      else:
+        own = _own_files(output, pointer) if own is None else own
+        target = own.get(file_identity(path))
+        if target is None:
+          continue
+    link = "," if target == path else f", a link to {target},"
+    raise UsageError(f"--input matches {path}{link} a file this run writes (--output {output}, pointer {pointer}): "
+                     "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
 
 
 def max_positions(encoder: str) -> Optional[int]:
