@@ -103,17 +103,16 @@ class JobConfig:
 
 
 def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:
-  """The pooling and normalisation to use: explicit choices win; else the model's export recommendation.
+  """The pooling and normalisation to use: each explicit choice wins; else the model's export recommendation.
 
-  Without --pooling, the recommended pooling comes with its recommended normalisation (so the default model gives
-  sentence-transformers' vectors); --normalize=true|false still overrides the latter.
+  Each follows the recommendation on its own (so the default model gives sentence-transformers' vectors, also with
+  --pooling mean given, and L2-normalises after any pooling, as sentence-transformers' Normalize module does);
+  --normalize=false turns the normalisation off.
   """
   metadata = metadata or {}
   if pooling is None:
     pooling = metadata.get("recommended_pooling") or "pooled"
-    recommended = bool(metadata.get("recommended_normalize"))
-    return pooling, recommended if normalize is None else bool(normalize)
-  return pooling, bool(normalize)
+  return pooling, bool(metadata.get("recommended_normalize")) if normalize is None else bool(normalize)
 
 
 def resolve_mlm(o: BertEmbedOptions, spec: model_flags.ModelSpec) -> Optional[MlmSpec]:
