@@ -25,7 +25,7 @@ from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
 from transforms.embed_config import EmbedConfig, MlmSpec
 from formats.output_files import (check_output_prefix, is_error_file, is_output_file, is_scratch_dir,
                                   path_basename, staging_token)
-from transforms.read import InputError, match_inputs
+from transforms.read import InputError, file_identity, match_inputs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,17 +103,16 @@ class JobConfig:
 
 
 def resolve_pooling(metadata: Optional[dict], pooling: Optional[str], normalize: Optional[bool]) -> tuple[str, bool]:
-  """The pooling and normalisation to use: explicit choices win; else the model's export recommendation.
+  """The pooling and normalisation to use: each explicit choice wins; else the model's export recommendation.
 
-  Without --pooling, the recommended pooling comes with its recommended normalisation (so the default model gives
-  sentence-transformers' vectors); --normalize=true|false still overrides the latter.
+  Each follows the recommendation on its own (so the default model gives sentence-transformers' vectors, also with
+  --pooling mean given, and L2-normalises after any pooling, as sentence-transformers' Normalize module does);
+  --normalize=false turns the normalisation off.
   """
   metadata = metadata or {}
   if pooling is None:
     pooling = metadata.get("recommended_pooling") or "pooled"
-    recommended = bool(metadata.get("recommended_normalize"))
-    return pooling, recommended if normalize is None else bool(normalize)
-  return pooling, bool(normalize)
+  return pooling, bool(metadata.get("recommended_normalize")) if normalize is None else bool(normalize)
 
 
 def resolve_mlm(o: BertEmbedOptions, spec: model_flags.ModelSpec) -> Optional[MlmSpec]:
@@ -188,13 +187,56 @@ def writes_file(path: str, output: str, pointer: str) -> bool:
       or name.startswith(manifest + ".tmp-"))
 
 
+def _is_local(path: str) -> bool:
+  return "://" not in path or path.startswith("file://")
+
+
+def _local_path(path: str) -> str:
+  return os.path.abspath(os.path.expanduser(path.removeprefix("file://")))
+
+
+def _own_files(output: str, pointer: str) -> dict:
+  """The local files the run writes that exist now (its shards, dead letters, manifest, LATEST, their temporary
+  names, its staging folders' files), keyed by device and inode."""
+  found = {}
+  for directory in {os.path.dirname(_local_path(p)) for p in (output, pointer) if _is_local(p)}:
+    try:
+      entries = list(os.scandir(directory))
+    except OSError:
+      continue
+    for entry in entries:
+      if entry.is_symlink():  # replacing or deleting it leaves what it links to alone
+        continue
+      if entry.is_dir() and (staging_token(entry.path, output) is not None or is_scratch_dir(entry.path, output)):
+        paths = [os.path.join(top, name) for top, _, names in os.walk(entry.path) for name in names]
+      else:
+        paths = [entry.path] if writes_file(entry.path, output, pointer) else []
+      for path in paths:
+        identity = file_identity(path)
+        if isinstance(identity, tuple):
+          found.setdefault(identity, path)
+  return found
+
+
 def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: str) -> None:
   """Raises UsageError when an input is a file the run writes: a glob such as `dir/*` with `--output dir/emb`
-  would read the run's earlier output as input."""
+  would read the run's earlier output as input. A local input is compared by its name, by the name it links to
+  (a symlink) and by its device and inode (a hard link), so that no other name reaches the run's own files."""
+  own = None
   for path in inputs:
-    if writes_file(path, output, pointer):
-      raise UsageError(f"--input matches {path}, a file this run writes (--output {output}, pointer {pointer}): "
-                       "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
+    target = path
+    if not writes_file(path, output, pointer) and _is_local(path):
+      real = os.path.realpath(_local_path(path))
+      if writes_file(real, output, pointer):
+        target = real
+      else:
+        own = _own_files(output, pointer) if own is None else own
+        target = own.get(file_identity(path))
+        if target is None:
+          continue
+    link = "," if target == path else f", a link to {target},"
+    raise UsageError(f"--input matches {path}{link} a file this run writes (--output {output}, pointer {pointer}): "
+                     "narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
 
 
 def max_positions(encoder: str) -> Optional[int]:

@@ -16,7 +16,7 @@ from pipeline.model_fingerprint import semantic_metadata
 from pipeline.model_flags import ModelSpec
 
 _LOG = logging.getLogger(__name__)
-FINGERPRINT_CACHE_FORMAT = 1  # bump when model_fingerprint.model_fingerprint changes, so cached values are recomputed
+FINGERPRINT_CACHE_FORMAT = 2  # bump when model_fingerprint.model_fingerprint changes, so cached values are recomputed
 
 
 def _file_stats(root: str) -> Optional[list]:

@@ -115,7 +115,7 @@ class BertEmbedArguments:
           help="Packed sequence length ([CLS]/[SEP] included).")
     _flag(g, "pooling", choices=POOLINGS, default=None,
           help="pooled | cls | mean. Default: the model's recommended pooling from its export metadata, else pooled.")
-    _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation with its pooling).")
+    _bool_flag(g, "normalize", None, "L2-normalise vectors (default: the model's recommendation, with any pooling).")
     _flag(g, "layers", default=None,
           help="Comma-separated encoder layers (negative from the end) averaged before cls/mean pooling.")
     _flag(g, "precision", choices=PRECISIONS, default="fp32",

@@ -68,6 +68,8 @@ def test_embed_defaults_to_the_models_recommended_pooling(tmp_path, tiny_model_d
   recommending = _with_recommendation(tmp_path, tiny_model_dir, "mean", True)
   default = embed(TEXTS[:2], recommending)
   np.testing.assert_allclose(default, embed(TEXTS[:2], recommending, pooling="mean", normalize=True), atol=1e-6)
+  # the recommended pooling given explicitly gives the same vectors as leaving it out: normalised
+  np.testing.assert_allclose(default, embed(TEXTS[:2], recommending, pooling="mean"), atol=1e-6)
   assert not np.allclose(default, embed(TEXTS[:2], recommending, pooling="pooled", normalize=False), atol=1e-3)
   np.testing.assert_allclose(np.linalg.norm(default, axis=1), 1.0, atol=1e-5)
   # an explicit --normalize still overrides the recommended one

@@ -16,6 +16,7 @@ import apache_beam as beam
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from formats.columns import OutputColumns
@@ -112,12 +113,19 @@ def test_all_garbage_input_fails_in_one_line_and_keeps_the_earlier_output(tiny_m
   assert (other / "embeddings-x.parquet").read_bytes() == b"another run's staged shard"
 
 
-def test_a_few_bad_lines_in_a_corpus_still_succeed(tiny_model_dir, tmp_path):
-  outcome = _run(tiny_model_dir, _corpus(tmp_path / "in.jsonl", 297, bad=3), str(tmp_path / "out" / "emb"))
+def test_a_few_bad_lines_in_a_corpus_still_succeed_up_to_exactly_the_default_fraction(tiny_model_dir, tmp_path):
+  """--max-dead-letter-fraction 0.1 (the default): 10 of 100 records dead-lettered is committed, 11 of 100 is not."""
+  out = tmp_path / "out"
+  outcome = _run(tiny_model_dir, _corpus(tmp_path / "in.jsonl", 90, bad=10), str(out / "emb"))
   c = outcome.manifest["counts"]
-  assert (c["read"], c["written"], c["dead_lettered"]) == (300, 297, 3)
-  assert outcome.manifest["checks"] == {"max_dead_letter_fraction": 0.1, "dead_letter_fraction": 0.01}
-  assert _staging_dirs(tmp_path / "out") == []
+  assert (c["read"], c["written"], c["dead_lettered"]) == (100, 90, 10)
+  assert outcome.manifest["checks"] == {"max_dead_letter_fraction": 0.1, "dead_letter_fraction": 0.1}
+  assert _staging_dirs(out) == []
+  before = _snapshot(out)
+  with pytest.raises(finalize.RunCheckError, match=r"^11 of 100 records dead-lettered \(11\.0%\), above "
+                                                   r"--max-dead-letter-fraction 0\.1; "):
+    _run(tiny_model_dir, _corpus(tmp_path / "eleven.jsonl", 89, bad=11), str(out / "emb"))
+  assert _snapshot(out) == before
 
 
 def test_a_run_that_fails_after_writing_leaves_the_previous_run_byte_identical(tiny_model_dir, tmp_path):
@@ -298,3 +306,75 @@ def test_a_finalizer_commits_after_the_checks_and_before_the_files_replace_the_e
   with pytest.raises(Exception, match="the store refused the swap"):
     go(read=5, records=5, fail=True)
   assert {name: (tmp_path / name).read_bytes() for name in before} == before
+
+
+def test_a_commit_killed_between_any_two_of_its_steps_leaves_no_manifest_vouching_for_other_files(tmp_path,
+                                                                                                  monkeypatch):
+  """The commit is killed before each of its file operations in turn (from the Finalize step on: deletes and
+  renames), each time over the same earlier output of 2 shards, the new run having 3. What a kill leaves has either
+  no manifest, or a manifest listing exactly the prefix's shards on disk, each with its size and SHA-256: the old
+  manifest is gone before any old shard is deleted or replaced."""
+  out = tmp_path / "out"
+  prefix, baseline = str(out / "emb"), tmp_path / "baseline"
+  state = {"armed": False, "ops": 0, "kill_at": None}
+
+  def go(records: int, shards: int):
+    p = TestPipeline()
+    staging = staging_dir(prefix, "d" * 32)
+    config = write.WriteConfig("parquet", DIM, num_shards=shards, batch_bytes=1)
+    files = (p | beam.Create(_records(records), reshuffle=False)
+             | write.WriteEmbeddings(prefix, config, staging_dir=staging))
+    counts = {name: p | name >> beam.Create([n]) for name, n in (("read", records), ("written", records),
+                                                                  ("dead_lettered", 0))}
+    _ = ({"files": files, "counts": counts}
+         | finalize.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
+                             {"embeddings": write.embedding_sink(config)}))
+    p.run().wait_until_finish()
+
+  def killable(real):
+    def operation(*args, **kwargs):
+      if state["armed"]:
+        if state["kill_at"] is not None and state["ops"] >= state["kill_at"]:
+          raise OSError("killed here")  # and at every later operation: the process is gone
+        state["ops"] += 1
+      return real(*args, **kwargs)
+    return operation
+
+  real_process = finalize._FinalizeFn.process  # pylint: disable=protected-access
+
+  def process(self, facts, *after):
+    state["armed"] = True
+    yield from real_process(self, facts, *after)
+
+  def vouched() -> list:
+    """The shards the manifest vouches for ([] without a manifest), asserted to be exactly the prefix's, whole."""
+    on_disk = sorted(p.name for p in out.glob("emb-0000?-of-0000?.parquet"))
+    if not (out / "emb-manifest.json").exists():
+      return []
+    shards = read_manifest(prefix)["shards"]
+    assert sorted(shards) == on_disk, state
+    for name, identity in shards.items():
+      data = (out / name).read_bytes()
+      assert (len(data), hashlib.sha256(data).hexdigest()) == (identity["size_bytes"], identity["sha256"]), state
+    return sorted(shards)
+
+  go(records=10, shards=2)
+  shutil.copytree(out, baseline)
+  monkeypatch.setattr(FileSystems, "delete", killable(FileSystems.delete))
+  monkeypatch.setattr(FileSystems, "rename", killable(FileSystems.rename))
+  monkeypatch.setattr(finalize._FinalizeFn, "process", process)  # pylint: disable=protected-access
+  left = []
+  for kill_at in range(10):
+    shutil.rmtree(out)
+    shutil.copytree(baseline, out)
+    state.update(armed=False, ops=0, kill_at=kill_at)
+    try:
+      go(records=15, shards=3)
+    except Exception as e:  # pylint: disable=broad-except
+      assert "killed here" in str(e), e
+      left.append(vouched())
+      continue
+    break
+  # Killed before: deleting the manifest, deleting the old shards / moving the new ones, the manifest's rename.
+  assert left[0] == [f"emb-0000{i}-of-00002.parquet" for i in range(2)] and len(left) >= 3, left
+  assert vouched() == [f"emb-0000{i}-of-00003.parquet" for i in range(3)]

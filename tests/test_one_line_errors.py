@@ -271,6 +271,23 @@ def test_an_input_glob_matching_the_runs_own_files_is_refused(tmp_path, capsys, 
       f"{data}/LATEST): narrow the input glob (e.g. dir/*.txt) or write the output elsewhere")
 
 
+@pytest.mark.parametrize("link", ["symlink", "hard link"])
+@pytest.mark.parametrize("own", ["emb-00000-of-00001.parquet", "emb-errors-00000-of-00001.jsonl", "emb-manifest.json",
+                                 "LATEST", f"bert-embed-tmp-{'0' * 32}-emb/embeddings-1.parquet"])
+def test_another_name_for_the_runs_own_files_is_refused(tmp_path, capsys, own, link):
+  out, inputs = tmp_path / "out", tmp_path / "in"
+  (out / own).parent.mkdir(parents=True)
+  inputs.mkdir()
+  _corpus(inputs / "a.txt", 2)
+  (out / own).write_text("an earlier run's\n", encoding="utf-8")
+  (os.symlink if link == "symlink" else os.link)(out / own, inputs / "b.txt")
+  code = cli.main(["run", "--model", "no-such-model", "--input", f"{inputs}/*", "--output", str(out / "emb")])
+  assert code == 2 and _one_line(capsys) == (
+      f"bert-embed run: error: --input matches {inputs}/b.txt, a link to {out}/{own}, a file this run writes "
+      f"(--output {out}/emb, pointer {out}/LATEST): narrow the input glob (e.g. dir/*.txt) or write the output "
+      "elsewhere")
+
+
 def test_another_prefixs_files_and_look_alikes_are_inputs_like_any_other(tmp_path):
   from pipeline.config import check_inputs_are_not_outputs  # pylint: disable=import-outside-toplevel
   data = tmp_path / "data"

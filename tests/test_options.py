@@ -53,3 +53,21 @@ def test_options_survive_the_round_trip_to_workers():
   o = PipelineOptions(["--input=x", "--input=y", "--normalize", "--keep-text=false", "--limit=5"])
   again = PipelineOptions.from_dictionary(o.get_all_options(drop_default=True)).view_as(BertEmbedOptions)
   assert (again.input, again.normalize, again.keep_text, again.limit) == (["x", "y"], True, False, 5)
+
+
+_RECOMMENDS = {"recommended_pooling": "mean", "recommended_normalize": True}  # as the default model's export
+
+
+@pytest.mark.parametrize("flags, metadata, expected", [
+    ([], _RECOMMENDS, ("mean", True)),
+    (["--pooling", "mean"], _RECOMMENDS, ("mean", True)),  # the recommendation given: as if left out
+    (["--pooling", "cls"], _RECOMMENDS, ("cls", True)),  # normalising follows the model's advice with any pooling
+    (["--pooling", "mean", "--normalize=false"], _RECOMMENDS, ("mean", False)),
+    (["--normalize", "false"], _RECOMMENDS, ("mean", False)),
+    ([], None, ("pooled", False)),  # a model without advice
+    (["--pooling", "cls", "--normalize"], None, ("cls", True)),
+])
+def test_an_option_given_as_the_models_recommendation_gives_what_leaving_it_out_gives(flags, metadata, expected):
+  from pipeline.config import resolve_pooling  # pylint: disable=import-outside-toplevel
+  o = PipelineOptions(flags).view_as(BertEmbedOptions)
+  assert resolve_pooling(metadata, o.pooling, o.normalize) == expected

@@ -1,11 +1,13 @@
 """Start-up costs (models loaded once, cached fingerprints, no needless precision probe), progress
 lines while a job runs, quiet stderr by default, and a summary that separates start-up from encoding."""
+import dataclasses
 import os
 import re
 import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from pipeline import model_fingerprint, model_flags, model_inspection, progress
@@ -89,8 +91,49 @@ def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_
   stat = variables.stat()
   os.utime(variables, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a rewritten weights file
   saved_models.clear_cache()
-  assert model_inspection.inspect_models(_spec(str(root)), 32).fingerprint == first  # same values, so the same hash
-  assert computed == [1]  # but computed again
+  # Same values, so the same hash, whatever length the probe texts are packed to; but computed again.
+  assert model_inspection.inspect_models(_spec(str(root)), 16).fingerprint == first
+  assert computed == [1]
+
+
+def test_an_encoder_graph_computing_otherwise_with_the_same_weights_has_another_fingerprint(tiny_model_dir,
+                                                                                             tiny_config_file, tmp_path,
+                                                                                             monkeypatch):
+  """Two encoders with the same variable values and the same tokenizer, one with the exact GELU and one with ReLU
+  (saved without export metadata, as other TF Hub models are): their fingerprints differ, so an output of one never
+  carries vectors into a run of the other."""
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  from modeling import encoder as encoder_lib  # pylint: disable=import-outside-toplevel
+  from modeling.config import BertConfig  # pylint: disable=import-outside-toplevel
+  from modeling.importers import random_init  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
+  config = BertConfig.from_json_file(tiny_config_file)
+  weights = random_init.random_weights(config, seed=4)
+  fingerprints = {}
+  for act in ("gelu", "relu"):
+    root = tmp_path / act
+    root.mkdir()
+    (root / "preprocessor").symlink_to(os.path.join(tiny_model_dir, "preprocessor"))
+    encoder = encoder_lib.build_encoder(dataclasses.replace(config, hidden_act=act), weights)
+    tf.saved_model.save(encoder, str(root / "encoder"), signatures={"serving_default": encoder.serving_default})
+    fingerprints[act] = model_inspection.inspect_models(_spec(str(root)), 32).fingerprint
+  assert fingerprints["gelu"] != fingerprints["relu"]
+
+
+def test_the_encoders_probe_summary_ignores_float_rounding_and_sees_a_scale_or_another_vector():
+  rng = np.random.default_rng(7)
+  vectors = rng.standard_normal((4, 384))
+  summary = model_fingerprint.summarize_vectors(vectors)
+  assert len(set(summary)) == 4
+  assert model_fingerprint.summarize_vectors(vectors * (1 + 1e-6 * rng.standard_normal(vectors.shape))) == summary
+  assert model_fingerprint.summarize_vectors((vectors + 1e-6 * rng.standard_normal(vectors.shape))
+                                             .astype(np.float32)) == summary
+  assert all(a != b for a, b in zip(model_fingerprint.summarize_vectors(vectors * 1.1), summary))  # the norm
+  assert all(a.split(":")[0] != b.split(":")[0]  # the direction
+             for a, b in zip(model_fingerprint.summarize_vectors(vectors + 0.2 * rng.standard_normal(vectors.shape)),
+                             summary))
+  assert model_fingerprint.summarize_vectors(np.zeros((1, 8))) == ["zero"]
+  assert model_fingerprint.summarize_vectors(np.full((1, 8), np.nan)) == ["non-finite"]
 
 
 def test_every_variable_of_a_saved_model_without_a_variables_list_is_found(tmp_path):

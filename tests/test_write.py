@@ -159,6 +159,19 @@ def test_parquet_minimal_columns_and_fixed_shards(tmp_path):
   assert ids == sorted(r.id for r in records)
 
 
+@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
+def test_fixed_shards_share_the_rows_evenly(tmp_path, output_format):
+  """200 rows fit one batch (one Parquet row group); 4 shards still get about 50 rows each, not 200 in one."""
+  prefix = str(tmp_path / "emb")
+  run_write(make_records(200), prefix, output_format, keep_text=False, emit_tokens=False, num_shards=4)
+  paths = sorted(glob.glob(f"{prefix}-0000?-of-00004.{output_format}"))
+  if output_format == "parquet":
+    rows = [pq.read_metadata(p).num_rows for p in paths]
+  else:
+    rows = [sum(1 for _ in tf.data.TFRecordDataset(p)) for p in paths]
+  assert len(rows) == 4 and sum(rows) == 200 and max(rows) <= 2 * min(rows), rows
+
+
 def test_empty_input_still_writes_files(tmp_path):
   prefix = str(tmp_path / "emb")
   p = test_pipeline.TestPipeline()

@@ -175,8 +175,19 @@ class _WritePerBundleFn(beam.DoFn):
       yield GlobalWindows.windowed_value(_close_staged(self._kind, path, handle, sink, rows))
 
 
+def _pieces(element, count: int) -> list:
+  """A batch of rows (a pyarrow Table: one row group) in up to `count` slices of nearly equal rows, so that the
+  shards share its rows rather than one shard taking the whole batch; any other element (one row) as it is."""
+  if not isinstance(element, pa.Table) or element.num_rows < 2 or count < 2:
+    return [element]
+  n = min(count, element.num_rows)
+  bounds = [element.num_rows * i // n for i in range(n + 1)]
+  return [element.slice(start, end - start) for start, end in zip(bounds, bounds[1:])]
+
+
 class _AssignShardFn(beam.DoFn):
-  """Element -> (shard, element), round robin over `num_shards` from a random start per bundle."""
+  """Element -> (shard, element), round robin over `num_shards` from a random start per bundle; a batch of rows is
+  first cut into one slice per shard (_pieces)."""
 
   def __init__(self, num_shards: int):
     super().__init__()
@@ -187,8 +198,9 @@ class _AssignShardFn(beam.DoFn):
     self._next = random.randrange(self._num_shards)
 
   def process(self, element):
-    self._next = (self._next + 1) % self._num_shards
-    yield self._next, element
+    for piece in _pieces(element, self._num_shards):
+      self._next = (self._next + 1) % self._num_shards
+      yield self._next, piece
 
 
 def _write_shard(keyed, staging_dir: str, kind: str, sink: sinks.OutputSink) -> Iterator[WrittenFile]:
