@@ -49,9 +49,8 @@ def local_runner(runner):
   launcher's loaded models. Its support check skips Prism for interactive pipelines; that switch is what this uses,
   so the runner otherwise decides as Beam's does (the FnApiRunner, in process or on --direct_num_workers).
   """
-  if runner_name(runner).lower().removesuffix("runner") not in ("direct", "switchingdirect"):
-    return None
-  if runner is not None and not isinstance(runner, str):
+  if not (runner is None or isinstance(runner, str)) or runner_name(runner).lower() not in (
+      "direct", "directrunner", "switchingdirectrunner"):
     return None
   from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner  # pylint: disable=import-outside-toplevel
   chosen = SwitchingDirectRunner()
