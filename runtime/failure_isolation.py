@@ -139,7 +139,7 @@ class FailureIsolation:
         failure = e
         continue
       return
-    what = (f"fails on {'its probe texts' if self._probe is not None else 'a record it encoded before'} too"
+    what = (f"fails on {'its probe texts' if self._probe is not None else 'a record it succeeded on before'} too"
             if probes else "has not succeeded on any record yet")
     self._reset()
     raise SystemicError(f"{self._name} {what} after {count} different records in a row failed alone, so the fault "

@@ -65,7 +65,7 @@ def test_without_a_probe_a_record_that_succeeded_before_is_the_probe():
   isolation = FailureIsolation()
   assert [r for _, r, _ in isolation.run(["good"], lambda part: [len(x) for x in part])] == [4]
   fn, calls = _failing_with_a_counter()
-  with pytest.raises(SystemicError, match="fails on a record it encoded before too"):
+  with pytest.raises(SystemicError, match="fails on a record it succeeded on before too"):
     list(isolation.run([f"r{i}" for i in range(8)], fn))
   with pytest.raises(SystemicError, match="has not succeeded on any record yet"):
     list(FailureIsolation().run(list(range(8)), _failing_with_a_counter()[0]))
