@@ -32,7 +32,8 @@ _OUT_OF_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 _OUT_OF_SPACE_TEXT = re.compile(r"\[Errno (?:%s)\]|No space left on device|Disk quota exceeded"
                                 % "|".join(str(n) for n in _OUT_OF_SPACE_ERRNOS))
 # A worker's data error as the multi-process runner (or a remote one) reports it: in the text of another exception.
-_WORKER_DATA_ERROR = re.compile(r"^[\w.]*\b(?:DuplicateIdError|RunCheckError|StoreError): (.+)$", re.MULTILINE)
+_WORKER_DATA_ERROR = re.compile(r"^[\w.]*\b(?:DuplicateIdError|RunCheckError|StoreError|SystemicError): (.+)$",
+                                re.MULTILINE)
 
 
 def _export_seq_length(text: str) -> int:
@@ -216,11 +217,13 @@ def _run(argv: list[str]) -> int:
       from runtime import quiet  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
       from stores.base import StoreError  # pylint: disable=import-outside-toplevel
+      from runtime.failure_isolation import SystemicError  # pylint: disable=import-outside-toplevel
       quiet.enable(not is_verbose(argv))  # this process and the local workers it starts; the library never does
       try:
-        with _quiet_beam_about(DuplicateIdError, RunCheckError, StoreError, KeyboardInterrupt, also=out_of_space):
+        with _quiet_beam_about(DuplicateIdError, RunCheckError, StoreError, SystemicError, KeyboardInterrupt,
+                               also=out_of_space):
           outcome = run(argv, started_at=process_start())  # the summary's wall time counts the imports
-      except (DuplicateIdError, RunCheckError, StoreError) as e:  # the data's or the store's: no traceback
+      except (DuplicateIdError, RunCheckError, StoreError, SystemicError) as e:  # no traceback
         print(f"bert-embed run: error: {one_line(str(e).strip().splitlines()[0])}", file=sys.stderr)
         return 1
       except Exception as e:  # pylint: disable=broad-except

@@ -39,6 +39,25 @@ def is_remote_runner(runner) -> bool:
   return name.removesuffix("runner") not in LOCAL_RUNNERS
 
 
+def local_runner(runner):
+  """The runner to build a job with: the DirectRunner, when `runner` (`--runner`) is unset or names it, kept from
+  trying Prism first; else None (Beam makes the named one).
+
+  Beam's DirectRunner first tries to run a batch job on Prism, a separate runner whose binary it downloads, and falls
+  back to the in-process FnApiRunner when that fails (as it does offline): about a second of a small job's start-up
+  (benchmarks/RESULTS.md, "Start-up"), and on a machine that can download it, a runner whose workers do not share the
+  launcher's loaded models. Its support check skips Prism for interactive pipelines; that switch is what this uses,
+  so the runner otherwise decides as Beam's does (the FnApiRunner, in process or on --direct_num_workers).
+  """
+  if not (runner is None or isinstance(runner, str)) or runner_name(runner).lower() not in (
+      "direct", "directrunner", "switchingdirectrunner"):
+    return None
+  from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner  # pylint: disable=import-outside-toplevel
+  chosen = SwitchingDirectRunner()
+  chosen.is_interactive()  # sets its _is_interactive, which only keeps Prism out
+  return chosen
+
+
 def _refuse(flag: str, value: str, runner: str) -> UsageError:
   return UsageError(f"{flag} {value} is a path on this machine, which the {runner} workers cannot read: give a "
                     "gs:// (or other remote filesystem) path")

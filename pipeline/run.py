@@ -12,7 +12,7 @@ import uuid
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from formats import output_files as output_files_lib
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
@@ -277,7 +277,8 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   quiet.import_tensorflow()
   cfg = resolve(options)
   start_iso = datetime.datetime.now(datetime.timezone.utc).isoformat()
-  p = test_pipeline if test_pipeline is not None else beam.Pipeline(options=options)
+  p = test_pipeline if test_pipeline is not None else beam.Pipeline(
+      runner=remote.local_runner(options.view_as(StandardOptions).runner), options=options)
   try:
     build_pipeline(p, cfg, start_iso, finalize_lib.RunChecks(flags.max_dead_letter_fraction))
   except InputError as e:  # reading options the transforms refuse

@@ -22,6 +22,7 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
+from pipeline import cli
 from pipeline.finalize import remove_stale_staging
 from pipeline.run import run
 from transforms import encode
@@ -30,12 +31,15 @@ from transforms.embed_config import EmbedConfig
 from runtime.encoding import Encoded
 from transforms.encode import BertEncoderModelHandler, EncodeError
 from formats.records import EncoderInput, TextRecord
+from runtime.failure_isolation import SystemicError
 from runtime.saved_models import LoadedModel
+from runtime.tokenizer import Tokenizer
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 HIDDEN = 4
 SEQ = 8
 MARKER = 100  # record i carries word id MARKER + i after [CLS]
+_WORDS = "dog bird fish hat mat tree car house day night man woman child people word model".split()  # tiny vocab
 
 
 # --- a poisonous or flaky batch -----------------------------------------------------------------
@@ -118,19 +122,21 @@ def test_a_record_that_fails_twice_alone_is_dead_lettered():
 
 
 def test_an_error_on_every_record_is_raised_for_the_runner_to_retry_not_dead_lettered():
-  # E.g. a lost device or a code bug: dead-lettering all 64 records would make a broken run look successful.
-  with pytest.raises(tf.errors.ResourceExhaustedError, match="fake failure") as raised:
+  # E.g. a lost device or a code bug: dead-lettering all 64 records would make a broken run look successful. This
+  # handler has no preprocessor to pack probe texts with, and no record has succeeded to serve as one.
+  with pytest.raises(SystemicError, match="has not succeeded on any record yet .*ResourceExhaustedError: fake") as e:
     _infer(lambda call, markers: True)
-  assert any("records in a row failed alone with this same error" in note for note in raised.value.__notes__)
+  assert isinstance(e.value.__cause__, tf.errors.ResourceExhaustedError)
 
 
 # --- the same through EmbedTexts on the DirectRunner ----------------------------------------------
 
-def _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous, n=16):
+def _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous, n=16, texts=None, error=None):
   """EmbedTexts over n records with the encoder failing every call that holds a `poisonous(id)` record.
 
   Returns (written ids, dead letters {id: reason}, encoder calls as (size, failed), the pipeline result). All n
-  records form one encoder batch (no buckets, batch size n)."""
+  records form one encoder batch (no buckets, batch size n). `texts`: the records' texts (default "cat" i+1 times);
+  `error(call number)`: the exception a failing call raises (default one message every time)."""
   calls = []
   real = encode.encode_batch
 
@@ -138,7 +144,7 @@ def _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous, n=16):
     failed = any(poisonous(e.record.id) for e in batch)
     calls.append((len(batch), failed))
     if failed:
-      raise RuntimeError("CUDA error: an illegal memory access was encountered")
+      raise (error or (lambda call: RuntimeError("CUDA error: an illegal memory access was encountered")))(len(calls))
     return real(model, batch, *args, **kwargs)
 
   monkeypatch.setattr(encode, "encode_batch", encode_batch)  # the in-process DirectRunner runs this module
@@ -150,8 +156,9 @@ def _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous, n=16):
         json.dump(rows, f)
     return write
 
+  texts = texts or [" ".join(["cat"] * (i + 1)) for i in range(n)]
   p = TestPipeline()
-  records = p | beam.Create([TextRecord(id=f"r{i}", text=" ".join(["cat"] * (i + 1))) for i in range(n)])
+  records = p | beam.Create([TextRecord(id=f"r{i}", text=text) for i, text in enumerate(texts)])
   result = records | EmbedTexts(os.path.join(tiny_model_dir, "preprocessor"), os.path.join(tiny_model_dir, "encoder"),
                                 EmbedConfig(seq_length=32, pooling="mean", bucket_lengths=None, batch_size=n,
                                             min_batch_size=n))
@@ -172,9 +179,15 @@ def _counter(outcome, name):
   return sum(c.committed for c in counters)
 
 
-def test_embed_texts_fails_when_the_encoder_fails_every_batch(tiny_model_dir, tmp_path, monkeypatch):
-  with pytest.raises(RuntimeError, match="illegal memory access"):
-    _embed_failing(tiny_model_dir, tmp_path, monkeypatch, lambda record_id: True)
+def _out_of_memory(call):
+  """A fault whose message differs on every call, as TensorFlow's out-of-memory errors name a shape."""
+  return tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating tensor with shape[{call},32,384]")
+
+
+def test_embed_texts_fails_when_the_encoder_fails_every_batch_even_with_a_new_message_each_time(
+    tiny_model_dir, tmp_path, monkeypatch):
+  with pytest.raises(SystemicError, match=r"the encoder fails on its probe texts too .*ResourceExhaustedError: OOM"):
+    _embed_failing(tiny_model_dir, tmp_path, monkeypatch, lambda record_id: True, error=_out_of_memory)
   assert not os.path.exists(tmp_path / "written.json")  # the job stopped: nothing was collected as a result
 
 
@@ -188,6 +201,83 @@ def test_embed_texts_dead_letters_only_the_poisonous_records_and_counts_the_retr
   assert calls[0] == (16, True)  # one batch: every call after its first is a retry
   assert _counter(outcome, "encoder_isolation_retries") == len(calls) - 1 > 0
   assert _counter(outcome, "records_dead_lettered_encode") == len(poisonous)
+
+
+@tf.function
+def _assert_no_poison(poisoned):
+  tf.debugging.Assert(tf.logical_not(poisoned), ["poisonous token"])
+  return poisoned
+
+
+def _graph_assertion(unused_call):
+  """The error a graph assertion raises: the same text for every record ("Graph execution error:" first)."""
+  try:
+    _assert_no_poison(tf.constant(True))
+  except tf.errors.InvalidArgumentError as e:
+    return e
+  raise AssertionError("the assertion did not fail")
+
+
+def test_five_different_records_with_one_poisonous_token_in_a_batch_are_dead_letters_not_a_systemic_error(
+    tiny_model_dir, tmp_path, monkeypatch):
+  # r3-r7, side by side, fail alike (distinct texts: the tiny vocab reads digits as [UNK])
+  texts = [f"{'fox' if 3 <= i < 8 else 'cat'} {_WORDS[i]}" for i in range(16)]
+  poisonous = {f"r{i}" for i, text in enumerate(texts) if "fox" in text}
+  written, dead, _, _ = _embed_failing(tiny_model_dir, tmp_path, monkeypatch, poisonous.__contains__, texts=texts,
+                                       error=_graph_assertion)
+  assert sorted(dead) == [f"r{i}" for i in range(3, 8)]
+  assert sorted(written) == sorted(f"r{i}" for i in range(16) if not 3 <= i < 8)
+  for reason in dead.values():  # the assertion's own text, not "Graph execution error:"
+    assert reason == "InvalidArgumentError: assertion failed: [poisonous token] (node Assert/Assert)", reason
+
+
+def test_a_systemic_encoder_fault_ends_bert_embed_run_with_one_line(tiny_model_dir, tmp_path, monkeypatch, capsys):
+  calls = []
+
+  def encode_batch(*unused_args, **unused_kwargs):
+    calls.append(1)
+    raise _out_of_memory(len(calls))
+
+  monkeypatch.setattr(encode, "encode_batch", encode_batch)
+  (tmp_path / "in.txt").write_text("".join(f"{w} {v}\n" for w in _WORDS[:5] for v in _WORDS[5:9]), encoding="utf-8")
+  code = cli.main(["run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"), "--output",
+                   str(tmp_path / "out" / "emb"), "--seq-length", "32"])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 1 and len(err) == 1, err
+  assert err[0].startswith("bert-embed run: error: the encoder fails on its probe texts too after 4 different "
+                           "records in a row failed alone, so the fault is the model's, the worker's or the code's, "
+                           "not the records': ResourceExhaustedError: OOM when allocating tensor with shape["), err
+  assert not glob.glob(str(tmp_path / "out" / "emb-*"))
+
+
+@pytest.mark.parametrize("fault", ["poisonous", "systemic"])
+def test_tokenizing_probes_the_tokenizer_too(tiny_model_dir, tmp_path, monkeypatch, fault):
+  real = Tokenizer.pack
+  calls = []
+
+  def pack(self, records):
+    calls.append(1)
+    if fault == "systemic":
+      raise tf.errors.ResourceExhaustedError(None, None, f"OOM after {len(calls)} calls")
+    if any("fox" in r.text for r in records):
+      raise tf.errors.InvalidArgumentError(None, None, "poisonous token")
+    return real(self, records)
+
+  monkeypatch.setattr(Tokenizer, "pack", pack)
+  p = TestPipeline()
+  texts = [f"{'fox' if 2 <= i < 8 else 'cat'} {_WORDS[i]}" for i in range(12)]
+  records = p | beam.Create([TextRecord(id=f"r{i}", text=text) for i, text in enumerate(texts)])
+  result = records | EmbedTexts(os.path.join(tiny_model_dir, "preprocessor"), os.path.join(tiny_model_dir, "encoder"),
+                                EmbedConfig(seq_length=32, pooling="mean", preprocess_batch_size=12))
+  dead = tmp_path / "dead.json"
+  _ = (result.dead_letters | beam.Map(lambda d: (d.id, d.stage)) | beam.combiners.ToList()
+       | beam.Map(lambda rows: dead.write_text(json.dumps(sorted(rows)))))
+  if fault == "systemic":
+    with pytest.raises(SystemicError, match="the tokenizer fails on its probe texts too .* OOM after"):
+      p.run().wait_until_finish()
+    return
+  p.run().wait_until_finish()
+  assert json.loads(dead.read_text()) == [[f"r{i}", "preprocess"] for i in range(2, 8)]
 
 
 # --- a worker process killed mid-run ------------------------------------------------------------

@@ -801,6 +801,55 @@ def test_the_in_process_direct_runner_fails_the_job_on_an_io_error_rather_than_d
   assert not os.path.exists(os.path.join(str(tmp_path), "dead.json"))
 
 
+def _previous_output(tmp_path, output_format: str, n: int = 3000) -> tuple[list[str], dict]:
+  """A previous output of n rows in 2 shards, written by the real sink: (its files, {file: ShardIdentity})."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from formats.records import EmbeddingRecord  # pylint: disable=import-outside-toplevel
+  from transforms import previous_rows, write  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(1)
+  rows = [EmbeddingRecord(f"r{i}", rng.standard_normal(8).astype(np.float32), 3, False, f"{i:064x}") for i in range(n)]
+  p = test_pipeline.TestPipeline()
+  prefix = os.path.join(str(tmp_path), output_format, "emb")
+  _ = p | beam.Create(rows, reshuffle=False) | write.WriteEmbeddings(prefix, write.WriteConfig(output_format, 8,
+                                                                                               num_shards=2))
+  p.run().wait_until_finish()
+  files = sorted(os.path.join(os.path.dirname(prefix), f) for f in os.listdir(os.path.dirname(prefix))
+                 if f.startswith("emb-0000") and f.endswith(output_format))
+  assert len(files) == 2, files
+  identities = {}
+  for path in files:
+    data = open(path, "rb").read()
+    identities[path] = previous_rows.ShardIdentity(len(data), hashlib.sha256(data).hexdigest())
+  return files, identities
+
+
+@pytest.mark.parametrize("output_format", ["parquet", "tfrecord"])
+def test_an_io_error_reading_a_previous_shard_is_retried_not_taken_for_damage(tmp_path, output_format):
+  from formats.columns import OutputColumns  # pylint: disable=import-outside-toplevel
+  from transforms.previous_rows import ReadPreviousEmbeddings  # pylint: disable=import-outside-toplevel
+  files, identities = _previous_output(tmp_path, output_format)
+  flaky = ["flaky://" + path for path in files]
+  got = {}
+  p = beam.Pipeline(runner="BundleBasedDirectRunner")  # retries a failed bundle, as Dataflow does
+  read = p | ReadPreviousEmbeddings(flaky, output_format, 8, OutputColumns(),
+                                    {"flaky://" + path: i for path, i in identities.items()})
+  for name, pcoll in (("rows", read.rows | beam.Map(lambda r: r.id)), ("unreadable", read.unreadable)):
+    got[name] = os.path.join(str(tmp_path), f"{name}.json")
+    _ = (pcoll | f"List{name}" >> beam.combiners.ToList()
+         | f"Save{name}" >> beam.Map(lambda xs, path: _save_json(sorted(xs), path), got[name]))
+  p.run().wait_until_finish()
+  assert all(os.path.exists(path + ".failed") for path in files)  # each shard's first read failed part-way
+  assert _load_json(got["unreadable"]) == []  # not damage: read again, whole
+  assert sorted(_load_json(got["rows"])) == sorted(f"r{i}" for i in range(3000))
+  with pytest.raises(Exception, match="connection reset by peer"):  # the in-process runner: the error ends the run
+    for path in files:
+      os.remove(path + ".failed")
+    p = test_pipeline.TestPipeline()
+    _ = p | ReadPreviousEmbeddings(flaky, output_format, 8, OutputColumns())
+    p.run().wait_until_finish()
+
+
 def test_damage_that_python_reports_as_an_oserror_is_still_a_dead_letter(tmp_path):
   lines = _hex_lines(6000)
   data = bytearray(bz2.compress("".join(t + "\n" for t in lines).encode(), 1))  # 100 kB blocks

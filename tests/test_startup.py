@@ -1,6 +1,7 @@
 """Start-up costs (models loaded once, cached fingerprints, no needless precision probe), progress
 lines while a job runs, quiet stderr by default, and a summary that separates start-up from encoding."""
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -257,6 +258,34 @@ def test_quiet_cli_prints_no_noise_and_no_progress_in_any_process(tiny_model_dir
     assert noise not in proc.stderr, proc.stderr
   assert "bert-embed: progress" not in proc.stderr
   assert proc.stderr == "", proc.stderr
+
+
+_WHAT_A_RUN_LOADS = """
+import json, sys
+from apache_beam.runners.portability import prism_runner
+tried = []
+
+def offline_prism(self, *args, **kwargs):  # what the DirectRunner meets offline: Prism cannot start
+  tried.append(1)
+  raise RuntimeError("no Prism binary")
+
+prism_runner.PrismRunner.run_pipeline = offline_prism
+from pipeline import run
+outcome = run.run(sys.argv[1:])
+print(json.dumps({"written": outcome.manifest["counts"]["written"], "prism_tried": len(tried),
+                  "store_clients": sorted(m for m in ("qdrant_client", "psycopg") if m in sys.modules)}))
+"""
+
+
+def test_a_run_without_a_vector_store_imports_no_store_client_and_does_not_try_prism(tiny_model_dir, tmp_path):
+  """A one-line job's start-up (benchmarks/RESULTS.md, "Start-up"): qdrant_client alone took seconds to import, and
+  Beam's DirectRunner first tries Prism (a download, then the fallback to the in-process runner)."""
+  _lines(tmp_path / "in.txt", 3)
+  proc = subprocess.run([sys.executable, "-c", _WHAT_A_RUN_LOADS, "--model", tiny_model_dir, "--input",
+                         str(tmp_path / "in.txt"), "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"written": 3, "prism_tried": 0, "store_clients": []}
 
 
 def test_verbose_tensorflow_import_shows_what_quiet_hides():

@@ -12,8 +12,9 @@ from runtime import failure_isolation, mlm_scoring
 from runtime import precision as precision_lib
 from transforms.embed_config import EmbedConfig
 from transforms.names import NAMESPACE
-from formats.records import EncoderInput
+from formats.records import EncoderInput, TextRecord
 from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
+from runtime.tokenizer import Tokenizer
 
 
 class EncodeError(NamedTuple):
@@ -27,9 +28,10 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
   The model is loaded once per worker process (RunInference shares it across the process's threads through
   `apache_beam.utils.shared`) and placed on the GPU when the worker has one. A batch that fails is bisected so
   that only the records that fail alone come back as `EncodeError`s; a record that fails alone is tried once more
-  first, so a transient failure (e.g. a device hiccup) does not dead-letter it. An error that fails several
-  different records alone in a row is systemic (runtime/failure_isolation.py): it is raised, so the runner retries
-  the bundle and then fails the job, instead of dead-lettering every record. The calls after a batch's first are
+  first, so a transient failure (e.g. a device hiccup) does not dead-letter it. When several different records
+  in a row have failed alone, the probe texts of runtime/precision.py are encoded one at a time: if each fails too,
+  the fault is systemic (runtime/failure_isolation.py) and SystemicError is raised, so the runner retries the
+  bundle and then fails the job instead of dead-lettering every record. The calls after a batch's first are
   counted in the `encoder_isolation_retries` metric.
   """
 
@@ -81,12 +83,18 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
     if self._isolation is None:  # per handler copy, i.e. per RunInference DoFn instance; spans its batches
       retries = beam.metrics.Metrics.counter(NAMESPACE, "encoder_isolation_retries")
       self._isolation = failure_isolation.FailureIsolation(
-          tries_alone=2, on_retry=retries.inc, key=lambda e: (e.input_word_ids.tobytes(), e.input_type_ids.tobytes()))
+          tries_alone=2, on_retry=retries.inc, key=lambda e: (e.input_word_ids.tobytes(), e.input_type_ids.tobytes()),
+          probe=self._probe_inputs if self._preprocessor_path is not None else None, name="the encoder")
     results = []
     for element, encoded, error in self._isolation.run(batch, lambda part: self._infer(model, part)):
       inference = EncodeError(failure_isolation.describe(error)) if error is not None else encoded
       results.append(PredictionResult(element, inference, self._path))
     return results
+
+  def _probe_inputs(self) -> list[EncoderInput]:
+    """The probe texts, packed as the records are (asked for only when lone failures accumulate)."""
+    tokenizer = Tokenizer(load_preprocessor(self._preprocessor_path).obj, self._seq_length)
+    return tokenizer.pack([TextRecord(f"probe:{i}", text) for i, text in enumerate(precision_lib.PROBE_TEXTS)])
 
   def get_num_bytes(self, batch: Sequence[EncoderInput]) -> int:
     return sum(e.input_word_ids.nbytes * 3 for e in batch)

@@ -9,6 +9,7 @@ from apache_beam.utils import shared
 
 from runtime.tokenizer import Tokenizer
 from runtime import failure_isolation
+from runtime.precision import PROBE_TEXTS
 from transforms.embed_config import EmbedConfig
 from transforms.names import DEAD_LETTER, NAMESPACE
 from formats.records import DeadLetter, TextRecord
@@ -16,8 +17,9 @@ from runtime.saved_models import load_preprocessor
 
 
 class _PreprocessBatchFn(beam.DoFn):
-  """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered. An error that
-  fails several different records alone in a row is raised (the runner retries the bundle), not dead-lettered."""
+  """Packs a batch of TextRecords; a record that fails alone, or has no tokens, is dead-lettered. When several
+  different records in a row fail alone and the probe texts of runtime/precision.py fail too, SystemicError is
+  raised (the runner retries the bundle) instead (runtime/failure_isolation.py)."""
 
   def __init__(self, preprocessor_path: str, config: EmbedConfig):
     self._path = preprocessor_path
@@ -38,8 +40,9 @@ class _PreprocessBatchFn(beam.DoFn):
     self._model = model  # keep the shared object alive while this DoFn lives
     self._tokenizer = Tokenizer(model.obj, self._seq_length)
     # Spans this DoFn instance's batches, so that an error failing every record is raised (runtime/failure_isolation)
-    self._isolation = failure_isolation.FailureIsolation(on_retry=self._retries.inc,
-                                                         key=lambda r: (r.text, r.text_pair))
+    probe = [TextRecord(f"probe:{i}", text) for i, text in enumerate(PROBE_TEXTS)]
+    self._isolation = failure_isolation.FailureIsolation(
+        on_retry=self._retries.inc, key=lambda r: (r.text, r.text_pair), probe=lambda: probe, name="the tokenizer")
 
   def process(self, batch: Sequence[TextRecord]) -> Iterable:
     # Outputs are collected first: a generator's downstream (fused bucketing and encoding) would run inside the

@@ -3,8 +3,11 @@
 Only the columns a run needs are read (an OutputColumns' `carried()` columns, never the text: carried rows take it
 from the input), converted by the column table (formats/columns.py): Parquet row groups column-wise, TFRecord
 files in batches decoded by tfx-bsl. Parquet pages are read with their CRC checksums verified, TFRecord records
-with theirs. A file (or a row group of one) that cannot be read, fails a checksum or does not parse is reported on
-`PreviousRows.unreadable` instead of failing the pipeline.
+with theirs. A file (or a row group of one) that is gone, fails a checksum or does not parse is damaged: it is
+reported on `PreviousRows.unreadable` instead of failing the pipeline, and its records are encoded again. A failure
+to read the bytes of a file that is there (an I/O error left over after the filesystem client's own retries: a GCS
+5xx, a timeout, a connection reset part-way) is not damage: it is raised as InputReadError, as the input readers
+do (formats/read_errors.py), so that the runner retries the bundle and reads the file again.
 
 A file is also unreadable when it is not the file its manifest describes (another run may have rewritten the
 prefix since the launcher read the manifest): given its identity (ShardIdentity: size and SHA-256 as the manifest
@@ -14,18 +17,21 @@ again.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from typing import Iterable, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats import columns as columns_lib
 from formats.columns import KEY_COLUMNS, OutputColumns
+from formats.compression import open_input
+from formats.fields import describe_error
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY
+from formats.read_errors import InputReadError, caused_by_read_failure
 from formats.tfrecord_input import verified_payloads
 
 UNREADABLE = "unreadable"
@@ -46,8 +52,31 @@ class ShardMismatch(ValueError):
   """A previous file that is not the one its manifest describes."""
 
 
+@contextlib.contextmanager
 def _open(path: str):
-  return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+  """`path`'s bytes, whose read failures are InputReadErrors (formats/compression.py). A failure to open a file
+  that is gone is raised as it is (damage); to open one that is there, as InputReadError."""
+  with contextlib.ExitStack() as stack:
+    try:
+      stream = stack.enter_context(open_input(path))
+    except Exception as error:  # pylint: disable=broad-except
+      if isinstance(error, (FileNotFoundError, IsADirectoryError, NotADirectoryError)) or not _exists(path):
+        raise
+      raise InputReadError(f"opening {path} failed: {describe_error(error)}") from error
+    yield stream
+
+
+def _exists(path: str) -> bool:
+  try:
+    return FileSystems.exists(path)
+  except Exception as error:  # pylint: disable=broad-except
+    raise InputReadError(f"checking whether {path} exists failed: {describe_error(error)}") from error
+
+
+def _damage(error: BaseException) -> bool:
+  """Whether a failure reading a previous file is damage (unreadable), not a failure to read its bytes or running
+  out of memory (raised: the runner retries the bundle)."""
+  return not (caused_by_read_failure(error) or isinstance(error, MemoryError))
 
 
 def verify_identity(path: str, identity: Optional[ShardIdentity]) -> None:
@@ -104,6 +133,8 @@ def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = N
       _check_footer(parquet, size, identity)
       count = parquet.num_row_groups
   except Exception as e:  # pylint: disable=broad-except  (a missing, truncated or garbled file)
+    if not _damage(e):
+      raise
     yield _unreadable(path, e)
     return
   for i in range(count):
@@ -126,6 +157,8 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
       table = parquet.read_row_group(index, columns=present)
     rows = columns_lib.arrow_to_records(table, present, dim, columns)
   except Exception as e:  # pylint: disable=broad-except  (checksum failures, undecodable pages, bad values)
+    if not _damage(e):
+      raise
     yield _unreadable(f"{path} (row group {index})", e)
     return
   yield from rows
@@ -148,6 +181,8 @@ def _read_tfrecords(path: str, dim: int, names: Sequence[str],
           batch = []
       yield from columns_lib.examples_to_records(batch, names, dim, decoder, columns)
   except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
+    if not _damage(e):
+      raise
     yield _unreadable(path, e)
 
 
@@ -158,7 +193,8 @@ class PreviousRows(NamedTuple):
 
 class ReadPreviousEmbeddings(beam.PTransform):
   """The rows of a previous output's files (as listed by its manifest) as EmbeddingRecords, and what could not be
-  read (see PreviousRows): checksums are verified, and a damaged file never fails the pipeline.
+  read (see PreviousRows): checksums are verified, and a damaged file never fails the pipeline; an I/O error is
+  raised (the runner retries the bundle).
 
   Args:
     files: the previous manifest's output_files.

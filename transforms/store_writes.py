@@ -23,7 +23,6 @@ import stores
 from formats.records import EmbeddingRecord
 from stores.base import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, VectorStore
 from stores.points import point_from_record
-from stores.qdrant_store import is_server_url
 
 UPSERT, DELETE = "upsert", "delete"
 
@@ -49,6 +48,7 @@ class StoreConfig:
   @property
   def single_writer(self) -> bool:
     """True when all writes must come from one process (Qdrant's embedded engine in a folder)."""
+    from stores.qdrant_store import is_server_url  # pylint: disable=import-outside-toplevel  (qdrant_client: seconds)
     return self.kind == "qdrant" and not is_server_url(self.url)
 
 
