@@ -27,6 +27,7 @@ from pipeline import remote
 from pipeline import vector_store as vector_store_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
+from pipeline.store_commit import StoreFinalizer
 from formats import compact
 from runtime import quiet
 from transforms.duplicate_ids import ResolveDuplicateIds
@@ -189,12 +190,14 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
     tallies["precision_used"] = embedded.precision_used
   count_names = COUNTS
-  if cfg.vector_store is not None:  # the store is written while the job runs; a rebuild is swapped in by Finalize
+  if cfg.vector_store is not None:  # the job stages the store's changes; Finalize applies them after the checks
     store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
-    counts.update(vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid, split.stale_ids,
-                                               p))
+    store_counts, store_fields = vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
+                                                              split.stale_ids, p)
+    counts.update(store_counts)
+    fields.update(store_fields)
     count_names += vector_store_lib.COUNTS
-    finalizers = (*finalizers, vector_store_lib.StoreFinalizer(store_plan))
+    finalizers = (*finalizers, StoreFinalizer(store_plan))
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
   manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
                "after": cleared}

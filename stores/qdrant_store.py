@@ -30,14 +30,16 @@ import time
 import uuid
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from apache_beam.ml.rag.ingestion.qdrant import QdrantConnectionParameters, QdrantWriteConfig
 from apache_beam.ml.rag.types import Content, EmbeddableItem, Embedding
 from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from stores.base import (StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches, checked_point,
-                         one_line, rebuild_name)
+from stores import qdrant_marker
+from stores.base import (HELD, Marker, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
+                         checked_point, one_line, rebuild_name)
 
 API_KEY_ENV = "QDRANT_API_KEY"
 VECTOR_NAME = "dense"  # Beam's QdrantWriteConfig default
@@ -196,11 +198,15 @@ class QdrantStore(VectorStore):
     physical = self._resolve()
     if physical is None:
       return StoreState(False, None, None, 0)
+    if not physical.startswith(self.name + "__"):
+      what = "is a collection, not an alias" if physical == self.name else f"is an alias of {physical!r}"
+      raise StoreError(f"Qdrant {self.name!r} {what} that bert-embed did not create (its collections are "
+                       f"{self.name}__TAG); it is left alone: choose another --vector-collection")
     found = self._dimension(physical)
     if dimension is not None and found != dimension:
       raise StoreError(f"Qdrant collection {self.name!r} holds vectors of dimension {found}, the model's is "
                        f"{dimension}: choose another --vector-collection or remove it")
-    return StoreState(True, found, physical, self.count(physical))
+    return StoreState(True, found, physical, self.count(physical), qdrant_marker.read_marker(self))
 
   def count(self, target: Optional[str] = None) -> int:
     client = self._connect()
@@ -275,3 +281,68 @@ class QdrantStore(VectorStore):
       selector = models.PointIdsList(points=[point_id(i) for i in batch])
       self._call("deleting", client.delete, target or self.name, points_selector=selector, wait=True, retry=True)
     return len(ids)
+
+  # --- staged changes and their commit (stores/qdrant_marker.py) ---
+
+  def abandoned(self) -> list[str]:
+    client = self._connect()
+    names = [c.name for c in self._call("listing collections", client.get_collections).collections]
+    keep = {self._resolve(), qdrant_marker.meta_name(self.name)}
+    return sorted(n for n in names if n.startswith(self.name + "__") and n not in keep)
+
+  def begin_staging(self, dimension: int, tag: str) -> str:
+    staging = rebuild_name(self.name, tag)
+    client = self._connect()
+    if self._call("checking the collection", client.collection_exists, staging):
+      self._call("dropping an abandoned staging collection", client.delete_collection, staging)
+    self._create(staging, dimension)
+    return staging
+
+  def stage_deletes(self, ids: Sequence[str], staging: str) -> int:
+    client = self._connect()
+    ids = list(ids)
+    unit = [1.0] + [0.0] * (self._dimension(staging) - 1)
+    for batch in batches(ids, self.batch_size):
+      flagged = [models.PointStruct(id=point_id(i), vector={VECTOR_NAME: unit},
+                                    payload={"id": i, qdrant_marker.DELETE_FLAG: True}) for i in batch]
+      self._call("staging deletes", client.upsert, staging, points=flagged, wait=True, retry=True)
+    return len(ids)
+
+  def apply_staged(self, staging: str, snapshot: str, expected: Optional[Marker]) -> None:
+    if not qdrant_marker.begin_commit(self, snapshot, expected):
+      qdrant_marker.apply_staging(self, staging)
+      qdrant_marker.write_marker(self, Marker(snapshot, HELD), release=True)
+    qdrant_marker.drop_quietly(self, staging)
+
+  def commit_rebuild(self, physical: str, snapshot: str, expected: Optional[Marker]) -> Optional[str]:
+    if qdrant_marker.begin_commit(self, snapshot, expected):
+      return None
+    previous = self.swap_in(physical)
+    qdrant_marker.write_marker(self, Marker(snapshot, HELD), release=True)
+    return previous
+
+  def set_marker(self, marker: Marker) -> None:
+    qdrant_marker.write_marker(self, marker)
+
+  def _scroll(self, **kwargs):
+    client = self._connect()
+    offset = None
+    while True:
+      page, offset = self._call("reading points", client.scroll, self.name, limit=1024, offset=offset, retry=True,
+                                **kwargs)
+      yield from page
+      if offset is None:
+        return
+
+  def fingerprints(self) -> dict[str, Optional[str]]:
+    return {(p.payload or {}).get("id"): (p.payload or {}).get("text_sha256")
+            for p in self._scroll(with_payload=["id", "text_sha256"], with_vectors=False)}
+
+  def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    client = self._connect()
+    out = {}
+    for batch in batches(list(ids), 1024):
+      found = self._call("reading vectors", client.retrieve, self.name, [point_id(i) for i in batch],
+                         with_payload=["id"], with_vectors=True, retry=True)
+      out.update({p.payload["id"]: np.asarray(p.vector[VECTOR_NAME], np.float32) for p in found})
+    return out
