@@ -268,7 +268,8 @@ def _check_vector_store(o) -> None:
                                     ("--vector-collection", o.vector_collection),
                                     ("--vector-store-batch-size", o.vector_store_batch_size),
                                     ("--vector-store-retries", o.vector_store_retries),
-                                    ("--vector-store-verify", o.vector_store_verify)) if _given(value)]
+                                    ("--vector-store-verify", o.vector_store_verify),
+                                    ("--vector-store-index", o.vector_store_index)) if _given(value)]
   if not o.vector_store:
     if given:
       raise UsageError(f"{' and '.join(given)} need(s) --vector-store qdrant|postgres")
@@ -278,6 +279,8 @@ def _check_vector_store(o) -> None:
     raise UsageError(f"--vector-store {o.vector_store} needs {' and '.join(missing)}")
   if o.no_embeddings:
     raise UsageError("--vector-store needs embeddings; --no-embeddings writes MLM scores only")
+  if o.vector_store_index is not None and o.vector_store != "postgres":
+    raise UsageError("--vector-store-index is for --vector-store postgres (Qdrant indexes every collection itself)")
   verify = o.vector_store_verify
   if verify is not None and str(verify).lower() != "all" and not str(verify).isdigit():
     raise UsageError(f"--vector-store-verify must be a number of vectors (0 or more) or all, got {verify!r}")

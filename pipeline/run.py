@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+import stores
 from formats import output_files as output_files_lib
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
 from pipeline import arguments
@@ -113,14 +114,15 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   compactor = CompactVectors(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim, cfg.normalize, carried_ranges)
   if compacting:
     rows = rows | "CompactVectors" >> compactor
-  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
+  max_id = stores.MAX_ID_BYTES.get(cfg.vector_store.config.kind) if cfg.vector_store is not None else None
+  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
   encoded_valid = valid = checked.valid
   invalid = checked.dead_letters
   # Carried rows are validated on their own, so that the rows this run encoded stay apart (a vector store upserts
   # only those). Without a previous output nothing is carried, and a Flatten would only cut the fused read-to-write
   # stage (the DirectRunner then holds all rows).
   if plan.previous_files is not None:
-    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns)
+    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
     valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's

@@ -68,7 +68,8 @@ def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[Stor
     return None
   verify = parse_verify(getattr(o, "vector_store_verify", None))
   try:
-    given = {"batch_size": o.vector_store_batch_size, "retries": o.vector_store_retries}
+    given = {"batch_size": o.vector_store_batch_size, "retries": o.vector_store_retries,
+             "index": getattr(o, "vector_store_index", None)}
     config = StoreConfig(o.vector_store, o.vector_store_url, o.vector_collection, keep_text=o.keep_text,
                          **{name: value for name, value in given.items() if value is not None})
     if remote_runner and config.single_writer:
@@ -142,6 +143,9 @@ def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) ->
     reason = f"{config.name} holds {state.count} points, the previous output {rows} rows"
   else:
     mode, reason = MODE_SYNC, ""
+  if mode == MODE_REBUILD and state.blocked:
+    raise UsageError(f"--vector-collection {config.name}: a rebuild is needed ({reason}), but {state.blocked}; "
+                     f"drop it or choose another name")
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S_") + uuid.uuid4().hex[:6]
   tag = tag or ("s" if mode == MODE_SYNC else "r") + stamp
   return StorePlan(config, mode, reason, rebuild_name(config.name, tag), tag, state.marker, launch.verify)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import math
 import re
+import urllib.parse
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -42,6 +43,23 @@ class StoreError(Exception):
 
   def __init__(self, message: str):
     super().__init__(one_line(message))
+
+
+def refuse_password_in_url(label: str, url: str, instead: str) -> None:
+  """Raises StoreError (one line, without the password) when `url` holds a user-info password."""
+  try:
+    parts = urllib.parse.urlsplit(url)
+    password = parts.password
+  except ValueError:
+    return
+  if password:
+    raise StoreError(f"{label} URL must not hold a password (user {parts.username!r} at {parts.hostname}): "
+                     f"{instead}")
+
+
+def redacted(url: str) -> str:
+  """`url` with any user-info password replaced by ***."""
+  return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
 def one_line(message: Any) -> str:
@@ -77,6 +95,7 @@ class StoreState(NamedTuple):
   physical: Optional[str]  # the physical collection/table NAME resolves to (NAME itself when it is not an alias)
   count: int
   marker: Optional[Marker] = None  # the snapshot NAME records (None: none recorded)
+  blocked: Optional[str] = None  # what keeps a rebuild from replacing NAME (e.g. views on a table), or None
 
 
 class ChangedSinceLaunch(Exception):

@@ -25,9 +25,11 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from stores import postgres_setup
 from stores import postgres_staging as staging_lib
 from stores.base import (HELD, PAYLOAD_FIELDS, Marker, StoreError, StorePoint, StoreState, VectorStore,
-                         backoff_seconds, batches, checked_point, one_line, rebuild_name)
+                         backoff_seconds, batches, checked_point, one_line, rebuild_name, redacted,
+                         refuse_password_in_url)
 
 _SQL_TYPES = {"text": "text", "int": "integer"}
 _PAYLOAD_COLUMNS = [name for name in PAYLOAD_FIELDS if name != "id"]
@@ -45,14 +47,18 @@ class PostgresStore(VectorStore):
 
   kind = "postgres"
 
-  def __init__(self, url: str, name: str, **kwargs: Any):
+  def __init__(self, url: str, name: str, index: Optional[str] = None, **kwargs: Any):
+    if index not in (None, *postgres_setup.INDEX_KINDS):
+      raise StoreError(f"PostgreSQL index must be one of {', '.join(postgres_setup.INDEX_KINDS)}, got {index!r}")
+    self.index = index
+    refuse_password_in_url("PostgreSQL", url, "set PGPASSWORD or use a service file / ~/.pgpass")
     super().__init__(url, name, **kwargs)
     if not url.startswith(("postgresql://", "postgres://")):
-      raise StoreError(f"PostgreSQL URL must be postgresql://user@host:port/db, got {url!r}")
+      raise StoreError(f"PostgreSQL URL must be postgresql://user@host:port/db, got {redacted(url)!r}")
     try:
       params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
-      raise StoreError(f"PostgreSQL URL {url!r} is not valid: {one_line(e)}") from e
+      raise StoreError(f"PostgreSQL URL {redacted(url)!r} is not valid") from e
     if params.get("password"):
       raise StoreError("PostgreSQL URL must not hold a password: set PGPASSWORD or use a service file / ~/.pgpass")
     self._client: Optional[psycopg.Connection] = None
@@ -142,7 +148,8 @@ class PostgresStore(VectorStore):
         raise StoreError(f"PostgreSQL table {self.name!r} was not created by bert-embed (its comment does not start "
                          f"with {staging_lib.MARK.strip()!r}); it is left alone: choose another --vector-collection")
       count = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.name))).fetchone()[0]
-      return StoreState(True, found, self.name, int(count), staging_lib.read_marker(connection, self.name))
+      return StoreState(True, found, self.name, int(count), staging_lib.read_marker(connection, self.name),
+                        postgres_setup.blocker(connection, self.name))
 
     return self._run("inspecting the table", work)
 
@@ -152,13 +159,24 @@ class PostgresStore(VectorStore):
 
   # --- changes ---
 
-  def _create_table(self, connection: psycopg.Connection, table: str, dimension: int) -> None:
+  def _create_table(self, connection: psycopg.Connection, table: str, dimension: int, like: bool = False) -> None:
+    """Creates `table` (marked) with the columns of a NAME; `like`: with the setup of NAME (stores/postgres_setup.py)
+    when NAME is a table of the job of this dimension."""
     connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    key_name = f"{self.name}_pk_{uuid.uuid4().hex[:8]}"
+    if like and self._table_dimension(connection, self.name) == dimension and staging_lib.is_marked(connection,
+                                                                                                    self.name):
+      postgres_setup.create_like(connection, self.name, table, key_name)
+      for column in _PAYLOAD_COLUMNS:
+        connection.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            sql.Identifier(table), sql.Identifier(column), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[column]])))
+      staging_lib.mark_table(connection, table, "rebuild " + table)
+      return
     columns = [sql.SQL("id text NOT NULL"),
                sql.SQL("embedding vector({}) NOT NULL").format(sql.Literal(int(dimension)))]
     columns += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[c]]))
                 for c in _PAYLOAD_COLUMNS]
-    key = sql.SQL("CONSTRAINT {} PRIMARY KEY (id)").format(sql.Identifier(f"{self.name}_pk_{uuid.uuid4().hex[:8]}"))
+    key = sql.SQL("CONSTRAINT {} PRIMARY KEY (id)").format(sql.Identifier(key_name))
     connection.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table),
                                                               sql.SQL(", ").join(columns + [key])))
     # Kept through renames: what the job made (and a repeated swap_in sees that NAME already is this rebuild).
@@ -187,7 +205,7 @@ class PostgresStore(VectorStore):
 
     def work(connection):
       connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
-      self._create_table(connection, physical, dimension)
+      self._create_table(connection, physical, dimension, like=True)
 
     self._run("creating a rebuild table", work)
     return physical
@@ -296,6 +314,12 @@ class PostgresStore(VectorStore):
 
   def commit_rebuild(self, physical: str, snapshot: str, expected: Optional[Marker]) -> Optional[str]:
     previous = f"{self.name}__old_{uuid.uuid4().hex[:8]}"
+
+    def indexes(connection):  # after the bulk load, before the swap (not again on a retried commit)
+      if connection.execute("SELECT to_regclass(%s) IS NOT NULL", [physical]).fetchone()[0]:
+        postgres_setup.build_indexes(connection, self.name, physical, self.index)
+
+    self._run("building the indexes", indexes, retry=True)
 
     def work(connection):
       if self._committed(connection, snapshot, expected):

@@ -15,11 +15,8 @@ process may write, each in batches of `batch_size` with `retries` retries of a t
 one process (the pipeline gathers them to a single writer step); inside that process every store object for the
 folder shares one client, serialised by a lock (Beam runs DoFns on several threads).
 
-From Beam's `apache_beam.ml.rag.ingestion.qdrant` this uses the connection parameters and the converter from
-`EmbeddableItem` to a point (named dense vector + payload). Its writer (`QdrantWriteConfig.create_write_transform`)
-only upserts into a collection that must already exist: it cannot delete points, create a collection, move an
-alias or say what it wrote, and in folder mode each of its DoFn instances opens its own client, which the folder
-lock refuses after the first.
+From Beam's `apache_beam.ml.rag.ingestion.qdrant` this uses the connection parameters and the converter to a point.
+Its writer only upserts into an existing collection: it cannot delete, create, move an alias or say what it wrote.
 """
 from __future__ import annotations
 
@@ -39,7 +36,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from stores import qdrant_marker
 from stores.base import (HELD, Marker, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
-                         checked_point, one_line, rebuild_name)
+                         checked_point, one_line, rebuild_name, redacted, refuse_password_in_url)
 
 API_KEY_ENV = "QDRANT_API_KEY"
 VECTOR_NAME = "dense"  # Beam's QdrantWriteConfig default
@@ -77,9 +74,10 @@ class QdrantStore(VectorStore):
   kind = "qdrant"
 
   def __init__(self, url: str, name: str, **kwargs: Any):
+    refuse_password_in_url("Qdrant", url, f"give the API key in ${API_KEY_ENV}")
     super().__init__(url, name, **kwargs)
     if not is_server_url(url) and "://" in url:
-      raise StoreError(f"Qdrant URL must be http(s)://host:port or a local folder, got {url!r}")
+      raise StoreError(f"Qdrant URL must be http(s)://host:port or a local folder, got {redacted(url)!r}")
     self._client = None
     self._folder: Optional[str] = None if is_server_url(url) else os.path.realpath(url)
 
@@ -148,11 +146,11 @@ class QdrantStore(VectorStore):
       try:
         with self._lock():
           return fn(*args, **kwargs)
-      except ResourceExhaustedResponse as e:
+      except ResourceExhaustedResponse as e:  # 429: bounded backoff, then one line
         attempt += 1
         if not retry or attempt > self.retries:
-          raise
-        time.sleep(min(60.0, float(e.retry_after_s)))
+          raise StoreError(f"Qdrant {what} on {self.url} was rate-limited (429) after {attempt} attempts") from e
+        time.sleep(min(30.0, max(backoff_seconds(attempt), float(e.retry_after_s or 0))))
       except UnexpectedResponse as e:
         if e.status_code in (401, 403):
           raise StoreError(f"Qdrant at {self.url} refused the API key ({e.status_code}; key from ${API_KEY_ENV}"

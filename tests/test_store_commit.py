@@ -186,16 +186,42 @@ def test_a_postgres_table_the_job_did_not_create_is_refused(pg_password):
 def test_a_replaced_table_that_cannot_be_dropped_is_a_warning_not_a_failure(pg_password):
   config = _config("postgres", pg_password["url"], f"tc_{next(_COUNTER)}")
   _commit(_first_plan(config, "r1"), _points(["a"], 1))
-  with psycopg.connect(pg_password["url"]) as connection:  # a view on the table: the replaced one cannot be dropped
+  plan = _first_plan(config, "r2")
+  with psycopg.connect(pg_password["url"]) as connection:  # a view made after the launch: the drop fails
     connection.execute(f"CREATE VIEW {config.name}_v AS SELECT id FROM {config.name}")
-  section = _commit(_first_plan(config, "r2"), _points(["a", "b"], 2))["vector_store"]
+  section = _commit(plan, _points(["a", "b"], 2))["vector_store"]
   assert section["in_sync"] and len(section["warnings"]) == 1 and "could not be dropped" in section["warnings"][0]
   assert _held(config) == {"a": "sha-a-2", "b": "sha-b-2"}
-  plan = _first_plan(config, "r3")
   store = config.make()
-  assert section["replaced"] in store.abandoned()
+  assert store.abandoned() == [section["replaced"]]
   store.close()
-  assert plan.mode == "rebuild"
+
+
+def test_a_postgres_rebuild_keeps_the_users_setup_and_a_view_refuses_it_at_launch(pg_password):
+  url, name = pg_password["url"], f"tc_{next(_COUNTER)}"
+  config = StoreConfig("postgres", url, name, index="hnsw")
+  _commit(_first_plan(config, "r1"), _points(["a", "b"], 1))
+  with psycopg.connect(url) as connection:
+    connection.execute(f"CREATE INDEX {name}_src ON {name} (source)")
+    connection.execute("DO $$ BEGIN CREATE ROLE reader_24; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    connection.execute(f"GRANT SELECT ON {name} TO reader_24")
+    connection.execute(f"ALTER TABLE {name} ENABLE ROW LEVEL SECURITY")
+    connection.execute(f"CREATE POLICY only_a ON {name} FOR SELECT TO reader_24 USING (id = 'a')")
+  _commit(_first_plan(config, "r2"), _points(["a", "b", "c"], 2))
+  with psycopg.connect(url) as connection:
+    methods = sorted(r[0] for r in connection.execute(
+        "SELECT am.amname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam "
+        "WHERE i.indrelid = to_regclass(%s)", [name]).fetchall())
+    grants = connection.execute("SELECT privilege_type FROM information_schema.role_table_grants "
+                                "WHERE table_name = %s AND grantee = 'reader_24'", [name]).fetchall()
+    policies = connection.execute("SELECT policyname, qual FROM pg_policies WHERE tablename = %s", [name]).fetchall()
+    secure = connection.execute("SELECT relrowsecurity FROM pg_class WHERE oid = to_regclass(%s)", [name]).fetchone()
+    connection.execute(f"CREATE VIEW {name}_v AS SELECT id FROM {name}")
+  assert methods == ["btree", "btree", "hnsw"]  # the primary key, the user's index, the HNSW index
+  assert grants == [("SELECT",)] and secure == (True,)
+  assert policies == [("only_a", "(id = 'a'::text)")]
+  with pytest.raises(UsageError, match=f"views depend on it \\({name}_v\\)"):
+    _first_plan(config, "r3")
 
 
 # --- through the pipeline (PostgreSQL: one table, few runs) ---
@@ -217,12 +243,14 @@ def test_a_failed_sync_leaves_name_as_it_was_and_the_next_run_repairs_hand_edits
                                                                                  pg_password, capsys):
   url, root, name = pg_password["url"], tmp_path / "root", f"job_{next(_COUNTER)}"
   corpus = tmp_path / "c.jsonl"
-  corpus.write_text("".join(json.dumps({"id": f"doc/{i}", "text": f"the cat sat on mat {i}."}) + "\n"
-                            for i in range(40)), encoding="utf-8")
+  long_id = "x" * 10240  # over PostgreSQL's btree limit: one dead letter, not a failed run
+  corpus.write_text("".join(json.dumps({"id": i, "text": "the cat sat on the mat."}) + "\n"
+                            for i in [f"doc/{i}" for i in range(40)] + [long_id]), encoding="utf-8")
   latest = ["--previous", f"latest:{root}"]
   first = _run_job(tiny_model_dir, str(corpus), str(root / "run1" / "emb"), url, name, *latest)
   before = _table(url, name)
   assert len(before) == 40 and first.manifest["vector_store"]["in_sync"]
+  assert first.manifest["counts"]["dead_lettered"] == 1 and long_id not in before
   # A rerun with a wrong --id-field dead-letters every record: in sync mode every row counts as deleted.
   argv = ["run", "--model", tiny_model_dir, "--input", str(corpus), "--input-format", "jsonl", "--output",
           str(root / "run2" / "emb"), "--seq-length", "32", "--vector-store", "postgres", "--vector-store-url", url,
@@ -244,3 +272,25 @@ def test_a_failed_sync_leaves_name_as_it_was_and_the_next_run_repairs_hand_edits
   assert (section["verify"]["vectors_differ"], section["verify"]["missing"], section["verify"]["extra"]) == (1, 1, 1)
   assert counts["store_repaired"] == 3 and section["in_sync"] and _table(url, name) == before
   assert section["abandoned_dropped"] == [f"{name}__{second_tag}"]  # the failed run's staging table
+
+
+CANARY = "canary-pw-7f3a"
+
+
+@pytest.mark.parametrize("kind, url", [
+    ("postgres", f"postgresql://embedder:{CANARY}@db:5432/search"),
+    ("postgres", f"postgres://embedder:{CANARY}@db/search?sslmode=require"),
+    ("qdrant", f"http://user:{CANARY}@qdrant.example:6333"),
+    ("qdrant", f"https://user:{CANARY}@qdrant.example"),
+])
+def test_a_url_with_a_password_is_refused_in_one_line_without_it(kind, url, tmp_path, capsys):
+  corpus = tmp_path / "c.jsonl"
+  corpus.write_text('{"id": "a", "text": "the cat sat."}\n', encoding="utf-8")
+  argv = ["run", "--model", "default", "--input", str(corpus), "--input-format", "jsonl", "--output",
+          str(tmp_path / "o"), "--vector-store", kind, "--vector-store-url", url, "--vector-collection", "emb"]
+  assert cli.main(argv) == 2
+  captured = capsys.readouterr()
+  err = captured.err.strip().splitlines()
+  assert len(err) == 1 and "must not hold a password" in err[0]
+  assert CANARY not in captured.err + captured.out
+  assert not (tmp_path / "o").exists()

@@ -39,13 +39,16 @@ class StoreConfig:
   batch_size: int = DEFAULT_BATCH_SIZE
   retries: int = DEFAULT_RETRIES
   keep_text: bool = False
+  index: Optional[str] = None  # --vector-store-index (PostgreSQL)
 
   def __post_init__(self):
     self.make()  # an unknown kind, a bad URL or name: StoreError now, not on a worker
 
   def make(self) -> VectorStore:
     """A new store object (not connected)."""
-    return stores.make_store(self.kind, self.url, self.name, batch_size=self.batch_size, retries=self.retries)
+    extra = {"index": self.index} if self.index else {}
+    return stores.make_store(self.kind, self.url, self.name, batch_size=self.batch_size, retries=self.retries,
+                             **extra)
 
   @property
   def single_writer(self) -> bool:
