@@ -294,3 +294,64 @@ def test_a_url_with_a_password_is_refused_in_one_line_without_it(kind, url, tmp_
   assert len(err) == 1 and "must not hold a password" in err[0]
   assert CANARY not in captured.err + captured.out
   assert not (tmp_path / "o").exists()
+
+
+def test_a_qdrant_rate_limit_is_retried_with_bounded_backoff_then_one_line(monkeypatch):
+  """A loopback endpoint stands in for a Qdrant server that answers 429 (with Retry-After) to every request."""
+  import http.server  # pylint: disable=import-outside-toplevel
+  import threading  # pylint: disable=import-outside-toplevel
+
+  seen = []
+
+  class Limited(http.server.BaseHTTPRequestHandler):
+    def _answer(self):  # pylint: disable=invalid-name
+      seen.append(self.path)
+      self.rfile.read(int(self.headers.get("Content-Length") or 0))
+      body = json.dumps({"status": {"error": "Too many requests"}, "time": 0.0}).encode()
+      self.send_response(429)
+      self.send_header("Retry-After", "0")
+      self.send_header("Content-Type", "application/json")
+      self.send_header("Content-Length", str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = _answer
+
+    def log_message(self, *args):  # pylint: disable=arguments-differ
+      pass
+
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Limited)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    monkeypatch.setenv("QDRANT_API_KEY", CANARY)
+    store = QdrantStore(f"http://127.0.0.1:{server.server_address[1]}", "n", retries=2)
+    with pytest.raises(StoreError, match=r"rate-limited \(429\) after 3 attempts") as info:
+      store.count()
+  finally:
+    server.shutdown()
+    server.server_close()
+  assert "\n" not in str(info.value) and CANARY not in str(info.value)
+  assert len(seen) == 3
+
+
+def test_a_canary_password_never_appears_in_a_store_error(pgvector_server, monkeypatch):
+  monkeypatch.setenv("PGPASSWORD", CANARY)  # wrong: refused
+  messages = []
+  for url in (pgvector_server["url"], "postgresql://postgres@127.0.0.1:1/postgres"):  # refused; unreachable
+    with pytest.raises(StoreError) as info:
+      PostgresStore(url, "emb").check(DIM)
+    messages.append(str(info.value))
+  monkeypatch.setenv("PGPASSWORD", pgvector_server["password"])
+  config = _config("postgres", pgvector_server["url"], f"tc_{next(_COUNTER)}")
+  section = _commit(_first_plan(config, "r1"), _points(["a"], 1))
+  plan = _sync_plan(config, "s2", "r1", 1)
+  store = config.make()
+  store.begin_staging(DIM, "s2")
+  store.close()
+  monkeypatch.setenv("PGPASSWORD", CANARY)  # the password is refused by the time of the commit
+  with pytest.raises(StoreError) as info:
+    StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 1}, (), {}))
+  messages.append(str(info.value))
+  assert all(CANARY not in m and "\n" not in m for m in messages), messages
+  assert "tc_" in messages[-1] and "was not changed" in messages[-1]
+  assert CANARY not in json.dumps(section)
