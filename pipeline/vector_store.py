@@ -222,5 +222,11 @@ def summary_line(manifest: dict) -> Optional[str]:
   if not section:
     return None
   how = "synced" if section["mode"] == MODE_SYNC else f"rebuilt as {section['physical']} ({section['reason']})"
-  return (f"bert-embed: {section['kind']} {section['collection']} {how}: {c.get('store_upserted', 0)} upserted, "
+  line = (f"bert-embed: {section['kind']} {section['collection']} {how}: {c.get('store_upserted', 0)} upserted, "
           f"{c.get('store_deleted', 0)} deleted, {section['points']} points")
+  verify = section.get("verify")
+  if verify:
+    line += (f"; verified {verify['ids_checked']} ids and {verify['vectors_checked']} vectors, "
+             f"{verify['repaired']} repaired" + (f", {verify['left_for_next_run']} left for the next run"
+                                                  if verify["left_for_next_run"] else ""))
+  return line

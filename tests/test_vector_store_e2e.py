@@ -167,7 +167,8 @@ def test_second_run_syncs_new_changed_deleted_and_dead_lettered(qdrant_cycle):
 
 def test_a_rerun_of_the_same_input_writes_nothing(qdrant_cycle):
   assert vector_store.summary_line(qdrant_cycle.run3.manifest) == (
-      "bert-embed: qdrant emb synced: 0 upserted, 0 deleted, 119 points")
+      "bert-embed: qdrant emb synced: 0 upserted, 0 deleted, 119 points; verified 119 ids and 119 vectors, "
+      "0 repaired")
   c = qdrant_cycle.run3.manifest["counts"]
   assert (c["encoded"], c["store_upserted"], c["store_deleted"]) == (0, 0, 0)
   assert qdrant_cycle.after3[1] == qdrant_cycle.after2[1]
