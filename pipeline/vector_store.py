@@ -25,7 +25,6 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
-from pipeline import finalize as finalize_lib
 from pipeline.options import UsageError
 from stores.base import APPLYING, DIFFERS, Marker, StoreError, StoreState, rebuild_name
 from stores.points import point_from_record
