@@ -8,8 +8,9 @@ Qdrant has no multi-point transaction, so an apply is made detectable instead of
   the ids to delete as points flagged `bert_embed_delete`. The commit takes the lease, checks the marker is the one
   the run saw at launch, records APPLYING, copies the staging's upserts and deletes into NAME, records HELD (last)
   and drops the staging collection. An apply that stops half-way leaves APPLYING: the next run sees it and rebuilds.
-- The lease keeps two runs from committing to NAME at once: a commit finding another run's unexpired lease fails
-  in one line (and one that finds NAME's marker changed since its launch applies nothing).
+- The lease (a server; a folder is locked by its engine) keeps two runs from committing to NAME at once: a commit
+  finding another run's unexpired lease (LEASE_S) fails in one line; one that finds NAME's marker changed since its
+  launch applies nothing.
 """
 from __future__ import annotations
 
@@ -70,7 +71,10 @@ def write_marker(store, marker: Marker, release: bool = False) -> None:
 
 
 def take_lease(store, owner: str) -> None:
-  """Raises StoreError (one line) when another run holds an unexpired lease on NAME; else records ours."""
+  """Raises StoreError (one line) when another run holds an unexpired lease on NAME; else records ours. A folder needs
+  none: its engine's lock keeps every other process out while the commit holds it (a killed run leaves no lease)."""
+  if store._folder is not None:  # pylint: disable=protected-access
+    return
   payload = _meta_payload(store) or {}
   holder, until = payload.get("lease_owner"), payload.get("lease_until") or 0.0
   if holder and holder != owner and until > time.time():
