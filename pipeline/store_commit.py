@@ -70,9 +70,11 @@ class StoreFinalizer(finalize_lib.Finalizer):
           warnings.append(f"the replaced {replaced} could not be dropped ({e}); the next run drops it")
           _LOG.warning("%s", warnings[-1])
       private = run.private
-      verify = store_verify.verify_and_repair(store, private.get(vector_store_lib.EXPECTED_FIELD) or [],
-                                              private.get(vector_store_lib.SAMPLE_FIELD))
-      if verify["left_for_next_run"]:
+      expected = private.get(vector_store_lib.EXPECTED_FIELD)
+      verify = None  # without the output's ids (a caller that gives none) nothing is compared, nothing deleted
+      if expected is not None:
+        verify = store_verify.verify_and_repair(store, expected, private.get(vector_store_lib.SAMPLE_FIELD))
+      if verify and verify["left_for_next_run"]:
         store.set_marker(Marker(plan.tag, DIFFERS))
         warnings.append(f"{name} differs from the output in {verify['left_for_next_run']} points this run could "
                         f"not rewrite (e.g. {verify['examples'][:1]}); the next run rebuilds it")
@@ -81,9 +83,9 @@ class StoreFinalizer(finalize_lib.Finalizer):
     finally:
       store.close()
     rows = int(run.counts.get("rows", 0))
-    in_sync = state.count == rows and not verify["left_for_next_run"]
+    in_sync = state.count == rows and not (verify and verify["left_for_next_run"])
     return {SECTION: {"kind": plan.config.kind, "url": plan.config.url, "collection": name, "mode": plan.mode,
                       "reason": plan.reason, "snapshot": plan.tag, "physical": state.physical, "replaced": replaced,
                       "abandoned_dropped": private.get(vector_store_lib.DROPPED_FIELD) or [],
                       "points": state.count, "in_sync": in_sync, "verify": verify, "warnings": warnings},
-            "counts": {"store_repaired": verify["repaired"]}}
+            "counts": {"store_repaired": verify["repaired"] if verify else 0}}

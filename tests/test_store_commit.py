@@ -355,3 +355,21 @@ def test_a_canary_password_never_appears_in_a_store_error(pgvector_server, monke
   assert all(CANARY not in m and "\n" not in m for m in messages), messages
   assert "tc_" in messages[-1] and "was not changed" in messages[-1]
   assert CANARY not in json.dumps(section)
+
+
+def test_a_swap_behind_a_readers_transaction_gives_up_in_one_line_and_changes_nothing(pg_password):
+  config = StoreConfig("postgres", pg_password["url"], f"tc_{next(_COUNTER)}", retries=0)
+  _commit(_first_plan(config, "r1"), _points(["a"], 1))
+  plan = _first_plan(config, "r2")
+  store = config.make()
+  store.begin_rebuild(DIM, "r2")
+  store.upsert(_points(["a", "b"], 2), target=plan.target)
+  store.close()
+  with psycopg.connect(pg_password["url"]) as reader:  # an idle reader's open transaction on NAME
+    reader.execute(f"SELECT count(*) FROM {config.name}").fetchone()
+    with pytest.raises(StoreError, match="lock timeout") as info:
+      StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))
+    assert "\n" not in str(info.value) and f"{config.name} was not changed" in str(info.value)
+  assert _held(config) == {"a": "sha-a-1"}
+  section = StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))["vector_store"]  # retried
+  assert section["snapshot"] == "r2" and _held(config) == {"a": "sha-a-2", "b": "sha-b-2"}
