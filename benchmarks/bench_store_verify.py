@@ -66,7 +66,8 @@ def main():
     url, password, stop = postgres_server(work / "pg")
     os.environ["PGPASSWORD"] = password
     try:
-      measure(StoreConfig("postgres", url, "docs"), args.num)
+      if args.num:
+        measure(StoreConfig("postgres", url, "docs"), args.num)
     finally:
       stop()
     measure(StoreConfig("qdrant", str(work / "qdrant"), "docs"), args.qdrant_num)
