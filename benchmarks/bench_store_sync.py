@@ -3,9 +3,10 @@
 Builds a jsonl corpus of N real sentences (benchmarks/corpus.py) with stable ids `doc/0..`, embeds it once (v1) with
 `--vector-store postgres` into a fresh table, then makes v2 with 2% of the records touched (1% changed, 0.5% deleted,
 0.5% new) and runs v2 with `--previous` v1, each to a new prefix from the same v1: with the store (sync mode:
-upserts and deletes only what changed) and without it (output only), in interleaved order. Each run is the CLI in
+upserts and deletes only what changed, staged and applied at the commit, then verified) and without it (output only), in interleaved order. Each run is the CLI in
 its own process (`python -m pipeline.cli run`, DirectRunner), so its wall seconds include start-up. Prints wall
-seconds per run, the ratio with/without, the manifest's store counts, and whether the table's ids equal v2's ids.
+seconds per run, the ratio with/without, the manifest's store counts and verify, and whether the table's ids equal
+v2's ids. Before each run with the store, the table and its snapshot marker are put back as v1 left them.
 The Qdrant folder is left out: its embedded engine commits every point on its own (bench_stores.py, RESULTS.md).
 usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128] [--pairs 3]
 """
@@ -69,6 +70,23 @@ def table_ids(url):
   return [r[0] for r in rows]
 
 
+def keep_v1(url):
+  """A copy of the table and its snapshot marker as v1 left them, so that every `with` run syncs from v1."""
+  import psycopg  # pylint: disable=import-outside-toplevel
+  with psycopg.connect(url) as conn:
+    conn.execute(f"CREATE TABLE v1_copy AS TABLE {TABLE}")
+    conn.execute("CREATE TABLE v1_marker AS SELECT * FROM bert_embed_collections")
+
+
+def restore_v1(url):
+  import psycopg  # pylint: disable=import-outside-toplevel
+  with psycopg.connect(url) as conn:
+    conn.execute(f"TRUNCATE {TABLE}")
+    conn.execute(f"INSERT INTO {TABLE} SELECT * FROM v1_copy")
+    conn.execute("TRUNCATE bert_embed_collections")
+    conn.execute("INSERT INTO bert_embed_collections SELECT * FROM v1_marker")
+
+
 def main():
   parser = argparse.ArgumentParser()
   parser.add_argument("--num", type=int, default=20000)
@@ -90,6 +108,7 @@ def main():
       seconds, manifest = run(args, work, work / "v1.jsonl", work / "v1" / "emb", *store)
       print(f"v1 with store: {seconds:.1f} s, {manifest['counts'].get('written')} written, "
             f"store_upserted {manifest['counts'].get('store_upserted')}", flush=True)
+      keep_v1(url)
       previous = ["--previous", str(work / "v1" / "emb")]
       times = {"with": [], "without": []}
       for pair in range(args.pairs):
@@ -97,6 +116,8 @@ def main():
         for kind in order:
           output = work / f"v2-{kind}-{pair}" / "emb"
           extra = previous + (store if kind == "with" else [])
+          if kind == "with":
+            restore_v1(url)
           seconds, manifest = run(args, work, work / "v2.jsonl", output, *extra)
           times[kind].append(seconds)
           c = manifest["counts"]
@@ -105,7 +126,9 @@ def main():
           if kind == "with":
             ids = table_ids(url)
             line += (f"  store_upserted {c.get('store_upserted')} store_deleted {c.get('store_deleted')}  "
-                     f"table rows {len(ids)}, ids equal v2's: {sorted(ids) == sorted(v2)}")
+                     f"table rows {len(ids)}, ids equal v2's: {sorted(ids) == sorted(v2)}, mode "
+                     f"{manifest['vector_store']['mode']}, in_sync {manifest['vector_store']['in_sync']}, "
+                     f"verify {json.dumps(manifest['vector_store']['verify'])}")
           print(line, flush=True)
       with_s, without_s = sum(times["with"]) / args.pairs, sum(times["without"]) / args.pairs
       print(f"mean v2 with store {with_s:.1f} s, without {without_s:.1f} s, ratio {with_s / without_s:.3f}")

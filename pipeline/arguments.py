@@ -267,7 +267,9 @@ def _check_vector_store(o) -> None:
   given = [flag for flag, value in (("--vector-store-url", o.vector_store_url),
                                     ("--vector-collection", o.vector_collection),
                                     ("--vector-store-batch-size", o.vector_store_batch_size),
-                                    ("--vector-store-retries", o.vector_store_retries)) if _given(value)]
+                                    ("--vector-store-retries", o.vector_store_retries),
+                                    ("--vector-store-verify", o.vector_store_verify),
+                                    ("--vector-store-index", o.vector_store_index)) if _given(value)]
   if not o.vector_store:
     if given:
       raise UsageError(f"{' and '.join(given)} need(s) --vector-store qdrant|postgres")
@@ -277,6 +279,11 @@ def _check_vector_store(o) -> None:
     raise UsageError(f"--vector-store {o.vector_store} needs {' and '.join(missing)}")
   if o.no_embeddings:
     raise UsageError("--vector-store needs embeddings; --no-embeddings writes MLM scores only")
+  if o.vector_store_index is not None and o.vector_store != "postgres":
+    raise UsageError("--vector-store-index is for --vector-store postgres (Qdrant indexes every collection itself)")
+  verify = o.vector_store_verify
+  if verify is not None and str(verify).lower() != "all" and not str(verify).isdigit():
+    raise UsageError(f"--vector-store-verify must be a number of vectors (0 or more) or all, got {verify!r}")
   if o.output_dtype != "float32" or o.truncate_dim is not None:
     raise UsageError("--vector-store writes float32 vectors of the model's dimension: it does not go with "
                      "--output-dtype or --truncate-dim")

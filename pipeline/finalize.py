@@ -6,9 +6,9 @@ element run once every file is written and every count gathered (pipeline/manife
 1. checks the run: read == written + dead_lettered, and dead-lettered / read <= --max-dead-letter-fraction. A failed
    check raises RunCheckError (one line), so the job fails and nothing below happens: the earlier output of the
    prefix, its manifest and LATEST stay as they were, and no manifest vouches for the failed run.
-2. runs the finalizers (things that must also commit only after the checks, such as a vector store's swap to a
-   full rebuild), in order, before the prefix's files are touched: a finalizer that raises fails the job and leaves
-   the earlier output whole;
+2. runs the finalizers (things that must also commit only after the checks, such as applying a vector store's
+   staged changes: pipeline/store_commit.py), in order, before the prefix's files are touched: a finalizer that
+   raises fails the job and leaves the earlier output whole;
 3. deletes the prefix's earlier manifest, then moves the new shards to their final names, deleting the prefix's
    earlier shards that are not replaced (only this prefix's own files: formats/output_files.py);
 4. writes the manifest, with each shard's size and SHA-256, and removes the staging directory.
@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import re
-from typing import Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -57,24 +57,30 @@ class RunChecks:
 
 
 class CommittedRun(NamedTuple):
-  """What a finalizer is given: the run's counts and its files, still under their staged names."""
+  """What a finalizer is given: the run's counts, its files (still under their staged names) and the private fields
+  (names starting with "_": given to the finalizers, never written to the manifest)."""
   output_prefix: str
   counts: Mapping[str, int]
   files: Sequence[WrittenFile]
+  private: Mapping[str, Any] = {}
 
 
 class Finalizer:
   """Something that commits with the run: after its checks passed, before its files replace the earlier output.
 
-  `commit` returns fields to add to the manifest ({} for none); it raises to fail the run (then the earlier output
-  and its manifest stay as they were, and LATEST does not move). It runs on a worker: keep heavy state out of
-  `__init__`.
+  `commit` returns fields to add to the manifest ({} for none; "counts": {count name: value} sets counts); it
+  raises to fail the run (then the earlier output and its manifest stay as they were, and LATEST does not move).
+  It runs on a worker: keep heavy state out of `__init__`.
   """
 
   name = "finalizer"
 
   def commit(self, run: CommittedRun) -> dict:
     raise NotImplementedError
+
+  def kept_note(self) -> str:
+    """What a failed check leaves of this finalizer's things, for the failure's message ("" for nothing to say)."""
+    return ""
 
 
 def dead_letter_reason(dead_letter: DeadLetter) -> str:
@@ -133,17 +139,21 @@ class _FinalizeFn(beam.DoFn):
       reasons = facts.get("examples", {}).get(DEAD_LETTER_REASONS, {})
       where = (f"nothing was replaced at {self._prefix} (this run's files, dead letters included, stay in "
                f"{self._staging_dir} until the next run of the prefix)")
+      where += "".join(f"; {note}" for note in (f.kept_note() for f in self._finalizers) if note)
       check_run(counts, reasons, self._checks, where)
       checks = {"max_dead_letter_fraction": self._checks.max_dead_letter_fraction,
                 "dead_letter_fraction": counts["dead_lettered"] / counts["read"] if counts["read"] else 0.0}
-    computed = {name: facts["fields"].get(name) for name in self._field_names}
+    computed = {name: facts["fields"].get(name) for name in self._field_names if not name.startswith("_")}
+    private = {name: facts["fields"].get(name) for name in self._field_names if name.startswith("_")}
     computed.update({name: facts["tallies"].get(name, {}) for name in self._tally_names})
     if checks:
       computed["checks"] = checks
-    # The finalizers (a vector store's swap: a remote call that can fail) go before anything of the prefix is
+    # The finalizers (a vector store's apply: remote calls that can fail) go before anything of the prefix is
     # touched, so one that raises leaves the earlier output and its manifest whole.
     for finalizer in self._finalizers:
-      computed.update(finalizer.commit(CommittedRun(self._prefix, dict(counts), tuple(facts["files"]))) or {})
+      added = dict(finalizer.commit(CommittedRun(self._prefix, dict(counts), tuple(facts["files"]), private)) or {})
+      counts.update({name: int(n) for name, n in added.pop("counts", {}).items() if name in counts})
+      computed.update(added)
     manifest_path = manifest_lib.manifest_path(self._prefix)
     if FileSystems.exists(manifest_path):  # first: a mix of old and new files is never vouched for
       FileSystems.delete([manifest_path])
@@ -166,7 +176,8 @@ class Finalize(beam.PTransform):
   "counts": {name: PCollection of ints, or a tuple of such PCollections (all summed into the name)}}; every name of
   count_names is in the manifest, 0 when it has no PCollection. Optional:
     "dead_letters": PCollection[DeadLetter], whose reasons are tallied for the dead-letter check's message;
-    "fields": {name: PCollection of at most one JSON-able value} (e.g. a drift check); none gives null;
+    "fields": {name: PCollection of at most one JSON-able value} (e.g. a drift check); none gives null; a name
+      starting with "_" is private: given to the finalizers (CommittedRun.private), not written to the manifest;
     "tallies": {name: PCollection of str}: the field is {element: occurrences} ({} for none);
     "after": a PCollection that must be complete first (e.g. RemoveStaleStaging's).
   `kinds`: {file kind: its sink} of the files to commit (an empty shard is written for a kind without files).

@@ -179,6 +179,13 @@ class BertEmbedArguments:
     _flag(g, "vector_store_retries", type=non_negative_int, default=None,
           help="Retries of a store request that failed transiently (connection, 5xx, rate limit), with backoff "
                f"(default {DEFAULT_STORE_RETRIES}).")
+    _flag(g, "vector_store_index", choices=("hnsw",), default=None,
+          help="postgres: keep an HNSW index (cosine) on the table; a rebuild builds it after the bulk load. "
+               "Indexes added by hand are rebuilt the same way.")
+    _flag(g, "vector_store_verify", default=None,
+          help="After applying, the ids and text_sha256 of every point are checked against the output, and the "
+               "vectors of this many random rows (within 1e-5), or of all (default 1000); what differs is "
+               "repaired.")
     # Batching.
     _flag(g, "batch_size", type=positive_int, default=DEFAULT_BATCH_SIZE,
           help="Largest encoder batch (RunInference max_batch_size).")

@@ -14,6 +14,7 @@ from typing import NamedTuple, Optional, Sequence
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+import stores
 from formats import output_files as output_files_lib
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
 from pipeline import arguments
@@ -27,6 +28,7 @@ from pipeline import remote
 from pipeline import vector_store as vector_store_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
+from pipeline.store_commit import StoreFinalizer
 from formats import compact
 from runtime import quiet
 from transforms.duplicate_ids import ResolveDuplicateIds
@@ -112,14 +114,15 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   compactor = CompactVectors(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim, cfg.normalize, carried_ranges)
   if compacting:
     rows = rows | "CompactVectors" >> compactor
-  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns)
+  max_id = stores.MAX_ID_BYTES.get(cfg.vector_store.config.kind) if cfg.vector_store is not None else None
+  checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
   encoded_valid = valid = checked.valid
   invalid = checked.dead_letters
   # Carried rows are validated on their own, so that the rows this run encoded stay apart (a vector store upserts
   # only those). Without a previous output nothing is carried, and a Flatten would only cut the fused read-to-write
   # stage (the DirectRunner then holds all rows).
   if plan.previous_files is not None:
-    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns)
+    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
     valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
@@ -189,12 +192,14 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
     tallies["precision_used"] = embedded.precision_used
   count_names = COUNTS
-  if cfg.vector_store is not None:  # the store is written while the job runs; a rebuild is swapped in by Finalize
+  if cfg.vector_store is not None:  # the job stages the store's changes; Finalize applies them after the checks
     store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
-    counts.update(vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid, split.stale_ids,
-                                               p))
+    store_counts, store_fields = vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
+                                                              split.stale_ids, p)
+    counts.update(store_counts)
+    fields.update(store_fields)
     count_names += vector_store_lib.COUNTS
-    finalizers = (*finalizers, vector_store_lib.StoreFinalizer(store_plan))
+    finalizers = (*finalizers, StoreFinalizer(store_plan))
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
   manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
                "after": cleared}

@@ -1,23 +1,20 @@
-"""--vector-store: the store checked at launch, the choice between syncing it and rebuilding it, the job's writes,
-and the finalizer that commits a rebuild.
+"""--vector-store: the store checked at launch, the choice between syncing it and rebuilding it, and the job's staged
+writes (pipeline/store_commit.py applies them).
 
-After a successful run the store's collection NAME holds exactly the rows of the run's output (same ids, same
-vectors). Two ways to get there, chosen at launch:
+After a successful run NAME holds exactly the rows of the run's output (same ids, vectors and text_sha256), and
+records that run's snapshot id. Nothing reaches NAME before the run's checks pass: the job writes to a collection
+or table of its own, and the commit step applies it after the checks, before the files are moved in.
 
 - sync (`incremental`): the run reuses its previous output (--previous, same embedding fingerprint), NAME exists,
-  the previous run wrote it (its manifest's `vector_store` names the same store and physical collection) and NAME
-  still holds as many points as that output had rows. Then only the rows this run encoded are upserted, and the
-  previous rows it did not carry over (records deleted, changed, encoded again; windows no longer produced) and
-  does not write again are deleted. These writes go to NAME while the job runs: a failed run may have applied
-  some of them (each is idempotent, and the rerun converges).
-- rebuild: anything else (first run, fingerprint change, a store that drifted from the previous output). The job
-  creates a new physical collection `NAME__TAG` as its first step, writes every row there, and the finalizer, which
-  runs only after the run's checks passed and before its files replace the earlier output, moves NAME to it in one
-  operation and drops the old one. A failed or killed run leaves NAME on the previous complete collection (the
-  abandoned `NAME__TAG` stays until dropped by hand, see README).
+  the previous run wrote it, NAME records the previous output's snapshot (held, not half-applied or found to differ)
+  and holds as many points as that output had rows. The job stages the rows it encoded (upserts) and the previous
+  rows it did not carry over and does not write again (deletes) in `NAME__sTAG`; the commit applies them.
+- rebuild: anything else (first run, fingerprint change, a store another root or job wrote, an interrupted apply,
+  a restore). The job writes every row into `NAME__rTAG`; the commit moves NAME to it and drops the old one.
+  Abandoned tables/collections of the job (failed runs) are dropped when a run begins its writes.
 
-The finalizer records the `vector_store` section of the manifest (kind, URL, collection, mode and why, the physical
-collection, points held); the counts `store_upserted` and `store_deleted` say what the run wrote.
+The snapshot id is the run's tag (`sTAG` / `rTAG`); the manifest's `vector_store.snapshot` and the store's marker
+must agree for the next run to sync.
 """
 from __future__ import annotations
 
@@ -28,15 +25,18 @@ from typing import NamedTuple, Optional
 
 import apache_beam as beam
 
-from pipeline import finalize as finalize_lib
 from pipeline.options import UsageError
-from stores.base import StoreError, StoreState, rebuild_name
+from stores.base import APPLYING, DIFFERS, Marker, StoreError, StoreState, rebuild_name
+from stores.points import point_from_record
 from transforms.sequencing import After
 from transforms.store_writes import StoreConfig, WriteToStore
 
 MODE_SYNC = "incremental"
 MODE_REBUILD = "rebuild"
-COUNTS = ("store_upserted", "store_deleted")
+COUNTS = ("store_upserted", "store_deleted", "store_repaired")
+DEFAULT_VERIFY = 1000
+VERIFY_ALL = -1
+EXPECTED_FIELD, SAMPLE_FIELD, DROPPED_FIELD = "_store_expected", "_store_sample", "_store_dropped"
 SECTION = "vector_store"
 _LOG = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class StoreLaunch(NamedTuple):
   """The store as found at launch: how to reach it and what NAME held."""
   config: StoreConfig
   state: StoreState
+  verify: int = DEFAULT_VERIFY
 
 
 class StorePlan(NamedTuple):
@@ -52,8 +53,10 @@ class StorePlan(NamedTuple):
   config: StoreConfig
   mode: str  # MODE_SYNC or MODE_REBUILD
   reason: str  # why a rebuild ("" for a sync)
-  target: Optional[str]  # the physical collection a rebuild writes (None for a sync: NAME itself)
-  tag: Optional[str] = None  # the rebuild's tag (target = NAME__TAG)
+  target: str  # the collection/table the job writes: a rebuild's NAME__rTAG, a sync's staging NAME__sTAG
+  tag: str  # the snapshot id this run records in the store (target = NAME__TAG)
+  expected: Optional[Marker] = None  # what NAME recorded at launch: the commit applies only onto it
+  verify: int = DEFAULT_VERIFY  # vectors compared after the apply (VERIFY_ALL: every one)
 
 
 def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[StoreLaunch]:
@@ -62,8 +65,10 @@ def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[Stor
   remote workers cannot reach this machine's folder."""
   if not o.vector_store:
     return None
+  verify = parse_verify(getattr(o, "vector_store_verify", None))
   try:
-    given = {"batch_size": o.vector_store_batch_size, "retries": o.vector_store_retries}
+    given = {"batch_size": o.vector_store_batch_size, "retries": o.vector_store_retries,
+             "index": getattr(o, "vector_store_index", None)}
     config = StoreConfig(o.vector_store, o.vector_store_url, o.vector_collection, keep_text=o.keep_text,
                          **{name: value for name, value in given.items() if value is not None})
     if remote_runner and config.single_writer:
@@ -76,7 +81,36 @@ def check_store(o, dimension: int, remote_runner: bool = False) -> Optional[Stor
       store.close()
   except StoreError as e:
     raise UsageError(f"--vector-store {o.vector_store}: {e}") from None
-  return StoreLaunch(config, state)
+  return StoreLaunch(config, state, verify)
+
+
+def parse_verify(value) -> int:
+  """--vector-store-verify: a number of vectors (0 or more) or `all` (VERIFY_ALL); None gives DEFAULT_VERIFY."""
+  if value is None:
+    return DEFAULT_VERIFY
+  if str(value).strip().lower() == "all":
+    return VERIFY_ALL
+  try:
+    n = int(value)
+  except ValueError:
+    n = -1
+  if n < 0:
+    raise UsageError(f"--vector-store-verify must be a number of vectors (0 or more) or all, got {value!r}")
+  return n
+
+
+def _snapshot_mismatch(name: str, marker: Optional[Marker], recorded: Optional[str]) -> Optional[str]:
+  """Why NAME cannot be synced onto (None when its marker is the previous output's snapshot, held)."""
+  if marker is None:
+    return f"{name} records no snapshot (written by an earlier version or by hand, or restored)"
+  if marker.state == APPLYING:
+    return f"the apply of snapshot {marker.snapshot} to {name} was interrupted"
+  if marker.state == DIFFERS:
+    return f"the verify of snapshot {marker.snapshot} found points of {name} that differ"
+  if marker.snapshot != recorded:
+    return (f"{name} holds snapshot {marker.snapshot}, the previous output's is {recorded}: another root or job "
+            f"wrote it, or it was restored")
+  return None
 
 
 def _previous_section(previous_plan) -> Optional[dict]:
@@ -87,11 +121,11 @@ def _previous_section(previous_plan) -> Optional[dict]:
 
 
 def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) -> StorePlan:
-  """Sync or rebuild (see the module docstring); `previous_plan` is the run's pipeline.previous.Plan. Raises
-  UsageError when a rebuild is needed but cannot be swapped in (a Qdrant NAME that is a collection, not an alias)."""
+  """Sync or rebuild (see the module docstring); `previous_plan` is the run's pipeline.previous.Plan."""
   config, state = launch.config, launch.state
   section = _previous_section(previous_plan)
   rows = ((previous_plan.previous.manifest or {}).get("counts") or {}).get("rows") if previous_plan.previous else None
+  mode = MODE_REBUILD
   if not previous_plan.incremental:
     reason = f"the run re-embeds every record ({previous_plan.reason})"
   elif not state.exists:
@@ -102,18 +136,23 @@ def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) ->
   elif section.get("physical") != state.physical:
     reason = (f"{config.name} resolves to {state.physical}, the previous run left it on {section.get('physical')}: "
               f"another job replaced it")
+  elif (mismatch := _snapshot_mismatch(config.name, state.marker, section.get("snapshot"))) is not None:
+    reason = mismatch
   elif rows != state.count:
     reason = f"{config.name} holds {state.count} points, the previous output {rows} rows"
   else:
-    return StorePlan(config, MODE_SYNC, "", None)
-  if config.kind == "qdrant" and state.exists and state.physical == config.name:
-    raise UsageError(f"--vector-collection {config.name}: a rebuild is needed ({reason}), but {config.name} is a "
-                     f"Qdrant collection, not an alias, so it cannot be swapped; choose another name")
-  tag = tag or datetime.datetime.now(datetime.timezone.utc).strftime("r%Y%m%d%H%M%S_") + uuid.uuid4().hex[:6]
-  return StorePlan(config, MODE_REBUILD, reason, rebuild_name(config.name, tag), tag)
+    mode, reason = MODE_SYNC, ""
+  if mode == MODE_REBUILD and state.blocked:
+    raise UsageError(f"--vector-collection {config.name}: a rebuild is needed ({reason}), but {state.blocked}; "
+                     f"drop it or choose another name")
+  stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S_") + uuid.uuid4().hex[:6]
+  tag = tag or ("s" if mode == MODE_SYNC else "r") + stamp
+  return StorePlan(config, mode, reason, rebuild_name(config.name, tag), tag, state.marker, launch.verify)
 
 
-class _BeginRebuildFn(beam.DoFn):
+class _BeginFn(beam.DoFn):
+  """Drops the job's abandoned tables/collections of NAME, then creates the one this run writes; yields
+  (its name, [the dropped ones])."""
 
   def __init__(self, plan: StorePlan, dimension: int):
     super().__init__()
@@ -123,67 +162,57 @@ class _BeginRebuildFn(beam.DoFn):
   def process(self, unused_element):
     store = self._plan.config.make()
     try:
-      physical = store.begin_rebuild(self._dimension, self._plan.tag)
+      dropped = []
+      for abandoned in store.abandoned():
+        try:
+          store.drop(abandoned)
+          dropped.append(abandoned)
+        except StoreError as e:
+          _LOG.warning("could not drop the abandoned %s: %s", abandoned, e)
+      begin = store.begin_rebuild if self._plan.mode == MODE_REBUILD else store.begin_staging
+      physical = begin(self._dimension, self._plan.tag)
     finally:
       store.close()
     if physical != self._plan.target:
-      raise StoreError(f"the rebuild of {self._plan.config.name} was created as {physical}, "
-                       f"expected {self._plan.target}")
-    yield physical
+      raise StoreError(f"{self._plan.config.name}: {physical} was created, expected {self._plan.target}")
+    yield physical, dropped
 
 
-def write_store(plan: StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline) -> dict:
-  """Wires the job's store writes; returns {count name: PCollection of ints} for the manifest.
+def write_store(plan: StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline) -> tuple[dict, dict]:
+  """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection})
+  for Finalize (the fields are what pipeline/store_commit.py verifies against).
 
   encoded_rows: the valid rows this run encoded; all_rows: every valid row of the output (encoded and carried);
   stale_ids: the ids of the previous rows not carried (None without carry-over).
   """
+  begun = (pipeline
+           | "BeginStoreWrites" >> beam.Create([None])
+           | "CreateStoreTarget" >> beam.ParDo(_BeginFn(plan, dimension)))
   if plan.mode == MODE_REBUILD:
-    begun = (pipeline
-             | "BeginStoreRebuild" >> beam.Create([None])
-             | "CreateRebuild" >> beam.ParDo(_BeginRebuildFn(plan, dimension)))
     upserts = all_rows | "AfterRebuildBegun" >> After(begun)
     deletes = pipeline | "NothingToDelete" >> beam.Create([])
   else:
-    upserts = encoded_rows
+    upserts = encoded_rows | "AfterStagingBegun" >> After(begun)
     stale = (stale_ids if stale_ids is not None else pipeline | "NoStaleIds" >> beam.Create([]))
     # A stale id that this run writes again is overwritten by its upsert; only the others are deleted.
     deletes = ({"stale": stale | "KeyStale" >> beam.Map(lambda i: (i, None)),
                 "upserted": encoded_rows | "KeyUpserted" >> beam.Map(lambda r: (r.id, None))}
                | "StaleOrRewritten" >> beam.CoGroupByKey()
-               | "OnlyStale" >> beam.FlatMap(lambda kv: [kv[0]] if kv[1]["stale"] and not kv[1]["upserted"] else []))
-  written = (upserts, deletes) | "WriteToStore" >> WriteToStore(plan.config, plan.target)
-  return {"store_upserted": written["upserted"], "store_deleted": written["deleted"]}
-
-
-class StoreFinalizer(finalize_lib.Finalizer):
-  """Commits the store with the run: swaps a rebuild in (then drops the collection it replaced) and records the
-  manifest's `vector_store` section."""
-
-  name = "vector_store"
-
-  def __init__(self, plan: StorePlan):
-    self._plan = plan
-
-  def commit(self, run: finalize_lib.CommittedRun) -> dict:
-    plan = self._plan
-    store = plan.config.make()
-    try:
-      replaced = None
-      if plan.mode == MODE_REBUILD:
-        replaced = store.swap_in(plan.target)
-        if replaced is not None and replaced != plan.target:
-          store.drop(replaced)
-      state = store.check()
-      points = store.count()
-    finally:
-      store.close()
-    rows = int(run.counts.get("rows", 0))
-    if points != rows:
-      _LOG.warning("%s holds %d points, the output %d rows: the next run rebuilds it", plan.config.name, points, rows)
-    return {SECTION: {"kind": plan.config.kind, "url": plan.config.url, "collection": plan.config.name,
-                      "mode": plan.mode, "reason": plan.reason, "physical": state.physical, "replaced": replaced,
-                      "points": points, "in_sync": points == rows}}
+               | "OnlyStale" >> beam.FlatMap(lambda kv: [kv[0]] if kv[1]["stale"] and not kv[1]["upserted"] else [])
+               | "DeletesAfterStagingBegun" >> After(begun))
+  written = (upserts, deletes) | "WriteToStore" >> WriteToStore(plan.config, plan.target,
+                                                                 staged=plan.mode == MODE_SYNC)
+  keep_text = plan.config.keep_text
+  points = all_rows | "StorePoints" >> beam.Map(lambda r: point_from_record(r, keep_text=keep_text))
+  sample = (points | "SampleToVerify" >> (beam.combiners.ToList() if plan.verify == VERIFY_ALL
+                                          else beam.combiners.Sample.FixedSizeGlobally(plan.verify)))
+  fields = {EXPECTED_FIELD: (all_rows
+                             | "IdsToVerify" >> beam.Map(lambda r: (r.id, r.text_sha256))
+                             | "AllIdsToVerify" >> beam.combiners.ToList()),
+            SAMPLE_FIELD: sample,
+            DROPPED_FIELD: begun | "Dropped" >> beam.Map(lambda pair: pair[1])}
+  counts = {"store_upserted": written["upserted"], "store_deleted": written["deleted"]}
+  return counts, fields
 
 
 def summary_line(manifest: dict) -> Optional[str]:
@@ -192,5 +221,11 @@ def summary_line(manifest: dict) -> Optional[str]:
   if not section:
     return None
   how = "synced" if section["mode"] == MODE_SYNC else f"rebuilt as {section['physical']} ({section['reason']})"
-  return (f"bert-embed: {section['kind']} {section['collection']} {how}: {c.get('store_upserted', 0)} upserted, "
+  line = (f"bert-embed: {section['kind']} {section['collection']} {how}: {c.get('store_upserted', 0)} upserted, "
           f"{c.get('store_deleted', 0)} deleted, {section['points']} points")
+  verify = section.get("verify")
+  if verify:
+    line += (f"; verified {verify['ids_checked']} ids and {verify['vectors_checked']} vectors, "
+             f"{verify['repaired']} repaired" + (f", {verify['left_for_next_run']} left for the next run"
+                                                  if verify["left_for_next_run"] else ""))
+  return line

@@ -7,6 +7,9 @@ from typing import Any
 from stores.base import StoreError, VectorStore
 
 STORE_KINDS = ("qdrant", "postgres")
+# The longest record id (UTF-8 bytes) a store holds; longer ids are dead-lettered. PostgreSQL: its btree primary key
+# takes entries up to ~2,700 bytes; Qdrant keeps the id in the payload (the point id is its UUIDv5): no limit.
+MAX_ID_BYTES = {"postgres": 2000}
 
 
 def make_store(kind: str, url: str, name: str, **kwargs: Any) -> VectorStore:

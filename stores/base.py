@@ -16,6 +16,7 @@ from __future__ import annotations
 import abc
 import math
 import re
+import urllib.parse
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
@@ -44,6 +45,23 @@ class StoreError(Exception):
     super().__init__(one_line(message))
 
 
+def refuse_password_in_url(label: str, url: str, instead: str) -> None:
+  """Raises StoreError (one line, without the password) when `url` holds a user-info password."""
+  try:
+    parts = urllib.parse.urlsplit(url)
+    password = parts.password
+  except ValueError:
+    return
+  if password:
+    raise StoreError(f"{label} URL must not hold a password (user {parts.username!r} at {parts.hostname}): "
+                     f"{instead}")
+
+
+def redacted(url: str) -> str:
+  """`url` with any user-info password replaced by ***."""
+  return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
 def one_line(message: Any) -> str:
   """`message` as a single line: newlines folded, long messages cut."""
   text = " ".join(str(message).split())
@@ -57,12 +75,38 @@ class StorePoint(NamedTuple):
   payload: Mapping[str, Any]  # keys from PAYLOAD_FIELDS; `id` is added by the stores themselves
 
 
+# The states a store records with the snapshot it holds (Marker.state).
+HELD = "held"  # NAME holds the snapshot, verified when the run finished
+APPLYING = "applying"  # an apply of the snapshot began and has not finished (Qdrant: no multi-point transaction)
+DIFFERS = "differs"  # the verify after the apply found differences it could not repair: the next run rebuilds
+
+
+class Marker(NamedTuple):
+  """What a store records of the snapshot NAME holds: the run's snapshot id (the manifest's vector_store.snapshot)
+  and a state (HELD, APPLYING, DIFFERS)."""
+  snapshot: str
+  state: str
+
+
 class StoreState(NamedTuple):
   """What `check` found under NAME."""
   exists: bool
   dimension: Optional[int]  # None when NAME does not exist
   physical: Optional[str]  # the physical collection/table NAME resolves to (NAME itself when it is not an alias)
   count: int
+  marker: Optional[Marker] = None  # the snapshot NAME records (None: none recorded)
+  blocked: Optional[str] = None  # what keeps a rebuild from replacing NAME (e.g. views on a table), or None
+
+
+class ChangedSinceLaunch(Exception):
+  """NAME no longer holds what the run saw at launch: another writer committed first. Nothing was applied."""
+
+  def __init__(self, name: str, found: Optional[Marker], expected: Optional[Marker]):
+    def show(marker):
+      return "none" if marker is None else f"{marker.snapshot} ({marker.state})"
+
+    super().__init__(f"{name} records snapshot {show(found)}, this run saw {show(expected)} at launch: another run "
+                     f"or job wrote it since")
 
 
 def check_payload(payload: Mapping[str, Any]) -> None:
@@ -174,6 +218,44 @@ class VectorStore(abc.ABC):
   @abc.abstractmethod
   def drop(self, physical: str) -> None:
     """Removes a physical collection (a replaced one, or an abandoned rebuild). Refuses the one NAME resolves to."""
+
+  # --- staged changes and their commit (how each store keeps readers on the old or new set: its module docstring)
+
+  @abc.abstractmethod
+  def abandoned(self) -> list[str]:
+    """The physical collections/tables this job created for NAME that NAME does not resolve to (failed rebuilds,
+    staging of failed runs, replaced ones a drop missed)."""
+
+  @abc.abstractmethod
+  def begin_staging(self, dimension: int, tag: str) -> str:
+    """Creates an empty staging collection/table for a sync's changes (`upsert` with it as `target`, then
+    `stage_deletes`); NAME is untouched until `apply_staged`."""
+
+  @abc.abstractmethod
+  def stage_deletes(self, ids: Sequence[str], staging: str) -> int:
+    """Records in `staging` that these record ids are to be deleted from NAME; returns how many."""
+
+  @abc.abstractmethod
+  def apply_staged(self, staging: str, snapshot: str, expected: Optional[Marker]) -> None:
+    """Applies a staging's upserts and deletes to NAME and records `snapshot` (HELD); raises ChangedSinceLaunch
+    when NAME's marker is not `expected` (nothing applied), StoreError when the store fails."""
+
+  @abc.abstractmethod
+  def commit_rebuild(self, physical: str, snapshot: str, expected: Optional[Marker]) -> Optional[str]:
+    """`swap_in` with the marker: checks `expected` (ChangedSinceLaunch), makes NAME resolve to `physical` and
+    records `snapshot` (HELD); returns the replaced physical collection/table (to drop) or None."""
+
+  @abc.abstractmethod
+  def set_marker(self, marker: Marker) -> None:
+    """Records `marker` as what NAME holds."""
+
+  @abc.abstractmethod
+  def fingerprints(self) -> dict[str, Optional[str]]:
+    """{record id: text_sha256} of every point in NAME (no vectors read)."""
+
+  @abc.abstractmethod
+  def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    """{record id: vector as stored} of those of `ids` that NAME holds."""
 
   @abc.abstractmethod
   def count(self, target: Optional[str] = None) -> int:

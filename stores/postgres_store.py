@@ -20,17 +20,21 @@ import time
 import uuid
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from stores.base import (PAYLOAD_FIELDS, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
-                         checked_point, one_line, rebuild_name)
+from stores import postgres_setup
+from stores import postgres_staging as staging_lib
+from stores.base import (HELD, PAYLOAD_FIELDS, Marker, StoreError, StorePoint, StoreState, VectorStore,
+                         backoff_seconds, batches, checked_point, one_line, rebuild_name, redacted,
+                         refuse_password_in_url)
 
 _SQL_TYPES = {"text": "text", "int": "integer"}
 _PAYLOAD_COLUMNS = [name for name in PAYLOAD_FIELDS if name != "id"]
 _CONNECT_TIMEOUT_S = 10
-_REBUILD_MARK = "bert-embed rebuild "
+_REBUILD_MARK = staging_lib.MARK + "rebuild "
 
 
 def _vector_literal(vector) -> str:
@@ -43,14 +47,18 @@ class PostgresStore(VectorStore):
 
   kind = "postgres"
 
-  def __init__(self, url: str, name: str, **kwargs: Any):
+  def __init__(self, url: str, name: str, index: Optional[str] = None, **kwargs: Any):
+    if index not in (None, *postgres_setup.INDEX_KINDS):
+      raise StoreError(f"PostgreSQL index must be one of {', '.join(postgres_setup.INDEX_KINDS)}, got {index!r}")
+    self.index = index
+    refuse_password_in_url("PostgreSQL", url, "set PGPASSWORD or use a service file / ~/.pgpass")
     super().__init__(url, name, **kwargs)
     if not url.startswith(("postgresql://", "postgres://")):
-      raise StoreError(f"PostgreSQL URL must be postgresql://user@host:port/db, got {url!r}")
+      raise StoreError(f"PostgreSQL URL must be postgresql://user@host:port/db, got {redacted(url)!r}")
     try:
       params = conninfo_to_dict(url)
     except psycopg.ProgrammingError as e:
-      raise StoreError(f"PostgreSQL URL {url!r} is not valid: {one_line(e)}") from e
+      raise StoreError(f"PostgreSQL URL {redacted(url)!r} is not valid") from e
     if params.get("password"):
       raise StoreError("PostgreSQL URL must not hold a password: set PGPASSWORD or use a service file / ~/.pgpass")
     self._client: Optional[psycopg.Connection] = None
@@ -98,6 +106,10 @@ class PostgresStore(VectorStore):
         time.sleep(backoff_seconds(attempt))
       except psycopg.errors.InsufficientPrivilege as e:
         raise StoreError(f"PostgreSQL {what} on {self._where()} was refused: {one_line(e)}") from e
+      except psycopg.errors.DataException:
+        raise
+      except psycopg.Error as e:  # any other refusal: one line
+        raise StoreError(f"PostgreSQL {what} on {self._where()} failed: {one_line(e)}") from e
 
   # --- inspection ---
 
@@ -132,8 +144,12 @@ class PostgresStore(VectorStore):
       if dimension is not None and found != dimension:
         raise StoreError(f"PostgreSQL table {self.name!r} holds vectors of dimension {found}, the model's is "
                          f"{dimension}: choose another --vector-collection or drop the table")
+      if not staging_lib.is_marked(connection, self.name):
+        raise StoreError(f"PostgreSQL table {self.name!r} was not created by bert-embed (its comment does not start "
+                         f"with {staging_lib.MARK.strip()!r}); it is left alone: choose another --vector-collection")
       count = connection.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(self.name))).fetchone()[0]
-      return StoreState(True, found, self.name, int(count))
+      return StoreState(True, found, self.name, int(count), staging_lib.read_marker(connection, self.name),
+                        postgres_setup.blocker(connection, self.name))
 
     return self._run("inspecting the table", work)
 
@@ -143,15 +159,29 @@ class PostgresStore(VectorStore):
 
   # --- changes ---
 
-  def _create_table(self, connection: psycopg.Connection, table: str, dimension: int) -> None:
+  def _create_table(self, connection: psycopg.Connection, table: str, dimension: int, like: bool = False) -> None:
+    """Creates `table` (marked) with the columns of a NAME; `like`: with the setup of NAME (stores/postgres_setup.py)
+    when NAME is a table of the job of this dimension."""
     connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
+    key_name = f"{self.name}_pk_{uuid.uuid4().hex[:8]}"
+    if like and self._table_dimension(connection, self.name) == dimension and staging_lib.is_marked(connection,
+                                                                                                    self.name):
+      postgres_setup.create_like(connection, self.name, table, key_name)
+      for column in _PAYLOAD_COLUMNS:
+        connection.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+            sql.Identifier(table), sql.Identifier(column), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[column]])))
+      staging_lib.mark_table(connection, table, "rebuild " + table)
+      return
     columns = [sql.SQL("id text NOT NULL"),
                sql.SQL("embedding vector({}) NOT NULL").format(sql.Literal(int(dimension)))]
     columns += [sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(_SQL_TYPES[PAYLOAD_FIELDS[c]]))
                 for c in _PAYLOAD_COLUMNS]
-    key = sql.SQL("CONSTRAINT {} PRIMARY KEY (id)").format(sql.Identifier(f"{self.name}_pk_{uuid.uuid4().hex[:8]}"))
+    key = sql.SQL("CONSTRAINT {} PRIMARY KEY (id)").format(sql.Identifier(key_name))
     connection.execute(sql.SQL("CREATE TABLE {} ({})").format(sql.Identifier(table),
                                                               sql.SQL(", ").join(columns + [key])))
+    # Kept through renames: what the job made (and a repeated swap_in sees that NAME already is this rebuild).
+    connection.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(table),
+                                                                  sql.Literal(_REBUILD_MARK + table)))
 
   def ensure(self, dimension: int) -> None:
 
@@ -175,10 +205,7 @@ class PostgresStore(VectorStore):
 
     def work(connection):
       connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(physical)))
-      self._create_table(connection, physical, dimension)
-      # Kept through the rename: a repeated swap_in sees that NAME already is this rebuild.
-      connection.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(sql.Identifier(physical),
-                                                                    sql.Literal(_REBUILD_MARK + physical)))
+      self._create_table(connection, physical, dimension, like=True)
 
     self._run("creating a rebuild table", work)
     return physical
@@ -244,3 +271,71 @@ class PostgresStore(VectorStore):
     for batch in batches(ids, self.batch_size):
       self._run("deleting", lambda c, batch=batch: c.execute(statement, [list(batch)]), retry=True)
     return len(ids)
+
+  # --- staged changes and their commit (stores/postgres_staging.py) ---
+
+  def abandoned(self) -> list[str]:
+    return [t for t in self._run("listing tables", lambda c: staging_lib.marked_tables(c, self.name)) if t != self.name]
+
+  def begin_staging(self, dimension: int, tag: str) -> str:
+    staging = rebuild_name(self.name, tag)
+
+    def work(connection):
+      connection.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(staging)))
+      self._create_table(connection, staging, dimension)
+      staging_lib.make_staging(connection, staging)
+
+    self._run("creating a staging table", work)
+    return staging
+
+  def stage_deletes(self, ids: Sequence[str], staging: str) -> int:
+    ids = list(ids)
+    statement = staging_lib.stage_deletes_statement(staging)
+    for batch in batches(ids, self.batch_size):
+      self._run("staging deletes", lambda c, batch=batch: c.cursor().executemany(statement, [[i] for i in batch]),
+                retry=True)
+    return len(ids)
+
+  def _committed(self, connection, snapshot: str, expected: Optional[Marker]) -> bool:
+    """Takes NAME's lock and checks its marker; True when an earlier attempt of this commit already committed."""
+    if staging_lib.read_marker(connection, self.name) == Marker(snapshot, HELD):
+      return True
+    staging_lib.lock_and_check(connection, self.name, expected)
+    return False
+
+  def apply_staged(self, staging: str, snapshot: str, expected: Optional[Marker]) -> None:
+
+    def work(connection):
+      if not self._committed(connection, snapshot, expected):
+        staging_lib.merge(connection, self.name, staging, _PAYLOAD_COLUMNS)
+        staging_lib.write_marker(connection, self.name, Marker(snapshot, HELD))
+
+    self._run("applying the staged changes", work, retry=True)
+
+  def commit_rebuild(self, physical: str, snapshot: str, expected: Optional[Marker]) -> Optional[str]:
+    previous = f"{self.name}__old_{uuid.uuid4().hex[:8]}"
+
+    def indexes(connection):  # after the bulk load, before the swap (not again on a retried commit)
+      if connection.execute("SELECT to_regclass(%s) IS NOT NULL", [physical]).fetchone()[0]:
+        postgres_setup.build_indexes(connection, self.name, physical, self.index)
+
+    self._run("building the indexes", indexes, retry=True)
+
+    def work(connection):
+      if self._committed(connection, snapshot, expected):
+        return None
+      return staging_lib.swap(connection, self.name, physical, previous, snapshot)
+
+    return self._run("swapping the tables", work, retry=True)
+
+  def set_marker(self, marker: Marker) -> None:
+    self._run("recording the snapshot", lambda c: staging_lib.write_marker(c, self.name, marker), retry=True)
+
+  def fingerprints(self) -> dict[str, Optional[str]]:
+    query = sql.SQL("SELECT id, text_sha256 FROM {}").format(sql.Identifier(self.name))
+    return dict(self._run("reading ids", lambda c: c.execute(query).fetchall(), retry=True))
+
+  def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    query = sql.SQL("SELECT id, embedding::text FROM {} WHERE id = ANY(%s)").format(sql.Identifier(self.name))
+    rows = self._run("reading vectors", lambda c: c.execute(query, [list(ids)]).fetchall(), retry=True)
+    return {i: np.asarray(text.strip("[]").split(","), np.float32) for i, text in rows}

@@ -15,11 +15,8 @@ process may write, each in batches of `batch_size` with `retries` retries of a t
 one process (the pipeline gathers them to a single writer step); inside that process every store object for the
 folder shares one client, serialised by a lock (Beam runs DoFns on several threads).
 
-From Beam's `apache_beam.ml.rag.ingestion.qdrant` this uses the connection parameters and the converter from
-`EmbeddableItem` to a point (named dense vector + payload). Its writer (`QdrantWriteConfig.create_write_transform`)
-only upserts into a collection that must already exist: it cannot delete points, create a collection, move an
-alias or say what it wrote, and in folder mode each of its DoFn instances opens its own client, which the folder
-lock refuses after the first.
+From Beam's `apache_beam.ml.rag.ingestion.qdrant` this uses the connection parameters and the converter to a point.
+Its writer only upserts into an existing collection: it cannot delete, create, move an alias or say what it wrote.
 """
 from __future__ import annotations
 
@@ -30,14 +27,16 @@ import time
 import uuid
 from typing import Any, Optional, Sequence
 
+import numpy as np
 from apache_beam.ml.rag.ingestion.qdrant import QdrantConnectionParameters, QdrantWriteConfig
 from apache_beam.ml.rag.types import Content, EmbeddableItem, Embedding
 from qdrant_client import QdrantClient, models
 from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from stores.base import (StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches, checked_point,
-                         one_line, rebuild_name)
+from stores import qdrant_marker
+from stores.base import (HELD, Marker, StoreError, StorePoint, StoreState, VectorStore, backoff_seconds, batches,
+                         checked_point, one_line, rebuild_name, redacted, refuse_password_in_url)
 
 API_KEY_ENV = "QDRANT_API_KEY"
 VECTOR_NAME = "dense"  # Beam's QdrantWriteConfig default
@@ -75,9 +74,10 @@ class QdrantStore(VectorStore):
   kind = "qdrant"
 
   def __init__(self, url: str, name: str, **kwargs: Any):
+    refuse_password_in_url("Qdrant", url, f"give the API key in ${API_KEY_ENV}")
     super().__init__(url, name, **kwargs)
     if not is_server_url(url) and "://" in url:
-      raise StoreError(f"Qdrant URL must be http(s)://host:port or a local folder, got {url!r}")
+      raise StoreError(f"Qdrant URL must be http(s)://host:port or a local folder, got {redacted(url)!r}")
     self._client = None
     self._folder: Optional[str] = None if is_server_url(url) else os.path.realpath(url)
 
@@ -146,11 +146,11 @@ class QdrantStore(VectorStore):
       try:
         with self._lock():
           return fn(*args, **kwargs)
-      except ResourceExhaustedResponse as e:
+      except ResourceExhaustedResponse as e:  # 429: bounded backoff, then one line
         attempt += 1
         if not retry or attempt > self.retries:
-          raise
-        time.sleep(min(60.0, float(e.retry_after_s)))
+          raise StoreError(f"Qdrant {what} on {self.url} was rate-limited (429) after {attempt} attempts") from e
+        time.sleep(min(30.0, max(backoff_seconds(attempt), float(e.retry_after_s or 0))))
       except UnexpectedResponse as e:
         if e.status_code in (401, 403):
           raise StoreError(f"Qdrant at {self.url} refused the API key ({e.status_code}; key from ${API_KEY_ENV}"
@@ -196,11 +196,15 @@ class QdrantStore(VectorStore):
     physical = self._resolve()
     if physical is None:
       return StoreState(False, None, None, 0)
+    if not physical.startswith(self.name + "__"):
+      what = "is a collection, not an alias" if physical == self.name else f"is an alias of {physical!r}"
+      raise StoreError(f"Qdrant {self.name!r} {what} that bert-embed did not create (its collections are "
+                       f"{self.name}__TAG); it is left alone: choose another --vector-collection")
     found = self._dimension(physical)
     if dimension is not None and found != dimension:
       raise StoreError(f"Qdrant collection {self.name!r} holds vectors of dimension {found}, the model's is "
                        f"{dimension}: choose another --vector-collection or remove it")
-    return StoreState(True, found, physical, self.count(physical))
+    return StoreState(True, found, physical, self.count(physical), qdrant_marker.read_marker(self))
 
   def count(self, target: Optional[str] = None) -> int:
     client = self._connect()
@@ -275,3 +279,68 @@ class QdrantStore(VectorStore):
       selector = models.PointIdsList(points=[point_id(i) for i in batch])
       self._call("deleting", client.delete, target or self.name, points_selector=selector, wait=True, retry=True)
     return len(ids)
+
+  # --- staged changes and their commit (stores/qdrant_marker.py) ---
+
+  def abandoned(self) -> list[str]:
+    client = self._connect()
+    names = [c.name for c in self._call("listing collections", client.get_collections).collections]
+    keep = {self._resolve(), qdrant_marker.meta_name(self.name)}
+    return sorted(n for n in names if n.startswith(self.name + "__") and n not in keep)
+
+  def begin_staging(self, dimension: int, tag: str) -> str:
+    staging = rebuild_name(self.name, tag)
+    client = self._connect()
+    if self._call("checking the collection", client.collection_exists, staging):
+      self._call("dropping an abandoned staging collection", client.delete_collection, staging)
+    self._create(staging, dimension)
+    return staging
+
+  def stage_deletes(self, ids: Sequence[str], staging: str) -> int:
+    client = self._connect()
+    ids = list(ids)
+    unit = [1.0] + [0.0] * (self._dimension(staging) - 1)
+    for batch in batches(ids, self.batch_size):
+      flagged = [models.PointStruct(id=point_id(i), vector={VECTOR_NAME: unit},
+                                    payload={"id": i, qdrant_marker.DELETE_FLAG: True}) for i in batch]
+      self._call("staging deletes", client.upsert, staging, points=flagged, wait=True, retry=True)
+    return len(ids)
+
+  def apply_staged(self, staging: str, snapshot: str, expected: Optional[Marker]) -> None:
+    if not qdrant_marker.begin_commit(self, snapshot, expected):
+      qdrant_marker.apply_staging(self, staging)
+      qdrant_marker.write_marker(self, Marker(snapshot, HELD), release=True)
+    qdrant_marker.drop_quietly(self, staging)
+
+  def commit_rebuild(self, physical: str, snapshot: str, expected: Optional[Marker]) -> Optional[str]:
+    if qdrant_marker.begin_commit(self, snapshot, expected):
+      return None
+    previous = self.swap_in(physical)
+    qdrant_marker.write_marker(self, Marker(snapshot, HELD), release=True)
+    return previous
+
+  def set_marker(self, marker: Marker) -> None:
+    qdrant_marker.write_marker(self, marker)
+
+  def _scroll(self, **kwargs):
+    client = self._connect()
+    offset = None
+    while True:
+      page, offset = self._call("reading points", client.scroll, self.name, limit=1024, offset=offset, retry=True,
+                                **kwargs)
+      yield from page
+      if offset is None:
+        return
+
+  def fingerprints(self) -> dict[str, Optional[str]]:
+    return {(p.payload or {}).get("id"): (p.payload or {}).get("text_sha256")
+            for p in self._scroll(with_payload=["id", "text_sha256"], with_vectors=False)}
+
+  def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
+    client = self._connect()
+    out = {}
+    for batch in batches(list(ids), 1024):
+      found = self._call("reading vectors", client.retrieve, self.name, [point_id(i) for i in batch],
+                         with_payload=["id"], with_vectors=True, retry=True)
+      out.update({p.payload["id"]: np.asarray(p.vector[VECTOR_NAME], np.float32) for p in found})
+    return out

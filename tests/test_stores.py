@@ -377,6 +377,7 @@ def test_postgres_adds_missing_payload_columns_to_an_existing_table(pg_password)
   with psycopg.connect(pg_password["url"]) as connection:
     connection.execute("CREATE EXTENSION IF NOT EXISTS vector")
     connection.execute("CREATE TABLE older (id text PRIMARY KEY, embedding vector(4), text_sha256 text)")
+    connection.execute("COMMENT ON TABLE older IS 'bert-embed rebuild older__r1'")  # an earlier version's
   store = PostgresStore(pg_password["url"], "older")
   assert store.check(DIM).exists
   store.ensure(DIM)

@@ -22,7 +22,7 @@ from pipeline import cli
 from pipeline import vector_store
 from pipeline.options import UsageError
 from pipeline.run import run
-from stores.base import StorePoint
+from stores.base import HELD, Marker, StorePoint
 from stores.qdrant_store import QdrantStore, point_id
 
 SEQ = 32
@@ -167,7 +167,8 @@ def test_second_run_syncs_new_changed_deleted_and_dead_lettered(qdrant_cycle):
 
 def test_a_rerun_of_the_same_input_writes_nothing(qdrant_cycle):
   assert vector_store.summary_line(qdrant_cycle.run3.manifest) == (
-      "bert-embed: qdrant emb synced: 0 upserted, 0 deleted, 119 points")
+      "bert-embed: qdrant emb synced: 0 upserted, 0 deleted, 119 points; verified 119 ids and 119 vectors, "
+      "0 repaired")
   c = qdrant_cycle.run3.manifest["counts"]
   assert (c["encoded"], c["store_upserted"], c["store_deleted"]) == (0, 0, 0)
   assert qdrant_cycle.after3[1] == qdrant_cycle.after2[1]
@@ -191,9 +192,11 @@ def test_a_failed_run_leaves_the_alias_on_the_last_complete_collection(qdrant_cy
   store, physical = qdrant_cycle.after5
   assert physical == qdrant_cycle.after4[1]
   _same_vectors(store, _parquet(qdrant_cycle.run4))
-  # The failed run's rebuild is left behind (not swapped in); the replaced collections were dropped.
+  # The failed run's rebuild is left behind (not swapped in, dropped by the next run); the replaced collections were
+  # dropped; emb__meta holds the snapshot marker.
   assert qdrant_cycle.after3[1] not in qdrant_cycle.collections
-  assert len(qdrant_cycle.collections) == 2 and physical in qdrant_cycle.collections
+  assert len(qdrant_cycle.collections) == 3 and physical in qdrant_cycle.collections
+  assert "emb__meta" in qdrant_cycle.collections
 
 
 def test_sync_cycle_on_the_multi_process_runner_writes_the_folder_from_one_process(tmp_path, tiny_model_dir):
@@ -303,19 +306,24 @@ def test_the_plan_rebuilds_when_the_store_is_not_what_the_previous_run_left(tmp_
     previous = types.SimpleNamespace(incremental=True, reason="", previous=types.SimpleNamespace(manifest=manifest))
     return vector_store.plan_store(launch, previous, tag="t")
 
-  assert plan().mode == "incremental" and plan().target is None
+  assert "records no snapshot" in plan().reason  # written without a marker (as by an earlier version)
+  store = QdrantStore(folder, "emb")
+  store.set_marker(Marker("r0", HELD))
+  store.close()
+  launch = vector_store.check_store(_launch_options(folder), 4)
+  section["snapshot"] = "r0"
+  assert plan().mode == "incremental" and plan().target == "emb__t"  # staged in emb__t, applied at the commit
   assert plan(rows=2).mode == "rebuild" and "holds 1 points, the previous output 2 rows" in plan(rows=2).reason
   assert "another job replaced it" in plan(physical="emb__b").reason
   assert "did not write emb" in plan(url="/elsewhere").reason
   assert plan(rows=2).target == "emb__t"
-  # A NAME that is a plain collection cannot be swapped: refused at launch when a rebuild is needed.
+  # A NAME that is a plain collection was not made by the job: refused at launch.
   client = QdrantClient(path=folder)
   client.create_collection("plain", vectors_config={"dense": models.VectorParams(size=4,
                                                                                  distance=models.Distance.COSINE)})
   client.close()
-  plain = vector_store.check_store(_launch_options(folder, vector_collection="plain"), 4)
   with pytest.raises(UsageError, match="not an alias"):
-    vector_store.plan_store(plain, types.SimpleNamespace(incremental=False, reason="first", previous=None))
+    vector_store.check_store(_launch_options(folder, vector_collection="plain"), 4)
 
 
 @pytest.mark.parametrize("extra, expected", [

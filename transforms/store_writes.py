@@ -1,8 +1,9 @@
 """Writing output rows to a vector store and removing ids from it (stores/ holds the clients).
 
 WriteToStore takes two PCollections: the rows to upsert (EmbeddingRecord) and the record ids to delete, and
-returns how many points it upserted and deleted (ints, one per write). It writes to NAME, or to the physical
-collection of a rebuild (`target`, from VectorStore.begin_rebuild); moving NAME to a rebuild is not its job.
+returns how many points it upserted and deleted (ints, one per write). It writes to the physical collection of a
+rebuild (`target`, from VectorStore.begin_rebuild) or to a sync's staging (`staged`: from VectorStore.begin_staging,
+deletes recorded there, not applied), or to NAME when `target` is None; applying them to NAME is not its job.
 
 Where the writes run: a store that takes writes from any process (a Qdrant server, PostgreSQL) is written by every
 worker in batches of the store's batch size, each connection opened in `setup`. A Qdrant folder is locked by its
@@ -37,13 +38,16 @@ class StoreConfig:
   batch_size: int = DEFAULT_BATCH_SIZE
   retries: int = DEFAULT_RETRIES
   keep_text: bool = False
+  index: Optional[str] = None  # --vector-store-index (PostgreSQL)
 
   def __post_init__(self):
     self.make()  # an unknown kind, a bad URL or name: StoreError now, not on a worker
 
   def make(self) -> VectorStore:
     """A new store object (not connected)."""
-    return stores.make_store(self.kind, self.url, self.name, batch_size=self.batch_size, retries=self.retries)
+    extra = {"index": self.index} if self.index else {}
+    return stores.make_store(self.kind, self.url, self.name, batch_size=self.batch_size, retries=self.retries,
+                             **extra)
 
   @property
   def single_writer(self) -> bool:
@@ -52,13 +56,18 @@ class StoreConfig:
     return self.kind == "qdrant" and not is_server_url(self.url)
 
 
+def _delete(store: VectorStore, ids: list[str], target: Optional[str], staged: bool) -> int:
+  return store.stage_deletes(ids, target) if staged else store.delete(ids, target=target)
+
+
 class _UpsertFn(beam.DoFn):
   """A batch of rows -> upserted into the store; yields the count."""
 
-  def __init__(self, config: StoreConfig, target: Optional[str]):
+  def __init__(self, config: StoreConfig, target: Optional[str], staged: bool = False):
     super().__init__()
     self._config = config
     self._target = target
+    self._staged = staged
     self._store: Optional[VectorStore] = None
 
   def setup(self):
@@ -77,16 +86,17 @@ class _DeleteFn(_UpsertFn):
   """A batch of record ids -> deleted from the store; yields the count."""
 
   def process(self, batch: list[str]) -> Iterator[int]:
-    yield self._store.delete(batch, target=self._target)
+    yield _delete(self._store, batch, self._target, self._staged)
 
 
 class _SingleWriterFn(beam.DoFn):
   """All (kind, item) pairs of the job -> applied by one call in one process; yields (kind, count) pairs."""
 
-  def __init__(self, config: StoreConfig, target: Optional[str]):
+  def __init__(self, config: StoreConfig, target: Optional[str], staged: bool = False):
     super().__init__()
     self._config = config
     self._target = target
+    self._staged = staged
 
   def process(self, keyed: tuple) -> Iterator[tuple]:
     _, items = keyed
@@ -95,7 +105,7 @@ class _SingleWriterFn(beam.DoFn):
       (upserts if kind == UPSERT else deletes).append(item)
     store = self._config.make()
     try:
-      deleted = store.delete(deletes, target=self._target) if deletes else 0
+      deleted = _delete(store, deletes, self._target, self._staged) if deletes else 0
       points = [point_from_record(r, keep_text=self._config.keep_text) for r in upserts]
       upserted = store.upsert(points, target=self._target) if points else 0
     finally:
@@ -115,10 +125,11 @@ def _count_of(kind: str):
 class WriteToStore(beam.PTransform):
   """(rows to upsert, ids to delete) -> {"upserted": ints, "deleted": ints} (see the module docstring)."""
 
-  def __init__(self, config: StoreConfig, target: Optional[str] = None):
+  def __init__(self, config: StoreConfig, target: Optional[str] = None, staged: bool = False):
     super().__init__()
     self._config = config
     self._target = target
+    self._staged = staged
 
   def expand(self, pcolls):
     rows, ids = pcolls
@@ -126,16 +137,16 @@ class WriteToStore(beam.PTransform):
     if not self._config.single_writer:
       upserted = (rows
                   | "BatchRows" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
-                  | "Upsert" >> beam.ParDo(_UpsertFn(self._config, self._target)))
+                  | "Upsert" >> beam.ParDo(_UpsertFn(self._config, self._target, self._staged)))
       deleted = (ids
                  | "BatchIds" >> beam.BatchElements(min_batch_size=1, max_batch_size=size)
-                 | "Delete" >> beam.ParDo(_DeleteFn(self._config, self._target)))
+                 | "Delete" >> beam.ParDo(_DeleteFn(self._config, self._target, self._staged)))
       return {"upserted": upserted, "deleted": deleted}
     tagged = ((rows | "TagRows" >> beam.Map(lambda r: (0, (UPSERT, r))),
                ids | "TagIds" >> beam.Map(lambda i: (0, (DELETE, i))))
               | "Together" >> beam.Flatten())
     written = (tagged
                | "OneWriter" >> beam.GroupByKey()
-               | "Write" >> beam.ParDo(_SingleWriterFn(self._config, self._target)))
+               | "Write" >> beam.ParDo(_SingleWriterFn(self._config, self._target, self._staged)))
     return {"upserted": written | "Upserted" >> beam.FlatMap(_count_of(UPSERT)),
             "deleted": written | "Deleted" >> beam.FlatMap(_count_of(DELETE))}

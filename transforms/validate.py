@@ -46,10 +46,15 @@ def _checked(rec: EmbeddingRecord, columns: OutputColumns) -> set:
   return switches
 
 
-def row_problem(rec: EmbeddingRecord, columns: OutputColumns, dim: int) -> Optional[str]:
-  """Why `rec` cannot be written with `columns` (dim: the embedding length and sequence_output width), or None."""
+def row_problem(rec: EmbeddingRecord, columns: OutputColumns, dim: int,
+                max_id_bytes: Optional[int] = None) -> Optional[str]:
+  """Why `rec` cannot be written with `columns` (dim: the embedding length and sequence_output width; max_id_bytes:
+  the longest id in UTF-8 bytes a vector store of the run can hold), or None."""
   if not isinstance(rec, EmbeddingRecord):
     return f"not an EmbeddingRecord but {type(rec).__name__}"
+  if max_id_bytes is not None and isinstance(rec.id, str) and len(rec.id.encode("utf-8")) > max_id_bytes:
+    return (f"id of {len(rec.id.encode('utf-8'))} bytes is longer than the vector store holds "
+            f"({max_id_bytes} bytes)")
   switches = _checked(rec, columns)
   for column in columns.table:
     if column.switch is None or column.switch in switches:
@@ -79,14 +84,15 @@ class ValidateEmbeddingsFn(beam.DoFn):
   """Passes writable rows through; turns the others into DeadLetter(stage="write") on DEAD_LETTER_TAG, or, for a
   window of a text in several windows when windows are written, into (parent id, DeadLetter) on WINDOW_FAILED."""
 
-  def __init__(self, dim: int, columns: OutputColumns):
+  def __init__(self, dim: int, columns: OutputColumns, max_id_bytes: Optional[int] = None):
     super().__init__()
     self._dim = dim
     self._columns = columns
+    self._max_id_bytes = max_id_bytes
     self._rejected = Metrics.counter(METRICS_NAMESPACE, "records_rejected_at_write")
 
   def process(self, rec: EmbeddingRecord) -> Iterator[object]:
-    problem = row_problem(rec, self._columns, self._dim)
+    problem = row_problem(rec, self._columns, self._dim, self._max_id_bytes)
     if problem is None:
       yield rec
       return
@@ -108,11 +114,11 @@ class ValidateEmbeddings(beam.PTransform):
   as `valid, dead_letters = ...`. Use the dim and columns of the WriteEmbeddings that follows.
   """
 
-  def __init__(self, dim: int, columns: OutputColumns = OutputColumns()):
+  def __init__(self, dim: int, columns: OutputColumns = OutputColumns(), max_id_bytes: Optional[int] = None):
     super().__init__()
     check_dim(dim)
     self._windows = columns.windows
-    self._fn = ValidateEmbeddingsFn(dim, columns)
+    self._fn = ValidateEmbeddingsFn(dim, columns, max_id_bytes)
 
   def expand(self, pcoll) -> Validated:
     checked = pcoll | "Validate" >> beam.ParDo(self._fn).with_outputs(DEAD_LETTER_TAG, WINDOW_FAILED, main=VALID_TAG)
