@@ -130,3 +130,210 @@ def test_a_rerun_resumes_from_the_failed_runs_checkpoints(tmp_path, tiny_model_d
   assert section["resumed_from"] and section["stopped_at"] and section["ignored"] == []
   _assert_same(_rows(output), reference[0])
   assert _staging(output) == []  # the failed run's staging and the run's own are gone after the commit
+
+
+def _fail(model, corpus, output, stop_after, calls, *extra):
+  disarm = stop_after(calls)
+  with pytest.raises(Exception, match=f"stopped after {calls}"):
+    _run(model, corpus, output, *extra)
+  disarm()
+  return sum(checkpoint_files.parse_checkpoint_name(p).rows for p in _checkpoints(output))
+
+
+def test_torn_and_foreign_checkpoints_are_ignored_with_a_reason(tmp_path, tiny_model_dir, reference, stop_after):
+  """A kill during a checkpoint's write leaves its temporary file; a checkpoint whose bytes are not those its name
+  describes, or one copied from another prefix's staging, is not used; the records in them are encoded."""
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
+  output, other = str(tmp_path / "out" / "emb"), str(tmp_path / "out" / "emb-large")
+  _fail(tiny_model_dir, corpus, other, stop_after, 2)
+  foreign = _checkpoints(other)[0]
+  checkpointed = _fail(tiny_model_dir, corpus, output, stop_after, 8)
+  assert checkpointed >= 12
+  staging = _staging(output)
+  assert len(staging) == 1
+  first, second = _checkpoints(output)[:2]
+  data = open(first, "rb").read()
+  with open(os.path.join(staging[0], "checkpoint-tmp-" + "a" * 32 + ".parquet"), "wb") as f:
+    f.write(data[:len(data) // 2])  # killed while writing
+  with open(second, "r+b") as f:  # changed since: no longer the bytes its name describes
+    f.seek(len(data) // 3)
+    f.write(b"\0" * 16)
+  copied = os.path.join(staging[0], os.path.basename(foreign))
+  with open(foreign, "rb") as src, open(copied, "wb") as dst:
+    dst.write(src.read())
+  lost = checkpoint_files.parse_checkpoint_name(second).rows
+  outcome = _run(tiny_model_dir, corpus, output)
+  counts, section = outcome.manifest["counts"], outcome.manifest["resume"]
+  assert counts["resumed"] == checkpointed - lost  # the foreign rows are the same records: resumed once, not twice
+  assert counts["encoded"] == RECORDS - counts["resumed"] and counts["written"] == RECORDS
+  reasons = {os.path.basename(i["source"].split(" (")[0]): i["reason"] for i in section["ignored"]}
+  assert "torn" in reasons["checkpoint-tmp-" + "a" * 32 + ".parquet"]
+  assert "not the file its manifest describes" in reasons[os.path.basename(second)]
+  assert "fingerprint" in reasons[os.path.basename(copied)]
+  _assert_same(_rows(output), reference[0])
+  assert [os.path.basename(s) for s in _staging(str(tmp_path / "out" / "emb-large"))]  # another prefix's: kept
+
+
+def test_a_changed_option_resumes_nothing_and_says_why(tmp_path, tiny_model_dir, stop_after):
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
+  output = str(tmp_path / "out" / "emb")
+  assert _fail(tiny_model_dir, corpus, output, stop_after, 4) > 0
+  argv = _argv(tiny_model_dir, corpus, output)
+  argv[argv.index("cls")] = "mean"
+  outcome = run(argv, test_pipeline=TestPipeline(argv=argv))
+  counts, section = outcome.manifest["counts"], outcome.manifest["resume"]
+  assert counts["resumed"] == 0 and counts["encoded"] == RECORDS
+  assert section["resumed_from"] is None
+  [ignored] = section["ignored"]
+  assert "another embedding fingerprint" in ignored["reason"] and 'pooling "cls" -> "mean"' in ignored["reason"]
+
+
+def test_records_changed_since_the_failed_run_are_encoded_again(tmp_path, tiny_model_dir, reference, stop_after):
+  texts = _texts()
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", texts)
+  output = str(tmp_path / "out" / "emb")
+  checkpointed = _fail(tiny_model_dir, corpus, output, stop_after, 6)
+  ids = [i for path in _checkpoints(output) for i in pq.read_table(path, columns=["id"]).column("id").to_pylist()]
+  changed = sorted(set(ids))[:3]
+  for key in changed:
+    texts[key] = "a changed text about " + texts[key]
+  _write_corpus(tmp_path / "corpus.jsonl", texts)
+  outcome = _run(tiny_model_dir, corpus, output)
+  counts = outcome.manifest["counts"]
+  assert counts["resumed"] == checkpointed - len(changed)
+  assert counts["encoded"] == RECORDS - counts["resumed"]
+  rows = _rows(output)
+  for key, vector in reference[0].items():
+    if key in changed:
+      assert not np.allclose(rows[key], vector, atol=1e-3)
+    else:
+      np.testing.assert_allclose(rows[key], vector, atol=1e-5)
+  table = pq.read_table(_shards(output), columns=["id", "text_sha256"]).to_pydict()
+  sha = dict(zip(table["id"], table["text_sha256"]))
+  from formats.records import text_sha256  # pylint: disable=import-outside-toplevel
+  assert all(sha[key] == text_sha256(texts[key]) for key in changed)
+
+
+def test_no_resume_encodes_everything(tmp_path, tiny_model_dir, stop_after):
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
+  output = str(tmp_path / "out" / "emb")
+  assert _fail(tiny_model_dir, corpus, output, stop_after, 4) > 0
+  outcome = _run(tiny_model_dir, corpus, output, "--no-resume")
+  assert outcome.manifest["counts"]["resumed"] == 0 and outcome.manifest["counts"]["encoded"] == RECORDS
+  assert outcome.manifest["resume"]["enabled"] is False
+  assert _staging(output) == []
+
+
+def test_the_scheduling_pattern_carries_resumes_and_encodes_each_record_once(tmp_path, tiny_model_dir, stop_after):
+  """Under ROOT with --previous latest:ROOT: run 1 commits; run 2 (a new prefix, 12 texts changed) fails; run 3
+  (another new prefix) carries run 1's unchanged rows, resumes what run 2 encoded and encodes the rest. The stray
+  temporary file of a LATEST write killed earlier goes with run 2's staging once run 3 commits."""
+  root = tmp_path / "root"
+  texts = _texts()
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", texts)
+  latest = ("--previous", f"latest:{root}")
+  _run(tiny_model_dir, corpus, str(root / "run-1" / "emb"), *latest)
+  for key in sorted(texts)[::4]:
+    texts[key] = "now about " + texts[key]
+  _write_corpus(tmp_path / "corpus.jsonl", texts)
+  checkpointed = _fail(tiny_model_dir, corpus, str(root / "run-2" / "emb"), stop_after, 1, *latest)
+  assert 0 < checkpointed < RECORDS // 4
+  stray = root / ("LATEST.tmp-" + "c" * 32)
+  stray.write_text("half a pointer")
+  os.utime(stray, (1e9, 1e9))
+  outcome = _run(tiny_model_dir, corpus, str(root / "run-3" / "emb"), *latest)
+  counts = outcome.manifest["counts"]
+  assert counts["unchanged"] == RECORDS - RECORDS // 4 and counts["changed"] == RECORDS // 4
+  assert counts["resumed"] == checkpointed and counts["encoded"] == RECORDS // 4 - checkpointed
+  assert counts["written"] == counts["read"] == RECORDS
+  assert outcome.manifest["resume"]["resumed_from"] == _staging_path(root / "run-2")
+  assert not stray.exists() and not _staging(str(root / "run-2" / "emb"))
+  assert (root / "LATEST").read_text().strip() == str(root / "run-3" / "emb")
+  fresh = str(tmp_path / "fresh" / "emb")
+  _run(tiny_model_dir, corpus, fresh)
+  _assert_same(_rows(str(root / "run-3" / "emb")), _rows(fresh))
+
+
+def _staging_path(directory):
+  [name] = [d for d in os.listdir(directory) if d.startswith("bert-embed-tmp-")] or [None]
+  return None if name is None else str(directory / name)
+
+
+def test_clean_lists_and_removes_what_failed_runs_left(tmp_path, tiny_model_dir, stop_after, capsys):
+  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
+  output = str(tmp_path / "out" / "emb")
+  _fail(tiny_model_dir, corpus, output, stop_after, 3)
+  [staging] = _staging(output)
+  size = sum(os.path.getsize(os.path.join(staging, f)) for f in os.listdir(staging))
+  stray = tmp_path / "out" / ("LATEST.tmp-" + "d" * 32)
+  stray.write_bytes(b"12345")
+  capsys.readouterr()
+  assert cli.main(["clean", output, "--dry-run"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert lines == [f"{staging}  {size} bytes", f"{stray}  5 bytes",
+                   f"bert-embed clean: would remove 2 leftovers, {size + 5} bytes"]
+  assert os.path.isdir(staging) and stray.exists()
+  assert cli.main(["clean", str(tmp_path / "out")]) == 0
+  assert capsys.readouterr().out.splitlines()[-1] == f"bert-embed clean: removed 2 leftovers, {size + 5} bytes"
+  assert sorted(os.listdir(tmp_path / "out")) == []
+
+
+def test_dedupe_texts_mlm_scores_and_int8_resume_to_what_an_uninterrupted_run_writes(tmp_path, tiny_model_dir,
+                                                                                     stop_after):
+  """--dedupe-texts checkpoints one row per distinct text: a rerun resumes every record with that text; MLM scores
+  come back with the rows; int8 codes are calibrated on resumed and encoded rows together."""
+  texts = _texts()
+  for i in range(40, RECORDS):  # 8 records repeat earlier texts
+    texts[f"doc-{i:03d}"] = texts[f"doc-{i - 40:03d}"]
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", texts)
+  options = ("--dedupe-texts", "--mlm-scores", "--output-dtype", "int8")
+  whole = str(tmp_path / "whole" / "emb")
+  _run(tiny_model_dir, corpus, whole, *options)
+  output = str(tmp_path / "out" / "emb")
+  assert _fail(tiny_model_dir, corpus, output, stop_after, 5, *options) > 0
+  outcome = _run(tiny_model_dir, corpus, output, *options)
+  counts = outcome.manifest["counts"]
+  assert counts["resumed"] > 0 and counts["written"] == RECORDS
+  assert counts["encoded"] <= 40 - counts["resumed"] + sum(texts[f"doc-{i:03d}"] != texts[f"doc-{i - 40:03d}"]
+                                                           for i in range(40, RECORDS))
+  import pyarrow as pa  # pylint: disable=import-outside-toplevel
+  got, want = (pa.concat_tables([pq.read_table(p) for p in _shards(o)]).sort_by("id").to_pydict()
+               for o in (output, whole))
+  assert got["id"] == want["id"]
+  np.testing.assert_allclose(np.asarray(got["mlm_pll"]), np.asarray(want["mlm_pll"]), atol=1e-4)
+  codes = np.abs(np.asarray(got["embedding"], np.int16) - np.asarray(want["embedding"], np.int16))
+  assert codes.max() <= 1  # int8: a vector within 1e-5 is the same code, or the next one at a step's edge
+
+
+def test_two_reruns_racing_on_one_prefix_leave_a_complete_output(tmp_path, tiny_model_dir, reference, stop_after):
+  """Two reruns of a failed run, started together (each its own process), both resume from its checkpoints. Each
+  either commits or fails with one line; the prefix ends with one run's complete output (its manifest's shards on
+  disk, byte for byte), equal to an uninterrupted run's, and a further rerun finds nothing left to resume from."""
+  import hashlib  # pylint: disable=import-outside-toplevel
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
+  output = str(tmp_path / "out" / "emb")
+  assert _fail(tiny_model_dir, corpus, output, stop_after, 6) > 0
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root)
+  argv = [sys.executable, "-m", "pipeline.cli", "run", *_argv(tiny_model_dir, corpus, output)]
+  procs = [subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]
+  assert any(code == 0 for code, _, _ in results), results
+  for code, stdout, stderr in results:
+    assert code in (0, 1), stderr[-2000:]
+    assert "resuming" in stdout.splitlines()[0]
+    if code:
+      assert "Traceback" not in stderr
+  with open(output + "-manifest.json", encoding="utf-8") as f:
+    manifest = json.load(f)
+  directory = os.path.dirname(output)
+  for name, shard in manifest["shards"].items():
+    data = open(os.path.join(directory, name), "rb").read()
+    assert (len(data), hashlib.sha256(data).hexdigest()) == (shard["size_bytes"], shard["sha256"])
+  assert sorted(f for f in os.listdir(directory) if f.startswith("emb-")) == sorted(
+      [os.path.basename(p) for p in manifest["files"]] + ["emb-manifest.json"])
+  _assert_same(_rows(output), reference[0])
