@@ -265,8 +265,9 @@ def summary_line(m: dict, seconds: float, totals: Optional[dict] = None) -> str:
   else:
     when = timing(seconds, totals)
   ok = "ok" if c["read"] == c["written"] + c["dead_lettered"] else "VIOLATED"
+  resumed = f", {c['resumed']} resumed from a stopped run's checkpoints" if c.get("resumed") else ""
   return (f"bert-embed: {c['read']} records read, {c['written']} written ({c.get('encoded', c['written'])} through "
-          f"the model), {c['dead_lettered']} dead-lettered, "
+          f"the model{resumed}), {c['dead_lettered']} dead-lettered, "
           f"{c['blank_lines']} blank lines, {c['files_failed']} files failed; {c['tokens']} tokens, "
           f"{c['truncated']} truncated; {when}; read == written + dead-lettered: {ok}")
 

@@ -241,12 +241,13 @@ def test_the_scheduling_pattern_carries_resumes_and_encodes_each_record_once(tmp
   stray = root / ("LATEST.tmp-" + "c" * 32)
   stray.write_text("half a pointer")
   os.utime(stray, (1e9, 1e9))
+  failed = _staging_path(root / "run-2")
   outcome = _run(tiny_model_dir, corpus, str(root / "run-3" / "emb"), *latest)
   counts = outcome.manifest["counts"]
   assert counts["unchanged"] == RECORDS - RECORDS // 4 and counts["changed"] == RECORDS // 4
   assert counts["resumed"] == checkpointed and counts["encoded"] == RECORDS // 4 - checkpointed
   assert counts["written"] == counts["read"] == RECORDS
-  assert outcome.manifest["resume"]["resumed_from"] == _staging_path(root / "run-2")
+  assert failed and outcome.manifest["resume"]["resumed_from"] == failed
   assert not stray.exists() and not _staging(str(root / "run-2" / "emb"))
   assert (root / "LATEST").read_text().strip() == str(root / "run-3" / "emb")
   fresh = str(tmp_path / "fresh" / "emb")
@@ -337,3 +338,39 @@ def test_two_reruns_racing_on_one_prefix_leave_a_complete_output(tmp_path, tiny_
   assert sorted(f for f in os.listdir(directory) if f.startswith("emb-")) == sorted(
       [os.path.basename(p) for p in manifest["files"]] + ["emb-manifest.json"])
   _assert_same(_rows(output), reference[0])
+
+
+def test_a_rerun_on_gcs_resumes_and_removes_the_failed_runs_staging(gcs, gcs_tiny_model, tmp_path, stop_after):
+  """gs:// (the emulator): checkpoints are written, listed, verified and removed through Beam's FileSystems."""
+  from formats.paths import matching_paths  # pylint: disable=import-outside-toplevel
+  texts = _texts(seed=5, n=24)
+  corpus = _write_corpus(tmp_path / "corpus.jsonl", texts)
+  output = f"{gcs}/resume/run/emb"
+  checkpoints = f"{gcs}/resume/run/bert-embed-tmp-*-emb/checkpoint-*"
+  disarm = stop_after(2)
+  with pytest.raises(Exception, match="stopped after 2"):
+    _run(gcs_tiny_model, corpus, output)
+  disarm()
+  written = matching_paths(checkpoints)
+  rows = sum(checkpoint_files.parse_checkpoint_name(p).rows for p in written)
+  assert 0 < rows < 24
+  outcome = _run(gcs_tiny_model, corpus, output)
+  counts = outcome.manifest["counts"]
+  assert (counts["resumed"], counts["encoded"], counts["written"]) == (rows, 24 - rows, 24)
+  assert matching_paths(f"{gcs}/resume/run/bert-embed-tmp-*-emb/*") == []
+  assert matching_paths(checkpoints) == []
+
+
+def test_stray_latest_writes_older_than_the_run_are_removed_and_nothing_else(tmp_path):
+  from transforms.leftovers import remove_leftovers  # pylint: disable=import-outside-toplevel
+  old, new = tmp_path / ("LATEST.tmp-" + "e" * 32), tmp_path / ("LATEST.tmp-" + "f" * 32)
+  others = [tmp_path / "LATEST", tmp_path / "LATEST.tmp-notours", tmp_path / ("LATEST2.tmp-" + "e" * 32)]
+  for path in [old, new] + others:
+    path.write_text("x")
+  os.utime(old, (1e9, 1e9))  # killed long ago; `new` may be a running LATEST write
+  staging = tmp_path / ("bert-embed-tmp-" + "1" * 32 + "-emb")
+  staging.mkdir()
+  (staging / "run.json").write_text("{}")
+  removed = remove_leftovers([str(staging)], str(tmp_path / "LATEST"), before=os.path.getmtime(new))
+  assert sorted(removed) == sorted([str(staging), str(old)])
+  assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in [new] + others)
