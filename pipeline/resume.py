@@ -44,7 +44,7 @@ class ResumePlan(NamedTuple):
 
   def section(self, unreadable=()) -> dict:
     """The manifest's `resume`; `unreadable`: (checkpoint, reason) the workers could not use."""
-    ignored = list(self.ignored) + sorted(unreadable)
+    ignored = list(self.ignored) + [(path, _checkpoint_words(reason)) for path, reason in sorted(unreadable)]
     return {"enabled": self.enabled, "resumed_from": self.sources[0] if self.sources else None,
             "stopped_at": _iso(self.stopped_at), "sources": list(self.sources), "checkpoint_files": len(self.files),
             "ignored": [{"source": path, "reason": reason} for path, reason in ignored]}
@@ -54,6 +54,15 @@ class ResumePlan(NamedTuple):
       return None
     return (f"bert-embed: resuming {self.rows} records from the run that stopped at {_iso(self.stopped_at)} "
             f"({self.sources[0]})")
+
+
+def _checkpoint_words(reason: str) -> str:
+  """A previous-shard check's reason (transforms/previous_rows.py) in a checkpoint's terms: its name is its manifest,
+  and its footer carries a resume key where a shard's carries the embedding fingerprint."""
+  return (reason.replace("the file its manifest describes", "the file its name describes")
+          .replace("the manifest records", "its name says")
+          .replace("footer's embedding fingerprint", "footer's resume key")
+          .replace("is not its manifest's", "is not this run's (another prefix's or fingerprint's checkpoint)"))
 
 
 def _iso(seconds: Optional[float]) -> Optional[str]:

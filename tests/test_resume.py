@@ -168,8 +168,8 @@ def test_torn_and_foreign_checkpoints_are_ignored_with_a_reason(tmp_path, tiny_m
   assert counts["encoded"] == RECORDS - counts["resumed"] and counts["written"] == RECORDS
   reasons = {os.path.basename(i["source"].split(" (")[0]): i["reason"] for i in section["ignored"]}
   assert "torn" in reasons["checkpoint-tmp-" + "a" * 32 + ".parquet"]
-  assert "not the file its manifest describes" in reasons[os.path.basename(second)]
-  assert "fingerprint" in reasons[os.path.basename(copied)]
+  assert "not the file its name describes" in reasons[os.path.basename(second)]
+  assert "another prefix's or fingerprint's checkpoint" in reasons[os.path.basename(copied)]
   _assert_same(_rows(output), reference[0])
   assert [os.path.basename(s) for s in _staging(str(tmp_path / "out" / "emb-large"))]  # another prefix's: kept
 

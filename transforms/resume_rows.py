@@ -10,12 +10,13 @@ same checks (transforms/incremental.py carried_row_problem) or its record is enc
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Mapping, NamedTuple, Sequence
 
 import apache_beam as beam
 
 from formats.columns import OutputColumns
-from formats.records import EmbeddingRecord, text_sha256
+from formats.records import text_sha256
 from transforms.incremental import carried_row_problem
 from transforms.names import NAMESPACE
 from transforms.previous_rows import ReadPreviousEmbeddings, ShardIdentity
@@ -93,7 +94,6 @@ class ResumeFromCheckpoints(beam.PTransform):
 
 def checkpoint_columns(columns: OutputColumns) -> OutputColumns:
   """What a checkpoint holds of an output's columns: all but the text and windows, the vector uncompacted."""
-  import dataclasses  # pylint: disable=import-outside-toplevel
   return dataclasses.replace(columns, text=False, windows=False, dtype="float32", truncate_dim=None)
 
 
