@@ -15,15 +15,16 @@ from typing import Callable, Iterator, NoReturn, Optional
 
 from pipeline.options import UsageError
 
-USAGE = """usage: bert-embed {run,export} ... | bert-embed --version
+USAGE = """usage: bert-embed {run,export,clean} ... | bert-embed --version
 
   bert-embed run --input GLOB --output PREFIX --model default|DIR [options] [Beam pipeline options]
   bert-embed export --from hf:DIR|tf1:DIR|random:CONFIG.json --output DIR [--overwrite] [--seq-length 128]
                     [--lower-case|--cased]
+  bert-embed clean ROOT_OR_PREFIX [--dry-run]   (what killed or failed runs left: staging, checkpoints)
 
 `bert-embed run --help` lists the job's options."""
-INTERRUPTED = ("interrupted before the job finished; the earlier output under the prefix is as it was (this run's "
-               "staged files are removed by the next run of the prefix)")
+INTERRUPTED = ("interrupted before the job finished; the earlier output under the prefix is as it was (rerun the "
+               "same command to resume from this run's checkpoints, or remove them with bert-embed clean)")
 # Beam's note of the step that raised, appended to a DoFn's exception message.
 _BEAM_STEP_NOTE = re.compile(r"\s*\[while running '[^']*'\]")
 _BEAM_STEP = re.compile(r"\[while running '([^']*)'\]")
@@ -265,6 +266,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     return _run(rest)
   if command == "export":
     return _export(rest)
+  if command == "clean":
+    from pipeline import clean  # pylint: disable=import-outside-toplevel
+    try:
+      return clean.main(rest)
+    except UsageError as e:
+      print(f"bert-embed: {e}", file=sys.stderr)
+      return 2
   print(f"bert-embed: unknown command {command!r}\n{USAGE}", file=sys.stderr)
   return 2
 

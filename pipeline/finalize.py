@@ -14,7 +14,9 @@ element run once every file is written and every count gathered (pipeline/manife
 4. writes the manifest, with each shard's size and SHA-256, and removes the staging directory.
 
 A run's first step (RemoveStaleStaging) removes what failed or killed runs of the same prefix left in their staging
-directories, never another prefix's; the writes wait for it, so a retry after a full disk finds the space free.
+directories, never another prefix's, but their checkpoints (a resume reads them: pipeline/resume.py; removed once
+the run commits, transforms/leftovers.py); the writes wait for it, so a retry after a full disk finds the space of
+the staged shards free.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from formats import sinks
+from formats.checkpoint_files import is_resume_file
 from formats.output_files import check_output_prefix, is_scratch_dir, path_basename, staging_token
 from formats.paths import matching_paths
 from formats.records import DeadLetter
@@ -242,9 +245,10 @@ class Finalize(beam.PTransform):
 # What failed or killed runs of the prefix left.
 
 
-def stale_staging(output_prefix: str, own_token: Optional[str] = None) -> list[str]:
+def stale_staging(output_prefix: str, own_token: Optional[str] = None, keep_resume_files: bool = False) -> list[str]:
   """The staging directories of earlier runs of this prefix (not `own_token`'s), an earlier version's sink scratch
-  directories and interrupted manifest writes: never another prefix's. Local: directories; elsewhere: their files."""
+  directories and interrupted manifest writes: never another prefix's. Local: directories; elsewhere: their files.
+  `keep_resume_files`: the files of those directories, but their checkpoints and run.json (a resume reads them)."""
   base, stem = FileSystems.split(output_prefix)
   stale = manifest_lib.stale_manifest_tmp_files(output_prefix)
 
@@ -255,17 +259,23 @@ def stale_staging(output_prefix: str, own_token: Optional[str] = None) -> list[s
   if "://" not in base:
     directory = base or "."
     if os.path.isdir(directory):
-      stale += sorted(os.path.join(base, d) for d in os.listdir(directory)
-                      if ours(d) and os.path.isdir(os.path.join(directory, d)))
+      folders = sorted(os.path.join(base, d) for d in os.listdir(directory)
+                       if ours(d) and os.path.isdir(os.path.join(directory, d)))
+      if keep_resume_files:
+        folders = sorted(os.path.join(f, name) for f in folders for name in os.listdir(f or ".")
+                         if not is_resume_file(name))
+      stale += folders
     return stale
   files = (matching_paths(FileSystems.join(base, f"bert-embed-tmp-*-{stem}", "*"))
            + matching_paths(FileSystems.join(base, f"beam-temp-*-{stem}", "*")))
-  return stale + sorted(p for p in files if ours(p.rsplit("/", 1)[0]))
+  return stale + sorted(p for p in files
+                        if ours(p.rsplit("/", 1)[0]) and not (keep_resume_files and is_resume_file(p)))
 
 
-def remove_stale_staging(output_prefix: str, own_token: Optional[str] = None) -> list[str]:
+def remove_stale_staging(output_prefix: str, own_token: Optional[str] = None, keep_resume_files: bool = False
+                         ) -> list[str]:
   """Deletes stale_staging(); returns the deleted paths."""
-  stale = stale_staging(output_prefix, own_token)
+  stale = stale_staging(output_prefix, own_token, keep_resume_files)
   if stale:
     FileSystems.delete(stale)
   return stale
@@ -275,14 +285,15 @@ class RemoveStaleStaging(beam.PTransform):
   """The job's first step: removes what failed or killed runs of the prefix left (stale_staging). The run's writes
   wait for it (transforms/sequencing.py After), so their space is free first. Output: one list of the deleted paths."""
 
-  def __init__(self, output_prefix: str, own_token: str):
+  def __init__(self, output_prefix: str, own_token: str, keep_resume_files: bool = False):
     super().__init__()
     check_output_prefix(output_prefix)
     self._prefix = output_prefix
     self._token = own_token
+    self._keep = keep_resume_files
 
   def expand(self, pbegin):
     return (pbegin
             | "Once" >> beam.Create([None])
-            | "Remove" >> beam.Map(lambda _, prefix, token: remove_stale_staging(prefix, token),
-                                   self._prefix, self._token))
+            | "Remove" >> beam.Map(lambda _, prefix, token, keep: remove_stale_staging(prefix, token, keep),
+                                   self._prefix, self._token, self._keep))

@@ -161,6 +161,9 @@ class BertEmbedArguments:
           help="An earlier run's output prefix, or latest:ROOT (the run ROOT/LATEST points at; successful runs "
                "update it last). Records with the same id and text, embedded with the same model fingerprint and "
                "options, are copied from it instead of encoded; any fingerprint change re-embeds everything.")
+    _bool_flag(g, "no_resume", False,
+               "Encode every record the previous output does not give, without taking any from the checkpoints of "
+               "killed or failed runs (by default a rerun resumes from them).")
     _flag(g, "drift_sample", type=non_negative_int, default=DEFAULT_DRIFT_SAMPLE,
           help="When the fingerprint changed since --previous: compare old and new vectors of this many records "
                "(cosine, in the manifest's drift). 0 turns the check off.")

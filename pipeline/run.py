@@ -25,6 +25,7 @@ from pipeline import model_inspection
 from pipeline import previous as previous_lib
 from pipeline import progress
 from pipeline import remote
+from pipeline import resume as resume_lib
 from pipeline import vector_store as vector_store_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
@@ -36,7 +37,9 @@ from transforms.distinct_texts import EmbedDistinctTexts
 from transforms.compact_vectors import Calibration, CompactVectors
 from transforms.embed import EmbedTexts
 from transforms.drift import DriftCheck
+from transforms.checkpoint import WriteCheckpoints
 from transforms.incremental import SplitByPrevious
+from transforms.leftovers import RemoveLeftovers
 from transforms.progress_counts import CountFn
 from transforms.read import InputError, ReadTexts
 from transforms.sequencing import After
@@ -45,7 +48,7 @@ from transforms.validate import ValidateEmbeddings
 from transforms.write import ERRORS_SINK, WriteConfig, WriteDeadLetters, WriteEmbeddings, embedding_sink
 
 COUNTS = ("read", "written", "rows", "dead_lettered", "blank_lines", "files_failed", "tokens", "truncated",
-          "encoded", "windows",
+          "encoded", "resumed", "windows",
           "new", "changed", "unchanged", "deleted", "previous_damaged")
 _LOG = logging.getLogger(__name__)
 
@@ -72,11 +75,11 @@ def _per_record(record) -> int:
 
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
                    checks: finalize_lib.RunChecks = finalize_lib.RunChecks(),
-                   finalizers: Sequence[finalize_lib.Finalizer] = ()) -> dict:
+                   finalizers: Sequence[finalize_lib.Finalizer] = (), resume: bool = True) -> dict:
   """Wires the job's transforms onto `p`; returns the main PCollections (for tests).
 
   `checks`: what the run must satisfy to replace the earlier output; `finalizers`: what commits with it, after the
-  files and before the manifest (pipeline/finalize.py).
+  files and before the manifest (pipeline/finalize.py); `resume` False: no earlier run's checkpoint is used.
   """
   read = p | "ReadTexts" >> ReadTexts(
       list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
@@ -97,18 +100,28 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized,
       identities=plan.previous_identities)
   to_encode = split.to_encode
+  # Resuming: what killed or failed runs checkpointed is taken from their staging directories (pipeline/resume.py).
+  token, started = uuid.uuid4().hex, time.time()
+  staging = output_files_lib.staging_dir(cfg.output, token)
+  resume_plan = resume_lib.prepare(cfg, plan, staging, token, resume, started)
+  resumed = resume_lib.resume_records(to_encode, resume_plan, cfg)
+  to_encode = resumed.to_encode
   # Records reach the encoder spread over the workers, not fused with the read of their file: through the shuffle
   # of the --previous join, of --dedupe-texts or of the duplicate-id grouping (unless --limit gathered them), or
   # through one of their own (transforms/spread.py).
   grouped_by_id = cfg.input_format != "text" and cfg.on_duplicate_id != "keep" and not cfg.limit
-  if not (plan.previous_files is not None or cfg.dedupe_texts or grouped_by_id):
+  if not (plan.previous_files is not None or cfg.dedupe_texts or grouped_by_id or resume_plan.files):
     to_encode = spread_records(to_encode, "SpreadRecords")
   embed = EmbedTexts(cfg.model.preprocessor, cfg.model.encoder, cfg.embed_config)
   if cfg.dedupe_texts:
     embedded = to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
     embedded = to_encode | "EmbedTexts" >> embed
+  _ = embedded.encoded | "WriteCheckpoints" >> WriteCheckpoints(
+      staging, resume_plan.columns, cfg.model_info.dim, {EMBEDDING_FINGERPRINT_KEY: resume_plan.key})
   rows = embedded.embeddings
+  if resumed.resumed is not None:  # uncompacted, like the encoded rows: one calibration, one set of checks
+    rows = (rows, resumed.resumed) | "WithResumed" >> beam.Flatten()
   compacting = cfg.embeddings and (cfg.output_dtype != compact.FLOAT32 or cfg.truncate_dim is not None)
   carried_ranges = previous_lib.int8_ranges(plan, cfg)
   compactor = CompactVectors(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim, cfg.normalize, carried_ranges)
@@ -127,9 +140,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
   # checks passed (pipeline/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
-  token = uuid.uuid4().hex
-  staging = output_files_lib.staging_dir(cfg.output, token)
-  cleared = p | "RemoveStaleStaging" >> finalize_lib.RemoveStaleStaging(cfg.output, token)
+  cleared = p | "RemoveStaleStaging" >> finalize_lib.RemoveStaleStaging(cfg.output, token, keep_resume_files=resume)
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
@@ -159,6 +170,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       "truncated": valid | "CountTruncated" >> beam.Map(lambda r: int(r.truncated)),
       **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None},  # None: 0 without a shuffle
   }
+  if resumed.resumed is not None:
+    counts["resumed"] = _ones(resumed.resumed, "CountResumed")
   static = {
       "model": model_inspection.describe(cfg.model, cfg.model_info),
       "inputs": {"patterns": list(cfg.input_patterns), "files": len(cfg.inputs)},
@@ -178,6 +191,11 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     static["incremental"] = previous_lib.manifest_section(plan)
   else:
     fields["incremental"] = split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)
+  if resumed.unreadable is None:
+    static["resume"] = resume_plan.section()
+  else:
+    fields["resume"] = (resumed.unreadable | "UnreadableCheckpoints" >> beam.combiners.ToList()
+                        | "ResumeSection" >> beam.Map(lambda unreadable, rp: rp.section(unreadable), resume_plan))
   static["vectors"] = vector_form(cfg)
   if compactor.calibration is not None:
     fields[previous_lib.INT8_RANGES_KEY] = compactor.calibration | "Int8RangesJson" >> beam.Map(
@@ -205,8 +223,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
                "after": cleared}
               | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, count_names, kinds, checks,
                                                     finalizers))
-  _ = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # last: the run is complete
-  return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest}
+  latest = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # the run is complete
+  _ = latest | "RemoveLeftovers" >> RemoveLeftovers(resume_plan.remove_after_commit, plan.pointer, started)
+  return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest, "resume": resume_plan}
 
 
 def vector_form(cfg: JobConfig) -> Optional[dict]:
@@ -251,8 +270,9 @@ def summary_line(m: dict, seconds: float, totals: Optional[dict] = None) -> str:
   else:
     when = timing(seconds, totals)
   ok = "ok" if c["read"] == c["written"] + c["dead_lettered"] else "VIOLATED"
+  resumed = f", {c['resumed']} resumed from a stopped run's checkpoints" if c.get("resumed") else ""
   return (f"bert-embed: {c['read']} records read, {c['written']} written ({c.get('encoded', c['written'])} through "
-          f"the model), {c['dead_lettered']} dead-lettered, "
+          f"the model{resumed}), {c['dead_lettered']} dead-lettered, "
           f"{c['blank_lines']} blank lines, {c['files_failed']} files failed; {c['tokens']} tokens, "
           f"{c['truncated']} truncated; {when}; read == written + dead-lettered: {ok}")
 
@@ -285,13 +305,16 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(
       runner=remote.local_runner(options.view_as(StandardOptions).runner), options=options)
   try:
-    build_pipeline(p, cfg, start_iso, finalize_lib.RunChecks(flags.max_dead_letter_fraction))
+    graph = build_pipeline(p, cfg, start_iso, finalize_lib.RunChecks(flags.max_dead_letter_fraction),
+                           resume=not flags.no_resume)
   except InputError as e:  # reading options the transforms refuse
     raise UsageError(str(e)) from None
   total_bytes = progress.input_bytes(cfg.inputs, cfg.input_format)
   # A runner on this machine (its workers inherit the side channel's directory): progress from the side channel.
   local = not remote.is_remote_runner(p.runner)
   reporter = progress.Reporter(total_bytes=total_bytes, print_lines=not flags.quiet) if local else None
+  if not flags.quiet and (line := graph["resume"].progress_line()) is not None:
+    print(line, flush=True)
   if reporter is not None:
     reporter.start()
   try:

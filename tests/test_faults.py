@@ -346,9 +346,9 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   pgid = os.getpgid(proc.pid)
   try:
     deadline = time.monotonic() + 120
-    while not glob.glob(str(out / "bert-embed-tmp-*" / "*")):  # the writes have started: the job is under way
+    while not glob.glob(str(out / "bert-embed-tmp-*" / "checkpoint-*-*.parquet")):  # rows encoded and checkpointed
       assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
-      assert time.monotonic() < deadline, "the job did not start writing within 120 s"
+      assert time.monotonic() < deadline, "the job did not checkpoint within 120 s"
       time.sleep(0.1)
     assert proc.poll() is None, "the job finished before it could be killed: make the corpus bigger"
     assert os.path.exists(prefix + "-manifest.json")  # the old one stays until the run is committed
@@ -366,11 +366,13 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   assert {path: open(path, "rb").read() for path in _prefix_files(prefix)} == old_files  # as it was, byte for byte
   assert glob.glob(str(out / "bert-embed-tmp-*" / "*"))  # the killed run's staged files, aside
 
-  # 3. A rerun completes and replaces the partial output: its manifest lists exactly the files on disk.
+  # 3. A rerun completes and replaces the partial output: its manifest lists exactly the files on disk. It resumes
+  # from the killed run's checkpoints: every record resumed or encoded, once.
   argv = common + ["--input", str(tmp_path / "corpus" / "*.txt")]
   rerun = run(argv, test_pipeline=TestPipeline(argv=argv))
   m = rerun.manifest
   assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
+  assert 0 < m["counts"]["resumed"] < total and m["counts"]["resumed"] + m["counts"]["encoded"] == total
   assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
   assert not glob.glob(str(out / "bert-embed-tmp-*"))  # the killed run's staged files are gone
   rows = sum(pq.ParquetFile(f).metadata.num_rows for f in m["output_files"])
