@@ -225,7 +225,9 @@ def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: st
   own = None
   for path in inputs:
     target = path
-    if not writes_file(path, output, pointer) and _is_local(path):
+    if not writes_file(path, output, pointer):
+      if not _is_local(path):
+        continue
       real = os.path.realpath(_local_path(path))
       if writes_file(real, output, pointer):
         target = real

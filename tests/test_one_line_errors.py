@@ -299,6 +299,10 @@ def test_another_prefixs_files_and_look_alikes_are_inputs_like_any_other(tmp_pat
               data / f"bert-embed-tmp-{'0' * 32}-emb" / "embeddings-1.parquet"):
     with pytest.raises(UsageError, match="a file this run writes"):
       check_inputs_are_not_outputs([str(own)], str(data / "emb"), str(data / "LATEST"))
+  # Remote paths are compared by name only: another object beside the output is an input like any other.
+  check_inputs_are_not_outputs(["gs://b/data/corpus.jsonl"], "gs://b/data/emb", "gs://b/data/LATEST")
+  with pytest.raises(UsageError, match="a file this run writes"):
+    check_inputs_are_not_outputs(["gs://b/data/emb-manifest.json"], "gs://b/data/emb", "gs://b/data/LATEST")
 
 
 @pytest.mark.parametrize("flags, message", [
