@@ -36,8 +36,9 @@ setup(
     description="Apache Beam pipeline that embeds large text corpora with TF Hub BERT SavedModels",
     python_requires=">=3.10,<3.13",
     packages=find_packages(include=["modeling", "modeling.*", "formats", "formats.*", "stores", "stores.*", "runtime",
-                                    "runtime.*", "transforms", "transforms.*", "pipeline", "pipeline.*"]),
+                                    "runtime.*", "transforms", "transforms.*", "snapshot",
+                                    "snapshot.*", "models", "models.*", "pipeline", "pipeline.*", "cli", "cli.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "hf": HF_REQUIRES},
-    entry_points={"console_scripts": ["bert-embed=pipeline.cli:entry"]},
+    entry_points={"console_scripts": ["bert-embed=cli.main:entry"]},
 )

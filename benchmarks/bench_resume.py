@@ -46,7 +46,7 @@ def checkpointed_rows(directory):
 
 def start(code, corpus, output, log):
   env = dict(os.environ, PYTHONPATH=str(code))
-  argv = [sys.executable, "-m", "pipeline.cli", "run", "--model", "default", "--input", corpus, "--output", output]
+  argv = [sys.executable, "-m", "cli", "run", "--model", "default", "--input", corpus, "--output", output]
   return subprocess.Popen(argv, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 

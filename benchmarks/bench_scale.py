@@ -1,4 +1,4 @@
-"""Scale: wall time, throughput and peak memory of `python -m pipeline.run` on the DirectRunner at growing sizes.
+"""Scale: wall time, throughput and peak memory of `python -m cli run` on the DirectRunner at growing sizes.
 
 Not a test. Each size is a fresh subprocess on a text corpus of real sentences (benchmarks/corpus.py: Debian
 changelog entries and standard-library docstrings). Up to 100,000 lines every line is a distinct sentence; larger
@@ -124,7 +124,7 @@ def tree_rss_kb(pid: int) -> int:
 
 def run_once(model: str, corpus: str, output: str, input_format: str, extra: list[str]) -> tuple[float, int, str]:
   """Runs the job; returns (wall seconds, peak process-tree RSS in KiB, its stdout)."""
-  argv = [sys.executable, "-m", "pipeline.run", "--model", model, "--input", os.path.join(corpus, "*"),
+  argv = [sys.executable, "-m", "cli", "run", "--model", model, "--input", os.path.join(corpus, "*"),
           "--input-format", input_format, "--output", output, *extra]
   log_path = os.path.join(os.path.dirname(corpus), "job.log")
   start = time.perf_counter()
@@ -159,7 +159,7 @@ def tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
 def spread_child(argv: list[str]) -> None:
   """The job's process for --spread: argv[0] is "on" or "off", the rest the job's arguments."""
   from pipeline import run as run_module  # pylint: disable=import-outside-toplevel
-  from pipeline.cli import finish  # pylint: disable=import-outside-toplevel
+  from cli.main import finish  # pylint: disable=import-outside-toplevel
   from transforms import spread  # pylint: disable=import-outside-toplevel
   if argv[0] == "on":
     spread.single_worker = lambda pipeline: False

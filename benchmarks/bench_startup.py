@@ -5,7 +5,7 @@
 Three measurements:
   1. bare imports: `python -c "import tensorflow, tensorflow_text, apache_beam"` in a fresh process (best of
      --repeats), the floor under any run;
-  2. the CLI end to end: `python -m pipeline.cli run` on --lines lines in a fresh process (best of --repeats, with
+  2. the CLI end to end: `python -m cli run` on --lines lines in a fresh process (best of --repeats, with
      the spread), which is what a user waits for;
   3. one traced run in this process: the imports timed one by one, then `pipeline.run.run` with timing wrappers
      around the functions of each start-up step (option resolution, model inspection, fingerprinting, graph
@@ -94,9 +94,11 @@ class Tracer:
 def _install(tracer: Tracer) -> None:
   """The wrappers: each start-up step is the function that does it, patched where it is looked up."""
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
-  from pipeline import config, finalize, manifest, run  # pylint: disable=import-outside-toplevel
-  from pipeline import model_fingerprint, model_flags, model_inspection  # pylint: disable=import-outside-toplevel
-  from transforms import encode, preprocess, write  # pylint: disable=import-outside-toplevel
+  from pipeline import config, run  # pylint: disable=import-outside-toplevel
+  from snapshot import finalize, manifest  # pylint: disable=import-outside-toplevel
+  from models import model_fingerprint, model_flags, model_inspection  # pylint: disable=import-outside-toplevel
+  from transforms.embedding import encode, preprocess  # pylint: disable=import-outside-toplevel
+  from transforms import write  # pylint: disable=import-outside-toplevel
   from runtime import precision, saved_models  # pylint: disable=import-outside-toplevel
   tracer.wrap(run, "resolve", "option resolution (matching inputs, checks)")
   tracer.wrap(model_flags, "resolve_model", "model resolution (default model cache)")
@@ -197,7 +199,7 @@ def main() -> None:
     imports = _timed_subprocess([sys.executable, "-c", "import tensorflow, tensorflow_text, apache_beam"],
                                 args.repeats, env)
     print(f"bare imports (fresh process): {_describe(imports)}")
-    cli = _timed_subprocess([sys.executable, "-m", "pipeline.cli", "run", *job, "--output",
+    cli = _timed_subprocess([sys.executable, "-m", "cli", "run", *job, "--output",
                              os.path.join(work, "cli", "emb")], args.repeats, env)
     print(f"CLI run end to end (fresh process): {_describe(cli)}; best minus best imports "
           f"{min(cli) - min(imports):.1f} s")

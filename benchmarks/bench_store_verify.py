@@ -1,4 +1,4 @@
-"""The cost of the verify after a store commit (pipeline/store_verify.py) and of a first load, per store.
+"""The cost of the verify after a store commit (snapshot/store_verify.py) and of a first load, per store.
 
 Random 384-dimensional float32 vectors with the pipeline's payload are loaded through the stores/ interface as a
 run's rebuild would (begin_rebuild, upsert, commit_rebuild), then verify_and_repair runs against the same points:
@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_stores import postgres_server  # noqa: E402
-from pipeline.store_verify import verify_and_repair  # noqa: E402
+from snapshot.store_verify import verify_and_repair  # noqa: E402
 from stores.base import StorePoint  # noqa: E402
 from transforms.store_writes import StoreConfig  # noqa: E402
 

@@ -6,7 +6,7 @@ Steps (each measured path runs in a process of its own, so that its peak RSS is 
   1. a corpus of real sentences from this machine (benchmarks/corpus.py) and a BERT-base model with random weights
      written both as an HF checkpoint and as a bert-embed export (benchmarks/bert_base.py);
   2. the raw encoder loop (benchmarks/raw_loop.py, no Beam): fixed-128 vs bucketed, fp32 vs bf16, interleaved;
-  3. the full pipeline (`python -m pipeline.run`: read text -> tokenize -> bucket -> encode -> Parquet + manifest) with
+  3. the full pipeline (`python -m cli run`: read text -> tokenize -> bucket -> encode -> Parquet + manifest) with
      --precision auto and fp32. Its records/s is marginal: (N - n) / (T(N) - T(n)) with a run on n = --small texts,
      so the launcher's fixed costs (imports, loading and fingerprinting the models, the worker's model load and the
      auto probe) are not counted; they are reported separately;
@@ -55,7 +55,7 @@ def _run(cmd: list[str], log: str) -> tuple[float, float, str]:
 
 def _pipeline(texts: str, export: str, out_dir: str, precision: str, log: str) -> dict:
   prefix = os.path.join(out_dir, "emb")
-  wall, rss, _ = _run([sys.executable, "-m", "pipeline.run", "--model", export, "--input", texts, "--output", prefix,
+  wall, rss, _ = _run([sys.executable, "-m", "cli", "run", "--model", export, "--input", texts, "--output", prefix,
                        "--seq-length", "128", "--precision", precision], log)
   with open(prefix + "-manifest.json", encoding="utf-8") as f:
     manifest = json.load(f)

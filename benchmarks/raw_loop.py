@@ -35,7 +35,7 @@ def main() -> None:
   from runtime import buckets  # pylint: disable=import-outside-toplevel
   from runtime.encoding import encode_batch  # pylint: disable=import-outside-toplevel
   from runtime.tokenizer import Tokenizer  # pylint: disable=import-outside-toplevel
-  from transforms import batching  # pylint: disable=import-outside-toplevel
+  from transforms.embedding import batching  # pylint: disable=import-outside-toplevel
   from runtime import precision, similarity  # pylint: disable=import-outside-toplevel
   from runtime.pooling import PoolingSpec  # pylint: disable=import-outside-toplevel
   from formats.records import TextRecord  # pylint: disable=import-outside-toplevel

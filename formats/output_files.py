@@ -2,7 +2,7 @@
 
 A run touches only its own files. A glob such as `PREFIX-*-of-NNNNN.ext` also matches the shards of another run
 whose prefix starts with this one (`emb` would take `emb-large-00000-of-00001.parquet`); the names here belong to
-exactly one prefix, so the writes (transforms/write.py) and the clean-up (pipeline/finalize.py) can tell their own
+exactly one prefix, so the writes (transforms/write.py) and the clean-up (snapshot/finalize.py) can tell their own
 files from others'. A run writes its shards into its own staging directory `bert-embed-tmp-TOKEN-STEM` next to the
 output and moves them to their final names only when it finalizes.
 """
@@ -25,7 +25,7 @@ SCRATCH_KINDS = ("embeddings", "errors")
 EMBEDDINGS, ERRORS = "embeddings", "errors"
 FILE_KINDS = (EMBEDDINGS, ERRORS)
 _STAGING_STEM = "bert-embed-tmp-"
-# The key of the embedding fingerprint (pipeline/fingerprint.py) in a Parquet shard's footer metadata.
+# The key of the embedding fingerprint (snapshot/fingerprint.py) in a Parquet shard's footer metadata.
 EMBEDDING_FINGERPRINT_KEY = "embedding_fingerprint"
 
 

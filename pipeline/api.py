@@ -15,12 +15,12 @@ import numpy as np
 from formats import compact
 from formats.fields import Rejected, is_blank, text_value
 from pipeline.progress_bar import ProgressBar
-from pipeline import model_flags
+from models import model_flags
 from pipeline.config import resolve_pooling
 from runtime.encoding import encode_batch
 from runtime.tokenizer import Tokenizer
 from runtime import pooling as pooling_lib
-from transforms.embed_config import EmbedConfig
+from transforms.embedding.embed_config import EmbedConfig
 from formats.records import TextRecord
 from runtime import saved_models
 from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor

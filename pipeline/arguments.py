@@ -16,7 +16,7 @@ import importlib.metadata
 import re
 from typing import Optional, Sequence
 
-from pipeline import model_flags
+from models import model_flags
 from pipeline.options import BertEmbedArguments, UsageError, split_patterns
 from runtime import text_windows, pooling
 from runtime.defaults import DEFAULT_BUCKET_SPEC

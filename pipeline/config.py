@@ -10,19 +10,19 @@ from typing import Optional, Sequence
 from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, StandardOptions
 
 from pipeline import arguments
-from pipeline import latest_pointer
-from pipeline.manifest import manifest_path
-from pipeline import model_flags
-from pipeline import model_inspection
-from pipeline import remote
-from pipeline import vector_store as vector_store_lib
+from snapshot import latest_pointer
+from snapshot.manifest import manifest_path
+from models import model_flags
+from models import model_inspection
+from models import remote
+from snapshot import store_plan as vector_store_lib
 from pipeline.options import BertEmbedOptions, UsageError, split_patterns
 from runtime import buckets
 from runtime import mlm_scoring, mlm_vocab
 from runtime import pooling as pooling_lib
 from formats.columns import OutputColumns
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE, DEFAULT_DUPLICATE_ID_POLICY
-from transforms.embed_config import EmbedConfig, MlmSpec
+from transforms.embedding.embed_config import EmbedConfig, MlmSpec
 from formats.output_files import (check_output_prefix, is_error_file, is_output_file, is_scratch_dir,
                                   path_basename, staging_token)
 from transforms.read import InputError, file_identity, match_inputs
@@ -60,7 +60,7 @@ class JobConfig:
   chunk_stride: int = 0
   chunk_output: str = "rows"
   on_duplicate_id: str = DEFAULT_DUPLICATE_ID_POLICY
-  previous: Optional[latest_pointer.PreviousOutput] = None  # --previous, resolved (see pipeline/latest_pointer.py)
+  previous: Optional[latest_pointer.PreviousOutput] = None  # --previous, resolved (see snapshot/latest_pointer.py)
   drift_sample: int = DEFAULT_DRIFT_SAMPLE
   bucket_lengths: Optional[tuple[int, ...]] = buckets.DEFAULT_BUCKET_LENGTHS  # None: pad to each batch's longest
   max_batch_tokens: int = buckets.DEFAULT_MAX_BATCH_TOKENS
@@ -256,7 +256,7 @@ def resolve(options: PipelineOptions) -> JobConfig:
 
   Cheap checks come first; nothing is deleted (the job replaces an earlier output in its last step). On a remote
   runner, local paths are refused and a model on this machine (--model default, hf:) is staged under
-  --temp_location (pipeline/remote.py): the only thing written at launch.
+  --temp_location (models/remote.py): the only thing written at launch.
   """
   o = options.view_as(BertEmbedOptions)
   arguments.check_values(o)

@@ -1,6 +1,6 @@
 """`bert-embed run`: sharded text -> preprocessor -> encoder (RunInference) -> Parquet/TFRecord + manifest.
 
-Usable as `python -m pipeline.run --input ... --output ... [Beam options]`.
+Usable as `python -m cli run --input ... --output ... [Beam options]`.
 """
 from __future__ import annotations
 
@@ -18,24 +18,24 @@ import stores
 from formats import output_files as output_files_lib
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
 from pipeline import arguments
-from pipeline import finalize as finalize_lib
-from pipeline import latest_pointer
-from pipeline import manifest as manifest_lib
-from pipeline import model_inspection
-from pipeline import previous as previous_lib
+from snapshot import finalize as finalize_lib
+from snapshot import latest_pointer
+from snapshot import manifest as manifest_lib
+from models import model_inspection
+from snapshot import previous as previous_lib
 from pipeline import progress
-from pipeline import remote
-from pipeline import resume as resume_lib
-from pipeline import vector_store as vector_store_lib
+from models import remote
+from snapshot import resume as resume_lib
+from snapshot import store_plan as vector_store_lib
 from pipeline.config import JobConfig, resolve
 from pipeline.options import BertEmbedOptions, UsageError
-from pipeline.store_commit import StoreFinalizer
+from snapshot.store_commit import StoreFinalizer
 from formats import compact
 from runtime import quiet
 from transforms.duplicate_ids import ResolveDuplicateIds
-from transforms.distinct_texts import EmbedDistinctTexts
+from transforms.embedding.distinct_texts import EmbedDistinctTexts
 from transforms.compact_vectors import Calibration, CompactVectors
-from transforms.embed import EmbedTexts
+from transforms.embedding.embed import EmbedTexts
 from transforms.drift import DriftCheck
 from transforms.checkpoint import WriteCheckpoints
 from transforms.incremental import SplitByPrevious
@@ -79,7 +79,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   """Wires the job's transforms onto `p`; returns the main PCollections (for tests).
 
   `checks`: what the run must satisfy to replace the earlier output; `finalizers`: what commits with it, after the
-  files and before the manifest (pipeline/finalize.py); `resume` False: no earlier run's checkpoint is used.
+  files and before the manifest (snapshot/finalize.py); `resume` False: no earlier run's checkpoint is used.
   """
   read = p | "ReadTexts" >> ReadTexts(
       list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
@@ -100,7 +100,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       columns=columns, drift_sample=plan.drift_sample, unit_norm=plan.previous_normalized,
       identities=plan.previous_identities)
   to_encode = split.to_encode
-  # Resuming: what killed or failed runs checkpointed is taken from their staging directories (pipeline/resume.py).
+  # Resuming: what killed or failed runs checkpointed is taken from their staging directories (snapshot/resume.py).
   token, started = uuid.uuid4().hex, time.time()
   staging = output_files_lib.staging_dir(cfg.output, token)
   resume_plan = resume_lib.prepare(cfg, plan, staging, token, resume, started)
@@ -139,7 +139,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
-  # checks passed (pipeline/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
+  # checks passed (snapshot/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
   cleared = p | "RemoveStaleStaging" >> finalize_lib.RemoveStaleStaging(cfg.output, token, keep_resume_files=resume)
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
@@ -181,7 +181,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       "package_versions": manifest_lib.package_versions(),
   }
   files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
-  # The manifest's computed fields; those known at launch are static (fewer steps: see pipeline/manifest_facts.py).
+  # The manifest's computed fields; those known at launch are static (fewer steps: see transforms/manifest_facts.py).
   fields, tallies = {}, {}
   if split.drift_sample is None:
     static["drift"] = None
@@ -297,7 +297,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   arguments.check(argv)
   options = PipelineOptions(argv)
   flags = options.view_as(BertEmbedOptions)
-  # Quieting the process is the command's decision (pipeline/cli.py), not the library's. In the command's quiet
+  # Quieting the process is the command's decision (cli/main.py), not the library's. In the command's quiet
   # process this import comes first, so that no module's own `import tensorflow` prints the start-up noise.
   quiet.import_tensorflow()
   cfg = resolve(options)
@@ -344,11 +344,11 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-  """`python -m pipeline.run ARGS` and the Flex Template: `bert-embed run ARGS`, errors handled the same way."""
-  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  """`python -m cli run ARGS` and the Flex Template: `bert-embed run ARGS`, errors handled the same way."""
+  from cli import main as cli  # pylint: disable=import-outside-toplevel
   return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
-  from pipeline.cli import finish  # pylint: disable=ungrouped-imports
+  from cli.main import finish  # pylint: disable=ungrouped-imports
   finish(main())

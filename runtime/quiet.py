@@ -9,7 +9,7 @@ devices) and, per model load, Beam's `Resource module is not available` warning 
 `resource` when its optional torch-based model manager does not import).
 
 Quieting changes the process (its root logger, its fd 2 while TF loads), so only the command does it:
-`enable()` is called by `pipeline.cli` unless --verbose, and sets BERT_EMBED_QUIET, which the local worker
+`enable()` is called by `cli.main` unless --verbose, and sets BERT_EMBED_QUIET, which the local worker
 processes it starts inherit. Library use (pipeline.api, EmbedTexts in a user's pipeline) changes nothing: without
 BERT_EMBED_QUIET, `import_tensorflow()` is a plain import.
 

@@ -168,7 +168,7 @@ def sharp_model_dir(tmp_path_factory, tiny_model_dir, tiny_config_file):
   return str(root)
 
 
-POISON_TOKEN = "fox"  # in the tiny vocab, in no probe text of pipeline/model_inspection.py
+POISON_TOKEN = "fox"  # in the tiny vocab, in no probe text of models/model_inspection.py
 
 
 @pytest.fixture(scope="session")
@@ -464,7 +464,7 @@ def pg_password(pgvector_server, monkeypatch):
 
 
 # --- job config ---
-# A JobConfig without models or files (owner: pipeline/fingerprint.py, pipeline/previous.py), for the decisions
+# A JobConfig without models or files (owner: snapshot/fingerprint.py, snapshot/previous.py), for the decisions
 # made from a config alone.
 
 
@@ -473,8 +473,8 @@ def job_config():
   """A factory: job_config(**field_changes) -> a JobConfig (model fingerprint 'm' * 64, dimension 32)."""
   import dataclasses  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   from pipeline.config import JobConfig  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from pipeline.model_flags import ModelSpec  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from pipeline.model_inspection import ModelInfo  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from models.model_flags import ModelSpec  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from models.model_inspection import ModelInfo  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   base = JobConfig(
       inputs=("in.jsonl",), input_patterns=("in.jsonl",), input_format="jsonl", id_field="id", text_field="text",
       text_pair_field=None, max_text_bytes=1024, limit=None, model=ModelSpec("/m/preprocessor", "/m/encoder", "m"),
@@ -486,7 +486,7 @@ def job_config():
 
 
 # --- process exit ---
-# pipeline.cli.finish ends a finished job's process with os._exit. A test that reaches it in the pytest process
+# cli.main.finish ends a finished job's process with os._exit. A test that reaches it in the pytest process
 # (runpy on templates/main.py, say) must not end pytest there: in-process, finish is sys.exit. The real one is
 # tested in a subprocess (test_startup.py).
 
@@ -494,7 +494,7 @@ def job_config():
 @pytest.fixture(autouse=True)
 def _finish_is_sys_exit_in_process(monkeypatch):
   import sys  # pylint: disable=g-import-not-at-top,import-outside-toplevel
-  from pipeline import cli  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from cli import main as cli  # pylint: disable=g-import-not-at-top,import-outside-toplevel
   monkeypatch.setattr(cli, "finish", sys.exit)
 
 

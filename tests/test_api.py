@@ -8,8 +8,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.api import embed, release_models
 from pipeline.run import run
-from transforms.embed import EmbedTexts
-from transforms.embed_config import EmbedConfig
+from transforms.embedding.embed import EmbedTexts
+from transforms.embedding.embed_config import EmbedConfig
 from formats.records import TextRecord
 
 TEXTS = ["the cat sat on the mat.", "hello world!", "a dog is on the mat, the cat is not.", "the dog sat."]

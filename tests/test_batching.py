@@ -1,4 +1,5 @@
-"""Length-bucketed batching (transforms/batching.py): bucket choice, token budget, and vectors equal to unbucketed."""
+"""Length-bucketed batching (transforms/embedding/batching.py): bucket choice, token budget, and vectors equal to
+unbucketed."""
 import json
 import os
 
@@ -11,9 +12,9 @@ from apache_beam.transforms import window
 
 from runtime import buckets
 
-from transforms import batching
-from transforms.embed import EmbedTexts
-from transforms.embed_config import EmbedConfig
+from transforms.embedding import batching
+from transforms.embedding.embed import EmbedTexts
+from transforms.embedding.embed_config import EmbedConfig
 from formats.records import EncoderInput, TextRecord
 
 

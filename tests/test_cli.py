@@ -11,8 +11,8 @@ import sys
 import pytest
 
 from pipeline import arguments
-from pipeline import cli
-from pipeline import latest_pointer
+from cli import main as cli
+from snapshot import latest_pointer
 from pipeline import run as run_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -247,7 +247,7 @@ def test_help_version_and_option_errors_do_not_import_tensorflow(corpus, tiny_mo
   calls = [["--version"], ["run", "--version"], ["run", "--help"], ["run", "--bogus"], ["run", "--pooling", "max"],
            ["run", "--model", tiny_model_dir, "--input", corpus, "--output", str(tmp_path / "emb"),
             "--chunk-stride", "3"]]
-  script = ("import json, sys; from pipeline import cli; "
+  script = ("import json, sys; from cli import main as cli; "
             f"codes = [cli.main(argv) for argv in {calls!r}]; "
             "print(json.dumps([codes, 'tensorflow' in sys.modules]))")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -261,7 +261,7 @@ def test_duplicate_id_failure_is_one_line_on_stderr(tiny_model_dir, tmp_path):
   src.write_text('{"id": "a", "text": "hello"}\n{"id": "b", "text": "world"}\n{"id": "a", "text": "the cat"}\n',
                  encoding="utf-8")
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(src), "--input-format",
+      [sys.executable, "-m", "cli", "run", "--model", tiny_model_dir, "--input", str(src), "--input-format",
        "jsonl", "--output", str(tmp_path / "emb"), "--seq-length", str(SEQ), "--on-duplicate-id", "fail"],
       cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
   lines = [line for line in proc.stderr.splitlines() if line.strip() and not _START_UP_NOISE.match(line)]

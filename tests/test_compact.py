@@ -264,7 +264,7 @@ def test_compact_rows_round_trip_through_the_column_table(output_format, dtype):
 
 def test_show_neighbours_reads_binary_vectors_as_signs(tmp_path):
   """--show-neighbours on a binary output compares sign vectors, not the packed bytes as numbers."""
-  from pipeline.neighbours import load_parquet_output  # pylint: disable=import-outside-toplevel
+  from cli.neighbours import load_parquet_output  # pylint: disable=import-outside-toplevel
   columns = OutputColumns(dtype="binary", truncate_dim=16)
   packed = [np.array([0b10000000, 0b00000001], np.uint8), np.array([0b01111111, 0b11111110], np.uint8)]
   rows = [EmbeddingRecord(f"r{i}", p, 3, False, text_sha256(f"t{i}")) for i, p in enumerate(packed)]

@@ -18,10 +18,10 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions, WorkerOptions
 from apache_beam.portability.api import beam_runner_api_pb2
 
-from pipeline import cli
-from pipeline import default_model
-from pipeline import manifest as manifest_lib
-from pipeline import remote
+from cli import main as cli
+from models import default_model
+from snapshot import manifest as manifest_lib
+from models import remote
 from pipeline.run import run
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -262,7 +262,7 @@ def test_a_default_model_is_staged_once_under_temp_location_and_reused(gcs, gcs_
   assert FileSystems.exists(f"{staged}/preprocessor/assets/vocab.txt")
   second = run(argv).config
   assert second.model == first.model and len(uploads) == 2  # reused, not uploaded again
-  from pipeline import model_inspection  # pylint: disable=import-outside-toplevel
+  from models import model_inspection  # pylint: disable=import-outside-toplevel
   described = model_inspection.describe(second.model, second.model_info)  # the manifest's model section
   assert described["encoder"] == f"{staged}/encoder" and described["staged_from"] == "default"
 

@@ -1,10 +1,10 @@
-"""EmbedConfig (transforms/embed_config.py): the one value EmbedTexts is configured by, built by JobConfig."""
+"""EmbedConfig (transforms/embedding/embed_config.py): the one value EmbedTexts is configured by, built by JobConfig."""
 import dataclasses
 
 import pytest
 
 from pipeline.config import JobConfig
-from transforms.embed_config import EmbedConfig, MlmSpec
+from transforms.embedding.embed_config import EmbedConfig, MlmSpec
 
 # A value other than the default for every EmbedConfig setting.
 SETTINGS = {"pooling": "mean", "normalize": True, "layers": (-1, -2), "seq_length": 64, "emit_tokens": True,

@@ -1,7 +1,7 @@
 """Faults: a failing encoder batch loses only its poisonous record; a killed job leaves no output that looks complete.
 
 The encoder tests drive BertEncoderModelHandler.run_inference with a fake model object (no TensorFlow model), so
-the failure pattern is exact. The kill test runs `python -m pipeline.run` on the multi-processing DirectRunner in its
+the failure pattern is exact. The kill test runs `python -m cli run` on the multi-processing DirectRunner in its
 own process group and SIGKILLs the whole group mid-run.
 """
 import glob
@@ -22,14 +22,14 @@ import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline import cli
-from pipeline.finalize import remove_stale_staging
+from cli import main as cli
+from snapshot.finalize import remove_stale_staging
 from pipeline.run import run
-from transforms import encode
-from transforms.embed import EmbedTexts
-from transforms.embed_config import EmbedConfig
+from transforms.embedding import encode
+from transforms.embedding.embed import EmbedTexts
+from transforms.embedding.embed_config import EmbedConfig
 from runtime.encoding import Encoded
-from transforms.encode import BertEncoderModelHandler, EncodeError
+from transforms.embedding.encode import BertEncoderModelHandler, EncodeError
 from formats.records import EncoderInput, TextRecord
 from runtime.failure_isolation import SystemicError
 from runtime.saved_models import LoadedModel
@@ -341,7 +341,7 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   argv = common + ["--input", str(tmp_path / "corpus" / "*.txt"), "--direct_num_workers=2",
                    "--direct_running_mode=multi_processing"]
   with open(tmp_path / "killed.log", "wb") as log:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline.run", *argv], cwd=ROOT, stdout=log,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "run", *argv], cwd=ROOT, stdout=log,
                             stderr=subprocess.STDOUT, start_new_session=True)
   pgid = os.getpgid(proc.pid)
   try:

@@ -1,4 +1,4 @@
-"""A run's outcome as a whole (pipeline/finalize.py): a broken run fails, a failed run keeps the last good output,
+"""A run's outcome as a whole (snapshot/finalize.py): a broken run fails, a failed run keeps the last good output,
 and `--previous` carries only the shards its manifest describes (transforms/previous_rows.py)."""
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from formats.columns import OutputColumns
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, staging_dir
 from formats.records import DeadLetter, EmbeddingRecord
-from pipeline import finalize
-from pipeline import previous as previous_lib
-from pipeline.manifest import read_manifest
+from snapshot import finalize
+from snapshot import previous as previous_lib
+from snapshot.manifest import read_manifest
 from pipeline.run import run
 from transforms import previous_rows, write
 from transforms.duplicate_ids import DuplicateIdError
@@ -93,7 +93,7 @@ def test_all_garbage_input_fails_in_one_line_and_keeps_the_earlier_output(tiny_m
   other.mkdir()
   (other / "embeddings-x.parquet").write_bytes(b"another run's staged shard")
 
-  proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *_argv(
+  proc = subprocess.run([sys.executable, "-m", "cli", "run", *_argv(
       tiny_model_dir, _corpus(tmp_path / "v2.jsonl", 40), str(run2 / "emb"), "--id-field", "doc_id",
       "--previous", f"latest:{root}")], cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   lines = [line for line in proc.stderr.splitlines() if line.strip() and not _START_UP_NOISE.match(line)]

@@ -6,16 +6,16 @@ import json
 import numpy as np
 import pytest
 
-from pipeline import fingerprint as fingerprint_lib
-from pipeline import latest_pointer
-from pipeline import previous as previous_lib
+from snapshot import fingerprint as fingerprint_lib
+from snapshot import latest_pointer
+from snapshot import previous as previous_lib
 from pipeline.config import JobConfig
-from pipeline.model_flags import ModelSpec
+from models.model_flags import ModelSpec
 from pipeline.options import UsageError
-from pipeline.vector_store import StoreLaunch
+from snapshot.store_plan import StoreLaunch
 from stores.base import StoreState
 from transforms.store_writes import StoreConfig
-from transforms.embed_config import MlmSpec
+from transforms.embedding.embed_config import MlmSpec
 
 MLM = MlmSpec(special={"mask_id": 4}, whole_word=False, continuation=None, per_token=False, max_tokens=8192)
 
@@ -55,7 +55,7 @@ def test_every_config_field_is_decided_vector_shaping_or_not(cls):
   shaping, not_shaping = set(fingerprint_lib.VECTOR_SHAPING[cls.__name__]), set(
       fingerprint_lib.NOT_VECTOR_SHAPING[cls.__name__])
   undecided = _fields(cls) - shaping - not_shaping
-  assert not undecided, f"decide in pipeline/fingerprint.py whether these {cls.__name__} fields shape a vector"
+  assert not undecided, f"decide in snapshot/fingerprint.py whether these {cls.__name__} fields shape a vector"
   assert not shaping & not_shaping
   assert shaping | not_shaping == _fields(cls)  # no stale names either
   assert all(reason.strip() for reason in fingerprint_lib.NOT_VECTOR_SHAPING[cls.__name__].values())
@@ -126,7 +126,7 @@ def _previous(manifest):
 
 
 def _manifest_of(cfg) -> dict:
-  """The manifest fields --previous reads, as a run of `cfg` writes them (pipeline/run.py, pipeline/previous.py)."""
+  """The manifest fields --previous reads, as a run of `cfg` writes them (pipeline/run.py, snapshot/previous.py)."""
   section = previous_lib.manifest_section(previous_lib.plan(cfg))
   return {"model": {"fingerprint": cfg.model_info.fingerprint}, "dimension": cfg.model_info.dim,
           "options": cfg.output_shaping_options(), "incremental": section}

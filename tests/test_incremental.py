@@ -19,9 +19,9 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline import fingerprint as fingerprint_lib
-from pipeline import latest_pointer
-from pipeline import previous as previous_lib
+from snapshot import fingerprint as fingerprint_lib
+from snapshot import latest_pointer
+from snapshot import previous as previous_lib
 from pipeline.options import UsageError
 from pipeline.run import run
 from formats import columns as columns_lib

@@ -37,8 +37,8 @@ before = state()
 model, csv_path, out = sys.argv[1:4]
 from pipeline.api import embed
 from pipeline.run import run
-from transforms.embed import EmbedTexts
-from transforms.embed_config import EmbedConfig
+from transforms.embedding.embed import EmbedTexts
+from transforms.embedding.embed_config import EmbedConfig
 from transforms.read import ReadTexts
 
 with beam.Pipeline() as p:

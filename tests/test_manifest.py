@@ -1,4 +1,4 @@
-"""Tests for pipeline/manifest.py and pipeline/finalize.py: the checks, the commit of the staged files and the
+"""Tests for snapshot/manifest.py and snapshot/finalize.py: the checks, the commit of the staged files and the
 manifest on the DirectRunner, and the clean-up of a prefix's own files."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 
-from pipeline import finalize, manifest
+from snapshot import finalize, manifest
 from transforms import write
 from formats.output_files import EMBEDDINGS, ERRORS, is_error_file, is_output_file, staging_dir
 from transforms.validate import ValidateEmbeddings

@@ -1,4 +1,4 @@
-"""Tests for pipeline/manifest_facts.py: per-bundle partial sums and the one combine that gathers the manifest."""
+"""Tests for transforms/manifest_facts.py: per-bundle partial sums and the one combine that gathers the manifest."""
 from __future__ import annotations
 
 import collections
@@ -9,7 +9,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from hypothesis import given, settings, strategies as st
 
-from pipeline.manifest_facts import (COUNT, EXAMPLES, FIELD, FILE, TALLY, GatherFacts, SumPerBundle, field_fact,
+from transforms.manifest_facts import (COUNT, EXAMPLES, FIELD, FILE, TALLY, GatherFacts, SumPerBundle, field_fact,
                                     file_fact)
 
 _NAMES = st.sampled_from(["read", "written", "tokens"])

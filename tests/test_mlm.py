@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 
 from runtime.tokenizer import Tokenizer
 from runtime import mlm_scoring, mlm_plan, mlm_vocab
-from transforms.embed_config import EmbedConfig, MlmSpec
-from transforms.encode import BertEncoderModelHandler, EncodeError
+from transforms.embedding.embed_config import EmbedConfig, MlmSpec
+from transforms.embedding.encode import BertEncoderModelHandler, EncodeError
 from formats.records import EncoderInput, TextRecord
 from runtime.saved_models import load_saved_model
 

@@ -11,8 +11,8 @@ import subprocess
 import pytest
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import cli
-from pipeline import latest_pointer
+from cli import main as cli
+from snapshot import latest_pointer
 from pipeline.options import UsageError
 
 SEQ = 32

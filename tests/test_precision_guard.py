@@ -113,7 +113,7 @@ def _capped_run(model_dir, tmp_path, name, lines, *extra):
   out = tmp_path / name / "emb"
   env = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")}
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "run", "--model", model_dir, "--input", str(source), "--output",
+      [sys.executable, "-m", "cli", "run", "--model", model_dir, "--input", str(source), "--output",
        str(out), "--seq-length", "32", "--quiet", *extra],
       cwd=ROOT, env={**env, **CAP}, capture_output=True, text=True, timeout=600, check=False)
   said = [line for line in proc.stderr.splitlines() if line.strip() and not NOISE.match(line)]

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline import cli
+from cli import main as cli
 from pipeline.options import UsageError
 from pipeline.run import run
 from transforms.duplicate_ids import DuplicateIdError

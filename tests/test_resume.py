@@ -1,4 +1,4 @@
-"""Resuming a killed or failed run from its checkpoints (pipeline/resume.py, transforms/checkpoint.py,
+"""Resuming a killed or failed run from its checkpoints (snapshot/resume.py, transforms/checkpoint.py,
 transforms/resume_rows.py): a rerun of the same command encodes only what the failed run had not checkpointed, and
 writes what an uninterrupted run writes.
 
@@ -18,7 +18,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from formats import checkpoint_files
 from pipeline.run import run
 from transforms import checkpoint
-from transforms.encode import BertEncoderModelHandler
+from transforms.embedding.encode import BertEncoderModelHandler
 
 SEQ = 16
 RECORDS = 48
@@ -261,7 +261,7 @@ def _staging_path(directory):
 
 
 def test_clean_lists_and_removes_what_failed_runs_left(tmp_path, tiny_model_dir, stop_after, capsys):
-  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  from cli import main as cli  # pylint: disable=import-outside-toplevel
   corpus = _write_corpus(tmp_path / "corpus.jsonl", _texts())
   output = str(tmp_path / "out" / "emb")
   _fail(tiny_model_dir, corpus, output, stop_after, 3)
@@ -323,7 +323,7 @@ def test_two_reruns_racing_on_one_prefix_leave_a_complete_output(tmp_path, tiny_
   assert _fail(tiny_model_dir, corpus, output, stop_after, 6) > 0
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root)
-  argv = [sys.executable, "-m", "pipeline.cli", "run", *_argv(tiny_model_dir, corpus, output)]
+  argv = [sys.executable, "-m", "cli", "run", *_argv(tiny_model_dir, corpus, output)]
   procs = [subprocess.Popen(argv, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for _ in range(2)]
   results = [(p.wait(timeout=600), p.stdout.read(), p.stderr.read()) for p in procs]

@@ -36,7 +36,7 @@ def test_a_zero_vector_has_cosine_zero_and_parallel_ones_one():
 
 
 def test_nearest_neighbours_match_a_brute_force_search():
-  from pipeline.neighbours import nearest_neighbours  # pylint: disable=import-outside-toplevel
+  from cli.neighbours import nearest_neighbours  # pylint: disable=import-outside-toplevel
   rng = np.random.default_rng(3)
   vectors = rng.normal(size=(12, 5)).astype(np.float32)
   vectors[4] = 0.0  # a zero vector is nobody's neighbour unless all others are opposite

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import cli
+from cli import main as cli
 from pipeline import progress
 from pipeline.run import run
 

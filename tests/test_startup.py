@@ -11,7 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from pipeline import model_fingerprint, model_flags, model_inspection, progress
+from models import model_fingerprint, model_flags, model_inspection
+from pipeline import progress
 from pipeline import run as run_lib
 from runtime import precision, quiet, saved_models
 
@@ -45,7 +46,7 @@ def test_a_real_run_loads_each_savedmodel_once_and_its_workers_use_the_launchers
                                                                                  monkeypatch):
   """A real in-process DirectRunner run, with the SavedModel loader and the workers' model getters spied on: each
   SavedModel is read from disk once in this process, and what the workers encode with is that object."""
-  from transforms import encode, preprocess  # pylint: disable=import-outside-toplevel
+  from transforms.embedding import encode, preprocess  # pylint: disable=import-outside-toplevel
   _lines(tmp_path / "in.txt", 40)
   saved_models.clear_cache()
   loads = []  # (process, local path, loaded object): every tf.saved_model.load of the run
@@ -248,7 +249,7 @@ def test_quiet_cli_prints_no_noise_and_no_progress_in_any_process(tiny_model_dir
   env.update(AS_ON_AVX512)
   env[progress.INTERVAL_ENV] = "0.2"  # without --quiet, a line every 0.2 s
   proc = subprocess.run(
-      [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
+      [sys.executable, "-m", "cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
        "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32", "--quiet",
        "--direct_running_mode", "multi_processing", "--direct_num_workers", "2"],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -323,7 +324,7 @@ def test_log_filter_drops_beams_resource_warning_and_worker_notices_only():
 def test_finish_runs_exit_handlers_flushes_piped_output_and_keeps_the_exit_code(tmp_path):
   """cli.finish skips the interpreter's teardown after TensorFlow was imported, not what exit handlers do."""
   marker = tmp_path / "handler-ran"
-  script = ("import atexit, sys; from pipeline import cli; from runtime import quiet; quiet.import_tensorflow(); "
+  script = ("import atexit, sys; from cli import main as cli; from runtime import quiet; quiet.import_tensorflow(); "
             f"atexit.register(lambda: open({str(marker)!r}, 'w').close()); "
             "sys.stdout.write('x' * 100000); print('last line'); cli.finish(3)")
   proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
@@ -336,11 +337,11 @@ def test_finish_runs_exit_handlers_flushes_piped_output_and_keeps_the_exit_code(
 def test_ctrl_c_ends_the_run_with_one_line_and_status_130(tiny_model_dir, tmp_path):
   """SIGINT once the job is encoding: no traceback, the one-line notice, exit status 130, no manifest."""
   import signal  # pylint: disable=import-outside-toplevel
-  from pipeline import cli  # pylint: disable=import-outside-toplevel
+  from cli import main as cli  # pylint: disable=import-outside-toplevel
   _lines(tmp_path / "in.txt", 50000)
   env = dict(os.environ, **{progress.INTERVAL_ENV: "0.2"})
   proc = subprocess.Popen(
-      [sys.executable, "-m", "pipeline.cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
+      [sys.executable, "-m", "cli", "run", "--model", tiny_model_dir, "--input", str(tmp_path / "in.txt"),
        "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32"],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   seen = []
@@ -366,7 +367,7 @@ def test_the_first_use_of_the_default_model_is_announced_in_one_line_of_bert_emb
   The conversion itself is replaced here (test_parity_minilm and test_modeling_export exercise it)."""
   import logging  # pylint: disable=import-outside-toplevel
   from modeling import export  # pylint: disable=import-outside-toplevel
-  from pipeline import default_model  # pylint: disable=import-outside-toplevel
+  from models import default_model  # pylint: disable=import-outside-toplevel
   monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
   converted = []
 

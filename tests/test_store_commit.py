@@ -13,12 +13,12 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from qdrant_client import QdrantClient, models
 
-from pipeline import cli
-from pipeline import vector_store
-from pipeline.finalize import CommittedRun
+from cli import main as cli
+from snapshot import store_plan as vector_store
+from snapshot.finalize import CommittedRun
 from pipeline.options import UsageError
 from pipeline.run import run
-from pipeline.store_commit import StoreFinalizer
+from snapshot.store_commit import StoreFinalizer
 from stores.base import APPLYING, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
 from stores.qdrant_store import QdrantStore

@@ -12,7 +12,7 @@ import apache_beam as beam
 import pytest
 import yaml
 
-from pipeline import cli
+from cli import main as cli
 from pipeline import run as run_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

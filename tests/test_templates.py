@@ -14,7 +14,7 @@ import sys
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import default_model
+from models import default_model
 from pipeline.options import BertEmbedOptions
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent

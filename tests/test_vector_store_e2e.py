@@ -18,8 +18,8 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from qdrant_client import QdrantClient, models
 
-from pipeline import cli
-from pipeline import vector_store
+from cli import main as cli
+from snapshot import store_plan as vector_store
 from pipeline.options import UsageError
 from pipeline.run import run
 from stores.base import HELD, Marker, StorePoint

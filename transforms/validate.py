@@ -12,8 +12,8 @@ The checks are the column table's (formats/columns.py), run in table order, firs
 
 A record is written whole or not at all. With window columns, a failing window of a text encoded as several
 windows (num_windows > 1) dead-letters its record: one DeadLetter under the record's id, naming the window and its
-reason, and none of the record's windows is written (transforms/merge_windows.py regroups them by parent id, one
-shuffle of such windows); a text in one window is dead-lettered under its record's id too. Rows carried from a
+reason, and none of the record's windows is written (transforms/embedding/merge_windows.py regroups them by parent
+id, one shuffle of such windows); a text in one window is dead-lettered under its record's id too. Rows carried from a
 previous output were checked as a whole record when they were carried (transforms/incremental.py).
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from formats.columns import COLUMNS, SWITCHES, OutputColumns, check_dim
-from transforms.merge_windows import WINDOW_FAILED, MergeWindows, is_split
+from transforms.embedding.merge_windows import WINDOW_FAILED, MergeWindows, is_split
 from transforms.names import DEAD_LETTER as DEAD_LETTER_TAG
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from formats.records import DeadLetter, EmbeddingRecord

@@ -9,7 +9,7 @@ and formats/output_files.py.
 
 Files are written under temporary names into a staging directory (WriteStaged), each with its size and SHA-256
 known as it is written, and moved to their final names by commit_files: in the job, only once its checks passed
-(pipeline/finalize.py), so a failed run leaves the earlier output as it was.
+(snapshot/finalize.py), so a failed run leaves the earlier output as it was.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.embed import EmbedResult
+from transforms.embedding.embed import EmbedResult
 from transforms.names import DEAD_LETTER, NAMESPACE
 from formats.records import TextRecord, text_sha256
 

@@ -213,7 +213,7 @@ def _run(argv: list[str]) -> int:
       argv = arguments.join_negative_values(argv)
       namespace = arguments.check(argv)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
-      from pipeline.finalize import RunCheckError  # pylint: disable=import-outside-toplevel
+      from snapshot.finalize import RunCheckError  # pylint: disable=import-outside-toplevel
       from pipeline.run import is_verbose, run  # pylint: disable=import-outside-toplevel
       from runtime import quiet  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel
@@ -245,7 +245,7 @@ def _run(argv: list[str]) -> int:
       print(f"bert-embed run: {INTERRUPTED}", file=sys.stderr)  # one line, not Beam's and TensorFlow's stacks
       return 130
   if neighbours and outcome.manifest and outcome.config.output_format == "parquet":
-    from pipeline.neighbours import report  # pylint: disable=import-outside-toplevel
+    from cli.neighbours import report  # pylint: disable=import-outside-toplevel
     print(report(outcome.manifest["output_files"], neighbours))
   return 0
 
@@ -267,7 +267,7 @@ def main(argv: Optional[list[str]] = None) -> int:
   if command == "export":
     return _export(rest)
   if command == "clean":
-    from pipeline import clean  # pylint: disable=import-outside-toplevel
+    from cli import clean  # pylint: disable=import-outside-toplevel
     try:
       return clean.main(rest)
     except UsageError as e:

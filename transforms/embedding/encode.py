@@ -10,7 +10,7 @@ from transforms import progress_counts
 from runtime.encoding import Encoded, encode_batch
 from runtime import failure_isolation, mlm_scoring
 from runtime import precision as precision_lib
-from transforms.embed_config import EmbedConfig
+from transforms.embedding.embed_config import EmbedConfig
 from transforms.names import NAMESPACE
 from formats.records import EncoderInput, TextRecord
 from runtime.saved_models import LoadedModel, load_encoder, load_preprocessor
@@ -39,7 +39,7 @@ class BertEncoderModelHandler(ModelHandler[EncoderInput, PredictionResult, Loade
                preprocessor_path: Optional[str] = None, **kwargs):
     """See the class doc. `config` says how to pool (its pooling_spec), whether to compute vectors and MLM
     scores, the batch bounds, the length buckets (with them the input is already batched by
-    transforms.batching.BucketBatches and each batch is padded to its bucket) and the precision, which is
+    transforms.embedding.batching.BucketBatches and each batch is padded to its bucket) and the precision, which is
     resolved on the worker at load by encoding probe texts packed by `preprocessor_path`. `kwargs` go to Beam's
     ModelHandler."""
     super().__init__(min_batch_size=config.min_batch_size, max_batch_size=config.batch_size, **kwargs)

@@ -6,13 +6,13 @@ from typing import NamedTuple, Optional
 import apache_beam as beam
 from apache_beam.ml.inference.base import PredictionResult, RunInference
 
-from transforms import batching
-from transforms.embed_config import EmbedConfig
-from transforms.encode import BertEncoderModelHandler, EncodeError
+from transforms.embedding import batching
+from transforms.embedding.embed_config import EmbedConfig
+from transforms.embedding.encode import BertEncoderModelHandler, EncodeError
 from transforms.names import DEAD_LETTER, NAMESPACE
-from transforms.preprocess import Preprocess
+from transforms.embedding.preprocess import Preprocess
 from formats.records import DeadLetter, EmbeddingRecord, EncoderInput, TextRecord, text_sha256
-from transforms.merge_windows import WINDOW_FAILED, MergeWindows
+from transforms.embedding.merge_windows import WINDOW_FAILED, MergeWindows
 
 
 class EmbedResult(NamedTuple):
@@ -116,7 +116,7 @@ class EmbedTexts(beam.PTransform):
     preprocessor: path of a TF Hub-form BERT preprocessor SavedModel (local or gs://).
     encoder: path of the matching encoder SavedModel.
     config: pooling, lengths, batching, precision, MLM scoring and long-text handling
-      (transforms/embed_config.py); the defaults pool with the model's pooler and truncate at 128 tokens.
+      (transforms/embedding/embed_config.py); the defaults pool with the model's pooler and truncate at 128 tokens.
   """
 
   def __init__(self, preprocessor: str, encoder: str, config: EmbedConfig = EmbedConfig()):

@@ -1,20 +1,20 @@
 """The job's last steps: check the run, then commit its files, then the manifest (then LATEST, pipeline/run.py).
 
 Every file is first written into the run's staging directory (transforms/write.py). One Finalize step, a single
-element run once every file is written and every count gathered (pipeline/manifest_facts.py: one combine), then:
+element run once every file is written and every count gathered (transforms/manifest_facts.py: one combine), then:
 
 1. checks the run: read == written + dead_lettered, and dead-lettered / read <= --max-dead-letter-fraction. A failed
    check raises RunCheckError (one line), so the job fails and nothing below happens: the earlier output of the
    prefix, its manifest and LATEST stay as they were, and no manifest vouches for the failed run.
 2. runs the finalizers (things that must also commit only after the checks, such as applying a vector store's
-   staged changes: pipeline/store_commit.py), in order, before the prefix's files are touched: a finalizer that
+   staged changes: snapshot/store_commit.py), in order, before the prefix's files are touched: a finalizer that
    raises fails the job and leaves the earlier output whole;
 3. deletes the prefix's earlier manifest, then moves the new shards to their final names, deleting the prefix's
    earlier shards that are not replaced (only this prefix's own files: formats/output_files.py);
 4. writes the manifest, with each shard's size and SHA-256, and removes the staging directory.
 
 A run's first step (RemoveStaleStaging) removes what failed or killed runs of the same prefix left in their staging
-directories, never another prefix's, but their checkpoints (a resume reads them: pipeline/resume.py; removed once
+directories, never another prefix's, but their checkpoints (a resume reads them: snapshot/resume.py; removed once
 the run commits, transforms/leftovers.py); the writes wait for it, so a retry after a full disk finds the space of
 the staged shards free.
 """
@@ -35,8 +35,8 @@ from formats.checkpoint_files import is_resume_file
 from formats.output_files import check_output_prefix, is_scratch_dir, path_basename, staging_token
 from formats.paths import matching_paths
 from formats.records import DeadLetter
-from pipeline import manifest as manifest_lib
-from pipeline import manifest_facts
+from snapshot import manifest as manifest_lib
+from transforms import manifest_facts
 from runtime.defaults import DEFAULT_MAX_DEAD_LETTER_FRACTION
 from transforms.write import WrittenFile, commit_files, delete_staging_dir
 

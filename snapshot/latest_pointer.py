@@ -17,7 +17,7 @@ import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import manifest as manifest_lib
+from snapshot import manifest as manifest_lib
 from pipeline.options import UsageError
 
 LATEST_SCHEME = "latest:"

@@ -1,7 +1,7 @@
 """The embedding fingerprint: what must be equal for a previous vector to be reused.
 
 A previous vector is reused only when the *embedding fingerprint* of both runs is equal: the model fingerprint
-(pipeline/model_fingerprint.py: variable values, vocab, config, tokenizer behaviour), the dimension and the value of
+(models/model_fingerprint.py: variable values, vocab, config, tokenizer behaviour), the dimension and the value of
 every field of the run's JobConfig (and of the config objects it holds, such as its MlmSpec) that is not listed in
 NOT_VECTOR_SHAPING with the reason it cannot change a vector. The fields are read from the config classes
 themselves, so a field added later is in the fingerprint until it is listed there: erring towards recomputing is
@@ -52,7 +52,7 @@ NOT_VECTOR_SHAPING: dict[str, dict[str, str]] = {
         "output_format": "previous rows are read in their own format and written in the new one",
         "num_shards": "how the rows are split into files",
         "keep_text": "a carried row takes its text from the input (equal text_sha256, equal text)",
-        "emit_tokens": "checked on its own: the previous output must have the token columns (pipeline/previous.py)",
+        "emit_tokens": "checked on its own: the previous output must have the token columns (snapshot/previous.py)",
         "previous": "what is compared with, not what is computed",
         "drift_sample": "how many old and new vectors the manifest compares, after they are computed",
         "batch_size": _BATCHING,
@@ -60,7 +60,7 @@ NOT_VECTOR_SHAPING: dict[str, dict[str, str]] = {
         "max_batch_tokens": _BATCHING,
         "bucket_lengths": _BATCHING + " (tests/test_batching.py compares bucketed with unbucketed vectors)",
         "preprocess_batch_size": "how many texts are tokenized per call; each text is tokenized on its own",
-        "vector_store": "where a copy of the rows goes (pipeline/vector_store.py decides on its own whether to sync "
+        "vector_store": "where a copy of the rows goes (snapshot/store_plan.py decides on its own whether to sync "
                         "or rebuild it)",
     },
     "MlmSpec": {
@@ -116,7 +116,7 @@ def _plain(value, where: str):
   if _config_kind(value) is not None:
     return shaping_values(value, where)
   raise FingerprintError(f"cannot compute the embedding fingerprint: {where} is of type {type(value).__name__}, "
-                         "which has no JSON form and no entry in pipeline/fingerprint.py's NOT_VECTOR_SHAPING")
+                         "which has no JSON form and no entry in snapshot/fingerprint.py's NOT_VECTOR_SHAPING")
 
 
 def _config_kind(obj) -> Optional[str]:
@@ -131,7 +131,7 @@ def shaping_values(obj, where: Optional[str] = None) -> dict:
   where = where or type(obj).__name__
   if kind is None:
     raise FingerprintError(f"cannot compute the embedding fingerprint: {where} is of type {type(obj).__name__}, "
-                           "which has no entry in pipeline/fingerprint.py's NOT_VECTOR_SHAPING")
+                           "which has no entry in snapshot/fingerprint.py's NOT_VECTOR_SHAPING")
   skip, conditions = NOT_VECTOR_SHAPING[kind], APPLIES_WHEN.get(kind, {})
   out = {}
   for name in config_fields(obj):

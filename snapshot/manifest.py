@@ -1,4 +1,4 @@
-"""The run manifest: PREFIX-manifest.json, written by the pipeline's own last step (pipeline/finalize.py).
+"""The run manifest: PREFIX-manifest.json, written by the pipeline's own last step (snapshot/finalize.py).
 
 The manifest lists every output and error file with its size and SHA-256, the run's counts and whatever the
 launcher passes as static fields (models, fingerprints, options, versions, start time). It is written only after
@@ -57,7 +57,7 @@ def utc_now_iso() -> str:
 def build_manifest(output_prefix: str, static_fields: Mapping[str, object], files: Sequence[str],
                    counts: Mapping[str, int], end_time: Optional[str] = None,
                    shards: Optional[Mapping[str, dict]] = None) -> dict:
-  """The manifest dict (see pipeline/finalize.py); `shards`: {file name: {size_bytes, sha256, rows}}."""
+  """The manifest dict (see snapshot/finalize.py); `shards`: {file name: {size_bytes, sha256, rows}}."""
   files = sorted(files)
   manifest = {"schema_version": SCHEMA_VERSION}
   manifest.update(static_fields)

@@ -1,5 +1,5 @@
 """--vector-store: the store checked at launch, the choice between syncing it and rebuilding it, and the job's staged
-writes (pipeline/store_commit.py applies them).
+writes (snapshot/store_commit.py applies them).
 
 After a successful run NAME holds exactly the rows of the run's output (same ids, vectors and text_sha256), and
 records that run's snapshot id. Nothing reaches NAME before the run's checks pass: the job writes to a collection
@@ -121,7 +121,7 @@ def _previous_section(previous_plan) -> Optional[dict]:
 
 
 def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) -> StorePlan:
-  """Sync or rebuild (see the module docstring); `previous_plan` is the run's pipeline.previous.Plan."""
+  """Sync or rebuild (see the module docstring); `previous_plan` is the run's snapshot.previous.Plan."""
   config, state = launch.config, launch.state
   section = _previous_section(previous_plan)
   rows = ((previous_plan.previous.manifest or {}).get("counts") or {}).get("rows") if previous_plan.previous else None
@@ -180,7 +180,7 @@ class _BeginFn(beam.DoFn):
 
 def write_store(plan: StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline) -> tuple[dict, dict]:
   """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection})
-  for Finalize (the fields are what pipeline/store_commit.py verifies against).
+  for Finalize (the fields are what snapshot/store_commit.py verifies against).
 
   encoded_rows: the valid rows this run encoded; all_rows: every valid row of the output (encoded and carried);
   stale_ids: the ids of the previous rows not carried (None without carry-over).

@@ -6,8 +6,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from pipeline import fingerprint_cache, model_fingerprint
-from pipeline.model_flags import ModelSpec
+from models import fingerprint_cache, model_fingerprint
+from models.model_flags import ModelSpec
 from pipeline.options import UsageError
 
 PROBE_TEXTS = ("Hello world.", "A second, longer probe sentence for the encoder.")

@@ -24,8 +24,8 @@ from formats import checkpoint_files
 from formats.checkpoint_files import RunDescription
 from formats.output_files import path_basename, staging_token
 from formats.paths import matching
-from pipeline.fingerprint import differences
-from pipeline.latest_pointer import is_under, normalize_prefix, same_prefix
+from snapshot.fingerprint import differences
+from snapshot.latest_pointer import is_under, normalize_prefix, same_prefix
 from transforms.resume_rows import ResumeFromCheckpoints, checkpoint_columns, identities
 
 _STAGING_STEM = "bert-embed-tmp-"

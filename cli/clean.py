@@ -1,6 +1,6 @@
 """`bert-embed clean ROOT_OR_PREFIX [--dry-run]`: lists and removes what killed or failed runs left.
 
-That is their staging directories (with the checkpoints a rerun would resume from: pipeline/resume.py), the
+That is their staging directories (with the checkpoints a rerun would resume from: snapshot/resume.py), the
 temporary files of interrupted manifest writes and of interrupted LATEST writes. Given an output prefix: that
 prefix's; given a directory (a local directory, or a gs:// path ending in "/"): everything below it. Not to be run
 while a run writes there: its staging directory would be removed under it.
@@ -13,10 +13,10 @@ from typing import NoReturn
 
 from formats.output_files import staging_token
 from formats.paths import matching
-from pipeline import manifest as manifest_lib
-from pipeline.latest_pointer import LATEST_NAME, join_path, normalize_prefix, parent_dir
+from snapshot import manifest as manifest_lib
+from snapshot.latest_pointer import LATEST_NAME, join_path, normalize_prefix, parent_dir
 from pipeline.options import UsageError
-from pipeline.resume import staging_folders
+from snapshot.resume import staging_folders
 from transforms.leftovers import folder_bytes, remove_leftovers, stray_pointer_files
 
 

@@ -1,7 +1,7 @@
 """Incremental runs: deciding whether the previous output's vectors can be reused, and saying why not.
 
-The previous output is found through pipeline/latest_pointer.py; the embedding fingerprint that must match is
-pipeline/fingerprint.py.
+The previous output is found through snapshot/latest_pointer.py; the embedding fingerprint that must match is
+snapshot/fingerprint.py.
 """
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 
-from pipeline.fingerprint import (FingerprintError, current_fingerprint_inputs, differences, fingerprint,
+from snapshot.fingerprint import (FingerprintError, current_fingerprint_inputs, differences, fingerprint,
                                   manifest_fingerprint_inputs, resolved_precisions)
-from pipeline.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, normalize_prefix, parent_dir,
+from snapshot.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, normalize_prefix, parent_dir,
                                      pointer_path, previous_format)
 from pipeline.options import UsageError
 from formats import compact

@@ -12,8 +12,8 @@ import os
 from typing import Callable, Optional
 
 from formats.paths import is_local_path
-from pipeline.model_fingerprint import semantic_metadata
-from pipeline.model_flags import ModelSpec
+from models.model_fingerprint import semantic_metadata
+from models.model_flags import ModelSpec
 
 _LOG = logging.getLogger(__name__)
 FINGERPRINT_CACHE_FORMAT = 2  # bump when model_fingerprint.model_fingerprint changes, so cached values are recomputed
@@ -49,7 +49,7 @@ def fingerprint_cache_key(spec: ModelSpec, metadata: Optional[dict], probe_token
 
 
 def _fingerprint_cache_path(key: str) -> str:
-  from pipeline.default_model import cache_root  # pylint: disable=import-outside-toplevel
+  from models.default_model import cache_root  # pylint: disable=import-outside-toplevel
   return os.path.join(str(cache_root()), "fingerprints", key[:2], key + ".json")
 
 

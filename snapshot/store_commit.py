@@ -1,13 +1,13 @@
 """The commit step's part for --vector-store: apply the store's staged changes, verify NAME, record it.
 
-StoreFinalizer runs from pipeline/finalize.py after the run's checks passed and before the files are moved in:
+StoreFinalizer runs from snapshot/finalize.py after the run's checks passed and before the files are moved in:
 
-1. applies what the job staged (pipeline/vector_store.py): a sync's staging merged into NAME, or NAME moved to the
+1. applies what the job staged (snapshot/store_plan.py): a sync's staging merged into NAME, or NAME moved to the
    rebuild, with the run's snapshot id recorded in the store. The store first checks that NAME still records what
    the run saw at launch: when another run committed since, nothing is applied and the run fails in one line;
 2. drops the table/collection a rebuild replaced (a failure is a warning naming what was left, not a failed run:
    the data is committed);
-3. verifies NAME against the output and repairs what it can (pipeline/store_verify.py);
+3. verifies NAME against the output and repairs what it can (snapshot/store_verify.py);
 4. returns the manifest's `vector_store` section and the count `store_repaired`.
 
 A failure in 1 fails the run; the message says what NAME holds: PostgreSQL applies in one transaction (NAME is
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import logging
 
-from pipeline import finalize as finalize_lib
-from pipeline import store_verify
-from pipeline import vector_store as vector_store_lib
-from pipeline.vector_store import MODE_REBUILD, SECTION, StorePlan
+from snapshot import finalize as finalize_lib
+from snapshot import store_verify
+from snapshot import store_plan as vector_store_lib
+from snapshot.store_plan import MODE_REBUILD, SECTION, StorePlan
 from stores.base import DIFFERS, ChangedSinceLaunch, Marker, StoreError
 
 _LOG = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from apache_beam.utils import shared
 from runtime.tokenizer import Tokenizer
 from runtime import failure_isolation
 from runtime.precision import PROBE_TEXTS
-from transforms.embed_config import EmbedConfig
+from transforms.embedding.embed_config import EmbedConfig
 from transforms.names import DEAD_LETTER, NAMESPACE
 from formats.records import DeadLetter, TextRecord
 from runtime.saved_models import load_preprocessor

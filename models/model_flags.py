@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional
 
-from pipeline.hf_models import resolve_path
+from models.hf_models import resolve_path
 from pipeline.options import UsageError
 
 
@@ -11,7 +11,7 @@ class ModelSpec(NamedTuple):
   preprocessor: str
   encoder: str
   name: str
-  staged_from: Optional[str] = None  # the model flags' value when a launcher-side model was staged (pipeline/remote.py)
+  staged_from: Optional[str] = None  # the model flags' value when a launcher-side model was staged (models/remote.py)
 
 
 # Beam's FileSystems for every path (gs://, s3://, local, ...), imported on first use: check_model_flags runs
@@ -40,7 +40,7 @@ def resolve_model(model: Optional[str], preprocessor: Optional[str], encoder: Op
   """Turns the model flags into a ModelSpec; raises UsageError with what to do when they are missing or wrong."""
   check_model_flags(model, preprocessor, encoder)
   if model == "default":
-    from pipeline.default_model import (  # pylint: disable=import-outside-toplevel
+    from models.default_model import (  # pylint: disable=import-outside-toplevel
         DefaultModelUnavailable, ensure_default_model)
     try:
       model = ensure_default_model()

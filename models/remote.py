@@ -92,7 +92,7 @@ def check_paths(o, runner, temp_location: Optional[str]) -> None:
       raise _refuse(flag, value, name)
   previous = (o.previous or "").strip()
   if previous:
-    from pipeline.latest_pointer import LATEST_SCHEME  # pylint: disable=import-outside-toplevel
+    from snapshot.latest_pointer import LATEST_SCHEME  # pylint: disable=import-outside-toplevel
     path = previous[len(LATEST_SCHEME):].strip() if previous.startswith(LATEST_SCHEME) else previous
     if path and is_local_path(path):
       raise _refuse("--previous", previous, name)
@@ -130,12 +130,12 @@ def stage_model(spec, fingerprint: str, temp_location: Optional[str], runner, so
 
   `source` is what the model flags said (e.g. "default", "hf:ORG/NAME"), recorded as the spec's `staged_from`.
 
-  Keyed by the model fingerprint (pipeline/model_fingerprint.py: what determines the vectors), so every launch of the
+  Keyed by the model fingerprint (models/model_fingerprint.py: what determines the vectors), so every launch of the
   same model shares one copy; the marker file is written after all the model's files, so an interrupted upload is
   redone by the next launch.
   """
   from apache_beam.io.filesystems import FileSystems  # pylint: disable=import-outside-toplevel
-  from pipeline.model_flags import ModelSpec  # pylint: disable=import-outside-toplevel
+  from models.model_flags import ModelSpec  # pylint: disable=import-outside-toplevel
   root = staging_root(temp_location, fingerprint, runner)
   staged = ModelSpec(FileSystems.join(root, "preprocessor"), FileSystems.join(root, "encoder"), spec.name,
                      staged_from=source)
@@ -148,7 +148,7 @@ def stage_model(spec, fingerprint: str, temp_location: Optional[str], runner, so
   try:
     files = sum(_upload_tree(local, remote) for local, remote in ((spec.preprocessor, staged.preprocessor),
                                                                     (spec.encoder, staged.encoder)))
-    from pipeline.manifest import write_atomically  # pylint: disable=import-outside-toplevel
+    from snapshot.manifest import write_atomically  # pylint: disable=import-outside-toplevel
     write_atomically(marker, json.dumps({"fingerprint": fingerprint, "name": spec.name, "files": files,
                                          "staged_from": staged.staged_from}).encode("utf-8"))
   except Exception as e:  # pylint: disable=broad-except  (a cloud storage error: reported in one line)

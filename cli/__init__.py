@@ -1,0 +1,1 @@
+"""The command line: `bert-embed run | export | neighbours | clean` (README "Layout")."""

@@ -1,0 +1,1 @@
+"""Resolving, identifying and staging models: flags, Hugging Face names, fingerprints (README "Layout")."""

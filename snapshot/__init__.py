@@ -1,0 +1,1 @@
+"""A run's output as a versioned snapshot: manifest, LATEST, staging, checks, commit; no Beam steps."""

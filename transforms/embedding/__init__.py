@@ -1,0 +1,1 @@
+"""EmbedTexts and its steps: preprocess -> batching -> encode -> merge_windows (README "Layout")."""
