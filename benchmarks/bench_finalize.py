@@ -18,7 +18,7 @@ import time
 from formats import sinks
 from formats.output_files import EMBEDDINGS, shard_name, staging_dir
 from transforms import previous_rows
-from transforms.write import WrittenFile, commit_files
+from snapshot.staging import WrittenFile, commit_files
 
 
 def _commit_seconds(shards: int, shard_bytes: int) -> float:

@@ -159,13 +159,13 @@ def tree_cpu_seconds(pid: int, seen: dict[int, float]) -> None:
 def spread_child(argv: list[str]) -> None:
   """The job's process for --spread: argv[0] is "on" or "off", the rest the job's arguments."""
   from pipeline import run as run_module  # pylint: disable=import-outside-toplevel
-  from cli.main import finish  # pylint: disable=import-outside-toplevel
+  from cli.main import finish, main  # pylint: disable=import-outside-toplevel
   from transforms import spread  # pylint: disable=import-outside-toplevel
   if argv[0] == "on":
     spread.single_worker = lambda pipeline: False
   else:
     run_module.spread_records = lambda pcoll, label: pcoll
-  finish(run_module.main(argv[1:]))
+  finish(main(["run", *argv[1:]]))
 
 
 def spread_matrix(args, extra: list[str]) -> None:

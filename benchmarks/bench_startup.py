@@ -95,7 +95,7 @@ def _install(tracer: Tracer) -> None:
   """The wrappers: each start-up step is the function that does it, patched where it is looked up."""
   import apache_beam as beam  # pylint: disable=import-outside-toplevel
   from pipeline import config, run  # pylint: disable=import-outside-toplevel
-  from snapshot import finalize, manifest  # pylint: disable=import-outside-toplevel
+  from snapshot import manifest, staging  # pylint: disable=import-outside-toplevel
   from models import model_fingerprint, model_flags, model_inspection  # pylint: disable=import-outside-toplevel
   from transforms.embedding import encode, preprocess  # pylint: disable=import-outside-toplevel
   from transforms import write  # pylint: disable=import-outside-toplevel
@@ -105,7 +105,7 @@ def _install(tracer: Tracer) -> None:
   tracer.wrap(model_inspection, "inspect_models", "model inspection (probe texts)")
   tracer.wrap(saved_models, "load_saved_model", "  SavedModel loads")
   tracer.wrap(model_fingerprint, "model_fingerprint", "fingerprinting")
-  tracer.wrap(finalize, "remove_stale_staging", "removing a failed run's staged files")
+  tracer.wrap(staging, "remove_stale_staging", "removing a failed run's staged files")
   tracer.wrap(run, "build_pipeline", "graph construction")
   tracer.wrap(beam.Pipeline, "run", "pipeline execution (Beam, unwrapped steps)")
   tracer.wrap(encode.BertEncoderModelHandler, "load_model", "worker encoder load (RunInference)")

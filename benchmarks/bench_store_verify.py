@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_stores import postgres_server  # noqa: E402
 from snapshot.store_verify import verify_and_repair  # noqa: E402
 from stores.base import StorePoint  # noqa: E402
-from transforms.store_writes import StoreConfig  # noqa: E402
+from stores.config import StoreConfig  # noqa: E402
 
 DIM = 384
 

@@ -15,9 +15,9 @@ from formats.output_files import staging_token
 from formats.paths import matching
 from snapshot import manifest as manifest_lib
 from snapshot.latest_pointer import LATEST_NAME, join_path, normalize_prefix, parent_dir
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from snapshot.resume import staging_folders
-from transforms.leftovers import folder_bytes, remove_leftovers, stray_pointer_files
+from snapshot.staging import folder_bytes, remove_leftovers, stray_pointer_files
 
 
 class _Parser(argparse.ArgumentParser):

@@ -13,7 +13,7 @@ import sys
 import threading
 from typing import Callable, Iterator, NoReturn, Optional
 
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 USAGE = """usage: bert-embed {run,export,clean} ... | bert-embed --version
 
@@ -213,7 +213,7 @@ def _run(argv: list[str]) -> int:
       argv = arguments.join_negative_values(argv)
       namespace = arguments.check(argv)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
-      from snapshot.finalize import RunCheckError  # pylint: disable=import-outside-toplevel
+      from snapshot.checks import RunCheckError  # pylint: disable=import-outside-toplevel
       from pipeline.run import is_verbose, run  # pylint: disable=import-outside-toplevel
       from runtime import quiet  # pylint: disable=import-outside-toplevel
       from transforms.duplicate_ids import DuplicateIdError  # pylint: disable=import-outside-toplevel

@@ -2,7 +2,7 @@
 
 A run touches only its own files. A glob such as `PREFIX-*-of-NNNNN.ext` also matches the shards of another run
 whose prefix starts with this one (`emb` would take `emb-large-00000-of-00001.parquet`); the names here belong to
-exactly one prefix, so the writes (transforms/write.py) and the clean-up (snapshot/finalize.py) can tell their own
+exactly one prefix, so the writes (transforms/write.py) and the clean-up (snapshot/staging.py) can tell their own
 files from others'. A run writes its shards into its own staging directory `bert-embed-tmp-TOKEN-STEM` next to the
 output and moves them to their final names only when it finalizes.
 """

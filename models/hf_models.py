@@ -1,7 +1,7 @@
 """Model references of the form `hf:OWNER/REPO`: downloaded from the Hugging Face Hub to its local snapshot cache."""
 from __future__ import annotations
 
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 HF_PREFIX = "hf:"
 

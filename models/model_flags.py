@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 from models.hf_models import resolve_path
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 
 class ModelSpec(NamedTuple):

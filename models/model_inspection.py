@@ -8,7 +8,7 @@ import numpy as np
 
 from models import fingerprint_cache, model_fingerprint
 from models.model_flags import ModelSpec
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 PROBE_TEXTS = ("Hello world.", "A second, longer probe sentence for the encoder.")
 # Tokenized for the fingerprint: catches casing, accent stripping and splitting that live in the preprocessor's graph.

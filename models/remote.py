@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 from formats.paths import is_local_path
-from pipeline.options import UsageError, split_patterns
+from formats.usage import UsageError, split_patterns
 
 _LOG = logging.getLogger(__name__)
 LOCAL_RUNNERS = frozenset({"direct", "bundlebaseddirect", "switchingdirect", "testdirect", "prism", "fnapi"})

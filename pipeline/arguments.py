@@ -17,7 +17,8 @@ import re
 from typing import Optional, Sequence
 
 from models import model_flags
-from pipeline.options import BertEmbedArguments, UsageError, split_patterns
+from pipeline.options import BertEmbedArguments
+from formats.usage import UsageError, split_patterns
 from runtime import text_windows, pooling
 from runtime.defaults import DEFAULT_BUCKET_SPEC
 

@@ -16,7 +16,8 @@ from models import model_flags
 from models import model_inspection
 from models import remote
 from snapshot import store_plan as vector_store_lib
-from pipeline.options import BertEmbedOptions, UsageError, split_patterns
+from pipeline.options import BertEmbedOptions
+from formats.usage import UsageError, split_patterns
 from runtime import buckets
 from runtime import mlm_scoring, mlm_vocab
 from runtime import pooling as pooling_lib

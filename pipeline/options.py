@@ -19,10 +19,6 @@ from stores.base import DEFAULT_RETRIES as DEFAULT_STORE_RETRIES
 DEFAULT_MAX_TEXT_BYTES = 1 << 20
 
 
-class UsageError(ValueError):
-  """A bad option or input, reported before the job starts."""
-
-
 def parse_bool(value) -> bool:
   """Accepts the bare flag (True) and `=true|false|1|0|yes|no` (Flex Templates pass `--name=value`)."""
   if isinstance(value, bool):
@@ -54,23 +50,6 @@ def fraction(value) -> float:
   if not 0.0 <= f <= 1.0:  # also refuses nan
     raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {value!r}")
   return f
-
-
-def split_patterns(values) -> list[str]:
-  """Repeated --input flags, each possibly comma-separated (commas inside {a,b} globs are kept)."""
-  out = []
-  for value in values or ():
-    depth, current = 0, []
-    for ch in value:
-      depth += ch == "{"
-      depth -= ch == "}"
-      if ch == "," and depth == 0:
-        out.append("".join(current))
-        current = []
-      else:
-        current.append(ch)
-    out.append("".join(current))
-  return [p.strip() for p in out if p.strip()]
 
 
 def _flag(parser, name: str, **kwargs):

@@ -18,8 +18,6 @@ import stores
 from formats import output_files as output_files_lib
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
 from pipeline import arguments
-from snapshot import finalize as finalize_lib
-from snapshot import latest_pointer
 from snapshot import manifest as manifest_lib
 from models import model_inspection
 from snapshot import previous as previous_lib
@@ -28,7 +26,10 @@ from models import remote
 from snapshot import resume as resume_lib
 from snapshot import store_plan as vector_store_lib
 from pipeline.config import JobConfig, resolve
-from pipeline.options import BertEmbedOptions, UsageError
+from pipeline.options import BertEmbedOptions
+from formats.usage import UsageError
+from snapshot.checks import RunChecks
+from snapshot.commit import Finalizer
 from snapshot.store_commit import StoreFinalizer
 from formats import compact
 from runtime import quiet
@@ -38,12 +39,14 @@ from transforms.compact_vectors import Calibration, CompactVectors
 from transforms.embedding.embed import EmbedTexts
 from transforms.drift import DriftCheck
 from transforms.checkpoint import WriteCheckpoints
-from transforms.incremental import SplitByPrevious
-from transforms.leftovers import RemoveLeftovers
+from transforms.incremental import ManifestSection, SplitByPrevious
+from transforms.commit_steps import Finalize, RemoveLeftovers, RemoveStaleStaging, UpdateLatest
 from transforms.progress_counts import CountFn
+from transforms.resume_rows import resume_records
 from transforms.read import InputError, ReadTexts
 from transforms.sequencing import After
 from transforms.spread import spread_records
+from transforms.store_writes import write_store
 from transforms.validate import ValidateEmbeddings
 from transforms.write import ERRORS_SINK, WriteConfig, WriteDeadLetters, WriteEmbeddings, embedding_sink
 
@@ -74,12 +77,12 @@ def _per_record(record) -> int:
 
 
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
-                   checks: finalize_lib.RunChecks = finalize_lib.RunChecks(),
-                   finalizers: Sequence[finalize_lib.Finalizer] = (), resume: bool = True) -> dict:
+                   checks: RunChecks = RunChecks(),
+                   finalizers: Sequence[Finalizer] = (), resume: bool = True) -> dict:
   """Wires the job's transforms onto `p`; returns the main PCollections (for tests).
 
   `checks`: what the run must satisfy to replace the earlier output; `finalizers`: what commits with it, after the
-  files and before the manifest (snapshot/finalize.py); `resume` False: no earlier run's checkpoint is used.
+  files and before the manifest (snapshot/commit.py); `resume` False: no earlier run's checkpoint is used.
   """
   read = p | "ReadTexts" >> ReadTexts(
       list(cfg.inputs), input_format=cfg.input_format, id_field=cfg.id_field, text_field=cfg.text_field,
@@ -104,7 +107,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   token, started = uuid.uuid4().hex, time.time()
   staging = output_files_lib.staging_dir(cfg.output, token)
   resume_plan = resume_lib.prepare(cfg, plan, staging, token, resume, started)
-  resumed = resume_lib.resume_records(to_encode, resume_plan, cfg)
+  resumed = resume_records(to_encode, resume_plan, cfg)
   to_encode = resumed.to_encode
   # Records reach the encoder spread over the workers, not fused with the read of their file: through the shuffle
   # of the --previous join, of --dedupe-texts or of the duplicate-id grouping (unless --limit gathered them), or
@@ -139,8 +142,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
     invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
-  # checks passed (snapshot/finalize.py). The first step removes what failed runs of the prefix left; writes wait.
-  cleared = p | "RemoveStaleStaging" >> finalize_lib.RemoveStaleStaging(cfg.output, token, keep_resume_files=resume)
+  # checks passed (snapshot/commit.py). The first step removes what failed runs of the prefix left; writes wait.
+  cleared = p | "RemoveStaleStaging" >> RemoveStaleStaging(cfg.output, token, keep_resume_files=resume)
   file_metadata = {"model": cfg.model.name, "dimension": str(cfg.model_info.dim), "pooling": cfg.pooling,
                    "normalize": str(cfg.normalize).lower(), "model_fingerprint": cfg.model_info.fingerprint,
                    "embeddings": str(cfg.embeddings).lower(), "mlm_scores": str(cfg.mlm is not None).lower(),
@@ -190,7 +193,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   if split.unreadable is None:  # no previous output: nothing to find unreadable
     static["incremental"] = previous_lib.manifest_section(plan)
   else:
-    fields["incremental"] = split.unreadable | "IncrementalSection" >> previous_lib.ManifestSection(plan)
+    fields["incremental"] = split.unreadable | "IncrementalSection" >> ManifestSection(plan)
   if resumed.unreadable is None:
     static["resume"] = resume_plan.section()
   else:
@@ -212,7 +215,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   count_names = COUNTS
   if cfg.vector_store is not None:  # the job stages the store's changes; Finalize applies them after the checks
     store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
-    store_counts, store_fields = vector_store_lib.write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
+    store_counts, store_fields = write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
                                                               split.stale_ids, p)
     counts.update(store_counts)
     fields.update(store_fields)
@@ -221,9 +224,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
   manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
                "after": cleared}
-              | "Finalize" >> finalize_lib.Finalize(cfg.output, staging, static, count_names, kinds, checks,
+              | "Finalize" >> Finalize(cfg.output, staging, static, count_names, kinds, checks,
                                                     finalizers))
-  latest = manifest | "UpdateLatest" >> latest_pointer.UpdateLatest(plan.pointer, cfg.output)  # the run is complete
+  latest = manifest | "UpdateLatest" >> UpdateLatest(plan.pointer, cfg.output)  # the run is complete
   _ = latest | "RemoveLeftovers" >> RemoveLeftovers(resume_plan.remove_after_commit, plan.pointer, started)
   return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest, "resume": resume_plan}
 
@@ -288,7 +291,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
 
   Everything that can fail before the job (arguments, output, inputs, models, the graph's construction) is checked
   at launch; raises UsageError. The earlier output at the prefix is replaced by the job's last step, only when the
-  run's checks pass (else the job raises finalize.RunCheckError and the earlier output stays).
+  run's checks pass (else the job raises snapshot.checks.RunCheckError and the earlier output stays).
   `started_at` (time.time()) is where the summary's wall time starts: command-line entry points pass their
   process's start, so the imports count; by default, this call.
   """
@@ -305,7 +308,7 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
   p = test_pipeline if test_pipeline is not None else beam.Pipeline(
       runner=remote.local_runner(options.view_as(StandardOptions).runner), options=options)
   try:
-    graph = build_pipeline(p, cfg, start_iso, finalize_lib.RunChecks(flags.max_dead_letter_fraction),
+    graph = build_pipeline(p, cfg, start_iso, RunChecks(flags.max_dead_letter_fraction),
                            resume=not flags.no_resume)
   except InputError as e:  # reading options the transforms refuse
     raise UsageError(str(e)) from None
@@ -341,14 +344,3 @@ def run(argv: Optional[list[str]] = None, test_pipeline: Optional[beam.Pipeline]
     if (store := vector_store_lib.summary_line(manifest)) is not None:
       print(store)
   return RunOutcome(cfg, result, manifest)
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-  """`python -m cli run ARGS` and the Flex Template: `bert-embed run ARGS`, errors handled the same way."""
-  from cli import main as cli  # pylint: disable=import-outside-toplevel
-  return cli.main(["run", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-  from cli.main import finish  # pylint: disable=ungrouped-imports
-  finish(main())

@@ -23,7 +23,7 @@ DEFAULT_DRIFT_SAMPLE = 100
 DUPLICATE_ID_POLICIES = ("dead-letter", "fail", "keep")
 DEFAULT_DUPLICATE_ID_POLICY = "dead-letter"
 
-# snapshot/finalize.py: dead-lettered / read above which a run fails instead of replacing the earlier output. A messy
+# snapshot/checks.py: dead-lettered / read above which a run fails instead of replacing the earlier output. A messy
 # corpus loses well under 1% of its records (bad encodings, empty or unparsable rows); a broken run (a wrong
 # --id-field or --input-format, a file compressed twice) loses all of them, or the whole share of the inputs it
 # misreads. 0.1 leaves a tenfold margin above the first and stops the second once a tenth of the corpus is affected.

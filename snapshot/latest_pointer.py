@@ -13,12 +13,11 @@ import codecs
 import os
 from typing import NamedTuple, Optional
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from snapshot import manifest as manifest_lib
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 LATEST_SCHEME = "latest:"
 LATEST_NAME = "LATEST"
@@ -177,22 +176,6 @@ def resolve_previous(requested: Optional[str], output: str) -> Optional[Previous
     raise UsageError(f"--output {output} is the previous output ({requested}): a run replaces its output prefix, "
                      "so write each run to a new prefix (e.g. ROOT/run-DATE/emb) and point --previous at the last one")
   return PreviousOutput(requested, prefix, _read_previous_manifest(prefix, requested), latest_root)
-
-
-class UpdateLatest(beam.PTransform):
-  """Writes the LATEST pointer once the manifest exists: the pipeline's last step, so it also happens on Dataflow.
-
-  Input: the PCollection of the manifest (one element). Output: the pointer path.
-  """
-
-  def __init__(self, pointer: str, output_prefix: str):
-    super().__init__()
-    self._pointer = pointer
-    self._prefix = normalize_prefix(output_prefix)  # here, on the launcher: a relative local path means its cwd
-
-  def expand(self, manifest):
-    return manifest | "WritePointer" >> beam.Map(lambda _, path, prefix: write_pointer(path, prefix),
-                                                 self._pointer, self._prefix)
 
 
 def previous_format(manifest: dict) -> Optional[str]:

@@ -1,4 +1,4 @@
-"""The run manifest: PREFIX-manifest.json, written by the pipeline's own last step (snapshot/finalize.py).
+"""The run manifest: PREFIX-manifest.json, written by the pipeline's own last steps (snapshot/commit.py).
 
 The manifest lists every output and error file with its size and SHA-256, the run's counts and whatever the
 launcher passes as static fields (models, fingerprints, options, versions, start time). It is written only after
@@ -13,7 +13,7 @@ import importlib.metadata
 import json
 import re
 import uuid
-from typing import Mapping, Optional, Sequence
+from typing import Mapping, NamedTuple, Optional, Sequence
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -57,7 +57,7 @@ def utc_now_iso() -> str:
 def build_manifest(output_prefix: str, static_fields: Mapping[str, object], files: Sequence[str],
                    counts: Mapping[str, int], end_time: Optional[str] = None,
                    shards: Optional[Mapping[str, dict]] = None) -> dict:
-  """The manifest dict (see snapshot/finalize.py); `shards`: {file name: {size_bytes, sha256, rows}}."""
+  """The manifest dict (see snapshot/commit.py); `shards`: {file name: {size_bytes, sha256, rows}}."""
   files = sorted(files)
   manifest = {"schema_version": SCHEMA_VERSION}
   manifest.update(static_fields)
@@ -117,3 +117,11 @@ def stale_manifest_tmp_files(output_prefix: str) -> list[str]:
   name = re.escape(path_basename(manifest) + _TMP_INFIX) + r"[0-9a-f]{32}"
   candidates = matching_paths(manifest + _TMP_INFIX + "*")
   return sorted(p for p in candidates if re.fullmatch(name, path_basename(p)))
+
+
+class ShardIdentity(NamedTuple):
+  """What a previous manifest records of one of its files: size, SHA-256, and the embedding fingerprint its
+  Parquet footer must carry (None: not checked, e.g. TFRecord, whose files have no footer)."""
+  size_bytes: int
+  sha256: str
+  fingerprint: Optional[str] = None

@@ -7,21 +7,20 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Sequence
 
-import apache_beam as beam
-
 from snapshot.fingerprint import (FingerprintError, current_fingerprint_inputs, differences, fingerprint,
                                   manifest_fingerprint_inputs, resolved_precisions)
 from snapshot.latest_pointer import (LATEST_NAME, PreviousOutput, join_path, normalize_prefix, parent_dir,
                                      pointer_path, previous_format)
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from formats import compact
 from formats.output_files import path_basename
-from transforms import incremental
-from transforms.previous_rows import ShardIdentity
+from snapshot.manifest import ShardIdentity
 from runtime.defaults import DEFAULT_DRIFT_SAMPLE
 
 MODE_INCREMENTAL = "incremental"
 MODE_FULL = "full"
+# unchanged records whose previous row is damaged (re-encoded): a count, like transforms/incremental.py KINDS
+DAMAGED = "previous_damaged"
 
 
 class Plan(NamedTuple):
@@ -186,22 +185,6 @@ def manifest_section(p: Plan, unreadable: Sequence[tuple[str, str]] = ()) -> dic
   }
 
 
-class ManifestSection(beam.PTransform):
-  """The manifest's `incremental` field, known only once the previous output has been read (manifest_section).
-
-  Input: the (file, reason) pairs of IncrementalResult.unreadable. Output: one dict.
-  """
-
-  def __init__(self, p: Plan):
-    super().__init__()
-    self._plan = p
-
-  def expand(self, unreadable):
-    return (unreadable
-            | "AllUnreadable" >> beam.combiners.ToList()
-            | "Section" >> beam.Map(lambda failures, p: manifest_section(p, failures), self._plan))
-
-
 def summary_line(manifest: dict) -> Optional[str]:
   """One line on what an incremental run reused, or None for a manifest without that section.
 
@@ -216,8 +199,8 @@ def summary_line(manifest: dict) -> Optional[str]:
   line = (f"bert-embed: {section['mode']} run: {c.get('new', 0)} new, {c.get('changed', 0)} changed, "
           f"{c.get('unchanged', 0)} unchanged ({c.get('written', 0)} written, {later} dead-lettered after reading), "
           f"{c.get('deleted', 0)} deleted; {c.get('encoded', 0)} records encoded")
-  if c.get(incremental.DAMAGED):
-    line += f"; {c[incremental.DAMAGED]} unchanged records encoded again because their previous row was damaged"
+  if c.get(DAMAGED):
+    line += f"; {c[DAMAGED]} unchanged records encoded again because their previous row was damaged"
   if section.get("reason"):
     line += f" ({section['reason']})"
   drift = manifest.get("drift")

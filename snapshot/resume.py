@@ -10,13 +10,14 @@ torn ones (a temporary name) are ignored with a reason. `--no-resume` uses none 
 earlier staging at its start, as before).
 
 After the run commits, its prefix's earlier staging directories and the sources it used are removed
-(transforms/leftovers.py); a failed run's are kept. `bert-embed clean` lists and removes what is left.
+(snapshot/commit.py, step 7); a failed run's are kept. `bert-embed clean` lists and removes what is left.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Sequence
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -26,7 +27,8 @@ from formats.output_files import path_basename, staging_token
 from formats.paths import matching
 from snapshot.fingerprint import differences
 from snapshot.latest_pointer import is_under, normalize_prefix, same_prefix
-from transforms.resume_rows import ResumeFromCheckpoints, checkpoint_columns, identities
+from formats.columns import OutputColumns
+from snapshot.manifest import ShardIdentity
 
 _STAGING_STEM = "bert-embed-tmp-"
 
@@ -171,23 +173,17 @@ def prepare(cfg, plan, staging: str, token: str, enabled: bool, started_at: floa
   return resume_plan
 
 
-class Resumed(NamedTuple):
-  to_encode: object  # PCollection of TextRecord
-  resumed: object = None  # PCollection of EmbeddingRecord, None without checkpoints to use
-  unreadable: object = None  # PCollection of (checkpoint, reason), None without checkpoints to use
-
-
-def resume_records(records, resume_plan: ResumePlan, cfg) -> Resumed:
-  """The records to encode, and the rows resumed from the plan's checkpoints (transforms/resume_rows.py)."""
-  if not resume_plan.files:
-    return Resumed(records)
-  result = records | "Resume" >> ResumeFromCheckpoints(
-      resume_plan.files, resume_plan.columns, cfg.model_info.dim, by_text=cfg.dedupe_texts,
-      keep_text=cfg.output_columns.text)
-  return Resumed(result.to_encode, result.resumed, result.unreadable)
-
-
 def latest_written(pointer: str) -> Optional[float]:
   """When LATEST was last written, or None without one."""
   found = matching(pointer) if FileSystems.exists(pointer) else []
   return found[0].last_updated_in_seconds if found else None
+
+
+def checkpoint_columns(columns: OutputColumns) -> OutputColumns:
+  """What a checkpoint holds of an output's columns: all but the text and windows, the vector uncompacted."""
+  return dataclasses.replace(columns, text=False, windows=False, dtype="float32", truncate_dim=None)
+
+
+def identities(files: Sequence[tuple[str, int, str]], key: str) -> dict:
+  """{path: ShardIdentity} from (path, size, sha256) and the resume key the footers must carry."""
+  return {path: ShardIdentity(size, sha, key) for path, size, sha in files}

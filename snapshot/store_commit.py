@@ -1,6 +1,6 @@
 """The commit step's part for --vector-store: apply the store's staged changes, verify NAME, record it.
 
-StoreFinalizer runs from snapshot/finalize.py after the run's checks passed and before the files are moved in:
+StoreFinalizer runs from snapshot/commit.py (step 2) after the run's checks passed and before the files are moved in:
 
 1. applies what the job staged (snapshot/store_plan.py): a sync's staging merged into NAME, or NAME moved to the
    rebuild, with the run's snapshot id recorded in the store. The store first checks that NAME still records what
@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 
-from snapshot import finalize as finalize_lib
 from snapshot import store_verify
+from snapshot.commit import CommittedRun, Finalizer
 from snapshot import store_plan as vector_store_lib
 from snapshot.store_plan import MODE_REBUILD, SECTION, StorePlan
 from stores.base import DIFFERS, ChangedSinceLaunch, Marker, StoreError
@@ -26,7 +26,7 @@ from stores.base import DIFFERS, ChangedSinceLaunch, Marker, StoreError
 _LOG = logging.getLogger(__name__)
 
 
-class StoreFinalizer(finalize_lib.Finalizer):
+class StoreFinalizer(Finalizer):
   """Commits the store with the run (see the module docstring)."""
 
   name = "vector_store"
@@ -46,7 +46,7 @@ class StoreFinalizer(finalize_lib.Finalizer):
       held = f"{name} may hold part of this run's changes, recorded as an unfinished apply that the next run rebuilds"
     return StoreError(f"applying this run to {name} failed, so nothing was replaced at {prefix} and {held}: {error}")
 
-  def commit(self, run: finalize_lib.CommittedRun) -> dict:
+  def commit(self, run: CommittedRun) -> dict:
     plan = self._plan
     name = plan.config.name
     store = plan.config.make()

@@ -23,13 +23,9 @@ import logging
 import uuid
 from typing import NamedTuple, Optional
 
-import apache_beam as beam
-
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from stores.base import APPLYING, DIFFERS, Marker, StoreError, StoreState, rebuild_name
-from stores.points import point_from_record
-from transforms.sequencing import After
-from transforms.store_writes import StoreConfig, WriteToStore
+from stores.config import StoreConfig
 
 MODE_SYNC = "incremental"
 MODE_REBUILD = "rebuild"
@@ -148,71 +144,6 @@ def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) ->
   stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d%H%M%S_") + uuid.uuid4().hex[:6]
   tag = tag or ("s" if mode == MODE_SYNC else "r") + stamp
   return StorePlan(config, mode, reason, rebuild_name(config.name, tag), tag, state.marker, launch.verify)
-
-
-class _BeginFn(beam.DoFn):
-  """Drops the job's abandoned tables/collections of NAME, then creates the one this run writes; yields
-  (its name, [the dropped ones])."""
-
-  def __init__(self, plan: StorePlan, dimension: int):
-    super().__init__()
-    self._plan = plan
-    self._dimension = dimension
-
-  def process(self, unused_element):
-    store = self._plan.config.make()
-    try:
-      dropped = []
-      for abandoned in store.abandoned():
-        try:
-          store.drop(abandoned)
-          dropped.append(abandoned)
-        except StoreError as e:
-          _LOG.warning("could not drop the abandoned %s: %s", abandoned, e)
-      begin = store.begin_rebuild if self._plan.mode == MODE_REBUILD else store.begin_staging
-      physical = begin(self._dimension, self._plan.tag)
-    finally:
-      store.close()
-    if physical != self._plan.target:
-      raise StoreError(f"{self._plan.config.name}: {physical} was created, expected {self._plan.target}")
-    yield physical, dropped
-
-
-def write_store(plan: StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline) -> tuple[dict, dict]:
-  """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection})
-  for Finalize (the fields are what snapshot/store_commit.py verifies against).
-
-  encoded_rows: the valid rows this run encoded; all_rows: every valid row of the output (encoded and carried);
-  stale_ids: the ids of the previous rows not carried (None without carry-over).
-  """
-  begun = (pipeline
-           | "BeginStoreWrites" >> beam.Create([None])
-           | "CreateStoreTarget" >> beam.ParDo(_BeginFn(plan, dimension)))
-  if plan.mode == MODE_REBUILD:
-    upserts = all_rows | "AfterRebuildBegun" >> After(begun)
-    deletes = pipeline | "NothingToDelete" >> beam.Create([])
-  else:
-    upserts = encoded_rows | "AfterStagingBegun" >> After(begun)
-    stale = (stale_ids if stale_ids is not None else pipeline | "NoStaleIds" >> beam.Create([]))
-    # A stale id that this run writes again is overwritten by its upsert; only the others are deleted.
-    deletes = ({"stale": stale | "KeyStale" >> beam.Map(lambda i: (i, None)),
-                "upserted": encoded_rows | "KeyUpserted" >> beam.Map(lambda r: (r.id, None))}
-               | "StaleOrRewritten" >> beam.CoGroupByKey()
-               | "OnlyStale" >> beam.FlatMap(lambda kv: [kv[0]] if kv[1]["stale"] and not kv[1]["upserted"] else [])
-               | "DeletesAfterStagingBegun" >> After(begun))
-  written = (upserts, deletes) | "WriteToStore" >> WriteToStore(plan.config, plan.target,
-                                                                 staged=plan.mode == MODE_SYNC)
-  keep_text = plan.config.keep_text
-  points = all_rows | "StorePoints" >> beam.Map(lambda r: point_from_record(r, keep_text=keep_text))
-  sample = (points | "SampleToVerify" >> (beam.combiners.ToList() if plan.verify == VERIFY_ALL
-                                          else beam.combiners.Sample.FixedSizeGlobally(plan.verify)))
-  fields = {EXPECTED_FIELD: (all_rows
-                             | "IdsToVerify" >> beam.Map(lambda r: (r.id, r.text_sha256))
-                             | "AllIdsToVerify" >> beam.combiners.ToList()),
-            SAMPLE_FIELD: sample,
-            DROPPED_FIELD: begun | "Dropped" >> beam.Map(lambda pair: pair[1])}
-  counts = {"store_upserted": written["upserted"], "store_deleted": written["deleted"]}
-  return counts, fields
 
 
 def summary_line(manifest: dict) -> Optional[str]:

@@ -1,6 +1,7 @@
-"""Flex Template entry point: the same job as `bert-embed run` (parameters arrive as --name=value)."""
-from cli.main import finish
-from pipeline.run import main
+"""Flex Template entry point: `bert-embed run` (parameters arrive as --name=value)."""
+import sys
+
+from cli.main import finish, main
 
 if __name__ == "__main__":
-  finish(main())
+  finish(main(["run", *sys.argv[1:]]))

@@ -10,7 +10,7 @@ import tensorflow_text  # noqa: F401
 from apache_beam.testing.test_pipeline import TestPipeline
 from hypothesis import given, settings, strategies as st
 
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 from runtime.text_windows import window_bounds
 

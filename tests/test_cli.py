@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import re
+import runpy
 import subprocess
 import sys
 
@@ -13,7 +14,6 @@ import pytest
 from pipeline import arguments
 from cli import main as cli
 from snapshot import latest_pointer
-from pipeline import run as run_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 SEQ = 32
@@ -206,9 +206,14 @@ def test_remote_prefixes_are_compared_by_bucket_and_object():
   assert not latest_pointer.same_prefix("gs://b/runs/r1/emb", "gs://b/runs/r1/emb2")
 
 
-def test_both_entry_points_report_errors_the_same_way(corpus, tmp_path, capsys):
+def test_both_entry_points_report_errors_the_same_way(corpus, tmp_path, capsys, monkeypatch):
+  """The Flex Template's templates/main.py and `bert-embed run`."""
   argv = ["--input", corpus, "--output", str(tmp_path / "emb"), "--model", "m", "--text-field", ""]
-  assert run_module.main(argv) == 2
+  monkeypatch.setattr(sys, "argv", [str(ROOT / "templates" / "main.py"), *argv])
+  monkeypatch.setattr(cli, "finish", sys.exit)
+  with pytest.raises(SystemExit) as exited:
+    runpy.run_path(str(ROOT / "templates" / "main.py"), run_name="__main__")
+  assert exited.value.code == 2
   from_run = capsys.readouterr()
   assert cli.main(["run", *argv]) == 2
   assert capsys.readouterr() == from_run and from_run.err.startswith("bert-embed run: error: --text-field")

@@ -14,7 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from formats import columns as columns_lib
 from formats.columns import OutputColumns
 from formats.records import EmbeddingRecord, text_sha256
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 from transforms import incremental
 

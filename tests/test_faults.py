@@ -23,7 +23,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from cli import main as cli
-from snapshot.finalize import remove_stale_staging
+from snapshot.staging import remove_stale_staging
 from pipeline.run import run
 from transforms.embedding import encode
 from transforms.embedding.embed import EmbedTexts

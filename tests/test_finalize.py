@@ -1,4 +1,4 @@
-"""A run's outcome as a whole (snapshot/finalize.py): a broken run fails, a failed run keeps the last good output,
+"""A run's outcome as a whole (snapshot/commit.py): a broken run fails, a failed run keeps the last good output,
 and `--previous` carries only the shards its manifest describes (transforms/previous_rows.py)."""
 from __future__ import annotations
 
@@ -22,7 +22,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from formats.columns import OutputColumns
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY, staging_dir
 from formats.records import DeadLetter, EmbeddingRecord
-from snapshot import finalize
+from snapshot import checks as checks_lib
+from snapshot import commit
+from transforms import commit_steps
 from snapshot import previous as previous_lib
 from snapshot.manifest import read_manifest
 from pipeline.run import run
@@ -122,7 +124,7 @@ def test_a_few_bad_lines_in_a_corpus_still_succeed_up_to_exactly_the_default_fra
   assert outcome.manifest["checks"] == {"max_dead_letter_fraction": 0.1, "dead_letter_fraction": 0.1}
   assert _staging_dirs(out) == []
   before = _snapshot(out)
-  with pytest.raises(finalize.RunCheckError, match=r"^11 of 100 records dead-lettered \(11\.0%\), above "
+  with pytest.raises(checks_lib.RunCheckError, match=r"^11 of 100 records dead-lettered \(11\.0%\), above "
                                                    r"--max-dead-letter-fraction 0\.1; "):
     _run(tiny_model_dir, _corpus(tmp_path / "eleven.jsonl", 89, bad=11), str(out / "emb"))
   assert _snapshot(out) == before
@@ -140,7 +142,7 @@ def test_a_run_that_fails_after_writing_leaves_the_previous_run_byte_identical(t
   with pytest.raises(DuplicateIdError):
     _run(tiny_model_dir, str(src), str(root / "emb"), "--on-duplicate-id", "fail")
   assert _snapshot(root) == before
-  with pytest.raises(finalize.RunCheckError, match=r"^30 of 30 records dead-lettered \(100\.0%\)"):
+  with pytest.raises(checks_lib.RunCheckError, match=r"^30 of 30 records dead-lettered \(100\.0%\)"):
     _run(tiny_model_dir, _corpus(tmp_path / "v2.jsonl", 30), str(root / "emb"), "--text-field", "body")
   assert _snapshot(root) == before
   # 1 turns the check off: the same run is committed.
@@ -245,20 +247,20 @@ def test_the_dead_letter_check_names_the_commonest_reason_class():
   letters = [DeadLetter.make(f"a:{i}", "a", "parse", f"bad JSON at line {i} column {2 * i}") for i in range(5)]
   reasons = {}
   for letter in letters + [DeadLetter.make("b:1", "b", "read", "gzip failed")]:
-    key, example = finalize._reason_and_id(letter)  # pylint: disable=protected-access
+    key, example = checks_lib.reason_and_id(letter)  # pylint: disable=protected-access
     n, first = reasons.get(key, (0, example))
     reasons[key] = (n + 1, min(first, example))
   assert reasons == {"parse: bad JSON at line N column N": (5, "a:0"), "read: gzip failed": (1, "b:1")}
   counts = {"read": 10, "written": 4, "dead_lettered": 6}
   expected = (r"^6 of 10 records dead-lettered \(60\.0%\), above --max-dead-letter-fraction 0\.5; most common reason "
               r"\(5 records\): parse: bad JSON at line N column N; e\.g\. id 'a:0'; kept$")
-  with pytest.raises(finalize.RunCheckError, match=expected):
-    finalize.check_run(counts, reasons, finalize.RunChecks(0.5), "kept")
-  finalize.check_run(counts, reasons, finalize.RunChecks(0.6), "kept")  # at the threshold: passes
-  finalize.check_run(counts, reasons, finalize.RunChecks(1.0), "kept")
-  finalize.check_run({"read": 0, "written": 0, "dead_lettered": 0}, {}, finalize.RunChecks(0.0), "kept")
-  with pytest.raises(finalize.RunCheckError, match="do not balance: 10 records read, but 4 written"):
-    finalize.check_run({"read": 10, "written": 4, "dead_lettered": 5}, reasons, finalize.RunChecks(1.0), "kept")
+  with pytest.raises(checks_lib.RunCheckError, match=expected):
+    checks_lib.check_run(counts, reasons, checks_lib.RunChecks(0.5), "kept")
+  checks_lib.check_run(counts, reasons, checks_lib.RunChecks(0.6), "kept")  # at the threshold: passes
+  checks_lib.check_run(counts, reasons, checks_lib.RunChecks(1.0), "kept")
+  checks_lib.check_run({"read": 0, "written": 0, "dead_lettered": 0}, {}, checks_lib.RunChecks(0.0), "kept")
+  with pytest.raises(checks_lib.RunCheckError, match="do not balance: 10 records read, but 4 written"):
+    checks_lib.check_run({"read": 10, "written": 4, "dead_lettered": 5}, reasons, checks_lib.RunChecks(1.0), "kept")
 
 
 def test_a_finalizer_commits_after_the_checks_and_before_the_files_replace_the_earlier_output(tmp_path):
@@ -268,7 +270,7 @@ def test_a_finalizer_commits_after_the_checks_and_before_the_files_replace_the_e
   prefix = str(tmp_path / "emb")
   seen = tmp_path / "seen.json"
 
-  class Recorder(finalize.Finalizer):
+  class Recorder(commit.Finalizer):
     name = "recorder"
 
     def __init__(self, fail: bool = False):
@@ -290,11 +292,11 @@ def test_a_finalizer_commits_after_the_checks_and_before_the_files_replace_the_e
     counts = {"read": p | "Read" >> beam.Create([read]), "written": p | "Written" >> beam.Create([records]),
               "dead_lettered": p | "Dead" >> beam.Create([0])}
     _ = ({"files": files, "counts": counts}
-         | finalize.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
+         | commit_steps.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
                              {"embeddings": write.embedding_sink(config)}, finalizers=[Recorder(fail)]))
     p.run().wait_until_finish()
 
-  with pytest.raises(finalize.RunCheckError):
+  with pytest.raises(checks_lib.RunCheckError):
     go(read=4)
   assert not seen.exists()
   go(read=3)
@@ -327,7 +329,7 @@ def test_a_commit_killed_between_any_two_of_its_steps_leaves_no_manifest_vouchin
     counts = {name: p | name >> beam.Create([n]) for name, n in (("read", records), ("written", records),
                                                                   ("dead_lettered", 0))}
     _ = ({"files": files, "counts": counts}
-         | finalize.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
+         | commit_steps.Finalize(prefix, staging, {}, ("read", "written", "dead_lettered"),
                              {"embeddings": write.embedding_sink(config)}))
     p.run().wait_until_finish()
 
@@ -340,7 +342,7 @@ def test_a_commit_killed_between_any_two_of_its_steps_leaves_no_manifest_vouchin
       return real(*args, **kwargs)
     return operation
 
-  real_process = finalize._FinalizeFn.process  # pylint: disable=protected-access
+  real_process = commit_steps._FinalizeFn.process  # pylint: disable=protected-access
 
   def process(self, facts, *after):
     state["armed"] = True
@@ -362,7 +364,7 @@ def test_a_commit_killed_between_any_two_of_its_steps_leaves_no_manifest_vouchin
   shutil.copytree(out, baseline)
   monkeypatch.setattr(FileSystems, "delete", killable(FileSystems.delete))
   monkeypatch.setattr(FileSystems, "rename", killable(FileSystems.rename))
-  monkeypatch.setattr(finalize._FinalizeFn, "process", process)  # pylint: disable=protected-access
+  monkeypatch.setattr(commit_steps._FinalizeFn, "process", process)  # pylint: disable=protected-access
   left = []
   for kill_at in range(10):
     shutil.rmtree(out)

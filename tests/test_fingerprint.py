@@ -11,10 +11,10 @@ from snapshot import latest_pointer
 from snapshot import previous as previous_lib
 from pipeline.config import JobConfig
 from models.model_flags import ModelSpec
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from snapshot.store_plan import StoreLaunch
 from stores.base import StoreState
-from transforms.store_writes import StoreConfig
+from stores.config import StoreConfig
 from transforms.embedding.embed_config import MlmSpec
 
 MLM = MlmSpec(special={"mask_id": 4}, whole_word=False, continuation=None, per_token=False, max_tokens=8192)

@@ -22,7 +22,7 @@ from apache_beam.testing.util import assert_that, equal_to
 from snapshot import fingerprint as fingerprint_lib
 from snapshot import latest_pointer
 from snapshot import previous as previous_lib
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 from formats import columns as columns_lib
 from transforms import drift as drift_lib

@@ -1,4 +1,4 @@
-"""Tests for snapshot/manifest.py and snapshot/finalize.py: the checks, the commit of the staged files and the
+"""Tests for snapshot/manifest.py and snapshot/commit.py: the checks, the commit of the staged files and the
 manifest on the DirectRunner, and the clean-up of a prefix's own files."""
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ import pytest
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.testing import test_pipeline
 
-from snapshot import finalize, manifest
+from snapshot import checks as checks_lib
+from transforms import commit_steps
+from snapshot import staging as staging_lib
+from snapshot import manifest
 from transforms import write
 from formats.output_files import EMBEDDINGS, ERRORS, is_error_file, is_output_file, staging_dir
 from transforms.validate import ValidateEmbeddings
@@ -37,7 +40,7 @@ def ones(pcoll, label: str):
 
 
 def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=(), num_shards=0,
-                           static_fields=None, count_read_errors=True, checks=finalize.RunChecks(1.0)) -> dict:
+                           static_fields=None, count_read_errors=True, checks=checks_lib.RunChecks(1.0)) -> dict:
   """A miniature of the real pipeline's tail: validate, write (staged), dead-letter, then Finalize.
 
   count_read_errors=False leaves the read errors out of "read", so that the counts do not balance.
@@ -66,7 +69,7 @@ def run_embedding_pipeline(prefix: str, records, *, read_errors=(), blank_lines=
   }
   fields = {"dimension": DIM, "start_time": manifest.utc_now_iso()} if static_fields is None else static_fields
   kinds = {EMBEDDINGS: write.embedding_sink(config), ERRORS: write.ERRORS_SINK}
-  _ = inputs | finalize.Finalize(prefix, staging, fields, COUNT_NAMES, kinds, checks)
+  _ = inputs | commit_steps.Finalize(prefix, staging, fields, COUNT_NAMES, kinds, checks)
   p.run().wait_until_finish()
   return manifest.read_manifest(prefix)
 
@@ -160,7 +163,7 @@ def test_a_violated_invariant_fails_the_run_and_keeps_the_earlier_output(tmp_pat
   run_embedding_pipeline(prefix, make_records(5), num_shards=2)
   before = _snapshot(tmp_path)
   read_error = DeadLetter.make("x", "in.txt", "read", "unreadable")
-  with pytest.raises(finalize.RunCheckError, match=r"^the counts do not balance: 6 records read, but 6 written \+ "
+  with pytest.raises(checks_lib.RunCheckError, match=r"^the counts do not balance: 6 records read, but 6 written \+ "
                                                    r"1 dead-lettered = 7; nothing was replaced at "):
     run_embedding_pipeline(prefix, make_records(6), read_errors=[read_error], count_read_errors=False)
   assert _snapshot(tmp_path) == before  # files and manifest byte-identical; the staged files stay aside
@@ -172,14 +175,14 @@ def test_too_many_dead_letters_fail_the_run_in_one_line_with_the_commonest_reaso
   prefix = str(tmp_path / "emb")
   letters = ([DeadLetter.make(f"f.jsonl:{i}", "f.jsonl", "parse", f"invalid JSON at column {i}") for i in range(3)]
              + [DeadLetter.make("g.jsonl:9", "g.jsonl", "read", "gzip: bad crc")])
-  with pytest.raises(finalize.RunCheckError) as raised:
-    run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=finalize.RunChecks(0.3))
+  with pytest.raises(checks_lib.RunCheckError) as raised:
+    run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=checks_lib.RunChecks(0.3))
   message = str(raised.value).split(" [while running")[0]
   assert "\n" not in message
   assert message.startswith("4 of 10 records dead-lettered (40.0%), above --max-dead-letter-fraction 0.3; most "
                             "common reason (3 records): parse: invalid JSON at column N; e.g. id 'f.jsonl:0'; ")
   assert not os.path.exists(manifest.manifest_path(prefix)) and not shard_files(prefix)
-  got = run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=finalize.RunChecks(0.4))
+  got = run_embedding_pipeline(prefix, make_records(6), read_errors=letters, checks=checks_lib.RunChecks(0.4))
   assert got["counts"]["dead_lettered"] == 4  # at the threshold: committed
 
 
@@ -189,7 +192,7 @@ def test_manifest_without_invariant_counts(tmp_path):
   files = p | "Files" >> beam.Create([], reshuffle=False)
   tokens = p | "Tokens" >> beam.Create([5, 7], reshuffle=False)
   result = ({"files": files, "counts": {"tokens": tokens}}
-            | finalize.Finalize(prefix, staging_dir(prefix, "e" * 32), {}, ("tokens",), {}, checks=None))
+            | commit_steps.Finalize(prefix, staging_dir(prefix, "e" * 32), {}, ("tokens",), {}, checks=None))
   _ = result | beam.Map(lambda m: m["counts"])
   p.run().wait_until_finish()
   got = manifest.read_manifest(prefix)
@@ -201,21 +204,21 @@ def test_manifest_without_invariant_counts(tmp_path):
 def test_finalize_checks_its_arguments():
   kinds = {ERRORS: write.ERRORS_SINK}
   with pytest.raises(ValueError, match="own keys"):
-    finalize.Finalize("out/emb", "out/s", {"counts": 1}, (), kinds, checks=None)
+    commit_steps.Finalize("out/emb", "out/s", {"counts": 1}, (), kinds, checks=None)
   with pytest.raises(TypeError):
-    finalize.Finalize("out/emb", "out/s", {"when": object()}, (), kinds, checks=None)
+    commit_steps.Finalize("out/emb", "out/s", {"when": object()}, (), kinds, checks=None)
   with pytest.raises(ValueError, match="checks need the counts"):
-    finalize.Finalize("out/emb", "out/s", {}, ("read",), kinds)
+    commit_steps.Finalize("out/emb", "out/s", {}, ("read",), kinds)
   with pytest.raises(ValueError, match=r"in \[0, 1\]"):
-    finalize.RunChecks(1.5)
+    checks_lib.RunChecks(1.5)
   p = test_pipeline.TestPipeline()
   files = p | beam.Create([], reshuffle=False)
   with pytest.raises(ValueError, match=r"counts \['raed'\] are not among the count names \['read'\]"):
     _ = ({"files": files, "counts": {"raed": files}}
-         | "Typo" >> finalize.Finalize("out/emb", "out/s", {}, ("read",), kinds, checks=None))
+         | "Typo" >> commit_steps.Finalize("out/emb", "out/s", {}, ("read",), kinds, checks=None))
   with pytest.raises(ValueError, match="each other's names"):
     _ = ({"files": files, "fields": {"drift": files}, "tallies": {"drift": files}}
-         | "Clash" >> finalize.Finalize("out/emb", "out/s", {}, (), kinds, checks=None))
+         | "Clash" >> commit_steps.Finalize("out/emb", "out/s", {}, (), kinds, checks=None))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,9 +249,9 @@ def test_a_commit_replaces_only_its_own_prefix_files(tmp_path):
       "emb-manifest.json.tmp-xyz")]
   prefix = str(out / "emb")
   staging = staging_dir(prefix, "a" * 32)
-  assert finalize.remove_stale_staging(prefix, "a" * 32) == [own[0]]
+  assert staging_lib.remove_stale_staging(prefix, "a" * 32) == [own[0]]
   kinds = {EMBEDDINGS: write.embedding_sink(write.WriteConfig("parquet", DIM)), ERRORS: write.ERRORS_SINK}
-  committed = write.commit_files(prefix, staging, [], kinds)  # no files: one empty shard of each kind
+  committed = staging_lib.commit_files(prefix, staging, [], kinds)  # no files: one empty shard of each kind
   assert [os.path.basename(f.path) for f in committed] == ["emb-00000-of-00001.parquet",
                                                            "emb-errors-00000-of-00001.jsonl"]
   assert all(not os.path.exists(p) for p in own[:4] + own[5:])
@@ -317,9 +320,9 @@ def test_prefixes_with_glob_characters_are_refused(tmp_path):
   survivor = touch(tmp_path / "emb-00000-of-00001.parquet")
   for prefix in ("e*b", "e?b", "e[m]b"):
     with pytest.raises(ValueError, match="glob"):
-      finalize.RemoveStaleStaging(str(tmp_path / prefix), "a" * 32)
+      commit_steps.RemoveStaleStaging(str(tmp_path / prefix), "a" * 32)
   with pytest.raises(ValueError, match="glob"):
-    finalize.Finalize(str(tmp_path / "e*b"), str(tmp_path), {}, (), {}, checks=None)
+    commit_steps.Finalize(str(tmp_path / "e*b"), str(tmp_path), {}, (), {}, checks=None)
   assert os.path.exists(survivor)
 
 

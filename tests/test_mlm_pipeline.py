@@ -9,7 +9,7 @@ import tensorflow as tf
 import tensorflow_text  # noqa: F401
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 
 SEQ = 32

@@ -13,7 +13,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from cli import main as cli
 from snapshot import latest_pointer
-from pipeline.options import UsageError
+from formats.usage import UsageError
 
 SEQ = 32
 _WORDS = "the quick brown fox sat on a mat with a lazy dog".split()

@@ -4,7 +4,8 @@ import argparse
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipeline.options import BertEmbedOptions, parse_bool, split_patterns
+from pipeline.options import BertEmbedOptions, parse_bool
+from formats.usage import split_patterns
 
 
 def _opts(*argv):

@@ -16,7 +16,7 @@ import tensorflow_text  # noqa: F401  (registers the preprocessor's ops)
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 
 SEQ = 32

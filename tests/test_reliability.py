@@ -17,7 +17,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from cli import main as cli
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 from transforms.duplicate_ids import DuplicateIdError
 

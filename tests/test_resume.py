@@ -366,7 +366,7 @@ def test_a_rerun_on_gcs_resumes_and_removes_the_failed_runs_staging(gcs, gcs_tin
 
 
 def test_stray_latest_writes_older_than_the_run_are_removed_and_nothing_else(tmp_path):
-  from transforms.leftovers import remove_leftovers  # pylint: disable=import-outside-toplevel
+  from snapshot.staging import remove_leftovers  # pylint: disable=import-outside-toplevel
   old, new = tmp_path / ("LATEST.tmp-" + "e" * 32), tmp_path / ("LATEST.tmp-" + "f" * 32)
   others = [tmp_path / "LATEST", tmp_path / "LATEST.tmp-notours", tmp_path / ("LATEST2.tmp-" + "e" * 32)]
   for path in [old, new] + others:

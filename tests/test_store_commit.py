@@ -15,14 +15,14 @@ from qdrant_client import QdrantClient, models
 
 from cli import main as cli
 from snapshot import store_plan as vector_store
-from snapshot.finalize import CommittedRun
-from pipeline.options import UsageError
+from snapshot.commit import CommittedRun
+from formats.usage import UsageError
 from pipeline.run import run
 from snapshot.store_commit import StoreFinalizer
 from stores.base import APPLYING, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
 from stores.qdrant_store import QdrantStore
-from transforms.store_writes import StoreConfig
+from stores.config import StoreConfig
 
 DIM = 4
 _COUNTER = iter(range(10**6))

@@ -13,7 +13,8 @@ from qdrant_client import QdrantClient
 from formats.records import EmbeddingRecord
 from stores.base import StoreError
 from stores.points import point_from_record
-from transforms.store_writes import StoreConfig, WriteToStore
+from stores.config import StoreConfig
+from transforms.store_writes import WriteToStore
 
 DIM = 8
 

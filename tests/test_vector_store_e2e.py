@@ -20,7 +20,7 @@ from qdrant_client import QdrantClient, models
 
 from cli import main as cli
 from snapshot import store_plan as vector_store
-from pipeline.options import UsageError
+from formats.usage import UsageError
 from pipeline.run import run
 from stores.base import HELD, Marker, StorePoint
 from stores.qdrant_store import QdrantStore, point_id

@@ -42,13 +42,15 @@ from formats import compact
 from formats.column_checks import float_array_problem
 from formats.columns import OutputColumns
 from transforms.drift import sample_key
-from transforms.previous_rows import ReadPreviousEmbeddings, ShardIdentity
+from transforms.previous_rows import ReadPreviousEmbeddings
+from snapshot import previous as previous_lib
+from snapshot.manifest import ShardIdentity
+from snapshot.previous import DAMAGED
 from formats.records import EmbeddingRecord, TextRecord, text_sha256
 from transforms.validate import row_problem
 
 from transforms.names import NAMESPACE
 KINDS = ("new", "changed", "unchanged", "deleted")
-DAMAGED = "previous_damaged"  # unchanged records whose previous row is damaged (re-encoded); a count like KINDS
 CARRIED = "carried"
 STALE = "stale_ids"  # with carry-over: ids of previous rows not carried (their record is gone or encoded again)
 _NEW, _OLD = "new", "old"
@@ -277,3 +279,19 @@ class SplitByPrevious(beam.PTransform):
     counts = {kind: split[kind] for kind in KINDS + (DAMAGED,)}
     return IncrementalResult(split.to_encode, split[CARRIED], counts, sample, read.unreadable,
                              split[STALE] if self._carry_over else None)
+
+
+class ManifestSection(beam.PTransform):
+  """The manifest's `incremental` field, known only once the previous output has been read (manifest_section).
+
+  Input: the (file, reason) pairs of IncrementalResult.unreadable. Output: one dict.
+  """
+
+  def __init__(self, p: previous_lib.Plan):
+    super().__init__()
+    self._plan = p
+
+  def expand(self, unreadable):
+    return (unreadable
+            | "AllUnreadable" >> beam.combiners.ToList()
+            | "Section" >> beam.Map(lambda failures, p: previous_lib.manifest_section(p, failures), self._plan))

@@ -30,6 +30,7 @@ from formats import columns as columns_lib
 from formats.columns import KEY_COLUMNS, OutputColumns
 from formats.compression import open_input
 from formats.fields import describe_error
+from snapshot.manifest import ShardIdentity
 from formats.output_files import EMBEDDING_FINGERPRINT_KEY
 from formats.read_errors import InputReadError, caused_by_read_failure
 from formats.tfrecord_input import verified_payloads
@@ -38,14 +39,6 @@ UNREADABLE = "unreadable"
 TFRECORD_BATCH = 1024  # tf.Examples decoded at a time
 _HASH_CHUNK = 8 << 20
 _LOG = logging.getLogger(__name__)
-
-
-class ShardIdentity(NamedTuple):
-  """What a previous manifest records of one of its files: size, SHA-256, and the embedding fingerprint its
-  Parquet footer must carry (None: not checked, e.g. TFRecord, whose files have no footer)."""
-  size_bytes: int
-  sha256: str
-  fingerprint: Optional[str] = None
 
 
 class ShardMismatch(ValueError):

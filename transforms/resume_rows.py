@@ -10,8 +10,7 @@ same checks (transforms/incremental.py carried_row_problem) or its record is enc
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Mapping, NamedTuple, Sequence
+from typing import Mapping, NamedTuple
 
 import apache_beam as beam
 
@@ -19,7 +18,8 @@ from formats.columns import OutputColumns
 from formats.records import text_sha256
 from transforms.incremental import carried_row_problem
 from transforms.names import NAMESPACE
-from transforms.previous_rows import ReadPreviousEmbeddings, ShardIdentity
+from snapshot.manifest import ShardIdentity
+from transforms.previous_rows import ReadPreviousEmbeddings
 
 RESUMED = "resumed"
 _NEW, _OLD = "new", "old"
@@ -92,11 +92,17 @@ class ResumeFromCheckpoints(beam.PTransform):
     return ResumeResult(matched.to_encode, matched[RESUMED], read.unreadable)
 
 
-def checkpoint_columns(columns: OutputColumns) -> OutputColumns:
-  """What a checkpoint holds of an output's columns: all but the text and windows, the vector uncompacted."""
-  return dataclasses.replace(columns, text=False, windows=False, dtype="float32", truncate_dim=None)
+class Resumed(NamedTuple):
+  to_encode: object  # PCollection of TextRecord
+  resumed: object = None  # PCollection of EmbeddingRecord, None without checkpoints to use
+  unreadable: object = None  # PCollection of (checkpoint, reason), None without checkpoints to use
 
 
-def identities(files: Sequence[tuple[str, int, str]], key: str) -> dict:
-  """{path: ShardIdentity} from (path, size, sha256) and the resume key the footers must carry."""
-  return {path: ShardIdentity(size, sha, key) for path, size, sha in files}
+def resume_records(records, resume_plan, cfg) -> Resumed:
+  """The records to encode, and the rows resumed from the plan's checkpoints (transforms/resume_rows.py)."""
+  if not resume_plan.files:
+    return Resumed(records)
+  result = records | "Resume" >> ResumeFromCheckpoints(
+      resume_plan.files, resume_plan.columns, cfg.model_info.dim, by_text=cfg.dedupe_texts,
+      keep_text=cfg.output_columns.text)
+  return Resumed(result.to_encode, result.resumed, result.unreadable)

@@ -12,48 +12,29 @@ applied by a single call, in one process, which opens the folder and closes it b
 ever hold it, and the launcher can open it again afterwards. That call holds the job's rows in memory, which suits
 the embedded engine's scale (Qdrant recommends a server beyond ~20,000 points). Deletes run before upserts (an id is
 never in both: a deleted id is absent from the output). Every write is idempotent, so a retried bundle converges.
+
+write_store wires a run's store writes as snapshot/store_plan.py planned them: first the run's own table/collection
+(a rebuild's, or a sync's staging), then the writes into it; the commit applies them (snapshot/store_commit.py).
 """
 from __future__ import annotations
 
-import dataclasses
+import logging
 from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 
-import stores
 from formats.records import EmbeddingRecord
-from stores.base import DEFAULT_BATCH_SIZE, DEFAULT_RETRIES, VectorStore
+from snapshot import store_plan
+from stores.base import StoreError, VectorStore
+from stores.config import StoreConfig
 from stores.points import point_from_record
+from transforms.sequencing import After
 
 UPSERT, DELETE = "upsert", "delete"
+_LOG = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class StoreConfig:
-  """Which store holds the vectors (`kind`, `url`, `name` = --vector-store, --vector-store-url,
-  --vector-collection), how it is written, and whether the payload carries the text."""
-  kind: str
-  url: str
-  name: str
-  batch_size: int = DEFAULT_BATCH_SIZE
-  retries: int = DEFAULT_RETRIES
-  keep_text: bool = False
-  index: Optional[str] = None  # --vector-store-index (PostgreSQL)
 
-  def __post_init__(self):
-    self.make()  # an unknown kind, a bad URL or name: StoreError now, not on a worker
-
-  def make(self) -> VectorStore:
-    """A new store object (not connected)."""
-    extra = {"index": self.index} if self.index else {}
-    return stores.make_store(self.kind, self.url, self.name, batch_size=self.batch_size, retries=self.retries,
-                             **extra)
-
-  @property
-  def single_writer(self) -> bool:
-    """True when all writes must come from one process (Qdrant's embedded engine in a folder)."""
-    from stores.qdrant_store import is_server_url  # pylint: disable=import-outside-toplevel  (qdrant_client: seconds)
-    return self.kind == "qdrant" and not is_server_url(self.url)
 
 
 def _delete(store: VectorStore, ids: list[str], target: Optional[str], staged: bool) -> int:
@@ -150,3 +131,69 @@ class WriteToStore(beam.PTransform):
                | "Write" >> beam.ParDo(_SingleWriterFn(self._config, self._target, self._staged)))
     return {"upserted": written | "Upserted" >> beam.FlatMap(_count_of(UPSERT)),
             "deleted": written | "Deleted" >> beam.FlatMap(_count_of(DELETE))}
+
+
+class _BeginFn(beam.DoFn):
+  """Drops the job's abandoned tables/collections of NAME, then creates the one this run writes; yields
+  (its name, [the dropped ones])."""
+
+  def __init__(self, plan: store_plan.StorePlan, dimension: int):
+    super().__init__()
+    self._plan = plan
+    self._dimension = dimension
+
+  def process(self, unused_element):
+    store = self._plan.config.make()
+    try:
+      dropped = []
+      for abandoned in store.abandoned():
+        try:
+          store.drop(abandoned)
+          dropped.append(abandoned)
+        except StoreError as e:
+          _LOG.warning("could not drop the abandoned %s: %s", abandoned, e)
+      begin = store.begin_rebuild if self._plan.mode == store_plan.MODE_REBUILD else store.begin_staging
+      physical = begin(self._dimension, self._plan.tag)
+    finally:
+      store.close()
+    if physical != self._plan.target:
+      raise StoreError(f"{self._plan.config.name}: {physical} was created, expected {self._plan.target}")
+    yield physical, dropped
+
+
+def write_store(plan: store_plan.StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline
+                ) -> tuple[dict, dict]:
+  """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection})
+  for Finalize (the fields are what snapshot/store_commit.py verifies against).
+
+  encoded_rows: the valid rows this run encoded; all_rows: every valid row of the output (encoded and carried);
+  stale_ids: the ids of the previous rows not carried (None without carry-over).
+  """
+  begun = (pipeline
+           | "BeginStoreWrites" >> beam.Create([None])
+           | "CreateStoreTarget" >> beam.ParDo(_BeginFn(plan, dimension)))
+  if plan.mode == store_plan.MODE_REBUILD:
+    upserts = all_rows | "AfterRebuildBegun" >> After(begun)
+    deletes = pipeline | "NothingToDelete" >> beam.Create([])
+  else:
+    upserts = encoded_rows | "AfterStagingBegun" >> After(begun)
+    stale = (stale_ids if stale_ids is not None else pipeline | "NoStaleIds" >> beam.Create([]))
+    # A stale id that this run writes again is overwritten by its upsert; only the others are deleted.
+    deletes = ({"stale": stale | "KeyStale" >> beam.Map(lambda i: (i, None)),
+                "upserted": encoded_rows | "KeyUpserted" >> beam.Map(lambda r: (r.id, None))}
+               | "StaleOrRewritten" >> beam.CoGroupByKey()
+               | "OnlyStale" >> beam.FlatMap(lambda kv: [kv[0]] if kv[1]["stale"] and not kv[1]["upserted"] else [])
+               | "DeletesAfterStagingBegun" >> After(begun))
+  written = (upserts, deletes) | "WriteToStore" >> WriteToStore(plan.config, plan.target,
+                                                                 staged=plan.mode == store_plan.MODE_SYNC)
+  keep_text = plan.config.keep_text
+  points = all_rows | "StorePoints" >> beam.Map(lambda r: point_from_record(r, keep_text=keep_text))
+  sample = (points | "SampleToVerify" >> (beam.combiners.ToList() if plan.verify == store_plan.VERIFY_ALL
+                                          else beam.combiners.Sample.FixedSizeGlobally(plan.verify)))
+  fields = {store_plan.EXPECTED_FIELD: (all_rows
+                             | "IdsToVerify" >> beam.Map(lambda r: (r.id, r.text_sha256))
+                             | "AllIdsToVerify" >> beam.combiners.ToList()),
+            store_plan.SAMPLE_FIELD: sample,
+            store_plan.DROPPED_FIELD: begun | "Dropped" >> beam.Map(lambda pair: pair[1])}
+  counts = {"store_upserted": written["upserted"], "store_deleted": written["deleted"]}
+  return counts, fields

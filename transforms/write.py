@@ -9,7 +9,7 @@ and formats/output_files.py.
 
 Files are written under temporary names into a staging directory (WriteStaged), each with its size and SHA-256
 known as it is written, and moved to their final names by commit_files: in the job, only once its checks passed
-(snapshot/finalize.py), so a failed run leaves the earlier output as it was.
+(snapshot/commit.py), so a failed run leaves the earlier output as it was.
 """
 from __future__ import annotations
 
@@ -115,37 +115,6 @@ class _ToExamplesFn(beam.DoFn):
     yield from examples
 
 
-class WrittenFile(NamedTuple):
-  """A file a run wrote: its kind (formats.output_files.FILE_KINDS), path (staged, or final once committed), size,
-  SHA-256 of its bytes and rows."""
-  kind: str
-  path: str
-  size_bytes: int
-  sha256: str
-  rows: int
-
-
-def _open_staged(staging_dir: str, kind: str, sink: sinks.OutputSink) -> tuple[str, sinks.HashingWriter]:
-  path = FileSystems.join(staging_dir, f"{kind}-{uuid.uuid4().hex}{sink.extension}")
-  handle = sinks.HashingWriter(FileSystems.create(path, mime_type=sink.mime_type,
-                                                  compression_type=CompressionTypes.UNCOMPRESSED))
-  sink.open(handle)
-  return path, handle
-
-
-def _close_staged(kind: str, path: str, handle: sinks.HashingWriter, sink: sinks.OutputSink, rows: int) -> WrittenFile:
-  sink.flush()
-  handle.close()
-  return WrittenFile(kind, path, handle.size_bytes, handle.sha256, rows)
-
-
-def write_empty_file(staging_dir: str, kind: str, sink: sinks.OutputSink) -> WrittenFile:
-  """A file without rows (for Parquet: the schema and footer), so that even an empty output has a shard."""
-  sink = copy.copy(sink)
-  path, handle = _open_staged(staging_dir, kind, sink)
-  return _close_staged(kind, path, handle, sink, 0)
-
-
 class _WritePerBundleFn(beam.DoFn):
   """Elements -> one staged file per bundle (none for an empty bundle); emits its WrittenFile."""
 
@@ -162,7 +131,7 @@ class _WritePerBundleFn(beam.DoFn):
   def process(self, element):
     if self._open is None:
       sink = copy.copy(self._sink)
-      path, handle = _open_staged(self._staging_dir, self._kind, sink)
+      path, handle = open_staged(self._staging_dir, self._kind, sink)
       self._open = [sink, path, handle, 0]
     sink = self._open[0]
     sink.write(element)
@@ -172,7 +141,7 @@ class _WritePerBundleFn(beam.DoFn):
     if self._open is not None:
       sink, path, handle, rows = self._open
       self._open = None
-      yield GlobalWindows.windowed_value(_close_staged(self._kind, path, handle, sink, rows))
+      yield GlobalWindows.windowed_value(close_staged(self._kind, path, handle, sink, rows))
 
 
 def _pieces(element, count: int) -> list:
@@ -207,13 +176,13 @@ def _write_shard(keyed, staging_dir: str, kind: str, sink: sinks.OutputSink) -> 
   """(shard, elements) -> one staged file holding them (an empty one when the shard got none)."""
   _, elements = keyed
   sink = copy.copy(sink)
-  path, handle = _open_staged(staging_dir, kind, sink)
+  path, handle = open_staged(staging_dir, kind, sink)
   rows = 0
   for element in elements:
     if element is not None:  # the placeholder every shard gets (see WriteStaged)
       sink.write(element)
       rows += sink.rows(element)
-  yield _close_staged(kind, path, handle, sink, rows)
+  yield close_staged(kind, path, handle, sink, rows)
 
 
 class WriteStaged(beam.PTransform):
@@ -244,56 +213,6 @@ class WriteStaged(beam.PTransform):
             | "WithEveryShard" >> beam.Flatten()
             | "GroupShards" >> beam.GroupByKey()
             | "WriteShards" >> beam.FlatMap(_write_shard, self._staging_dir, self._kind, self._sink))
-
-
-def own_files(output_prefix: str, kinds: Sequence[str] = FILE_KINDS) -> list[str]:
-  """The files of `output_prefix` of these kinds that exist: never another prefix's, nor look-alikes."""
-  return sorted(m.path for m in matching(output_prefix + "-*")
-                if any(is_own_file(m.path, output_prefix, kind) for kind in kinds))
-
-
-def delete_staging_dir(staging_dir: str) -> None:
-  """Deletes a staging directory and what is in it (on filesystems without directories: its files)."""
-  if "://" in staging_dir:
-    files = [m.path for m in matching(FileSystems.join(staging_dir, "*"))]
-    if files:
-      FileSystems.delete(files)
-  elif FileSystems.exists(staging_dir):
-    FileSystems.delete([staging_dir])
-
-
-def commit_files(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile],
-                 kinds: Mapping[str, sinks.OutputSink]) -> list[WrittenFile]:
-  """Moves staged files to their final names, replacing the prefix's earlier files of the same kinds.
-
-  For each kind in `kinds` (kind -> its sink, which writes an empty shard when the kind has no file): the staged
-  files become PREFIX[-errors]-SSSSS-of-NNNNN.EXT, N their number; the prefix's earlier files of that kind that do
-  not get a new file's name are deleted first (only this prefix's own: formats.output_files.is_own_file); the rest
-  are replaced by the rename. Safe to run again after an interruption: a staged file already moved is found under
-  its final name (same size). Returns the files under their final names, sorted by path.
-  """
-  plan = []
-  for kind, sink in kinds.items():
-    files = sorted((w for w in written if w.kind == kind), key=lambda w: w.path)
-    if not files:
-      files = [write_empty_file(staging_dir, kind, sink)]
-    plan += [(w, shard_name(output_prefix, kind, i, len(files), sink.extension)) for i, w in enumerate(files)]
-  targets = {path_basename(final) for _, final in plan}
-  stale = [path for path in own_files(output_prefix, tuple(kinds)) if path_basename(path) not in targets]
-  if stale:
-    FileSystems.delete(stale)
-  staged = {path_basename(m.path) for m in matching(FileSystems.join(staging_dir, "*"))}
-  moves = [(w.path, final) for w, final in plan if path_basename(w.path) in staged]
-  if moves:
-    FileSystems.rename([source for source, _ in moves], [final for _, final in moves])
-  moved = {source for source, _ in moves}
-  missing = [final for w, final in plan if w.path not in moved]
-  if missing:  # moved by an earlier, interrupted attempt: they must be there, whole
-    sizes = {path_basename(m.path): m.size_in_bytes for m in matching(output_prefix + "-*")}
-    for w, final in plan:
-      if w.path not in moved and sizes.get(path_basename(final)) != w.size_bytes:
-        raise IOError(f"staged file {w.path} is gone and {final} is not the file it was ({w.size_bytes} bytes)")
-  return sorted((w._replace(path=final) for w, final in plan), key=lambda w: w.path)
 
 
 def _commit(written: list, output_prefix: str, staging_dir: str, kinds: Mapping[str, sinks.OutputSink]):
