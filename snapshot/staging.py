@@ -26,6 +26,8 @@ from formats.checkpoint_files import is_resume_file
 from formats.output_files import FILE_KINDS, is_own_file, is_scratch_dir, path_basename, shard_name, staging_token
 from formats.paths import matching, matching_paths
 from snapshot import manifest as manifest_lib
+from snapshot.latest_pointer import LATEST_NAME, join_path, normalize_prefix, parent_dir
+from snapshot.resume import staging_folders
 
 _LOG = logging.getLogger(__name__)
 
@@ -180,3 +182,41 @@ def remove_leftovers(folders: Sequence[str], pointer: Optional[str], before: Opt
       except Exception as e:  # pylint: disable=broad-except
         _LOG.warning("could not remove %s: %s", ", ".join(stray), e)
   return removed
+
+
+def _is_directory(target: str) -> bool:
+  return target.endswith("/") if "://" in target else os.path.isdir(target)
+
+
+def leftovers(target: str) -> list[tuple[str, int]]:
+  """(path, bytes) of what `bert-embed clean` removes for `target`: given an output prefix, that prefix's staging
+  directories, interrupted manifest writes and LATEST writes; given a directory (a local one, or a gs:// path ending
+  in "/"), everything below it. Staging directories first."""
+  found = []
+  if _is_directory(target):
+    root = normalize_prefix(target)
+    for folder in staging_folders(root, recursive=True):
+      found.append((folder, folder_bytes(folder)))
+    pointers = [join_path(root, LATEST_NAME)]
+    if "://" not in root:
+      pointers += [os.path.join(top, LATEST_NAME) for top, _, names in os.walk(root) if top != root
+                   and any(n.startswith(LATEST_NAME + ".tmp-") for n in names)]
+      tmps = [os.path.join(top, n) for top, _, names in os.walk(root) for n in names
+              if manifest_lib.MANIFEST_SUFFIX + ".tmp-" in n]
+    else:
+      tmps = [m.path for m in matching(join_path(root, "**")) if manifest_lib.MANIFEST_SUFFIX + ".tmp-" in m.path]
+    found += [(path, matching(path)[0].size_in_bytes) for path in tmps]
+  else:
+    prefix = normalize_prefix(target)
+    for folder in staging_folders(parent_dir(prefix)):
+      if staging_token(folder, prefix) is not None:
+        found.append((folder, folder_bytes(folder)))
+    found += [(path, matching(path)[0].size_in_bytes) for path in manifest_lib.stale_manifest_tmp_files(prefix)]
+    pointers = [join_path(parent_dir(prefix), LATEST_NAME)]
+  for pointer in pointers:
+    found += [(m.path, m.size_in_bytes) for m in stray_pointer_files(pointer)]
+  return found
+
+
+def is_staging(path: str) -> bool:
+  return os.path.basename(path.rstrip("/")).startswith("bert-embed-tmp-")
