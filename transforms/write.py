@@ -18,24 +18,22 @@ import dataclasses
 import json
 import random
 import uuid
-from typing import Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Iterator, Mapping, Optional
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindows
 
 from formats import columns as columns_lib
 from formats import sinks
 from formats.columns import OutputColumns
-from formats.output_files import (EMBEDDINGS, ERRORS, FILE_KINDS, OUTPUT_FORMATS, check_output_prefix, is_own_file,
-                                  path_basename, shard_name, staging_dir as staging_dir_path)
-from transforms.names import NAMESPACE as METRICS_NAMESPACE
-from formats.paths import matching
+from formats.output_files import (EMBEDDINGS, ERRORS, FILE_KINDS, OUTPUT_FORMATS, check_output_prefix,
+                                  staging_dir as staging_dir_path)
 from formats.records import DeadLetter, EmbeddingRecord
+from snapshot.staging import WrittenFile, close_staged, commit_files, delete_staging_dir, open_staged
+from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from transforms.validate import unwritable
 
 # Rows are grouped into batches of about this many bytes; each Parquet batch becomes a row group.
