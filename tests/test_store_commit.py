@@ -21,7 +21,6 @@ from pipeline.run import run
 from pipeline.store_commit import StoreFinalizer
 from stores.base import APPLYING, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
-from stores.qdrant_store import QdrantStore
 from transforms.store_writes import StoreConfig
 
 DIM = 4
