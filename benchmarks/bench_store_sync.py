@@ -1,15 +1,15 @@
 """End-to-end cost of keeping a PostgreSQL + pgvector table in sync on a 2%-changed re-embedding.
 
 Builds a jsonl corpus of N real sentences (benchmarks/corpus.py) with stable ids `doc/0..`, embeds it once (v1) with
-`--vector-store postgres` into a fresh table, then makes v2 with 2% of the records touched (1% changed, 0.5%
-deleted, 0.5% new) and runs v2 with `--previous` v1, each to a new prefix from the same v1: with the store (sync
-mode: upserts and deletes only what changed, staged and applied at the commit, then verified) and without it
-(output only), in interleaved order. Each run is the CLI in its own process (`python -m pipeline.cli run`,
-DirectRunner), so its wall seconds include start-up. Prints wall seconds per run, the ratio with/without, the
-manifest's store counts and verify, and whether the table's ids equal v2's ids. Before each run with the store, the table and its snapshot
-marker are put back as v1 left them.
-The Qdrant folder is left out: its embedded engine commits every point on its own (bench_stores.py, RESULTS.md).
-usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128] [--pairs 3]
+`--vector-store postgres` into a fresh table, then makes v2 with 2% of the records touched (1% changed, 0.5% deleted,
+0.5% new) and runs v2 with `--previous` v1, each to a new prefix from the same v1: with the store (sync mode: upserts
+and deletes only what changed, staged and applied at the commit, then verified) and without it (output only), in
+interleaved order. Each run is the CLI in its own process (`python -m pipeline.cli run`, DirectRunner), so its wall
+seconds include start-up. Prints wall seconds per run, the ratio with/without, the manifest's store counts and verify,
+and whether the table's ids equal v2's ids. Before each run with the store, the table and its snapshot marker are put
+back as v1 left them. The Qdrant folder is left out: its embedded engine commits every point on its own
+(bench_stores.py, RESULTS.md). usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128]
+[--pairs 3]
 """
 import argparse
 import json
