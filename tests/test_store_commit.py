@@ -21,7 +21,6 @@ from pipeline.run import run
 from snapshot.store_commit import StoreFinalizer
 from stores.base import APPLYING, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
-from stores.qdrant_store import QdrantStore
 from stores.config import StoreConfig
 
 DIM = 4
@@ -274,64 +273,25 @@ def test_a_failed_sync_leaves_name_as_it_was_and_the_next_run_repairs_hand_edits
   assert section["abandoned_dropped"] == [f"{name}__{second_tag}"]  # the failed run's staging table
 
 
+def test_a_swap_behind_a_readers_transaction_gives_up_in_one_line_and_changes_nothing(pg_password):
+  config = StoreConfig("postgres", pg_password["url"], f"tc_{next(_COUNTER)}", retries=0)
+  _commit(_first_plan(config, "r1"), _points(["a"], 1))
+  plan = _first_plan(config, "r2")
+  store = config.make()
+  store.begin_rebuild(DIM, "r2")
+  store.upsert(_points(["a", "b"], 2), target=plan.target)
+  store.close()
+  with psycopg.connect(pg_password["url"]) as reader:  # an idle reader's open transaction on NAME
+    reader.execute(f"SELECT count(*) FROM {config.name}").fetchone()
+    with pytest.raises(StoreError, match="lock timeout") as info:
+      StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))
+    assert "\n" not in str(info.value) and f"{config.name} was not changed" in str(info.value)
+  assert _held(config) == {"a": "sha-a-1"}
+  section = StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))["vector_store"]  # retried
+  assert section["snapshot"] == "r2" and _held(config) == {"a": "sha-a-2", "b": "sha-b-2"}
+
+
 CANARY = "canary-pw-7f3a"
-
-
-@pytest.mark.parametrize("kind, url", [
-    ("postgres", f"postgresql://embedder:{CANARY}@db:5432/search"),
-    ("postgres", f"postgres://embedder:{CANARY}@db/search?sslmode=require"),
-    ("qdrant", f"http://user:{CANARY}@qdrant.example:6333"),
-    ("qdrant", f"https://user:{CANARY}@qdrant.example"),
-])
-def test_a_url_with_a_password_is_refused_in_one_line_without_it(kind, url, tmp_path, capsys):
-  corpus = tmp_path / "c.jsonl"
-  corpus.write_text('{"id": "a", "text": "the cat sat."}\n', encoding="utf-8")
-  argv = ["run", "--model", "default", "--input", str(corpus), "--input-format", "jsonl", "--output",
-          str(tmp_path / "o"), "--vector-store", kind, "--vector-store-url", url, "--vector-collection", "emb"]
-  assert cli.main(argv) == 2
-  captured = capsys.readouterr()
-  err = captured.err.strip().splitlines()
-  assert len(err) == 1 and "must not hold a password" in err[0]
-  assert CANARY not in captured.err + captured.out
-  assert not (tmp_path / "o").exists()
-
-
-def test_a_qdrant_rate_limit_is_retried_with_bounded_backoff_then_one_line(monkeypatch):
-  """A loopback endpoint stands in for a Qdrant server that answers 429 (with Retry-After) to every request."""
-  import http.server  # pylint: disable=import-outside-toplevel
-  import threading  # pylint: disable=import-outside-toplevel
-
-  seen = []
-
-  class Limited(http.server.BaseHTTPRequestHandler):
-    def _answer(self):  # pylint: disable=invalid-name
-      seen.append(self.path)
-      self.rfile.read(int(self.headers.get("Content-Length") or 0))
-      body = json.dumps({"status": {"error": "Too many requests"}, "time": 0.0}).encode()
-      self.send_response(429)
-      self.send_header("Retry-After", "0")
-      self.send_header("Content-Type", "application/json")
-      self.send_header("Content-Length", str(len(body)))
-      self.end_headers()
-      self.wfile.write(body)
-
-    do_GET = do_POST = do_PUT = _answer
-
-    def log_message(self, *args):  # pylint: disable=arguments-differ
-      pass
-
-  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Limited)
-  threading.Thread(target=server.serve_forever, daemon=True).start()
-  try:
-    monkeypatch.setenv("QDRANT_API_KEY", CANARY)
-    store = QdrantStore(f"http://127.0.0.1:{server.server_address[1]}", "n", retries=2)
-    with pytest.raises(StoreError, match=r"rate-limited \(429\) after 3 attempts") as info:
-      store.count()
-  finally:
-    server.shutdown()
-    server.server_close()
-  assert "\n" not in str(info.value) and CANARY not in str(info.value)
-  assert len(seen) == 3
 
 
 def test_a_canary_password_never_appears_in_a_store_error(pgvector_server, monkeypatch):
@@ -355,21 +315,3 @@ def test_a_canary_password_never_appears_in_a_store_error(pgvector_server, monke
   assert all(CANARY not in m and "\n" not in m for m in messages), messages
   assert "tc_" in messages[-1] and "was not changed" in messages[-1]
   assert CANARY not in json.dumps(section)
-
-
-def test_a_swap_behind_a_readers_transaction_gives_up_in_one_line_and_changes_nothing(pg_password):
-  config = StoreConfig("postgres", pg_password["url"], f"tc_{next(_COUNTER)}", retries=0)
-  _commit(_first_plan(config, "r1"), _points(["a"], 1))
-  plan = _first_plan(config, "r2")
-  store = config.make()
-  store.begin_rebuild(DIM, "r2")
-  store.upsert(_points(["a", "b"], 2), target=plan.target)
-  store.close()
-  with psycopg.connect(pg_password["url"]) as reader:  # an idle reader's open transaction on NAME
-    reader.execute(f"SELECT count(*) FROM {config.name}").fetchone()
-    with pytest.raises(StoreError, match="lock timeout") as info:
-      StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))
-    assert "\n" not in str(info.value) and f"{config.name} was not changed" in str(info.value)
-  assert _held(config) == {"a": "sha-a-1"}
-  section = StoreFinalizer(plan).commit(CommittedRun("/out/emb", {"rows": 2}, (), {}))["vector_store"]  # retried
-  assert section["snapshot"] == "r2" and _held(config) == {"a": "sha-a-2", "b": "sha-b-2"}
