@@ -463,6 +463,41 @@ def pg_password(pgvector_server, monkeypatch):
   return pgvector_server
 
 
+# --- resume fixtures ---
+# A run stopped mid-way in process (owner: snapshot/resume.py, transforms/checkpoint.py).
+
+
+class _Stop(RuntimeError):
+  pass
+
+
+@pytest.fixture
+def stop_after(monkeypatch):
+  """stop_after(k): the encoder's (k+1)th batch raises, failing the job; checkpoints every 4 rows."""
+  import threading  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from transforms import checkpoint  # pylint: disable=g-import-not-at-top,import-outside-toplevel
+  from transforms.embedding.encode import BertEncoderModelHandler  # pylint: disable=import-outside-toplevel
+  monkeypatch.setattr(checkpoint, "MAX_ROWS", 4)
+  original = BertEncoderModelHandler.run_inference
+
+  def arm(calls):
+    count = {"n": 0}
+    lock = threading.Lock()
+
+    def failing(self, batch, model, inference_args=None):
+      with lock:
+        count["n"] += 1
+        if count["n"] > calls:
+          raise _Stop(f"stopped after {calls} encoder calls")
+      return original(self, batch, model, inference_args)
+
+    monkeypatch.setattr(BertEncoderModelHandler, "run_inference", failing)
+    return lambda: monkeypatch.setattr(BertEncoderModelHandler, "run_inference", original)
+
+  return arm
+# --- end resume fixtures ---
+
+
 # --- job config ---
 # A JobConfig without models or files (owner: snapshot/fingerprint.py, snapshot/previous.py), for the decisions
 # made from a config alone.

@@ -8,7 +8,6 @@ patched). The uninterrupted reference run is shared (module fixture).
 """
 import json
 import os
-import threading
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -17,8 +16,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from formats import checkpoint_files
 from pipeline.run import run
-from transforms import checkpoint
-from transforms.embedding.encode import BertEncoderModelHandler
 
 SEQ = 16
 RECORDS = 48
@@ -67,33 +64,6 @@ def _staging(output):
 def _checkpoints(output):
   return [os.path.join(s, f) for s in _staging(output) for f in sorted(os.listdir(s))
           if checkpoint_files.parse_checkpoint_name(f)]
-
-
-class _Stop(RuntimeError):
-  pass
-
-
-@pytest.fixture
-def stop_after(monkeypatch):
-  """stop_after(k): the encoder's (k+1)th batch raises, failing the job; checkpoints every 4 rows."""
-  monkeypatch.setattr(checkpoint, "MAX_ROWS", 4)
-  original = BertEncoderModelHandler.run_inference
-
-  def arm(calls):
-    count = {"n": 0}
-    lock = threading.Lock()
-
-    def failing(self, batch, model, inference_args=None):
-      with lock:
-        count["n"] += 1
-        if count["n"] > calls:
-          raise _Stop(f"stopped after {calls} encoder calls")
-      return original(self, batch, model, inference_args)
-
-    monkeypatch.setattr(BertEncoderModelHandler, "run_inference", failing)
-    return lambda: monkeypatch.setattr(BertEncoderModelHandler, "run_inference", original)
-
-  return arm
 
 
 @pytest.fixture(scope="module")
