@@ -13,6 +13,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _direct_runner_without_prism():
+  """Test pipelines run on the in-process runner, as the CLI's do (models/remote.py local_runner): Beam's
+  DirectRunner would first try Prism, which cannot be downloaded offline, costing ~0.7 s per pipeline and leaving
+  an empty beam-temp folder in the system temp directory each time."""
+  from apache_beam.runners.direct import direct_runner  # pylint: disable=import-outside-toplevel
+  direct_runner.SwitchingDirectRunner._is_interactive = True  # pylint: disable=protected-access  (keeps Prism out)
+
 TINY_VOCAB_TOKENS = list(dict.fromkeys(
     ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     + list(".,!?'\"-:;()")
