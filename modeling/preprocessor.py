@@ -141,7 +141,8 @@ def _round_robin(lengths, budget):
   if len(lengths) == 1:
     return [tf.minimum(lengths[0], budget)]
   if len(lengths) != 2:
-    raise ValueError(f"bert_pack_inputs packs 1 or 2 segments, not {len(lengths)}")
+    raise ValueError(
+        f"bert_pack_inputs packs 1 or 2 segments, not {len(lengths)}")
   first, second = lengths
   kept_first = tf.minimum(
       first, tf.maximum(budget - second, (budget + 1) // 2))
