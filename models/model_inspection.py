@@ -84,7 +84,7 @@ def _inspect(spec: ModelSpec, seq_length: int) -> ModelInfo:
       fingerprint_cache.fingerprint_cache_key(spec, metadata, probe_token_ids),
       lambda: model_fingerprint.model_fingerprint(variables, spec.preprocessor, metadata, probe_token_ids,
                                                   model_fingerprint.encoder_probe(enc, packed)))
-  return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=bool(hasattr(enc, "mlm")),
+  return ModelInfo(dim=dim, num_layers=num_layers, vocab_size=vocab_size, has_mlm=hasattr(enc, "mlm"),
                    metadata=metadata, fingerprint=fingerprint)
 
 
