@@ -13,8 +13,10 @@ import glob
 import importlib.util
 import os
 import sys
+import threading
 
 _KERAS_OPTIMIZERS = "keras.src.optimizers"  # what tensorflow/__init__.py imports eagerly, errors ignored
+_LOCK = threading.Lock()  # workers' threads may ask at once
 _done = False
 
 
@@ -29,13 +31,19 @@ def op_libraries() -> list[str]:
 def import_tensorflow():
   """`import tensorflow` without its eager Keras import, then TF Text's ops registered; returns the module.
 
-  Where TensorFlow or TF Text is already imported (a library user's process, tests), or TF Text's libraries are not
-  found where this version keeps them, it is the plain `import tensorflow, tensorflow_text`.
+  Where TensorFlow is already imported (a library user's process, tests), its import stays as it was; where TF Text
+  is, or its libraries are not where this version keeps them, TF Text is imported as a package.
   """
   global _done  # pylint: disable=global-statement
-  if _done:
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    return tf
+  with _LOCK:
+    if not _done:
+      _import()
+      _done = True
+  import tensorflow as tf  # pylint: disable=import-outside-toplevel
+  return tf
+
+
+def _import() -> None:
   if "tensorflow" not in sys.modules and "keras" not in sys.modules and _KERAS_OPTIMIZERS not in sys.modules:
     sys.modules[_KERAS_OPTIMIZERS] = None  # the import stops there (ImportError, which TensorFlow ignores)
     try:
@@ -49,5 +57,3 @@ def import_tensorflow():
     import tensorflow_text  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
   for path in libraries:
     tf.load_op_library(path)  # registers the library's ops (TensorFlow loads a library once per process)
-  _done = True
-  return tf
