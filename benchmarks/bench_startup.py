@@ -3,8 +3,8 @@
     .venv/bin/python -m benchmarks.bench_startup [--model default] [--lines 1] [--repeats 3] [--precision fp32]
 
 Three measurements:
-  1. bare imports: `python -c "import tensorflow, tensorflow_text, apache_beam"` in a fresh process (best of
-     --repeats), the floor under any run;
+  1. bare imports: TensorFlow with TF Text's ops as a run imports them (runtime/tf_import.py: no Keras) and Beam,
+     in a fresh process (best of --repeats), the floor under any run;
   2. the CLI end to end: `python -m cli run` on --lines lines in a fresh process (best of --repeats, with
      the spread), which is what a user waits for;
   3. one traced run in this process: the imports timed one by one, then `pipeline.run.run` with timing wrappers
@@ -32,7 +32,8 @@ from typing import Callable, Optional
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-IMPORTS = ("tensorflow", "tensorflow_text", "apache_beam", "pipeline.run")
+IMPORTS = ("tensorflow (and TF Text's ops)", "apache_beam", "pipeline.run")
+BARE_IMPORTS = "from runtime import tf_import; tf_import.import_tensorflow(); import apache_beam"
 
 
 class Tracer:
@@ -149,7 +150,11 @@ def traced_run(argv: list[str]) -> None:
   tracer = Tracer()
   for module in IMPORTS:
     start = time.perf_counter()
-    importlib.import_module(module)
+    if module.startswith("tensorflow"):
+      from runtime import tf_import  # pylint: disable=import-outside-toplevel
+      tf_import.import_tensorflow()
+    else:
+      importlib.import_module(module)
     tracer.record(f"import {module}" + (" (and the project)" if module == "pipeline.run" else ""), start,
                   time.perf_counter())
   _install(tracer)
@@ -196,7 +201,7 @@ def main() -> None:
   print(f"bench_startup: {args.lines} line(s), model {args.model}, precision {args.precision}; "
         f"load average at start {_load()}")
   if not args.skip_subprocess:
-    imports = _timed_subprocess([sys.executable, "-c", "import tensorflow, tensorflow_text, apache_beam"],
+    imports = _timed_subprocess([sys.executable, "-c", BARE_IMPORTS],
                                 args.repeats, env)
     print(f"bare imports (fresh process): {_describe(imports)}")
     cli = _timed_subprocess([sys.executable, "-m", "cli", "run", *job, "--output",

@@ -21,7 +21,6 @@ from typing import Optional
 import tensorflow as tf
 
 from modeling import encoder as encoder_lib
-from modeling import preprocessor as preprocessor_lib
 from modeling import vocab as vocab_lib
 from modeling.errors import SeqLengthError
 from modeling.importers import ImportedModel, load_source
@@ -102,6 +101,11 @@ def export_model(source: str, output_dir: str, *, seq_length: int = 128,
       vocab_file = os.path.join(scratch, "vocab.txt")
       tf.io.gfile.copy(imported.vocab_file, vocab_file, overwrite=True)
 
+      # Here, not at the top: `import tensorflow_text` loads Keras, and a
+      # job's launcher imports this module for read_export_metadata
+      # (runtime/tf_import.py).
+      # pylint: disable-next=import-outside-toplevel
+      from modeling import preprocessor as preprocessor_lib
       preprocessor = preprocessor_lib.BertPreprocessor(
           vocab_file, imported.lower_case, seq_length, special_ids,
           len(tokens), extra_assets=[metadata_file])

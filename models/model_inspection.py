@@ -28,9 +28,21 @@ class ModelInfo(NamedTuple):
 def inspect_models(spec: ModelSpec, seq_length: int) -> ModelInfo:
   """Loads both SavedModels and encodes probe texts, so an unreadable or mismatched model fails before the job.
 
-  The loads go through the workers' process-level cache (runtime/saved_models.py): on the DirectRunner the
-  workers then reuse these objects instead of loading the models again.
+  A model inspected before with the same files (sizes and mtimes), versions and `seq_length` is not loaded again:
+  what that inspection found is read from the cache (models/fingerprint_cache.py), and the workers load each model
+  once. Otherwise the loads go through the workers' process-level cache (runtime/saved_models.py): on the
+  DirectRunner the workers then reuse these objects instead of loading the models again.
   """
+  key = fingerprint_cache.inspection_cache_key(spec, seq_length)
+  cached = fingerprint_cache.cached_inspection(key)
+  if cached is not None and set(cached) == set(ModelInfo._fields):
+    return ModelInfo(**cached)
+  info = _inspect(spec, seq_length)
+  fingerprint_cache.store_inspection(key, info._asdict())
+  return info
+
+
+def _inspect(spec: ModelSpec, seq_length: int) -> ModelInfo:
   from runtime import quiet  # pylint: disable=import-outside-toplevel
   from runtime.saved_models import load_encoder, load_preprocessor  # pylint: disable=import-outside-toplevel
   tf = quiet.import_tensorflow()

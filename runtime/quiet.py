@@ -28,6 +28,8 @@ import sys
 import tempfile
 import threading
 
+from runtime import tf_import
+
 ENV = "BERT_EMBED_QUIET"
 _ABSL_NOTICE = "All log messages before absl::InitializeLog() is called are written to STDERR"
 _CUDA_NOISE = (re.compile(r"cudart_stub\.cc.*Could not find cuda drivers"),
@@ -124,8 +126,7 @@ def import_tensorflow():
   """`import tensorflow` (with tensorflow_text and the device list), its fd-level stderr filtered when quiet."""
   global _imported  # pylint: disable=global-statement
   if _imported or not is_enabled():
-    import tensorflow as tf  # pylint: disable=import-outside-toplevel
-    import tensorflow_text  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel  (preprocessor ops)
+    tf = tf_import.import_tensorflow()  # with TF Text's ops, for preprocessors
     if is_enabled():
       install_log_filter()
     return tf
@@ -147,8 +148,7 @@ def _import_captured() -> None:
   with tempfile.TemporaryFile(mode="w+b") as capture:
     os.dup2(capture.fileno(), 2)
     try:
-      import tensorflow as tf  # pylint: disable=import-outside-toplevel
-      import tensorflow_text  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
+      tf = tf_import.import_tensorflow()
       tf.config.list_physical_devices()  # the CUDA platform's cuInit happens here
     finally:
       os.dup2(saved, 2)

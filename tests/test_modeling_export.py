@@ -14,6 +14,7 @@ import tensorflow_text  # pylint: disable=unused-import
 
 from modeling import encoder as encoder_lib
 from modeling import export
+from modeling import preprocessor as preprocessor_lib
 from modeling.errors import ModelSourceError
 from modeling.importers import load_source
 
@@ -213,7 +214,7 @@ def test_crash_while_saving_leaves_no_partial_model(
       return {"n": tf.size(strings)}
 
   monkeypatch.setattr(tf.saved_model, "save", failing_save)
-  monkeypatch.setattr(export.preprocessor_lib, "BertPreprocessor",
+  monkeypatch.setattr(preprocessor_lib, "BertPreprocessor",
                       _QuickPreprocessor)
   out = tmp_path / "out"
   with pytest.raises(RuntimeError, match="disk full"):

@@ -98,6 +98,35 @@ def test_the_fingerprint_is_cached_by_file_sizes_and_mtimes(tiny_model_dir, tmp_
   assert computed == [1]
 
 
+def test_a_warm_inspection_loads_no_model_and_a_replaced_model_is_inspected_again(tiny_model_dir, sharp_model_dir,
+                                                                                  tmp_path, monkeypatch):
+  """The launcher's inspection is cached by the model files' sizes and mtimes (benchmarks/RESULTS.md, "Start-up
+  (issue 26 item 12)"): a second inspection of the same files loads no SavedModel and finds what the first found;
+  after the encoder is replaced by another model's, the inspection loads again and finds what a cold one does."""
+  root = tmp_path / "model"
+  shutil.copytree(tiny_model_dir, root)
+  monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cache"))
+  saved_models.clear_cache()
+  loads = []
+  real_load = saved_models.load_saved_model
+  monkeypatch.setattr(saved_models, "load_saved_model", lambda path: loads.append(os.path.basename(path)) or
+                      real_load(path))
+  cold = model_inspection.inspect_models(_spec(str(root)), 32)
+  assert sorted(loads) == ["encoder", "preprocessor"]
+  saved_models.clear_cache()
+  assert model_inspection.inspect_models(_spec(str(root)), 32) == cold
+  assert len(loads) == 2  # read from the cache
+  shutil.rmtree(root / "encoder")
+  shutil.copytree(os.path.join(sharp_model_dir, "encoder"), root / "encoder")
+  replaced = model_inspection.inspect_models(_spec(str(root)), 32)
+  assert sorted(loads[2:]) == ["encoder", "preprocessor"]
+  monkeypatch.setenv("BERT_EMBED_CACHE", str(tmp_path / "cold"))
+  saved_models.clear_cache()
+  assert replaced == model_inspection.inspect_models(_spec(sharp_model_dir), 32)
+  assert replaced.fingerprint != cold.fingerprint
+  assert replaced == model_inspection.inspect_models(_spec(str(root)), 32)  # a cold inspection of the same files
+
+
 def test_an_encoder_graph_computing_otherwise_with_the_same_weights_has_another_fingerprint(tiny_model_dir,
                                                                                              tiny_config_file, tmp_path,
                                                                                              monkeypatch):
@@ -274,19 +303,22 @@ prism_runner.PrismRunner.run_pipeline = offline_prism
 from pipeline import run
 outcome = run.run(sys.argv[1:])
 print(json.dumps({"written": outcome.manifest["counts"]["written"], "prism_tried": len(tried),
-                  "store_clients": sorted(m for m in ("qdrant_client", "psycopg") if m in sys.modules)}))
+                  "store_clients": sorted(m for m in ("qdrant_client", "psycopg") if m in sys.modules),
+                  "keras": "keras" in sys.modules}))
 """
 
 
 def test_a_run_without_a_vector_store_imports_no_store_client_and_does_not_try_prism(tiny_model_dir, tmp_path):
-  """A one-line job's start-up (benchmarks/RESULTS.md, "Start-up"): qdrant_client alone took seconds to import, and
-  Beam's DirectRunner first tries Prism (a download, then the fallback to the in-process runner)."""
+  """A one-line job's start-up (benchmarks/RESULTS.md, "Start-up"): qdrant_client alone took seconds to import,
+  Beam's DirectRunner first tries Prism (a download, then the fallback to the in-process runner), and TensorFlow
+  and TF Text import Keras, which nothing of a run uses (runtime/tf_import.py)."""
   _lines(tmp_path / "in.txt", 3)
   proc = subprocess.run([sys.executable, "-c", _WHAT_A_RUN_LOADS, "--model", tiny_model_dir, "--input",
                          str(tmp_path / "in.txt"), "--output", str(tmp_path / "out" / "emb"), "--seq-length", "32"],
                         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"written": 3, "prism_tried": 0, "store_clients": []}
+  assert json.loads(proc.stdout.strip().splitlines()[-1]) == {"written": 3, "prism_tried": 0, "store_clients": [],
+                                                               "keras": False}
 
 
 def test_verbose_tensorflow_import_shows_what_quiet_hides():
