@@ -84,13 +84,18 @@ def steps(trace):
   return out
 
 
+_STEP_ORDER = ["option checks (resolve)", "graph construction", "Beam bundles (all stages)",
+               "  of which the commit step (commit_run)", "  of which the store apply + verify",
+               "rest (imports, Beam's set-up, exit)", "process (traced)", "process CPU"]
+
+
 def print_steps(traces):
   for kind, runs in traces.items():
     if not runs:
       continue
     each = [steps(t) for t in runs]
     print(f"steps of v2 {kind} store (mean of {len(each)}):")
-    for name in each[0]:
+    for name in sorted(each[0], key=_STEP_ORDER.index):
       print(f"  {name:<40} {sum(e.get(name, 0.0) for e in each) / len(each):6.2f} s")
 
 
