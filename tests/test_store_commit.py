@@ -19,11 +19,14 @@ from qdrant_client import QdrantClient, models
 from cli import main as cli
 from snapshot import store_plan as vector_store
 from snapshot.commit import CommittedRun
+from formats.columns import OutputColumns, records_to_examples, records_to_table
+from formats.records import EmbeddingRecord
+from formats.sinks import tfrecord_frame
 from formats.usage import UsageError
 from pipeline.run import run
 from snapshot.staging import WrittenFile
 from snapshot.store_commit import StoreFinalizer
-from snapshot.store_verify import VerifyFacts
+from snapshot.store_verify import VerifyFacts, output_pairs
 from stores.base import APPLYING, DIFFERS, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
 from stores.config import StoreConfig
@@ -162,6 +165,18 @@ def test_the_verify_compares_digests_and_finds_a_hand_edit_outside_the_sample(co
   assert verify["ids_compared"].startswith("one by one") and (verify["text_changed"], verify["missing"]) == (1, 0)
   assert verify["left_for_next_run"] == 1 and verify["examples"] == ["c"] and not section["in_sync"]
   assert _launch(config).state.marker == Marker("s2", DIFFERS)  # the next run rebuilds
+
+
+def test_the_outputs_pairs_are_read_from_its_parquet_and_tfrecord_files(tmp_path):
+  """The one-by-one comparison's expectation: id and text_sha256 of every row of the embeddings files only."""
+  records = [EmbeddingRecord(f"doc/{i}", np.full(DIM, i, np.float32), 3, False, f"sha-{i}") for i in range(7)]
+  columns = OutputColumns()
+  pq.write_table(records_to_table(records[:4], columns, DIM), tmp_path / "embeddings-a.parquet")
+  (tmp_path / "embeddings-b.tfrecord").write_bytes(b"".join(
+      tfrecord_frame(example) for example in records_to_examples(records[4:], columns, DIM)))
+  files = [WrittenFile("embeddings", str(tmp_path / f"embeddings-{n}"), 0, "", 0) for n in ("a.parquet", "b.tfrecord")]
+  files.append(WrittenFile("errors", str(tmp_path / "errors-c.jsonl"), 0, "", 0))  # not read (it does not exist)
+  assert sorted(output_pairs(files)) == [(r.id, r.text_sha256) for r in records]
 
 
 def test_a_store_that_fails_during_the_apply_says_what_name_holds(config):
