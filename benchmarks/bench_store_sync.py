@@ -9,7 +9,9 @@ its own process (`python -m cli run`, DirectRunner), so its wall seconds include
 seconds per run, the ratio with/without, the manifest's store counts and verify, and whether the table's ids equal
 v2's ids. Before each run with the store, the table and its snapshot marker are put back as v1 left them.
 The Qdrant folder is left out: its embedded engine commits every point on its own (bench_stores.py, RESULTS.md).
-usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128] [--pairs 3]
+With --trace each v2 run goes through benchmarks/trace_cli.py, and the mean seconds of its steps (option checks,
+graph construction, the Beam bundles, the commit and its store part) are printed per kind of run.
+usage: .venv/bin/python benchmarks/bench_store_sync.py [--num 20000] [--seq-length 128] [--pairs 3] [--trace]
 """
 import argparse
 import json
@@ -52,7 +54,9 @@ def versions(num):
 
 
 def run(args, work, input_path, output, *extra):
-  argv = [sys.executable, "-m", "cli", "run", "--model", "default", "--input", str(input_path),
+  trace = f"{output}-trace.json" if getattr(args, "trace", False) else None
+  cli = [str(ROOT / "benchmarks" / "trace_cli.py"), trace] if trace else ["-m", "cli"]
+  argv = [sys.executable, *cli, "run", "--model", "default", "--input", str(input_path),
           "--input-format", "jsonl", "--seq-length", str(args.seq_length), "--output", str(output), *extra]
   env = dict(os.environ, PYTHONPATH=str(ROOT))
   start = time.perf_counter()
@@ -61,7 +65,38 @@ def run(args, work, input_path, output, *extra):
   if done.returncode != 0:
     raise RuntimeError(f"run failed ({done.returncode}): {' '.join(argv)}\n{done.stderr[-3000:]}")
   with open(f"{output}-manifest.json", encoding="utf-8") as f:
-    return seconds, json.load(f)
+    manifest = json.load(f)
+  if trace:
+    with open(trace, encoding="utf-8") as f:
+      manifest["_trace"] = json.load(f)
+  return seconds, manifest
+
+
+def steps(trace):
+  """{step: wall seconds} of one traced run: the named steps, the Beam bundles summed, the rest of the process."""
+  out = {}
+  for name, _, wall, _ in trace["spans"]:
+    key = "Beam bundles (all stages)" if name.startswith("bundle ") else name
+    out[key] = out.get(key, 0.0) + wall
+  named = sum(v for k, v in out.items() if not k.startswith("  "))
+  out["rest (imports, Beam's set-up, exit)"] = trace["total"] - named
+  out["process (traced)"], out["process CPU"] = trace["total"], trace["cpu"]
+  return out
+
+
+_STEP_ORDER = ["option checks (resolve)", "graph construction", "Beam bundles (all stages)",
+               "  of which the commit step (commit_run)", "  of which the store apply + verify",
+               "rest (imports, Beam's set-up, exit)", "process (traced)", "process CPU"]
+
+
+def print_steps(traces):
+  for kind, runs in traces.items():
+    if not runs:
+      continue
+    each = [steps(t) for t in runs]
+    print(f"steps of v2 {kind} store (mean of {len(each)}):")
+    for name in sorted(each[0], key=_STEP_ORDER.index):
+      print(f"  {name:<40} {sum(e.get(name, 0.0) for e in each) / len(each):6.2f} s")
 
 
 def table_ids(url):
@@ -93,6 +128,7 @@ def main():
   parser.add_argument("--num", type=int, default=20000)
   parser.add_argument("--seq-length", type=int, default=128)
   parser.add_argument("--pairs", type=int, default=3, help="with/without pairs of v2 runs (order alternates)")
+  parser.add_argument("--trace", action="store_true", help="time the steps of each v2 run (trace_cli.py)")
   args = parser.parse_args()
   work = pathlib.Path(tempfile.mkdtemp(prefix="bench-store-sync-", dir="/tmp"))
   work.chmod(0o755)  # the server's own user (as root: pgserver) must reach its folder
@@ -111,7 +147,7 @@ def main():
             f"store_upserted {manifest['counts'].get('store_upserted')}", flush=True)
       keep_v1(url)
       previous = ["--previous", str(work / "v1" / "emb")]
-      times = {"with": [], "without": []}
+      times, traces = {"with": [], "without": []}, {"with": [], "without": []}
       for pair in range(args.pairs):
         order = ("with", "without") if pair % 2 == 0 else ("without", "with")
         for kind in order:
@@ -121,6 +157,8 @@ def main():
             restore_v1(url)
           seconds, manifest = run(args, work, work / "v2.jsonl", output, *extra)
           times[kind].append(seconds)
+          if "_trace" in manifest:
+            traces[kind].append(manifest["_trace"])
           c = manifest["counts"]
           line = (f"v2 {kind:<7} store: {seconds:6.1f} s  new {c.get('new')} changed {c.get('changed')} "
                   f"unchanged {c.get('unchanged')} deleted {c.get('deleted')} written {c.get('written')}")
@@ -133,6 +171,7 @@ def main():
           print(line, flush=True)
       with_s, without_s = sum(times["with"]) / args.pairs, sum(times["without"]) / args.pairs
       print(f"mean v2 with store {with_s:.1f} s, without {without_s:.1f} s, ratio {with_s / without_s:.3f}")
+      print_steps(traces)
     finally:
       stop()
   finally:

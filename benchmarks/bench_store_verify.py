@@ -2,8 +2,9 @@
 
 Random 384-dimensional float32 vectors with the pipeline's payload are loaded through the stores/ interface as a
 run's rebuild would (begin_rebuild, upsert, commit_rebuild), then verify_and_repair runs against the same points:
-ids and text_sha256 of every point plus the vectors of a sample of 1,000, then of all. Prints points/s of the load
-and seconds of each verify. PostgreSQL: a fresh server (bench_stores.py); Qdrant: a folder (embedded engine).
+ids and text_sha256 of every point (their digest) plus the vectors of a sample of 1,000, then of all, then the
+sample again with digests that differ (the ids compared one by one). Prints points/s of the load and seconds of
+each verify. PostgreSQL: a fresh server (bench_stores.py); Qdrant: a folder (embedded engine).
 usage: .venv/bin/python benchmarks/bench_store_verify.py [--num 20000] [--qdrant-num 2000]
 """
 import argparse
@@ -21,9 +22,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_stores import postgres_server  # noqa: E402
-from snapshot.store_verify import verify_and_repair  # noqa: E402
+from snapshot.store_verify import VerifyFacts, verify_and_repair  # noqa: E402
 from stores.base import StorePoint  # noqa: E402
 from stores.config import StoreConfig  # noqa: E402
+from stores.digest import Digest, digest  # noqa: E402
 
 DIM = 384
 
@@ -45,9 +47,12 @@ def measure(config, num):
   load = time.perf_counter() - start
   expected = [(p.id, p.payload["text_sha256"]) for p in data]
   result = {"kind": config.kind, "points": num, "load_points_per_s": round(num / load, 1)}
-  for label, sample in (("verify_sample_1000", random.Random(0).sample(data, min(1000, num))), ("verify_all", data)):
+  whole, sample = digest(expected), random.Random(0).sample(data, min(1000, num))
+  for label, sample, found in (("verify_sample_1000", sample, whole), ("verify_all", data, whole),
+                               ("verify_sample_1000_one_by_one", sample, Digest(whole.count, whole.total + 1))):
+    facts = VerifyFacts(found, len(sample), tuple((0.0, p) for p in sample))
     start = time.perf_counter()
-    section = verify_and_repair(store, expected, sample)
+    section = verify_and_repair(store, facts, lambda: expected)
     result[label + "_s"] = round(time.perf_counter() - start, 2)
     assert section["repaired"] == 0 and section["left_for_next_run"] == 0, section
   store.close()

@@ -212,18 +212,18 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     static["precision_used"] = {}
   else:  # {precision: records encoded in it}, as each worker resolved --precision (runtime/precision.py)
     tallies["precision_used"] = embedded.precision_used
-  count_names = COUNTS
+  count_names, partials = COUNTS, {}
   if cfg.vector_store is not None:  # the job stages the store's changes; Finalize applies them after the checks
     store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
-    store_counts, store_fields = write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
-                                                              split.stale_ids, p)
+    store_counts, store_fields, partials = write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
+                                                       split.stale_ids, p)
     counts.update(store_counts)
     fields.update(store_fields)
     count_names += vector_store_lib.COUNTS
     finalizers = (*finalizers, StoreFinalizer(store_plan))
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
-  manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "dead_letters": dead,
-               "after": cleared}
+  manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "partials": partials,
+               "dead_letters": dead, "after": cleared}
               | "Finalize" >> Finalize(cfg.output, staging, static, count_names, kinds, checks,
                                                     finalizers))
   latest = manifest | "UpdateLatest" >> UpdateLatest(plan.pointer, cfg.output)  # the run is complete

@@ -70,10 +70,10 @@ class StoreFinalizer(Finalizer):
           warnings.append(f"the replaced {replaced} could not be dropped ({e}); the next run drops it")
           _LOG.warning("%s", warnings[-1])
       private = run.private
-      expected = private.get(vector_store_lib.EXPECTED_FIELD)
-      verify = None  # without the output's ids (a caller that gives none) nothing is compared, nothing deleted
-      if expected is not None:
-        verify = store_verify.verify_and_repair(store, expected, private.get(vector_store_lib.SAMPLE_FIELD))
+      verify = None  # without the job's facts (a caller that gives none) nothing is compared, nothing deleted
+      if vector_store_lib.VERIFY_FIELD in private:  # None: the job had no rows
+        facts = private[vector_store_lib.VERIFY_FIELD] or store_verify.VerifyFacts()
+        verify = store_verify.verify_and_repair(store, facts, lambda: store_verify.output_pairs(run.files))
       if verify and verify["left_for_next_run"]:
         store.set_marker(Marker(plan.tag, DIFFERS))
         warnings.append(f"{name} differs from the output in {verify['left_for_next_run']} points this run could "

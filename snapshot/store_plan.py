@@ -32,7 +32,7 @@ MODE_REBUILD = "rebuild"
 COUNTS = ("store_upserted", "store_deleted", "store_repaired")
 DEFAULT_VERIFY = 1000
 VERIFY_ALL = -1
-EXPECTED_FIELD, SAMPLE_FIELD, DROPPED_FIELD = "_store_expected", "_store_sample", "_store_dropped"
+VERIFY_FIELD, DROPPED_FIELD = "_store_verify", "_store_dropped"  # private fields of the commit (store_commit.py)
 SECTION = "vector_store"
 _LOG = logging.getLogger(__name__)
 

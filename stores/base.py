@@ -21,6 +21,8 @@ from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 
+from stores import digest as digest_lib
+
 # The payload fields a point may carry, with their kind ("text" or "int"). `id` is the record id exactly as in the
 # Parquet output; `text` comes with --keep-text, the window fields with --long-text chunk --chunk-output rows.
 PAYLOAD_FIELDS: Mapping[str, str] = {
@@ -252,6 +254,11 @@ class VectorStore(abc.ABC):
   @abc.abstractmethod
   def fingerprints(self) -> dict[str, Optional[str]]:
     """{record id: text_sha256} of every point in NAME (no vectors read)."""
+
+  def digest(self) -> digest_lib.Digest:
+    """The digest (stores/digest.py) of NAME's (id, text_sha256) pairs; a store that can compute it where the points
+    are overrides this, which reads them all (`fingerprints`)."""
+    return digest_lib.digest((i, sha) for i, sha in self.fingerprints().items() if i is not None)
 
   @abc.abstractmethod
   def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:

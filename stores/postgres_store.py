@@ -26,6 +26,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from stores import postgres_setup
+from stores.digest import POSTGRES_PAIR_HASH, Digest
 from stores import postgres_staging as staging_lib
 from stores.base import (HELD, PAYLOAD_FIELDS, Marker, StoreError, StorePoint, StoreState, VectorStore,
                          backoff_seconds, batches, checked_point, one_line, rebuild_name, redacted,
@@ -334,6 +335,12 @@ class PostgresStore(VectorStore):
   def fingerprints(self) -> dict[str, Optional[str]]:
     query = sql.SQL("SELECT id, text_sha256 FROM {}").format(sql.Identifier(self.name))
     return dict(self._run("reading ids", lambda c: c.execute(query).fetchall(), retry=True))
+
+  def digest(self) -> Digest:
+    query = sql.SQL("SELECT count(*), coalesce(sum({}), 0) FROM {}").format(sql.SQL(POSTGRES_PAIR_HASH),
+                                                                          sql.Identifier(self.name))
+    count, total = self._run("digesting ids", lambda c: c.execute(query).fetchone(), retry=True)
+    return Digest(int(count), int(total))
 
   def vectors(self, ids: Sequence[str]) -> dict[str, np.ndarray]:
     query = sql.SQL("SELECT id, embedding::text FROM {} WHERE id = ANY(%s)").format(sql.Identifier(self.name))

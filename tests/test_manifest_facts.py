@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+import heapq
 
 import apache_beam as beam
 import pytest
@@ -9,8 +10,10 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that
 from hypothesis import given, settings, strategies as st
 
-from transforms.manifest_facts import (COUNT, EXAMPLES, FIELD, FILE, TALLY, GatherFacts, SumPerBundle, field_fact,
-                                    file_fact)
+from snapshot.store_verify import VerifyFacts
+from stores.digest import digest
+from transforms.manifest_facts import (COUNT, EXAMPLES, FIELD, FILE, PARTIAL, TALLY, GatherFacts, SumPerBundle,
+                                    field_fact, file_fact)
 
 _NAMES = st.sampled_from(["read", "written", "tokens"])
 _COUNT_FACTS = st.tuples(st.just(COUNT), _NAMES, st.integers(0, 10**6))
@@ -106,3 +109,27 @@ def test_examples_keep_every_occurrence_and_the_smallest_example(pairs, cut):
   expected = {key: [sum(1 for k, _ in pairs if k == key), min(e for k, e in pairs if k == key)]
               for key in {k for k, _ in pairs}}
   assert got == expected
+
+
+@settings(max_examples=40, deadline=None)
+@given(ids=st.lists(st.text(max_size=6), unique=True, max_size=30), size=st.integers(0, 5),
+       cuts=st.lists(st.integers(0, 30), max_size=5), seed=st.randoms(use_true_random=False))
+def test_partial_values_merge_into_the_whole_in_any_partition(ids, size, cuts, seed):
+  """PARTIAL facts (e.g. the store verify's, one per bundle) gathered from any split and merged in two levels: the
+  digest of all ids and the `size` smallest random keys of all."""
+  keyed = [(seed.random(), i) for i in ids]
+  bounds = sorted({0, len(keyed), *(c for c in cuts if c < len(keyed))})
+  combine = GatherFacts()
+  accumulators = []
+  for lo, hi in zip(bounds, bounds[1:]):
+    part = keyed[lo:hi]
+    value = VerifyFacts(digest((i, "sha") for _, i in part), size, tuple(heapq.nsmallest(size, part)))
+    accumulators.append(combine.add_input(combine.create_accumulator(), (PARTIAL, "_verify", value)))
+  merged = combine.merge_accumulators([combine.merge_accumulators(accumulators[:2]),
+                                       combine.merge_accumulators(accumulators[2:])])
+  got = combine.extract_output(merged)["fields"].get("_verify")
+  if not keyed:
+    assert got is None
+    return
+  assert got.digest == digest((i, "sha") for i in ids) and got.size == size
+  assert sorted(got.sample) == heapq.nsmallest(size, keyed)

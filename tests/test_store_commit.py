@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import json
 import socket
+import tempfile
 import types
 
 import numpy as np
 import psycopg
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from qdrant_client import QdrantClient, models
@@ -16,12 +19,18 @@ from qdrant_client import QdrantClient, models
 from cli import main as cli
 from snapshot import store_plan as vector_store
 from snapshot.commit import CommittedRun
+from formats.columns import OutputColumns, records_to_examples, records_to_table
+from formats.records import EmbeddingRecord
+from formats.sinks import tfrecord_frame
 from formats.usage import UsageError
 from pipeline.run import run
+from snapshot.staging import WrittenFile
 from snapshot.store_commit import StoreFinalizer
-from stores.base import APPLYING, HELD, Marker, StoreError, StorePoint
+from snapshot.store_verify import VerifyFacts, output_pairs
+from stores.base import APPLYING, DIFFERS, HELD, Marker, StoreError, StorePoint
 from stores.postgres_store import PostgresStore
 from stores.config import StoreConfig
+from stores.digest import digest
 
 DIM = 4
 _COUNTER = iter(range(10**6))
@@ -66,9 +75,10 @@ def _sync_plan(config, tag, snapshot, rows):
   return vector_store.plan_store(launch, previous, tag=tag)
 
 
-def _commit(plan, points, prefix="/out/emb", staged=None):
+def _commit(plan, points, prefix="/out/emb", staged=None, sample=None):
   """What the job and the commit step do for a plan: write its target (`staged`, by default `points`), then
-  StoreFinalizer.commit with `points` as the output."""
+  StoreFinalizer.commit with `points` as the output (in a staged Parquet file of ids and text_sha256, and the job's
+  VerifyFacts: their digest, `sample` of them, by default all)."""
   store = plan.config.make()
   begin = store.begin_rebuild if plan.mode == "rebuild" else store.begin_staging
   assert begin(DIM, plan.tag) == plan.target
@@ -76,9 +86,15 @@ def _commit(plan, points, prefix="/out/emb", staged=None):
   if staged:
     store.upsert(staged, target=plan.target)
   store.close()
-  private = {vector_store.EXPECTED_FIELD: [(p.id, p.payload["text_sha256"]) for p in points],
-             vector_store.SAMPLE_FIELD: list(points)}
-  return StoreFinalizer(plan).commit(CommittedRun(prefix, {"rows": len(points)}, (), private))
+  pairs = [(p.id, p.payload["text_sha256"]) for p in points]
+  sample = points if sample is None else sample
+  facts = VerifyFacts(digest(pairs), len(sample), tuple((0.0, p) for p in sample))
+  with tempfile.TemporaryDirectory() as folder:
+    path = f"{folder}/embeddings-0.parquet"
+    pq.write_table(pa.table({"id": [i for i, _ in pairs], "text_sha256": [sha for _, sha in pairs]}), path)
+    files = (WrittenFile("embeddings", path, 0, "", len(pairs)),)
+    run_ = CommittedRun(prefix, {"rows": len(points)}, files, {vector_store.VERIFY_FIELD: facts})
+    return StoreFinalizer(plan).commit(run_)
 
 
 def _held(config) -> dict:
@@ -134,6 +150,33 @@ def test_hand_edits_are_found_and_repaired_by_the_verify(config):
     np.testing.assert_allclose(vector, expected, atol=1e-6)
   else:
     np.testing.assert_array_equal(vector, points[0].vector)
+
+
+def test_the_verify_compares_digests_and_finds_a_hand_edit_outside_the_sample(config):
+  points = _points(["a", "é\n漢字 'q'", "c"], 1)  # the store's digest (PostgreSQL: in SQL) equals the output's
+  first = _commit(_first_plan(config, "r1"), points, sample=[])["vector_store"]["verify"]
+  assert (first["ids_compared"], first["ids_checked"], first["missing"] + first["extra"]) == ("digest", 3, 0)
+  store = config.make()
+  assert store.digest() == digest((p.id, p.payload["text_sha256"]) for p in points)
+  store.upsert([StorePoint("c", points[2].vector, {"text_sha256": "edited"})])  # by hand: the count stays 3
+  store.close()
+  section = _commit(_sync_plan(config, "s2", "r1", 3), points, staged=[], sample=[])["vector_store"]
+  verify = section["verify"]
+  assert verify["ids_compared"].startswith("one by one") and (verify["text_changed"], verify["missing"]) == (1, 0)
+  assert verify["left_for_next_run"] == 1 and verify["examples"] == ["c"] and not section["in_sync"]
+  assert _launch(config).state.marker == Marker("s2", DIFFERS)  # the next run rebuilds
+
+
+def test_the_outputs_pairs_are_read_from_its_parquet_and_tfrecord_files(tmp_path):
+  """The one-by-one comparison's expectation: id and text_sha256 of every row of the embeddings files only."""
+  records = [EmbeddingRecord(f"doc/{i}", np.full(DIM, i, np.float32), 3, False, f"sha-{i}") for i in range(7)]
+  columns = OutputColumns()
+  pq.write_table(records_to_table(records[:4], columns, DIM), tmp_path / "embeddings-a.parquet")
+  (tmp_path / "embeddings-b.tfrecord").write_bytes(b"".join(
+      tfrecord_frame(example) for example in records_to_examples(records[4:], columns, DIM)))
+  files = [WrittenFile("embeddings", str(tmp_path / f"embeddings-{n}"), 0, "", 0) for n in ("a.parquet", "b.tfrecord")]
+  files.append(WrittenFile("errors", str(tmp_path / "errors-c.jsonl"), 0, "", 0))  # not read (it does not exist)
+  assert sorted(output_pairs(files)) == [(r.id, r.text_sha256) for r in records]
 
 
 def test_a_store_that_fails_during_the_apply_says_what_name_holds(config):

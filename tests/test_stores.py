@@ -17,6 +17,7 @@ from qdrant_client import QdrantClient
 import stores
 from formats.records import EmbeddingRecord
 from stores.base import PAYLOAD_FIELDS, StoreError, StorePoint, VectorStore
+from stores.config import StoreConfig
 from stores.points import point_from_record
 from stores.postgres_store import PostgresStore
 from stores.qdrant_store import QdrantStore, point_id
@@ -244,6 +245,18 @@ def test_make_store_and_names():
   with pytest.raises(StoreError, match="local folder"):
     stores.make_store("qdrant", "gs://bucket/q", "n")
   assert set(PAYLOAD_FIELDS) >= {"id", "text_sha256", "source", "text"}
+
+
+def test_a_postgres_store_config_never_imports_qdrant_client():
+  """Deciding how a PostgreSQL run writes (StoreConfig.single_writer, at graph construction) does not import the
+  Qdrant client, which alone takes seconds to import."""
+  code = ("import sys; from stores.config import StoreConfig; "
+          "c = StoreConfig('postgres', 'postgresql://u@h/db', 'emb'); assert not c.single_writer; "
+          "print(sorted(m for m in sys.modules if m.startswith(('qdrant_client', 'stores.qdrant'))))")
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+  assert done.stdout.strip() == "[]"
+  assert StoreConfig("qdrant", "/tmp/q", "emb").single_writer
+  assert not StoreConfig("qdrant", "http://h", "emb").single_writer
 
 
 # --- Qdrant ---

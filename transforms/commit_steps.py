@@ -45,6 +45,8 @@ class Finalize(beam.PTransform):
     "fields": {name: PCollection of at most one JSON-able value} (e.g. a drift check); none gives null; a name
       starting with "_" is private: given to the finalizers (CommittedRun.private), not written to the manifest;
     "tallies": {name: PCollection of str}: the field is {element: occurrences} ({} for none);
+    "partials": {name: PCollection of parts of one value} (e.g. one per bundle, fused with the step that makes
+      them): the field is their merge by the value's `merged` method (None for none); private as fields are;
     "after": a PCollection that must be complete first (e.g. RemoveStaleStaging's).
   `kinds`: {file kind: its sink} of the files to commit (an empty shard is written for a kind without files).
   `checks` None skips the checks. Returns a PCollection with the manifest dict.
@@ -77,7 +79,8 @@ class Finalize(beam.PTransform):
     if unknown:
       raise ValueError(f"counts {unknown} are not among the count names {sorted(self._count_names)}")
     fields, tallies = dict(inputs.get("fields") or {}), dict(inputs.get("tallies") or {})
-    computed = list(fields) + list(tallies)
+    partials = dict(inputs.get("partials") or {})
+    computed = list(fields) + list(tallies) + list(partials)
     clashes = sorted(set(computed) & (set(manifest_lib.RESERVED_KEYS) | set(self._static_fields)))
     if clashes or len(set(computed)) != len(computed):
       raise ValueError(f"fields and tallies must not set the manifest's own keys, static fields or each other's "
@@ -91,13 +94,15 @@ class Finalize(beam.PTransform):
       facts.append(pcoll | f"Tally[{name}]" >> beam.ParDo(manifest_facts.SumPerBundle(name, tally=True)))
     for name, pcoll in sorted(fields.items()):
       facts.append(pcoll | f"Field[{name}]" >> beam.Map(manifest_facts.field_fact, name))
+    for name, pcoll in sorted(partials.items()):
+      facts.append(pcoll | f"Partial[{name}]" >> beam.Map(manifest_facts.partial_fact, name))
     if inputs.get("dead_letters") is not None:
       facts.append(inputs["dead_letters"]
                    | "DeadLetterReasons" >> beam.Map(reason_and_id)
                    | "TallyReasons" >> beam.ParDo(manifest_facts.TallyWithExample(DEAD_LETTER_REASONS)))
     after = [beam.pvalue.AsList(inputs["after"])] if inputs.get("after") is not None else []
     finalize = _FinalizeFn(CommitPlan(self._prefix, self._staging_dir, self._static_fields, self._count_names,
-                                      self._kinds, self._checks, self._finalizers, tuple(sorted(fields)),
+                                      self._kinds, self._checks, self._finalizers, tuple(sorted([*fields, *partials])),
                                       tuple(sorted(tallies))))
     return (facts
             | "FlattenFacts" >> beam.Flatten()

@@ -16,7 +16,7 @@ from typing import Iterable
 import apache_beam as beam
 from apache_beam.transforms.window import GlobalWindows
 
-COUNT, TALLY, FIELD, FILE, EXAMPLES = "count", "tally", "field", "file", "examples"
+COUNT, TALLY, FIELD, FILE, EXAMPLES, PARTIAL = "count", "tally", "field", "file", "examples", "partial"
 
 
 class SumPerBundle(beam.DoFn):
@@ -79,6 +79,10 @@ def field_fact(value, name: str) -> tuple:
   return FIELD, name, value
 
 
+def partial_fact(value, name: str) -> tuple:
+  return PARTIAL, name, value
+
+
 def file_fact(path: str) -> tuple:
   return FILE, None, path
 
@@ -87,7 +91,9 @@ class GatherFacts(beam.CombineFn):
   """Facts -> {"counts": {name: sum}, "tallies": {name: {key: sum}}, "fields": {name: value}, "files": sorted}, and
   "examples": {name: {key: [sum, smallest example]}} when there were EXAMPLES facts.
 
-  A name that got no fact is absent. Two values for one field are an error (a field holds at most one value).
+  A name that got no fact is absent. Two values for one field are an error (a field holds at most one value), but
+  PARTIAL facts of a field are parts of its value (e.g. one per bundle), merged with the value's own `merged`
+  method (associative, in any order): the field is their merge.
   """
 
   def create_accumulator(self) -> dict:
@@ -107,6 +113,9 @@ class GatherFacts(beam.CombineFn):
       accumulator["fields"][name] = value
     elif kind == FILE:
       accumulator["files"].append(value)
+    elif kind == PARTIAL:
+      partials = accumulator.setdefault("partials", {})
+      partials[name] = value if name not in partials else partials[name].merged(value)
     elif kind == EXAMPLES:
       seen = accumulator.setdefault("examples", {}).setdefault(name, {})
       for key, (n, example) in value.items():
@@ -126,7 +135,13 @@ class GatherFacts(beam.CombineFn):
     return merged
 
   def extract_output(self, accumulator: dict) -> dict:
-    return {**accumulator, "files": sorted(accumulator["files"])}
+    gathered = {**accumulator, "files": sorted(accumulator["files"])}
+    partials = gathered.pop("partials", {})
+    if set(partials) & set(gathered["fields"]):
+      raise ValueError(f"the manifest fields {sorted(set(partials) & set(gathered['fields']))} got whole and partial "
+                       f"values")
+    gathered["fields"] = {**gathered["fields"], **partials}
+    return gathered
 
 
 def _facts_of(accumulator: dict) -> Iterable[tuple]:
@@ -140,4 +155,6 @@ def _facts_of(accumulator: dict) -> Iterable[tuple]:
     yield FILE, None, path
   for name, seen in accumulator.get("examples", {}).items():
     yield EXAMPLES, name, seen
+  for name, value in accumulator.get("partials", {}).items():
+    yield PARTIAL, name, value
 

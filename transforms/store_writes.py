@@ -15,25 +15,31 @@ never in both: a deleted id is absent from the output). Every write is idempoten
 
 write_store wires a run's store writes as snapshot/store_plan.py planned them: first the run's own table/collection
 (a rebuild's, or a sync's staging), then the writes into it; the commit applies them (snapshot/store_commit.py).
+What the commit's verify compares NAME with (snapshot/store_verify.py VerifyFacts: a digest of the output's ids and
+text_sha256, a random sample of its points) is gathered per bundle, fused with the step that makes the output's rows:
+no step of its own, and no list of every id.
 """
 from __future__ import annotations
 
+import heapq
 import logging
+import random
 from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
 
 from formats.records import EmbeddingRecord
 from snapshot import store_plan
+from snapshot.store_verify import VerifyFacts
 from stores.base import StoreError, VectorStore
 from stores.config import StoreConfig
+from stores.digest import Digest, pair_hash
 from stores.points import point_from_record
 from transforms.sequencing import After
 
 UPSERT, DELETE = "upsert", "delete"
 _LOG = logging.getLogger(__name__)
-
-
 
 
 
@@ -133,6 +139,35 @@ class WriteToStore(beam.PTransform):
             "deleted": written | "Deleted" >> beam.FlatMap(_count_of(DELETE))}
 
 
+class _VerifyFactsFn(beam.DoFn):
+  """Output rows -> one VerifyFacts per bundle: the digest of its rows' (id, text_sha256) and the points of the
+  `size` rows with the smallest random keys (store_plan.VERIFY_ALL: every row), made into points only at the end."""
+
+  def __init__(self, size: int, keep_text: bool):
+    super().__init__()
+    self._size = size
+    self._keep_text = keep_text
+    self._count, self._total, self._kept = 0, 0, []
+
+  def start_bundle(self):
+    self._count, self._total, self._kept = 0, 0, []  # _kept: a max-heap of (-key, n, row) of the smallest keys
+
+  def process(self, row: EmbeddingRecord):
+    self._count += 1
+    self._total += pair_hash(row.id, row.text_sha256)
+    entry = (-random.random() if self._size != store_plan.VERIFY_ALL else 0.0, self._count, row)
+    if self._size == store_plan.VERIFY_ALL or len(self._kept) < self._size:
+      heapq.heappush(self._kept, entry)
+    elif self._kept and entry[0] > self._kept[0][0]:
+      heapq.heapreplace(self._kept, entry)
+    return ()
+
+  def finish_bundle(self):
+    if self._count:
+      sample = tuple((-key, point_from_record(row, keep_text=self._keep_text)) for key, _, row in self._kept)
+      yield GlobalWindows.windowed_value(VerifyFacts(Digest(self._count, self._total), self._size, sample))
+
+
 class _BeginFn(beam.DoFn):
   """Drops the job's abandoned tables/collections of NAME, then creates the one this run writes; yields
   (its name, [the dropped ones])."""
@@ -162,9 +197,10 @@ class _BeginFn(beam.DoFn):
 
 
 def write_store(plan: store_plan.StorePlan, dimension: int, encoded_rows, all_rows, stale_ids, pipeline
-                ) -> tuple[dict, dict]:
-  """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection})
-  for Finalize (the fields are what snapshot/store_commit.py verifies against).
+                ) -> tuple[dict, dict, dict]:
+  """Wires the job's staged store writes; returns ({count name: PCollection of ints}, {private field: PCollection},
+  {private field: PCollection of its parts}) for Finalize's counts, fields and partials (snapshot/store_commit.py
+  verifies against the VerifyFacts).
 
   encoded_rows: the valid rows this run encoded; all_rows: every valid row of the output (encoded and carried);
   stale_ids: the ids of the previous rows not carried (None without carry-over).
@@ -186,14 +222,7 @@ def write_store(plan: store_plan.StorePlan, dimension: int, encoded_rows, all_ro
                | "DeletesAfterStagingBegun" >> After(begun))
   written = (upserts, deletes) | "WriteToStore" >> WriteToStore(plan.config, plan.target,
                                                                  staged=plan.mode == store_plan.MODE_SYNC)
-  keep_text = plan.config.keep_text
-  points = all_rows | "StorePoints" >> beam.Map(lambda r: point_from_record(r, keep_text=keep_text))
-  sample = (points | "SampleToVerify" >> (beam.combiners.ToList() if plan.verify == store_plan.VERIFY_ALL
-                                          else beam.combiners.Sample.FixedSizeGlobally(plan.verify)))
-  fields = {store_plan.EXPECTED_FIELD: (all_rows
-                             | "IdsToVerify" >> beam.Map(lambda r: (r.id, r.text_sha256))
-                             | "AllIdsToVerify" >> beam.combiners.ToList()),
-            store_plan.SAMPLE_FIELD: sample,
-            store_plan.DROPPED_FIELD: begun | "Dropped" >> beam.Map(lambda pair: pair[1])}
+  facts = all_rows | "FactsToVerify" >> beam.ParDo(_VerifyFactsFn(plan.verify, plan.config.keep_text))
+  fields = {store_plan.DROPPED_FIELD: begun | "Dropped" >> beam.Map(lambda pair: pair[1])}
   counts = {"store_upserted": written["upserted"], "store_deleted": written["deleted"]}
-  return counts, fields
+  return counts, fields, {store_plan.VERIFY_FIELD: facts}
