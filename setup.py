@@ -9,6 +9,9 @@ INSTALL_REQUIRES = [
     "tfx-bsl==1.21.0",
     "pyarrow<26",
     "numpy<2.5",
+    # TensorFlow takes >=0.5.1,<1; 0.7 registers its many dtypes' casts one by one at import: 1.3 s of every process's
+    # start on a 2-core machine, against 0.01 s for 0.5 (benchmarks/RESULTS.md, "Start-up (issue 26 item 12)").
+    "ml-dtypes==0.5.4",
     "pandas<2.4",  # pandas 3 breaks apache_beam.dataframe
     "safetensors",
     "qdrant-client==1.20.0",  # --vector-store qdrant (server or embedded folder)

@@ -55,5 +55,8 @@ def _import() -> None:
   libraries = [] if "tensorflow_text" in sys.modules else op_libraries()
   if not libraries:
     import tensorflow_text  # noqa: F401  pylint: disable=unused-import,import-outside-toplevel
-  for path in libraries:
-    tf.load_op_library(path)  # registers the library's ops (TensorFlow loads a library once per process)
+  try:
+    for path in libraries:
+      tf.load_op_library(path)  # registers the library's ops (TensorFlow loads a library once per process)
+  except (tf.errors.OpError, OSError):  # a build laid out otherwise: the package's own import loads what it needs
+    import tensorflow_text  # noqa: F401,F811  pylint: disable=unused-import,import-outside-toplevel,reimported
