@@ -15,6 +15,7 @@ from typing import Mapping, NamedTuple
 import apache_beam as beam
 
 from formats.columns import OutputColumns
+from formats.output_files import RESUME_KEY
 from formats.records import text_sha256
 from transforms.incremental import carried_row_problem
 from transforms.names import NAMESPACE
@@ -78,7 +79,7 @@ class ResumeFromCheckpoints(beam.PTransform):
 
   def expand(self, records) -> ResumeResult:
     read = records.pipeline | "ReadCheckpoints" >> ReadPreviousEmbeddings(
-        sorted(self._files), "parquet", self._dim, self._columns, self._files)
+        sorted(self._files), "parquet", self._dim, self._columns, self._files, footer_key=RESUME_KEY)
     if self._by_text:
       new = records | "KeyByText" >> beam.Map(lambda r: (_sha(r), r))
       old = read.rows | "KeyRowsByText" >> beam.Map(lambda r: (r.text_sha256, r))
