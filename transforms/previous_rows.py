@@ -226,7 +226,8 @@ class ReadPreviousEmbeddings(beam.PTransform):
                                                    self._columns)
               .with_outputs(UNREADABLE, main="rows"))
       return PreviousRows(read.rows, read[UNREADABLE])
-    parts = files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities, self._key).with_outputs(UNREADABLE, main="parts")
+    parts = (files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities, self._key)
+             .with_outputs(UNREADABLE, main="parts"))
     read = (parts.parts
             | "SpreadRowGroups" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names, self._identities,
