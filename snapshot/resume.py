@@ -4,7 +4,8 @@ Sources: the staging directories that earlier runs of the same output prefix lef
 and, with `--previous latest:ROOT`, those of failed runs of other prefixes under ROOT started after ROOT/LATEST was
 last written (the scheduling pattern: a new prefix per run). A source is used when its run.json
 (formats/checkpoint_files.py) names its own prefix (and its directory's name agrees), the same embedding
-fingerprint and the same checkpoint columns; otherwise it is ignored, with the reason in the manifest's `resume`
+fingerprint and the same checkpoint columns (and form: staged shards or separate checkpoints, checkpoint_form);
+otherwise it is ignored, with the reason in the manifest's `resume`
 section. Of a used source, every published checkpoint is read (and verified by the workers: transforms/resume_rows.py);
 torn ones (a temporary name) are ignored with a reason. `--no-resume` uses none (and the run removes its prefix's
 earlier staging at its start, as before).
