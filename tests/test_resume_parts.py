@@ -55,6 +55,11 @@ def test_staged_shards_are_the_checkpoints_and_a_rerun_resumes_from_them(tmp_pat
   assert all(checkpoint_files.parse_checkpoint_name(name) for name in committed)
   want, shards = _table(whole)
   assert shards >= RECORDS // 4 and want.num_rows == RECORDS
+  part = pq.ParquetFile(os.path.join(tmp_path, "whole", "emb-00000-of-" + f"{shards:05d}.parquet")).metadata
+  encodings = {part.row_group(0).column(i).path_in_schema: part.row_group(0).column(i).encodings
+               for i in range(part.num_columns)}
+  # Vectors hardly repeat: a dictionary would only add up to 1 MiB to each shard (formats/sinks.py).
+  assert "RLE_DICTIONARY" not in encodings["embedding.list.element"] and "RLE_DICTIONARY" in encodings["num_tokens"]
 
   output = str(tmp_path / "out" / "emb")
   disarm = stop_after(4)

@@ -38,6 +38,18 @@ MAX_SECONDS = 10.0
 _LOG = logging.getLogger(__name__)
 
 
+def write_parquet(staging_dir: str, table: pa.Table, schema: pa.Schema) -> str:
+  """One checkpoint of `table` (one row group) through the output's Parquet sink; returns its published path."""
+  sink = sinks.ParquetSink(schema)
+
+  def write(handle):
+    sink.open(handle)
+    sink.write(table)
+    sink.flush()
+
+  return checkpoint_files.write_checkpoint(staging_dir, write, table.num_rows)
+
+
 class _CheckpointFn(beam.DoFn):
 
   def __init__(self, staging_dir: str, columns: OutputColumns, dim: int, metadata: Mapping[str, str]):
@@ -71,13 +83,7 @@ class _CheckpointFn(beam.DoFn):
       return
     schema = columns_lib.parquet_schema(self._columns, self._dim, self._metadata)
     try:
-      table = columns_lib.records_to_table(rows, self._columns, self._dim, schema)
-
-      def write(handle):
-        import pyarrow.parquet as pq  # pylint: disable=import-outside-toplevel
-        pq.write_table(table, handle, compression="snappy", write_page_checksum=True)
-
-      checkpoint_files.write_checkpoint(self._staging_dir, write, len(rows))
+      write_parquet(self._staging_dir, columns_lib.records_to_table(rows, self._columns, self._dim, schema), schema)
     except Exception as e:  # pylint: disable=broad-except  (a full disk: the run goes on, a rerun encodes these)
       _LOG.warning("could not write a checkpoint of %d rows into %s: %s", len(rows), self._staging_dir, e)
       return
@@ -88,7 +94,7 @@ class WriteCheckpoints(beam.PTransform):
   """EmbeddingRecords as they leave the encoder -> checkpoints in `staging_dir` (module docstring).
 
   `columns`: the checkpoint's columns (the output's, uncompacted, without text); `metadata`: the footer's key-value
-  metadata (the resume key under the embedding fingerprint's key). Output: nothing worth consuming.
+  metadata (the resume key under RESUME_KEY). Output: nothing worth consuming.
   """
 
   def __init__(self, staging_dir: str, columns: OutputColumns, dim: int, metadata: Mapping[str, str]):
@@ -133,14 +139,7 @@ class _PartsFn(beam.DoFn):
       table = columns_lib.records_to_table(rows, self._columns, self._dim, self._schema)
     except (ValueError, TypeError, pa.ArrowException) as e:
       raise unwritable(rows, self._columns, self._dim, e) from e
-    sink = sinks.ParquetSink(self._schema)
-
-    def write(handle):
-      sink.open(handle)
-      sink.write(table)
-      sink.flush()
-
-    path = checkpoint_files.write_checkpoint(self._staging_dir, write, len(rows))
+    path = write_parquet(self._staging_dir, table, self._schema)
     name = checkpoint_files.parse_checkpoint_name(path)
     self._written.inc(len(rows))
     self._checkpointed.inc(len(rows))
