@@ -46,7 +46,7 @@ def checkpointed_rows(directory):
 
 def start(code, corpus, output, log):
   env = dict(os.environ, PYTHONPATH=str(code))
-  module = "cli" if (pathlib.Path(code) / "cli" / "__main__.py").exists() else "pipeline.cli"  # before the move: the latter
+  module = "cli" if (pathlib.Path(code) / "cli" / "__main__.py").exists() else "pipeline.cli"  # before the move
   argv = [sys.executable, "-m", module, "run", "--model", "default", "--input", corpus, "--output", output]
   return subprocess.Popen(argv, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
