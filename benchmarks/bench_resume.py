@@ -46,7 +46,8 @@ def checkpointed_rows(directory):
 
 def start(code, corpus, output, log):
   env = dict(os.environ, PYTHONPATH=str(code))
-  argv = [sys.executable, "-m", "cli", "run", "--model", "default", "--input", corpus, "--output", output]
+  module = "cli" if (pathlib.Path(code) / "cli" / "__main__.py").exists() else "pipeline.cli"  # before the move
+  argv = [sys.executable, "-m", module, "run", "--model", "default", "--input", corpus, "--output", output]
   return subprocess.Popen(argv, cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -113,9 +114,10 @@ def main():
                                     kill_at_rows=int(args.kill_at * args.num))
   rows = checkpointed_rows(os.path.dirname(out))
   print(f"killed run: {seconds:.1f} s wall until the kill (exit {status}), {rows} rows checkpointed", flush=True)
-  again, _, status = timed_run(ROOT, corpus, out, os.path.join(tmp, "resumed.log"))
+  again, peak, status = timed_run(ROOT, corpus, out, os.path.join(tmp, "resumed.log"))
   counts = manifest(out)["counts"]
-  print(f"resumed run: {again:.1f} s wall, exit {status}, resumed {counts['resumed']}, encoded {counts['encoded']}, "
+  print(f"resumed run: {again:.1f} s wall, exit {status}, peak {peak} bytes (the killed run's checkpoints included), "
+        f"resumed {counts['resumed']}, encoded {counts['encoded']}, "
         f"written {counts['written']}; killed + resumed {seconds + again:.1f} s vs uninterrupted "
         f"{mean['with']:.1f} s ({(seconds + again) / mean['with']:.2f}x)")
   with open(os.path.join(tmp, "resumed.log"), encoding="utf-8") as f:

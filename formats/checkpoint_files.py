@@ -6,11 +6,17 @@ the name is its sidecar, saying how many rows it holds and the size and SHA-256 
 publishes it with its identity. A kill during the write leaves a temporary file, which no run reads; a file whose
 bytes do not match its name (torn, or changed since) is not read either.
 
-Its columns are those of the run's output before compaction (float32 vectors of the model's whole dimension),
-without the text (a rerun takes it from its input), with id and text_sha256. Its footer carries, under the
-embedding fingerprint's key, the run's resume key: a hash of the embedding fingerprint, the output prefix and the
-columns, so that a checkpoint is only read by a run of the same prefix (or, with --previous latest:ROOT, one that
-named that prefix as a source) with the same fingerprint and columns. A copied or foreign file fails that check.
+A run's checkpoints take one of two forms (snapshot/resume.py checkpoint_form). Where its output is written as it
+is encoded, its staged embedding shards are its checkpoints: each shard is closed every MAX_ROWS rows or MAX_SECONDS
+(transforms/checkpoint.py WriteParts), published under a checkpoint's name, and at the commit moved to its final
+name like any staged shard; it holds the output's columns in the output's form (text included with --keep-text).
+Elsewhere (a barrier before the write: int8 calibration, --num-shards, --dedupe-texts, --long-text chunk; or
+TFRecord output), checkpoints are separate files next to the staged shards: the output's columns before compaction
+(float32 vectors of the model's whole dimension), without the text (a rerun takes it from its input). Either holds
+id and text_sha256. Its footer carries, under RESUME_KEY, the run's resume key: a hash of the embedding
+fingerprint, the output prefix and the checkpoint columns (with their form), so that a checkpoint is only read by a
+run of the same prefix (or, with --previous latest:ROOT, one that named that prefix as a source) with the same
+fingerprint and columns. A copied or foreign file fails that check.
 
 The staging directory also holds `run.json`, written when the run is launched: its output prefix, embedding
 fingerprint (and its inputs, to say what changed), checkpoint columns and start time.

@@ -146,3 +146,17 @@ def encode(vectors: np.ndarray, dtype: str, ranges: Optional[Int8Ranges] = None)
       raise ValueError("int8 needs calibrated ranges")
     return quantize_int8(vectors, ranges)
   return pack_bits(vectors)
+
+
+def describe_form(dim: int, dtype: str, truncate_dim: Optional[int], normalize: bool) -> dict:
+  """A manifest's `vectors`: how a run stores its embedding of `dim` dimensions (--output-dtype, --truncate-dim)."""
+  dims = kept_dims(dim, truncate_dim)
+  form = {"dtype": dtype, "dimensions": dims, "truncated": truncate_dim is not None,
+          "renormalized": truncate_dim is not None and normalize, "stored_values": stored_length(dims, dtype)}
+  if dtype == INT8:
+    form["int8"] = ("code = floor(clip((value - low) / ((high - low) / 255), 0, 255)) - 128 per dimension, "
+                    "low and high in int8_ranges")
+  if dtype == BINARY:
+    form["binary"] = ("bit = value > 0, packed 8 per byte as numpy.packbits (first dimension = high bit of byte 0), "
+                      "zero bits padding the last byte")
+  return form

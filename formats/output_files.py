@@ -27,6 +27,9 @@ FILE_KINDS = (EMBEDDINGS, ERRORS)
 _STAGING_STEM = "bert-embed-tmp-"
 # The key of the embedding fingerprint (snapshot/fingerprint.py) in a Parquet shard's footer metadata.
 EMBEDDING_FINGERPRINT_KEY = "embedding_fingerprint"
+# The key of the run's resume key (formats/checkpoint_files.py) in a checkpoint's footer metadata (and so in the
+# footer of every embedding shard of a run whose staged shards are its checkpoints).
+RESUME_KEY = "resume_key"
 
 
 def check_output_prefix(output_prefix: str) -> None:

@@ -4,7 +4,9 @@ Each sink writes one file into a handle it is given (`open`, `write` per element
 interface of Beam's file writing; transforms/write.py decides which files exist, names them and counts their rows.
 `HashingWriter` wraps the handle so that a file's size and SHA-256 are known the moment it is written, without
 reading it back. Parquet pages carry CRC checksums and its footer the key-value metadata it is given; TFRecord
-frames carry their length and data CRCs.
+frames carry their length and data CRCs. Parquet columns of float lists (vectors, per-token outputs and scores) are
+written without dictionary encoding: their values hardly repeat, so a dictionary only fills up (to 1 MiB per row
+group) before Parquet falls back to plain pages, and adds that much to every row group.
 """
 from __future__ import annotations
 
@@ -70,6 +72,17 @@ class OutputSink(fileio.FileSink):
     return 1
 
 
+def _holds_floats(data_type: pa.DataType) -> bool:
+  while pa.types.is_list(data_type) or pa.types.is_large_list(data_type) or pa.types.is_fixed_size_list(data_type):
+    data_type = data_type.value_type
+  return pa.types.is_floating(data_type)
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+  """The columns written with dictionary encoding: all but lists of floats (module docstring)."""
+  return [f.name for f in schema if not (pa.types.is_list(f.type) and _holds_floats(f.type))]
+
+
 class ParquetSink(OutputSink):
   """pyarrow.Tables -> one Parquet file, one row group per table, with page checksums and the schema's metadata."""
 
@@ -82,7 +95,7 @@ class ParquetSink(OutputSink):
 
   def open(self, fh):
     self._writer = pq.ParquetWriter(fh, self._schema, compression=PARQUET_CODEC, use_compliant_nested_type=True,
-                                    write_page_checksum=True)
+                                    write_page_checksum=True, use_dictionary=dictionary_columns(self._schema))
 
   def write(self, record):
     self._writer.write_table(record)

@@ -16,7 +16,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 
 import stores
 from formats import output_files as output_files_lib
-from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS
+from formats.output_files import EMBEDDING_FINGERPRINT_KEY, EMBEDDINGS, ERRORS, RESUME_KEY
 from pipeline import arguments
 from snapshot import manifest as manifest_lib
 from models import model_inspection
@@ -120,10 +120,11 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     embedded = to_encode | "EmbedDistinctTexts" >> EmbedDistinctTexts(embed)
   else:
     embedded = to_encode | "EmbedTexts" >> embed
-  _ = embedded.encoded | "WriteCheckpoints" >> WriteCheckpoints(
-      staging, resume_plan.columns, cfg.model_info.dim, {EMBEDDING_FINGERPRINT_KEY: resume_plan.key})
+  if not resume_plan.parts:  # checkpoints of their own: the write waits for a barrier (snapshot/resume.py)
+    _ = embedded.encoded | "WriteCheckpoints" >> WriteCheckpoints(
+        staging, resume_plan.columns, cfg.model_info.dim, {RESUME_KEY: resume_plan.key})
   rows = embedded.embeddings
-  if resumed.resumed is not None:  # uncompacted, like the encoded rows: one calibration, one set of checks
+  if resumed.resumed is not None and not resume_plan.parts:  # uncompacted: one calibration, one set of checks
     rows = (rows, resumed.resumed) | "WithResumed" >> beam.Flatten()
   compacting = cfg.embeddings and (cfg.output_dtype != compact.FLOAT32 or cfg.truncate_dim is not None)
   carried_ranges = previous_lib.int8_ranges(plan, cfg)
@@ -132,15 +133,20 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     rows = rows | "CompactVectors" >> compactor
   max_id = stores.MAX_ID_BYTES.get(cfg.vector_store.config.kind) if cfg.vector_store is not None else None
   checked = rows | "ValidateEmbeddings" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
-  encoded_valid = valid = checked.valid
-  invalid = checked.dead_letters
-  # Carried rows are validated on their own, so that the rows this run encoded stay apart (a vector store upserts
-  # only those). Without a previous output nothing is carried, and a Flatten would only cut the fused read-to-write
-  # stage (the DirectRunner then holds all rows).
-  if plan.previous_files is not None:
-    carried = split.carried | "ValidateCarried" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
-    valid = (valid, carried.valid) | "WithCarriedOver" >> beam.Flatten()
-    invalid = (invalid, carried.dead_letters) | "InvalidAll" >> beam.Flatten()
+  encoded_valid = checked.valid
+  invalid = [checked.dead_letters]
+  # Rows read back in the output's form (carried from a previous output; resumed from staged shards) are validated
+  # on their own, so that the rows this run encoded stay apart (a vector store upserts only those, and the resumed
+  # ones), and written on their own: a Flatten would only cut the encoded rows' fused read-to-write stage (the
+  # DirectRunner then holds all rows, and their staged shards are written at the end, not as checkpoints).
+  read_back, store_rows = [], [encoded_valid]
+  for label, pcoll in (("Carried", split.carried), ("Resumed", resumed.resumed if resume_plan.parts else None)):
+    if pcoll is not None:
+      back = pcoll | f"Validate{label}" >> ValidateEmbeddings(cfg.model_info.dim, columns, max_id)
+      read_back.append(back.valid)
+      invalid.append(back.dead_letters)
+      store_rows += [back.valid] if label == "Resumed" else []
+  invalid = tuple(invalid) | "InvalidAll" >> beam.Flatten()
   # Every file is written into this run's staging directory and committed by the Finalize step, only once the run's
   # checks passed (snapshot/commit.py). The first step removes what failed runs of the prefix left; writes wait.
   cleared = p | "RemoveStaleStaging" >> RemoveStaleStaging(cfg.output, token, keep_resume_files=resume)
@@ -150,10 +156,17 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
                    "long_text": cfg.long_text, "output_dtype": cfg.output_dtype,
                    "truncate_dim": str(cfg.truncate_dim or cfg.model_info.dim),
                    EMBEDDING_FINGERPRINT_KEY: plan.fingerprint}
+  if resume_plan.parts:  # its staged shards are its checkpoints
+    file_metadata[RESUME_KEY] = resume_plan.key
   write_config = WriteConfig(cfg.output_format, cfg.model_info.dim, num_shards=cfg.num_shards, columns=columns,
                              file_metadata=file_metadata)
-  output_files = (valid | "AfterCleanUp" >> After(cleared)
-                  | "WriteEmbeddings" >> WriteEmbeddings(cfg.output, write_config, staging_dir=staging))
+  branches = [encoded_valid] + read_back
+  if not resume_plan.parts and read_back:  # one writer: --num-shards N writes N files
+    branches = [tuple(branches) | "WithCarriedOver" >> beam.Flatten()]
+  written = [branch | f"AfterCleanUp{i or ''}" >> After(cleared)
+             | f"WriteEmbeddings{i or ''}" >> WriteEmbeddings(cfg.output, write_config, staging_dir=staging,
+                                                              parts=resume_plan.parts and not i)
+             for i, branch in enumerate(branches)]
   dead = ((read.dead_letters, duplicates.dead_letters, embedded.dead_letters, invalid)
           | "AllDeadLetters" >> beam.Flatten())
   error_files = (dead | "DeadLettersAfterCleanUp" >> After(cleared)
@@ -162,15 +175,16 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),
                _counted(read.dead_letters, "CountUnreadable", "read"),
                _counted(duplicates.dead_letters, "CountDuplicates", "read")),
-      "written": _counted(valid, "CountWritten", "written", _per_record),
-      "rows": _ones(valid, "CountRows"),
+      "written": tuple(_counted(b, f"CountWritten{i or ''}", "written", _per_record) for i, b in enumerate(branches)),
+      "rows": tuple(_ones(b, f"CountRows{i or ''}") for i, b in enumerate(branches)),
       "encoded": _counted(embedded.encoded, "CountEncoded", "encoded", _per_record),  # records, not windows
       "windows": embedded.encoded | "CountWindows" >> beam.Map(lambda r: int(r.parent_id is not None)),
       "dead_lettered": _ones(dead, "CountDeadLettered"),
       "blank_lines": read.blank_lines,
       "files_failed": _ones(read.files_failed, "CountFilesFailed"),
-      "tokens": valid | "CountTokens" >> beam.Map(lambda r: r.num_tokens),
-      "truncated": valid | "CountTruncated" >> beam.Map(lambda r: int(r.truncated)),
+      "tokens": tuple(b | f"CountTokens{i or ''}" >> beam.Map(lambda r: r.num_tokens) for i, b in enumerate(branches)),
+      "truncated": tuple(b | f"CountTruncated{i or ''}" >> beam.Map(lambda r: int(r.truncated))
+                         for i, b in enumerate(branches)),
       **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None},  # None: 0 without a shuffle
   }
   if resumed.resumed is not None:
@@ -183,7 +197,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
       "start_time": start_time,
       "package_versions": manifest_lib.package_versions(),
   }
-  files = (output_files, error_files) | "AllFiles" >> beam.Flatten()
+  files = (*written, error_files) | "AllFiles" >> beam.Flatten()
   # The manifest's computed fields; those known at launch are static (fewer steps: see transforms/manifest_facts.py).
   fields, tallies = {}, {}
   if split.drift_sample is None:
@@ -199,7 +213,8 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   else:
     fields["resume"] = (resumed.unreadable | "UnreadableCheckpoints" >> beam.combiners.ToList()
                         | "ResumeSection" >> beam.Map(lambda unreadable, rp: rp.section(unreadable), resume_plan))
-  static["vectors"] = vector_form(cfg)
+  static["vectors"] = compact.describe_form(cfg.model_info.dim, cfg.output_dtype, cfg.truncate_dim,
+                                            cfg.normalize) if cfg.embeddings else None
   if compactor.calibration is not None:
     fields[previous_lib.INT8_RANGES_KEY] = compactor.calibration | "Int8RangesJson" >> beam.Map(
         lambda c: c.to_json("this run's vectors"))
@@ -215,7 +230,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
   count_names, partials = COUNTS, {}
   if cfg.vector_store is not None:  # the job stages the store's changes; Finalize applies them after the checks
     store_plan = vector_store_lib.plan_store(cfg.vector_store, plan)
-    store_counts, store_fields, partials = write_store(store_plan, cfg.model_info.dim, encoded_valid, valid,
+    store_encoded = store_rows[0] if len(store_rows) == 1 else tuple(store_rows) | "StoreRows" >> beam.Flatten()
+    valid = branches[0] if len(branches) == 1 else tuple(branches) | "AllRows" >> beam.Flatten()
+    store_counts, store_fields, partials = write_store(store_plan, cfg.model_info.dim, store_encoded, valid,
                                                        split.stale_ids, p)
     counts.update(store_counts)
     fields.update(store_fields)
@@ -228,24 +245,7 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
                                                     finalizers))
   latest = manifest | "UpdateLatest" >> UpdateLatest(plan.pointer, cfg.output)  # the run is complete
   _ = latest | "RemoveLeftovers" >> RemoveLeftovers(resume_plan.remove_after_commit, plan.pointer, started)
-  return {"records": records, "embeddings": valid, "dead_letters": dead, "manifest": manifest, "resume": resume_plan}
-
-
-def vector_form(cfg: JobConfig) -> Optional[dict]:
-  """The manifest's `vectors`: how the embedding is stored (None with --no-embeddings)."""
-  if not cfg.embeddings:
-    return None
-  dims = compact.kept_dims(cfg.model_info.dim, cfg.truncate_dim)
-  form = {"dtype": cfg.output_dtype, "dimensions": dims, "truncated": cfg.truncate_dim is not None,
-          "renormalized": cfg.truncate_dim is not None and cfg.normalize,
-          "stored_values": compact.stored_length(dims, cfg.output_dtype)}
-  if cfg.output_dtype == compact.INT8:
-    form["int8"] = ("code = floor(clip((value - low) / ((high - low) / 255), 0, 255)) - 128 per dimension, "
-                    "low and high in int8_ranges")
-  if cfg.output_dtype == compact.BINARY:
-    form["binary"] = ("bit = value > 0, packed 8 per byte as numpy.packbits (first dimension = high bit of byte 0), "
-                      "zero bits padding the last byte")
-  return form
+  return {"records": records, "dead_letters": dead, "manifest": manifest, "resume": resume_plan}
 
 
 def timing(seconds: float, totals: Optional[dict], end: Optional[float] = None) -> str:

@@ -4,7 +4,8 @@ Sources: the staging directories that earlier runs of the same output prefix lef
 and, with `--previous latest:ROOT`, those of failed runs of other prefixes under ROOT started after ROOT/LATEST was
 last written (the scheduling pattern: a new prefix per run). A source is used when its run.json
 (formats/checkpoint_files.py) names its own prefix (and its directory's name agrees), the same embedding
-fingerprint and the same checkpoint columns; otherwise it is ignored, with the reason in the manifest's `resume`
+fingerprint and the same checkpoint columns (and form: staged shards or separate checkpoints, checkpoint_form);
+otherwise it is ignored, with the reason in the manifest's `resume`
 section. Of a used source, every published checkpoint is read (and verified by the workers: transforms/resume_rows.py);
 torn ones (a temporary name) are ignored with a reason. `--no-resume` uses none (and the run removes its prefix's
 earlier staging at its start, as before).
@@ -27,6 +28,7 @@ from formats.output_files import path_basename, staging_token
 from formats.paths import matching
 from snapshot.fingerprint import differences
 from snapshot.latest_pointer import is_under, normalize_prefix, same_prefix
+from formats import compact
 from formats.columns import OutputColumns
 from snapshot.manifest import ShardIdentity
 
@@ -37,6 +39,7 @@ class ResumePlan(NamedTuple):
   enabled: bool
   key: str  # this run's resume key (its checkpoints' footers)
   columns: object  # OutputColumns of the checkpoints
+  parts: bool  # the checkpoints are the staged embedding shards, in the output's form (checkpoint_form)
   files: dict  # {checkpoint: ShardIdentity} to read
   rows: int  # rows the files hold (duplicates included)
   sources: tuple  # the staging directories used, newest first
@@ -110,14 +113,16 @@ def _accept(folder: str, description: RunDescription, output: str, latest_root: 
 
 
 def plan_resume(output: str, token: str, fingerprint: str, fingerprint_inputs: dict, columns, *, enabled: bool,
-                latest_root: Optional[str], latest_written: Optional[float], started_at: float) -> ResumePlan:
-  """The checkpoints run `token` of `output` may use (module docstring). `latest_written`: ROOT/LATEST's time."""
-  kept = checkpoint_columns(columns)
-  names = kept.names()
+                latest_root: Optional[str], latest_written: Optional[float], started_at: float,
+                parts: bool = False) -> ResumePlan:
+  """The checkpoints run `token` of `output` may use (module docstring). `latest_written`: ROOT/LATEST's time;
+  `parts`: the run's staged shards are its checkpoints (checkpoint_form)."""
+  kept = checkpoint_columns(columns, parts)
+  names = checkpoint_names(kept, parts)
   own_prefix = normalize_prefix(output)
   key = checkpoint_files.resume_key(fingerprint, own_prefix, names)
   current = RunDescription(own_prefix, fingerprint, fingerprint_inputs, names, started_at)
-  plan = ResumePlan(enabled, key, kept, {}, 0, (), None, (), ())
+  plan = ResumePlan(enabled, key, kept, parts, {}, 0, (), None, (), ())
   if not enabled:
     return plan
   directory = _folder(own_prefix)
@@ -166,10 +171,11 @@ def prepare(cfg, plan, staging: str, token: str, enabled: bool, started_at: floa
   into its staging directory `staging`."""
   resume_plan = plan_resume(cfg.output, token, plan.fingerprint, plan.fingerprint_inputs, cfg.output_columns,
                             enabled=enabled, latest_root=plan.previous.latest_root if plan.previous else None,
-                            latest_written=latest_written(plan.pointer), started_at=started_at)
+                            latest_written=latest_written(plan.pointer), started_at=started_at,
+                            parts=checkpoint_form(cfg))
   checkpoint_files.write_run_description(staging, RunDescription(
-      normalize_prefix(cfg.output), plan.fingerprint, plan.fingerprint_inputs, resume_plan.columns.names(),
-      started_at))
+      normalize_prefix(cfg.output), plan.fingerprint, plan.fingerprint_inputs,
+      checkpoint_names(resume_plan.columns, resume_plan.parts), started_at))
   return resume_plan
 
 
@@ -179,9 +185,30 @@ def latest_written(pointer: str) -> Optional[float]:
   return found[0].last_updated_in_seconds if found else None
 
 
-def checkpoint_columns(columns: OutputColumns) -> OutputColumns:
-  """What a checkpoint holds of an output's columns: all but the text and windows, the vector uncompacted."""
+def checkpoint_form(cfg) -> bool:
+  """Whether a run's staged embedding shards are its checkpoints (True), or it writes separate checkpoints (False):
+  its shards can be its checkpoints where rows reach the write as they leave the encoder, in Parquet. Not past a
+  barrier: the int8 calibration (a combine over all vectors; int8 also when its ranges are the previous output's,
+  which may change between a kill and a rerun), --num-shards (a GroupByKey), --dedupe-texts (the fan-out's join),
+  --long-text chunk (the windows' join); nor TFRecord (no footer for the resume key)."""
+  return (cfg.output_format == "parquet" and not cfg.num_shards and not cfg.dedupe_texts
+          and cfg.long_text != "chunk" and cfg.output_dtype != compact.INT8)
+
+
+def checkpoint_columns(columns: OutputColumns, parts: bool = False) -> OutputColumns:
+  """What a checkpoint holds of an output's columns: staged shards (`parts`) all of them; separate checkpoints all
+  but the text and windows, the vector uncompacted."""
+  if parts:
+    return columns
   return dataclasses.replace(columns, text=False, windows=False, dtype="float32", truncate_dim=None)
+
+
+def checkpoint_names(columns: OutputColumns, parts: bool) -> tuple:
+  """The checkpoint columns as run.json and the resume key name them: a staged shard's also say its vector form."""
+  if not parts:
+    return columns.names()
+  form = columns.dtype + (f" first {columns.truncate_dim}" if columns.truncate_dim is not None else "")
+  return columns.names() + (f"staged shards, {form}",)
 
 
 def identities(files: Sequence[tuple[str, int, str]], key: str) -> dict:

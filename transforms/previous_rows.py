@@ -87,15 +87,17 @@ def verify_identity(path: str, identity: Optional[ShardIdentity]) -> None:
                         "changed since that run")
 
 
-def _check_footer(parquet: pq.ParquetFile, size: int, identity: Optional[ShardIdentity]) -> None:
-  """Raises ShardMismatch unless an opened Parquet file has the identity's size and footer fingerprint."""
+def _check_footer(parquet: pq.ParquetFile, size: int, identity: Optional[ShardIdentity],
+                  key: str = EMBEDDING_FINGERPRINT_KEY) -> None:
+  """Raises ShardMismatch unless an opened Parquet file has the identity's size and footer fingerprint (under `key`:
+  a checkpoint's carries its resume key)."""
   if identity is None:
     return
   if size != identity.size_bytes:
     raise ShardMismatch(f"not the file its manifest describes ({size} bytes, the manifest records "
                         f"{identity.size_bytes}): changed since that run")
   if identity.fingerprint is not None:
-    found = (parquet.schema_arrow.metadata or {}).get(EMBEDDING_FINGERPRINT_KEY.encode())
+    found = (parquet.schema_arrow.metadata or {}).get(key.encode())
     if found != identity.fingerprint.encode():
       shown = found.decode(errors="replace")[:12] + "…" if found else "none"
       raise ShardMismatch(f"its footer's embedding fingerprint ({shown}) is not its manifest's "
@@ -115,7 +117,8 @@ def _unreadable(path: str, error: Exception) -> beam.pvalue.TaggedOutput:
   return beam.pvalue.TaggedOutput(UNREADABLE, (path, reason[:500]))
 
 
-def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = None) -> Iterable[object]:
+def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = None,
+                key: str = EMBEDDING_FINGERPRINT_KEY) -> Iterable[object]:
   """A Parquet file -> (path, row group index) pairs: the unit of parallel reading (or one UNREADABLE output)."""
   identity = (identities or {}).get(path)
   try:
@@ -123,7 +126,7 @@ def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = N
     with _open(path) as f:
       size = _size(f)
       parquet = pq.ParquetFile(f)
-      _check_footer(parquet, size, identity)
+      _check_footer(parquet, size, identity, key)
       count = parquet.num_row_groups
   except Exception as e:  # pylint: disable=broad-except  (a missing, truncated or garbled file)
     if not _damage(e):
@@ -136,7 +139,8 @@ def _row_groups(path: str, identities: Optional[Mapping[str, ShardIdentity]] = N
 
 def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
                     identities: Optional[Mapping[str, ShardIdentity]] = None,
-                    columns: Optional[OutputColumns] = None) -> Iterable[object]:
+                    columns: Optional[OutputColumns] = None, key: str = EMBEDDING_FINGERPRINT_KEY
+                    ) -> Iterable[object]:
   """One row group, its page checksums verified, reading only the wanted columns the file has (e.g. no window
   columns: not windowed); on any failure (also a file that is no longer the verified one) one UNREADABLE output
   and no rows."""
@@ -145,7 +149,7 @@ def _read_row_group(part: tuple[str, int], dim: int, names: Sequence[str],
     with _open(path) as f:
       size = _size(f)
       parquet = pq.ParquetFile(f, page_checksum_verification=True)
-      _check_footer(parquet, size, (identities or {}).get(path))
+      _check_footer(parquet, size, (identities or {}).get(path), key)
       present = [name for name in names if name in parquet.schema_arrow.names]
       table = parquet.read_row_group(index, columns=present)
     rows = columns_lib.arrow_to_records(table, present, dim, columns)
@@ -196,10 +200,12 @@ class ReadPreviousEmbeddings(beam.PTransform):
     columns: the columns to read (their `carried()` ones); id and text_sha256 always.
     identities: {file: ShardIdentity} as the previous manifest records them; a file that does not match is
       unreadable (None: nothing is checked, e.g. for a manifest that records no identities).
+    footer_key: the Parquet footer's key whose value must be the identity's fingerprint (a checkpoint's: RESUME_KEY).
   """
 
   def __init__(self, files: Sequence[str], output_format: str, dim: int, columns: OutputColumns = OutputColumns(),
-               identities: Optional[Mapping[str, ShardIdentity]] = None):
+               identities: Optional[Mapping[str, ShardIdentity]] = None,
+               footer_key: str = EMBEDDING_FINGERPRINT_KEY):
     super().__init__()
     if output_format not in ("parquet", "tfrecord"):
       raise ValueError(f"previous output format must be parquet or tfrecord, got {output_format!r}")
@@ -209,6 +215,7 @@ class ReadPreviousEmbeddings(beam.PTransform):
     self._names = tuple(dict.fromkeys(KEY_COLUMNS + columns.carried()))
     self._columns = columns  # the embedding's form
     self._identities = None if identities is None else dict(identities)
+    self._key = footer_key
 
   def expand(self, pbegin) -> PreviousRows:
     files = pbegin | "PreviousFiles" >> beam.Create(self._files)
@@ -219,11 +226,12 @@ class ReadPreviousEmbeddings(beam.PTransform):
                                                    self._columns)
               .with_outputs(UNREADABLE, main="rows"))
       return PreviousRows(read.rows, read[UNREADABLE])
-    parts = files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities).with_outputs(UNREADABLE, main="parts")
+    parts = (files | "RowGroups" >> beam.FlatMap(_row_groups, self._identities, self._key)
+             .with_outputs(UNREADABLE, main="parts"))
     read = (parts.parts
             | "SpreadRowGroups" >> beam.Reshuffle()
             | "ReadRowGroups" >> beam.FlatMap(_read_row_group, self._dim, self._names, self._identities,
-                                                 self._columns)
+                                                 self._columns, self._key)
             .with_outputs(UNREADABLE, main="rows"))
     unreadable = (parts[UNREADABLE], read[UNREADABLE]) | "Unreadable" >> beam.Flatten()
     return PreviousRows(read.rows, unreadable)

@@ -7,6 +7,8 @@ when a checkpointed row has its id and its text's SHA-256 (with --dedupe-texts, 
 distinct text under the text's key: its text's SHA-256 alone). Rows written twice (a retried bundle) are alike:
 one is kept. A resumed row takes the text and file name from the input, as a carried row does, and must pass the
 same checks (transforms/incremental.py carried_row_problem) or its record is encoded. Counter records_resumed.
+Checkpoints that are a run's staged shards hold rows in the output's form: those are written again like carried
+rows (pipeline/run.py); separate checkpoints hold them uncompacted: those go on with the encoded rows.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Mapping, NamedTuple
 import apache_beam as beam
 
 from formats.columns import OutputColumns
+from formats.output_files import RESUME_KEY
 from formats.records import text_sha256
 from transforms.incremental import carried_row_problem
 from transforms.names import NAMESPACE
@@ -27,7 +30,7 @@ _NEW, _OLD = "new", "old"
 
 class ResumeResult(NamedTuple):
   to_encode: beam.PCollection  # TextRecord: what no checkpoint holds
-  resumed: beam.PCollection  # EmbeddingRecord: rows taken from the checkpoints, uncompacted
+  resumed: beam.PCollection  # EmbeddingRecord: rows taken from the checkpoints, in their form (output or uncompacted)
   unreadable: beam.PCollection  # (file, reason) of each checkpoint (or part) that could not be used
 
 
@@ -78,7 +81,7 @@ class ResumeFromCheckpoints(beam.PTransform):
 
   def expand(self, records) -> ResumeResult:
     read = records.pipeline | "ReadCheckpoints" >> ReadPreviousEmbeddings(
-        sorted(self._files), "parquet", self._dim, self._columns, self._files)
+        sorted(self._files), "parquet", self._dim, self._columns, self._files, footer_key=RESUME_KEY)
     if self._by_text:
       new = records | "KeyByText" >> beam.Map(lambda r: (_sha(r), r))
       old = read.rows | "KeyRowsByText" >> beam.Map(lambda r: (r.text_sha256, r))

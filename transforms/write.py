@@ -33,6 +33,7 @@ from formats.output_files import (EMBEDDINGS, ERRORS, FILE_KINDS, OUTPUT_FORMATS
                                   staging_dir as staging_dir_path)
 from formats.records import DeadLetter, EmbeddingRecord
 from snapshot.staging import WrittenFile, close_staged, commit_files, delete_staging_dir, open_staged
+from transforms.checkpoint import WriteParts
 from transforms.names import NAMESPACE as METRICS_NAMESPACE
 from transforms.validate import unwritable
 
@@ -232,17 +233,25 @@ class WriteEmbeddings(beam.PTransform):
 
   With `staging_dir`, the files stay there under temporary names and the output is a PCollection of WrittenFile
   (the job commits them with commit_files once its checks passed). Without, this transform commits them itself
-  (replacing the prefix's earlier embedding files) and returns the final file names.
+  (replacing the prefix's earlier embedding files) and returns the final file names. `parts` (Parquet, with
+  `staging_dir`, num_shards 0): the staged files are the run's checkpoints (transforms/checkpoint.py WriteParts).
   """
 
-  def __init__(self, output_prefix: str, config: WriteConfig, staging_dir: Optional[str] = None):
+  def __init__(self, output_prefix: str, config: WriteConfig, staging_dir: Optional[str] = None,
+               parts: bool = False):
     super().__init__()
     check_output_prefix(output_prefix)
+    if parts and (staging_dir is None or config.format != "parquet" or config.num_shards):
+      raise ValueError("parts need a staging_dir, Parquet and num_shards 0")
     self._prefix = output_prefix
     self._config = config
     self._staging_dir = staging_dir
+    self._parts = parts
 
   def expand(self, pcoll):
+    if self._parts:
+      config = self._config
+      return pcoll | "Parts" >> WriteParts(self._staging_dir, config.columns, config.dim, config.parquet_schema())
     size = max(1, int(self._config.batch_bytes))
     batches = pcoll | "Batch" >> beam.BatchElements(
         min_batch_size=size, max_batch_size=size, element_size_fn=record_bytes)
