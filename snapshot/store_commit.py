@@ -10,7 +10,8 @@ StoreFinalizer runs from snapshot/commit.py (step 2) after the run's checks pass
 3. verifies NAME against the output and repairs what it can (snapshot/store_verify.py);
 4. returns the manifest's `vector_store` section and the count `store_repaired`.
 
-A failure in 1 fails the run; the message says what NAME holds: PostgreSQL applies in one transaction (NAME is
+Once 1 committed, NAME holds the run's snapshot: a verify that cannot be made (3) is a warning, the files commit
+and the manifest's `in_sync: false` makes the next run rebuild. A failure in 1 fails the run; the message says what NAME holds: PostgreSQL applies in one transaction (NAME is
 unchanged); Qdrant may hold part of the changes, recorded as an unfinished apply that the next run rebuilds.
 """
 from __future__ import annotations
@@ -69,23 +70,43 @@ class StoreFinalizer(Finalizer):
         except StoreError as e:
           warnings.append(f"the replaced {replaced} could not be dropped ({e}); the next run drops it")
           _LOG.warning("%s", warnings[-1])
-      private = run.private
+      verify, state = self._verify(store, run, warnings)
+    finally:
+      store.close()
+    rows = int(run.counts.get("rows", 0))
+    in_sync = state is not None and state.count == rows and not (verify and verify.get("left_for_next_run"))
+    return {SECTION: {"kind": plan.config.kind, "url": plan.config.url, "collection": name, "mode": plan.mode,
+                      "reason": plan.reason, "snapshot": plan.tag, "physical": state.physical if state else None,
+                      "replaced": replaced, "abandoned_dropped": run.private.get(vector_store_lib.DROPPED_FIELD) or [],
+                      "points": state.count if state else None, "in_sync": in_sync, "verify": verify,
+                      "warnings": warnings},
+            "counts": {"store_repaired": (verify or {}).get("repaired", 0)}}
+
+  def _verify(self, store, run: CommittedRun, warnings: list):
+    """(the manifest's `verify`, NAME's state) once the apply committed. From then on NAME holds this run's
+    snapshot, so a comparison that cannot be made (the store gone, an output file unreadable) is a warning and the
+    run goes on to commit its files: failing it would leave LATEST on the previous output while NAME holds this
+    one. Its manifest then says `in_sync: false`, on which the next run rebuilds (snapshot/store_plan.py)."""
+    plan, name = self._plan, self._plan.config.name
+    try:
       verify = None  # without the job's facts (a caller that gives none) nothing is compared, nothing deleted
-      if vector_store_lib.VERIFY_FIELD in private:  # None: the job had no rows
-        facts = private[vector_store_lib.VERIFY_FIELD] or store_verify.VerifyFacts()
+      if vector_store_lib.VERIFY_FIELD in run.private:  # None: the job had no rows
+        facts = run.private[vector_store_lib.VERIFY_FIELD] or store_verify.VerifyFacts()
         verify = store_verify.verify_and_repair(store, facts, lambda: store_verify.output_pairs(run.files))
       if verify and verify["left_for_next_run"]:
         store.set_marker(Marker(plan.tag, DIFFERS))
         warnings.append(f"{name} differs from the output in {verify['left_for_next_run']} points this run could "
                         f"not rewrite (e.g. {verify['examples'][:1]}); the next run rebuilds it")
         _LOG.warning("%s", warnings[-1])
-      state = store.check()
-    finally:
-      store.close()
-    rows = int(run.counts.get("rows", 0))
-    in_sync = state.count == rows and not (verify and verify["left_for_next_run"])
-    return {SECTION: {"kind": plan.config.kind, "url": plan.config.url, "collection": name, "mode": plan.mode,
-                      "reason": plan.reason, "snapshot": plan.tag, "physical": state.physical, "replaced": replaced,
-                      "abandoned_dropped": private.get(vector_store_lib.DROPPED_FIELD) or [],
-                      "points": state.count, "in_sync": in_sync, "verify": verify, "warnings": warnings},
-            "counts": {"store_repaired": verify["repaired"] if verify else 0}}
+      return verify, store.check()
+    except (StoreError, OSError, ValueError) as e:
+      error = " ".join(str(e).split())
+      warnings.append(f"{name} holds this run's snapshot, but verifying it failed ({error}); the next run "
+                      f"rebuilds it")
+      _LOG.warning("%s", warnings[-1])
+      try:
+        store.set_marker(Marker(plan.tag, DIFFERS))
+      except StoreError:
+        pass  # the manifest's in_sync false makes the next run rebuild too
+      return {"error": error}, None
+

@@ -129,6 +129,8 @@ def plan_store(launch: StoreLaunch, previous_plan, tag: Optional[str] = None) ->
   elif not section or (section.get("kind"), section.get("url"), section.get("collection")) != (
       config.kind, config.url, config.name):
     reason = f"the previous run did not write {config.name} at {config.url}"
+  elif section.get("in_sync") is False:
+    reason = f"the previous run left {config.name} unverified or differing from its output"
   elif section.get("physical") != state.physical:
     reason = (f"{config.name} resolves to {state.physical}, the previous run left it on {section.get('physical')}: "
               f"another job replaced it")
@@ -155,7 +157,9 @@ def summary_line(manifest: dict) -> Optional[str]:
   line = (f"bert-embed: {section['kind']} {section['collection']} {how}: {c.get('store_upserted', 0)} upserted, "
           f"{c.get('store_deleted', 0)} deleted, {section['points']} points")
   verify = section.get("verify")
-  if verify:
+  if verify and "error" in verify:
+    line += f"; not verified ({verify['error']}): the next run rebuilds it"
+  elif verify:
     line += (f"; verified {verify['ids_checked']} ids and {verify['vectors_checked']} vectors, "
              f"{verify['repaired']} repaired" + (f", {verify['left_for_next_run']} left for the next run"
                                                   if verify["left_for_next_run"] else ""))

@@ -167,6 +167,29 @@ def test_the_verify_compares_digests_and_finds_a_hand_edit_outside_the_sample(co
   assert _launch(config).state.marker == Marker("s2", DIFFERS)  # the next run rebuilds
 
 
+def test_a_verify_that_fails_after_the_apply_keeps_the_run_and_the_next_run_rebuilds(config):
+  """Once the apply committed, NAME holds the run's snapshot: a verify that cannot be made (here an output file is
+  gone) must not fail the run (LATEST would stay on the previous output), and the next run must not sync onto it."""
+  _commit(_first_plan(config, "r1"), _points(["a"], 1))
+  plan = _sync_plan(config, "s2", "r1", 1)
+  store = config.make()
+  store.begin_staging(DIM, "s2")
+  store.upsert(_points(["b"], 2), target=plan.target)
+  store.close()
+  facts = VerifyFacts(digest([("a", "not-the-output")]), 0, ())  # digests differ: the ids are read from the files
+  gone = WrittenFile("embeddings", "/nonexistent-bert-embed/embeddings-0.parquet", 0, "", 2)
+  section = StoreFinalizer(plan).commit(
+      CommittedRun("/out/emb", {"rows": 2}, (gone,), {vector_store.VERIFY_FIELD: facts}))["vector_store"]
+  assert section["in_sync"] is False and "error" in section["verify"]
+  assert "verifying it failed" in section["warnings"][0] and "\n" not in section["warnings"][0]
+  assert _held(config) == {"a": "sha-a-1", "b": "sha-b-2"}
+  manifest = {"vector_store": section, "counts": {"rows": 2}}
+  previous = types.SimpleNamespace(incremental=True, reason="", previous=types.SimpleNamespace(manifest=manifest))
+  following = vector_store.plan_store(_launch(config), previous, tag="s3")
+  assert following.mode == "rebuild" and "unverified" in following.reason
+  assert "not verified" in vector_store.summary_line({"vector_store": section, "counts": {}})
+
+
 def test_the_outputs_pairs_are_read_from_its_parquet_and_tfrecord_files(tmp_path):
   """The one-by-one comparison's expectation: id and text_sha256 of every row of the embeddings files only."""
   records = [EmbeddingRecord(f"doc/{i}", np.full(DIM, i, np.float32), 3, False, f"sha-{i}") for i in range(7)]
