@@ -97,6 +97,16 @@ def _commit(plan, points, prefix="/out/emb", staged=None, sample=None):
     return StoreFinalizer(plan).commit(run_)
 
 
+def _staged_sync(config):
+  """A sync plan onto snapshot r1 (one point "a"), its staging holding point "b" as the job writes it."""
+  plan = _sync_plan(config, "s2", "r1", 1)
+  store = config.make()
+  store.begin_staging(DIM, "s2")
+  store.upsert(_points(["b"], 2), target=plan.target)
+  store.close()
+  return plan
+
+
 def _held(config) -> dict:
   store = config.make()
   try:
@@ -171,11 +181,7 @@ def test_a_verify_that_fails_after_the_apply_keeps_the_run_and_the_next_run_rebu
   """Once the apply committed, NAME holds the run's snapshot: a verify that cannot be made (here an output file is
   gone) must not fail the run (LATEST would stay on the previous output), and the next run must not sync onto it."""
   _commit(_first_plan(config, "r1"), _points(["a"], 1))
-  plan = _sync_plan(config, "s2", "r1", 1)
-  store = config.make()
-  store.begin_staging(DIM, "s2")
-  store.upsert(_points(["b"], 2), target=plan.target)
-  store.close()
+  plan = _staged_sync(config)
   facts = VerifyFacts(digest([("a", "not-the-output")]), 0, ())  # digests differ: the ids are read from the files
   gone = WrittenFile("embeddings", "/nonexistent-bert-embed/embeddings-0.parquet", 0, "", 2)
   section = StoreFinalizer(plan).commit(
@@ -204,11 +210,7 @@ def test_the_outputs_pairs_are_read_from_its_parquet_and_tfrecord_files(tmp_path
 
 def test_a_store_that_fails_during_the_apply_says_what_name_holds(config):
   _commit(_first_plan(config, "r1"), _points(["a"], 1))
-  plan = _sync_plan(config, "s2", "r1", 1)
-  store = config.make()
-  store.begin_staging(DIM, "s2")
-  store.upsert(_points(["b"], 2), target=plan.target)
-  store.close()
+  plan = _staged_sync(config)
   if config.kind == "postgres":
     broken = config.url.replace("postgresql://postgres@", "postgresql://nobody@")
   else:
