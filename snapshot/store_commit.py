@@ -11,8 +11,9 @@ StoreFinalizer runs from snapshot/commit.py (step 2) after the run's checks pass
 4. returns the manifest's `vector_store` section and the count `store_repaired`.
 
 Once 1 committed, NAME holds the run's snapshot: a verify that cannot be made (3) is a warning, the files commit
-and the manifest's `in_sync: false` makes the next run rebuild. A failure in 1 fails the run; the message says what NAME holds: PostgreSQL applies in one transaction (NAME is
-unchanged); Qdrant may hold part of the changes, recorded as an unfinished apply that the next run rebuilds.
+and the manifest's `in_sync: false` makes the next run rebuild. A failure in 1 fails the run; the message says what
+NAME holds: PostgreSQL applies in one transaction (NAME is unchanged); Qdrant may hold part of the changes, recorded
+as an unfinished apply that the next run rebuilds.
 """
 from __future__ import annotations
 

@@ -117,7 +117,7 @@ def test_examples_keep_every_occurrence_and_the_smallest_example(pairs, cut):
 def test_partial_values_merge_into_the_whole_in_any_partition(ids, size, cuts, seed):
   """PARTIAL facts (e.g. the store verify's, one per bundle) gathered from any split and merged in two levels: the
   digest of all ids and the `size` smallest random keys of all."""
-  keyed = [(seed.random(), i) for i in ids]
+  keyed = [(k / 1e6, i) for k, i in zip(seed.sample(range(10**6), len(ids)), ids)]  # distinct, as random floats are
   bounds = sorted({0, len(keyed), *(c for c in cuts if c < len(keyed))})
   combine = GatherFacts()
   accumulators = []
