@@ -7,7 +7,8 @@ written and every count gathered (transforms/manifest_facts.py: one combine), th
 1. checks the run (snapshot/checks.py): read == written + dead_lettered, and dead-lettered / read <=
    --max-dead-letter-fraction. A failed check raises RunCheckError (one line), so the job fails and nothing below
    happens: the earlier output of the prefix, its manifest and LATEST stay as they were, and no manifest vouches
-   for the failed run;
+   for the failed run. So does a run whose staged files are gone (another run of the prefix committed meanwhile and
+   removed them as a failed run's: snapshot/staging.py check_staged), before anything is touched;
 2. runs the finalizers: things that must also commit only after the checks, such as applying a vector store's
    staged changes (snapshot/store_commit.py), in order, before the prefix's files are touched: a finalizer that
    raises fails the job and leaves the earlier output whole;
@@ -96,6 +97,7 @@ def commit_run(plan: CommitPlan, facts: dict) -> dict:
   checks = check(plan, facts, counts)                                           # 1. the run's checks
   computed, private = computed_fields(plan, facts, checks)
   run = CommittedRun(plan.output_prefix, dict(counts), tuple(facts["files"]), private)
+  staging.check_staged(plan.output_prefix, plan.staging_dir, facts["files"])    # (all still there)
   apply_finalizers(plan.finalizers, run, counts, computed)                      # 2. the store's staged changes
   delete_manifest(plan.output_prefix)                                           # 3. the earlier manifest
   files = staging.commit_files(plan.output_prefix, plan.staging_dir, facts["files"], plan.kinds)  # 4. the shards

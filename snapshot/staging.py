@@ -27,6 +27,7 @@ from formats.output_files import FILE_KINDS, is_own_file, is_scratch_dir, path_b
 from formats.paths import matching, matching_paths
 from snapshot import manifest as manifest_lib
 from snapshot.latest_pointer import LATEST_NAME, join_path, normalize_prefix, parent_dir
+from snapshot.checks import RunCheckError
 from snapshot.resume import staging_folders
 
 _LOG = logging.getLogger(__name__)
@@ -77,6 +78,23 @@ def delete_staging_dir(staging_dir: str) -> None:
       FileSystems.delete(files)
   elif FileSystems.exists(staging_dir):
     FileSystems.delete([staging_dir])
+
+
+def check_staged(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile]) -> None:
+  """Raises RunCheckError (one line) unless every staged file is still in `staging_dir`, or already under a final
+  name of the prefix with its size (an earlier, interrupted attempt of this commit moved it). Run before the commit
+  touches anything: a run of the same prefix that committed meanwhile may have removed this run's staging as a
+  failed run's (two reruns racing), and this run must then fail without replacing that run's output."""
+  staged = {path_basename(m.path) for m in matching(FileSystems.join(staging_dir, "*"))}
+  gone = [w for w in written if path_basename(w.path) not in staged]
+  if not gone:
+    return
+  sizes = {m.size_in_bytes for m in matching(output_prefix + "-*")}
+  lost = [w for w in gone if w.size_bytes not in sizes]
+  if lost:
+    raise RunCheckError(f"{len(lost)} of this run's staged files are gone from {staging_dir} (e.g. "
+                        f"{path_basename(lost[0].path)}): another run of {output_prefix} may have committed and "
+                        f"removed them; nothing was replaced, run again to resume")
 
 
 def commit_files(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile],

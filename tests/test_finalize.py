@@ -380,3 +380,38 @@ def test_a_commit_killed_between_any_two_of_its_steps_leaves_no_manifest_vouchin
   # Killed before: deleting the manifest, deleting the old shards / moving the new ones, the manifest's rename.
   assert left[0] == [f"emb-0000{i}-of-00002.parquet" for i in range(2)] and len(left) >= 3, left
   assert vouched() == [f"emb-0000{i}-of-00003.parquet" for i in range(3)]
+
+
+
+def test_a_run_whose_staged_files_were_removed_fails_in_one_line_and_leaves_the_committed_output(tmp_path):
+  """Two reruns of one prefix racing: the one that commits first removes the other's staging as a failed run's.
+  The other's commit must then fail before it touches anything (not delete the winner's manifest and shards)."""
+  import copy  # pylint: disable=import-outside-toplevel
+  from formats.columns import records_to_table  # pylint: disable=import-outside-toplevel
+  from snapshot import staging as staging_lib  # pylint: disable=import-outside-toplevel
+  prefix = str(tmp_path / "emb")
+  config = write.WriteConfig("parquet", DIM)
+  sinks = {"embeddings": write.embedding_sink(config)}
+
+  def staged(token: str, records: int):
+    folder = staging_dir(prefix, token * 32)
+    os.makedirs(folder)
+    sink = copy.copy(sinks["embeddings"])
+    path, handle = staging_lib.open_staged(folder, "embeddings", sink)
+    sink.write(records_to_table(_records(records), config.columns, DIM, config.parquet_schema()))
+    return folder, [staging_lib.close_staged("embeddings", path, handle, sink, records)]
+
+  def facts(files, records):
+    return {"counts": {"read": records, "written": records, "dead_lettered": 0}, "fields": {}, "tallies": {},
+            "files": files}
+
+  (winner, won), (loser, lost) = staged("a", 3), staged("b", 4)
+  names = ("read", "written", "dead_lettered")
+  commit.commit_run(commit.CommitPlan(prefix, winner, {}, names, sinks, None, ()), facts(won, 3))
+  committed = {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if n.startswith("emb-")}
+  assert "emb-manifest.json" in committed
+  shutil.rmtree(loser)  # as the winner's leftovers step removes a failed run's staging
+  with pytest.raises(checks_lib.RunCheckError, match="staged files are gone .*nothing was replaced") as info:
+    commit.commit_run(commit.CommitPlan(prefix, loser, {}, names, sinks, None, ()), facts(lost, 4))
+  assert "\n" not in str(info.value)
+  assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if n.startswith("emb-")} == committed
