@@ -346,7 +346,9 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   pgid = os.getpgid(proc.pid)
   try:
     deadline = time.monotonic() + 120
-    while not glob.glob(str(out / "bert-embed-tmp-*" / "checkpoint-*-*.parquet")):  # rows encoded and checkpointed
+    # Rows encoded and checkpointed: a published checkpoint (checkpoint-ROWS-SIZE-SHA.parquet, not the temporary
+    # checkpoint-tmp-HEX.parquet of one being written, after which a kill leaves nothing to resume).
+    while not glob.glob(str(out / "bert-embed-tmp-*" / "checkpoint-[0-9]*.parquet")):
       assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-3000:]
       assert time.monotonic() < deadline, "the job did not checkpoint within 120 s"
       time.sleep(0.1)
@@ -372,7 +374,7 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   rerun = run(argv, test_pipeline=TestPipeline(argv=argv))
   m = rerun.manifest
   assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
-  assert 0 < m["counts"]["resumed"] < total, m.get("resume")  # the manifest says which checkpoints were ignored, why
+  assert 0 < m["counts"]["resumed"] < total, json.dumps(m.get("resume"))  # the manifest says which checkpoints were ignored, why
   assert m["counts"]["resumed"] + m["counts"]["encoded"] == total
   assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
   assert not glob.glob(str(out / "bert-embed-tmp-*"))  # the killed run's staged files are gone
