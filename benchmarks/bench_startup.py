@@ -33,7 +33,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 IMPORTS = ("tensorflow (and TF Text's ops)", "apache_beam", "pipeline.run")
-BARE_IMPORTS = "from runtime import tf_import; tf_import.import_tensorflow(); import apache_beam"
+BARE_IMPORTS = ("from runtime import tf_import, beam_import; tf_import.import_tensorflow(); "
+                "beam_import.import_beam_without_pandas()")
 
 
 class Tracer:
@@ -153,6 +154,9 @@ def traced_run(argv: list[str]) -> None:
     if module.startswith("tensorflow"):
       from runtime import tf_import  # pylint: disable=import-outside-toplevel
       tf_import.import_tensorflow()
+    elif module == "apache_beam":  # as the command line imports it
+      from runtime import beam_import  # pylint: disable=import-outside-toplevel
+      beam_import.import_beam_without_pandas()
     else:
       importlib.import_module(module)
     tracer.record(f"import {module}" + (" (and the project)" if module == "pipeline.run" else ""), start,

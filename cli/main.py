@@ -212,6 +212,8 @@ def _run(argv: list[str]) -> int:
       argv, neighbours = _pop_int_flag(argv, "--show-neighbours")
       argv = arguments.join_negative_values(argv)
       namespace = arguments.check(argv)
+      from runtime import beam_import  # pylint: disable=import-outside-toplevel
+      beam_import.import_beam_without_pandas()  # first (runtime/beam_import.py)
       from pipeline.progress import process_start  # pylint: disable=import-outside-toplevel
       from snapshot.checks import RunCheckError  # pylint: disable=import-outside-toplevel
       from pipeline.run import is_verbose, run  # pylint: disable=import-outside-toplevel

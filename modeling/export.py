@@ -23,12 +23,11 @@ import tensorflow as tf
 from modeling import encoder as encoder_lib
 from modeling import vocab as vocab_lib
 from modeling.errors import SeqLengthError
+from modeling.export_metadata import (  # noqa: F401  (re-exported)
+    ENCODER_SUBDIR, METADATA_FILENAME, PREPROCESSOR_SUBDIR, read_export_metadata)
 from modeling.importers import ImportedModel, load_source
 
-METADATA_FILENAME = "bert_embed_export.json"
 FORMAT_VERSION = 1
-PREPROCESSOR_SUBDIR = "preprocessor"
-ENCODER_SUBDIR = "encoder"
 
 
 def build_metadata(source: str, imported: ImportedModel,
@@ -155,30 +154,3 @@ def _move_into_place(staging: str, output_dir: str, overwrite: bool) -> None:
   tf.io.gfile.rename(staging, output_dir)
   if old is not None:
     tf.io.gfile.rmtree(old)
-
-
-def read_export_metadata(saved_model_dir: str) -> Optional[dict]:
-  """Reads `<saved_model_dir>/assets/bert_embed_export.json`.
-
-  Also accepts an export root (the directory holding `encoder/` and
-  `preprocessor/`), reading the encoder's copy.
-
-  Returns:
-    The metadata dict, or None when the SavedModel has none (e.g. a real TF
-    Hub model).
-  """
-  saved_model_dir = saved_model_dir.rstrip("/") or saved_model_dir
-  # Beam's FileSystems, not tf.io.gfile: a job reads this on the launcher for
-  # any Beam filesystem (gs://, s3://, ...), and FileSystems honours what
-  # configures them (e.g. a GCS emulator's STORAGE_EMULATOR_HOST).
-  # pylint: disable=import-outside-toplevel
-  from apache_beam.io.filesystem import CompressionTypes
-  from apache_beam.io.filesystems import FileSystems
-  for parts in (("assets", METADATA_FILENAME),
-                (ENCODER_SUBDIR, "assets", METADATA_FILENAME)):
-    candidate = FileSystems.join(saved_model_dir, *parts)
-    if FileSystems.exists(candidate):
-      with FileSystems.open(
-          candidate, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-        return json.loads(f.read().decode("utf-8"))
-  return None

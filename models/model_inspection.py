@@ -78,7 +78,7 @@ def _inspect(spec: ModelSpec, seq_length: int) -> ModelInfo:
                      "Are the preprocessor and encoder from the same model?") from None
   if not np.all(np.isfinite(outputs["pooled_output"].numpy())):
     raise UsageError(f"the encoder {spec.encoder} returned non-finite values on probe texts")
-  from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+  from modeling.export_metadata import read_export_metadata  # pylint: disable=import-outside-toplevel
   metadata = read_export_metadata(spec.encoder)
   fingerprint = fingerprint_cache.cached_fingerprint(
       fingerprint_cache.fingerprint_cache_key(spec, metadata, probe_token_ids),

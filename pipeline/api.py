@@ -153,7 +153,7 @@ def embed(texts: Union[str, Sequence[str]], model: Optional[str] = "default", *,
   if layers is not None and (not layers or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
     raise TypeError(f"layers must be a non-empty sequence of ints, got {layers!r}")
   spec = model_flags.resolve_model(model if not (preprocessor or encoder) else None, preprocessor, encoder)
-  from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+  from modeling.export_metadata import read_export_metadata  # pylint: disable=import-outside-toplevel
   pooling, normalize = resolve_pooling(read_export_metadata(spec.encoder), pooling, normalize)
   if layers and pooling == "pooled":
     raise ValueError("layers apply to cls and mean pooling")

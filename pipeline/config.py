@@ -244,7 +244,7 @@ def check_inputs_are_not_outputs(inputs: Sequence[str], output: str, pointer: st
 
 def max_positions(encoder: str) -> Optional[int]:
   """The encoder's max_position_embeddings from its export metadata (None for other TF Hub models)."""
-  from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+  from modeling.export_metadata import read_export_metadata  # pylint: disable=import-outside-toplevel
   try:
     metadata = read_export_metadata(encoder)
   except (ValueError, OSError) as e:

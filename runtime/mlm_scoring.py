@@ -172,7 +172,7 @@ def check_has_mlm(encoder) -> None:
   """
   where = encoder if isinstance(encoder, str) else getattr(encoder, "path", "given")
   if isinstance(encoder, str):
-    from modeling.export import read_export_metadata  # pylint: disable=import-outside-toplevel
+    from modeling.export_metadata import read_export_metadata  # pylint: disable=import-outside-toplevel
     metadata = read_export_metadata(encoder)
     if metadata is not None and not metadata.get("has_mlm", True):
       raise MissingMlmHeadError(_missing_message(where, "was exported without one (has_mlm: false)"))

@@ -13,6 +13,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+# TensorFlow as a run imports it (runtime/tf_import.py: its public API modules deferred, no Keras), so that every
+# test in this process uses it that way; test files import tensorflow after this file.
+from runtime import tf_import as _tf_import  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+_tf_import.import_tensorflow()
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _direct_runner_without_prism():

@@ -374,7 +374,8 @@ def test_a_killed_multiprocess_run_keeps_the_earlier_output_and_a_rerun_replaces
   rerun = run(argv, test_pipeline=TestPipeline(argv=argv))
   m = rerun.manifest
   assert (m["counts"]["read"], m["counts"]["written"], m["counts"]["dead_lettered"]) == (total, total, 0)
-  assert 0 < m["counts"]["resumed"] < total, json.dumps(m.get("resume"))  # the manifest says which checkpoints were ignored, why
+  # The manifest says which checkpoints were ignored, and why.
+  assert 0 < m["counts"]["resumed"] < total, json.dumps(m.get("resume"))
   assert m["counts"]["resumed"] + m["counts"]["encoded"] == total
   assert _prefix_files(prefix) == sorted(m["files"] + [prefix + "-manifest.json"])
   assert not glob.glob(str(out / "bert-embed-tmp-*"))  # the killed run's staged files are gone

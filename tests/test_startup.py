@@ -333,7 +333,7 @@ def test_verbose_tensorflow_import_shows_what_quiet_hides():
                           capture_output=True, text=True, timeout=120, check=True)
   if not quiet.has_nvidia_device():  # what TensorFlow's C++ code prints on a machine without GPU
     assert "absl::InitializeLog" in verbose.stderr and "Could not find cuda drivers" in verbose.stderr
-  assert verbose.stderr.count("oneDNN custom operations are on") == 2, verbose.stderr  # one per TF library
+  assert "oneDNN custom operations are on" in verbose.stderr, verbose.stderr  # once per TF library it loads
   for noise in NOISE:
     assert noise not in hushed.stderr, hushed.stderr
 
