@@ -9,6 +9,7 @@ import logging
 import sys
 import time
 import uuid
+from operator import attrgetter
 from typing import NamedTuple, Optional, Sequence
 
 import apache_beam as beam
@@ -41,7 +42,7 @@ from transforms.drift import DriftCheck
 from transforms.checkpoint import WriteCheckpoints
 from transforms.incremental import ManifestSection, SplitByPrevious
 from transforms.commit_steps import Finalize, RemoveLeftovers, RemoveStaleStaging, UpdateLatest
-from transforms.progress_counts import CountFn
+from transforms.progress_counts import CountPerBundle, Measure
 from transforms.resume_rows import resume_records
 from transforms.read import InputError, ReadTexts
 from transforms.sequencing import After
@@ -62,18 +63,18 @@ class RunOutcome(NamedTuple):
   manifest: Optional[dict]
 
 
-def _ones(pcoll, label: str):
-  return pcoll | label >> beam.Map(lambda _: 1)
-
-
-def _counted(pcoll, label: str, kind: str, value=None, input_format=None):
-  """Like _ones (or `value` per element), also tallied for the progress lines (pipeline/progress.py)."""
-  return pcoll | label >> beam.ParDo(CountFn(kind, value, input_format))
+def _measured(pcoll, label: str, *measures: Measure, input_format=None):
+  """Count facts for Finalize's "measured": `measures` of `pcoll` in one step."""
+  return pcoll | label >> beam.ParDo(CountPerBundle(measures, input_format))
 
 
 def _per_record(record) -> int:
   """1 for a record's row (its window 0 when it is written as windows), 0 for its other windows."""
   return int(not record.chunk_index)
+
+
+def _is_window(record) -> int:
+  return int(record.parent_id is not None)
 
 
 def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
@@ -171,24 +172,23 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
           | "AllDeadLetters" >> beam.Flatten())
   error_files = (dead | "DeadLettersAfterCleanUp" >> After(cleared)
                  | "WriteDeadLetters" >> WriteDeadLetters(cfg.output, staging_dir=staging))
-  counts = {
-      "read": (_counted(records, "CountRecords", "read", input_format=cfg.input_format),
-               _counted(read.dead_letters, "CountUnreadable", "read"),
-               _counted(duplicates.dead_letters, "CountDuplicates", "read")),
-      "written": tuple(_counted(b, f"CountWritten{i or ''}", "written", _per_record) for i, b in enumerate(branches)),
-      "rows": tuple(_ones(b, f"CountRows{i or ''}") for i, b in enumerate(branches)),
-      "encoded": _counted(embedded.encoded, "CountEncoded", "encoded", _per_record),  # records, not windows
-      "windows": embedded.encoded | "CountWindows" >> beam.Map(lambda r: int(r.parent_id is not None)),
-      "dead_lettered": _ones(dead, "CountDeadLettered"),
-      "blank_lines": read.blank_lines,
-      "files_failed": _ones(read.files_failed, "CountFilesFailed"),
-      "tokens": tuple(b | f"CountTokens{i or ''}" >> beam.Map(lambda r: r.num_tokens) for i, b in enumerate(branches)),
-      "truncated": tuple(b | f"CountTruncated{i or ''}" >> beam.Map(lambda r: int(r.truncated))
-                         for i, b in enumerate(branches)),
-      **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None},  # None: 0 without a shuffle
-  }
+  read_one = Measure("read", progress="read")
+  measured = [
+      _measured(records, "CountRecords", read_one, input_format=cfg.input_format),
+      _measured(read.dead_letters, "CountUnreadable", read_one),
+      _measured(duplicates.dead_letters, "CountDuplicates", read_one),
+      *(_measured(b, f"CountWritten{i or ''}", Measure("written", _per_record, "written"), Measure("rows"),
+                  Measure("tokens", attrgetter("num_tokens")), Measure("truncated", attrgetter("truncated")))
+        for i, b in enumerate(branches)),
+      _measured(embedded.encoded, "CountEncoded", Measure("encoded", _per_record, "encoded"),  # records, not windows
+                Measure("windows", _is_window)),
+      _measured(dead, "CountDeadLettered", Measure("dead_lettered")),
+      _measured(read.files_failed, "CountFilesFailed", Measure("files_failed")),
+  ]
+  counts = {"blank_lines": read.blank_lines,
+            **{kind: pcoll for kind, pcoll in split.counts.items() if pcoll is not None}}  # None: 0 without a shuffle
   if resumed.resumed is not None:
-    counts["resumed"] = _ones(resumed.resumed, "CountResumed")
+    measured.append(_measured(resumed.resumed, "CountResumed", Measure("resumed")))
   static = {
       "model": model_inspection.describe(cfg.model, cfg.model_info),
       "inputs": {"patterns": list(cfg.input_patterns), "files": len(cfg.inputs)},
@@ -239,10 +239,9 @@ def build_pipeline(p: beam.Pipeline, cfg: JobConfig, start_time: str,
     count_names += vector_store_lib.COUNTS
     finalizers = (*finalizers, StoreFinalizer(store_plan))
   kinds = {EMBEDDINGS: embedding_sink(write_config), ERRORS: ERRORS_SINK}
-  manifest = ({"files": files, "counts": counts, "fields": fields, "tallies": tallies, "partials": partials,
-               "dead_letters": dead, "after": cleared}
-              | "Finalize" >> Finalize(cfg.output, staging, static, count_names, kinds, checks,
-                                                    finalizers))
+  manifest = ({"files": files, "counts": counts, "measured": tuple(measured), "fields": fields, "tallies": tallies,
+               "partials": partials, "dead_letters": dead, "after": cleared}
+              | "Finalize" >> Finalize(cfg.output, staging, static, count_names, kinds, checks, finalizers))
   latest = manifest | "UpdateLatest" >> UpdateLatest(plan.pointer, cfg.output)  # the run is complete
   _ = latest | "RemoveLeftovers" >> RemoveLeftovers(resume_plan.remove_after_commit, plan.pointer, started)
   return {"records": records, "dead_letters": dead, "manifest": manifest, "resume": resume_plan}

@@ -201,6 +201,35 @@ def test_manifest_without_invariant_counts(tmp_path):
   assert "invariant" not in got and "checks" not in got
 
 
+def test_measured_counts_sum_several_measures_of_one_pcollection_over_its_bundles(tmp_path):
+  """CountPerBundle: one step gives several counts of its elements, summed per bundle, then over bundles; its names
+  must be count names, which the Finalize step checks when the facts arrive."""
+  from transforms.progress_counts import CountPerBundle, Measure  # pylint: disable=import-outside-toplevel
+  prefix = str(tmp_path / "emb")
+  values = list(range(-3, 40))
+  p = test_pipeline.TestPipeline()
+  files = p | "Files" >> beam.Create([], reshuffle=False)
+  numbers = p | "Numbers" >> beam.Create(values)  # reshuffled: several bundles
+  measured = numbers | "Measure" >> beam.ParDo(CountPerBundle(
+      [Measure("read"), Measure("tokens", abs), Measure("truncated", lambda v: v % 3 == 0), Measure("windows", lambda v: v < 0)]))
+  _ = ({"files": files, "measured": (measured,)}
+       | commit_steps.Finalize(prefix, staging_dir(prefix, "e" * 32), {}, ("read", "tokens", "truncated", "windows"),
+                               {}, checks=None))
+  p.run().wait_until_finish()
+  assert manifest.read_manifest(prefix)["counts"] == {  # brute force
+      "read": len(values), "tokens": sum(abs(v) for v in values), "truncated": sum(v % 3 == 0 for v in values),
+      "windows": sum(v < 0 for v in values)}
+  p = test_pipeline.TestPipeline()
+  files = p | "Files" >> beam.Create([], reshuffle=False)
+  typo = p | "Numbers" >> beam.Create([1]) | "Measure" >> beam.ParDo(CountPerBundle([Measure("raed")]))
+  _ = ({"files": files, "measured": (typo,)}
+       | commit_steps.Finalize(str(tmp_path / "typo"), staging_dir(str(tmp_path / "typo"), "f" * 32), {}, ("read",),
+                               {}, checks=None))
+  with pytest.raises(Exception, match=r"counts \['raed'\] are not among the count names \['read'\]"):
+    p.run().wait_until_finish()
+  assert not os.path.exists(str(tmp_path / "typo") + "-manifest.json")
+
+
 def test_finalize_checks_its_arguments():
   kinds = {ERRORS: write.ERRORS_SINK}
   with pytest.raises(ValueError, match="own keys"):

@@ -32,6 +32,9 @@ class _FinalizeFn(beam.DoFn):
     self._plan = plan
 
   def process(self, facts: dict, *unused_after) -> Iterator[dict]:
+    unknown = sorted(set(facts["counts"]) - set(self._plan.count_names))
+    if unknown:  # a "measured" step's names (Finalize can only check those of "counts" at construction)
+      raise ValueError(f"counts {unknown} are not among the count names {sorted(self._plan.count_names)}")
     yield commit.commit_run(self._plan, facts)
 
 
@@ -41,6 +44,8 @@ class Finalize(beam.PTransform):
   Input: {"files": PCollection[WrittenFile] (staged, from WriteEmbeddings/WriteDeadLetters with a staging_dir),
   "counts": {name: PCollection of ints, or a tuple of such PCollections (all summed into the name)}}; every name of
   count_names is in the manifest, 0 when it has no PCollection. Optional:
+    "measured": (PCollection of count facts, ...): counts summed where they are made (transforms/progress_counts.py
+      CountPerBundle: several counts of one PCollection in one step), their names among count_names;
     "dead_letters": PCollection[DeadLetter], whose reasons are tallied for the dead-letter check's message;
     "fields": {name: PCollection of at most one JSON-able value} (e.g. a drift check); none gives null; a name
       starting with "_" is private: given to the finalizers (CommittedRun.private), not written to the manifest;
@@ -75,6 +80,7 @@ class Finalize(beam.PTransform):
 
   def expand(self, inputs: dict):
     counts = dict(inputs.get("counts") or {})
+    measured = tuple(inputs.get("measured") or ())
     unknown = sorted(set(counts) - set(self._count_names))
     if unknown:
       raise ValueError(f"counts {unknown} are not among the count names {sorted(self._count_names)}")
@@ -85,7 +91,7 @@ class Finalize(beam.PTransform):
     if clashes or len(set(computed)) != len(computed):
       raise ValueError(f"fields and tallies must not set the manifest's own keys, static fields or each other's "
                        f"names: {clashes or sorted(computed)}")
-    facts = [inputs["files"] | "FileFacts" >> beam.Map(manifest_facts.file_fact)]
+    facts = [inputs["files"] | "FileFacts" >> beam.Map(manifest_facts.file_fact), *measured]
     for name, sources in sorted(counts.items()):
       sources = sources if isinstance(sources, tuple) else (sources,)
       for i, pcoll in enumerate(sources):
@@ -98,8 +104,7 @@ class Finalize(beam.PTransform):
       facts.append(pcoll | f"Partial[{name}]" >> beam.Map(manifest_facts.partial_fact, name))
     if inputs.get("dead_letters") is not None:
       facts.append(inputs["dead_letters"]
-                   | "DeadLetterReasons" >> beam.Map(reason_and_id)
-                   | "TallyReasons" >> beam.ParDo(manifest_facts.TallyWithExample(DEAD_LETTER_REASONS)))
+                   | "TallyReasons" >> beam.ParDo(manifest_facts.TallyWithExample(DEAD_LETTER_REASONS, reason_and_id)))
     after = [beam.pvalue.AsList(inputs["after"])] if inputs.get("after") is not None else []
     finalize = _FinalizeFn(CommitPlan(self._prefix, self._staging_dir, self._static_fields, self._count_names,
                                       self._kinds, self._checks, self._finalizers, tuple(sorted([*fields, *partials])),

@@ -49,19 +49,21 @@ class SumPerBundle(beam.DoFn):
 
 
 class TallyWithExample(beam.DoFn):
-  """(key, example) pairs -> one (EXAMPLES, name, {key: [occurrences, smallest example]}) per bundle: how often each
-  key occurs and one example of it (e.g. dead-letter reasons and a record id), at the cost of a tally."""
+  """Elements -> one (EXAMPLES, name, {key: [occurrences, smallest example]}) per bundle: how often each key occurs
+  and one example of it (e.g. dead-letter reasons and a record id), at the cost of a tally. `key_and_example`:
+  element -> (key, example); None: the elements are such pairs."""
 
-  def __init__(self, name: str):
+  def __init__(self, name: str, key_and_example=None):
     super().__init__()
     self._name = name
+    self._key_and_example = key_and_example
     self._seen: dict = {}
 
   def start_bundle(self):
     self._seen = {}
 
   def process(self, element):
-    key, example = element
+    key, example = element if self._key_and_example is None else self._key_and_example(element)
     seen = self._seen.get(key)
     if seen is None:
       self._seen[key] = [1, example]

@@ -12,11 +12,13 @@ import json
 import os
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindows
 
+from transforms.manifest_facts import COUNT
 from transforms.names import NAMESPACE
 
 ENV = "BERT_EMBED_PROGRESS_DIR"
@@ -111,28 +113,49 @@ def flush() -> None:
   _TOTALS.flush()
 
 
-class CountFn(beam.DoFn):
-  """A counting step of pipeline/run.py: emits `value(element)` for the manifest's counts and tallies `kind`.
+class Measure(NamedTuple):
+  """One count of CountPerBundle: `value(element)` (None: 1 per element) added to the manifest count `name`, and
+  tallied as the progress kind `progress` (KINDS) when set."""
+  name: str
+  value: Optional[Callable] = None
+  progress: Optional[str] = None
 
-  A DoFn rather than a Map so that each bundle ends with a flush: the launcher's summary then sees every count,
-  also from worker processes, which may exit right after their last bundle.
+
+class CountPerBundle(beam.DoFn):
+  """A counting step of pipeline/run.py: elements -> one manifest count fact (COUNT, name, sum) per measure and
+  bundle (transforms/manifest_facts.py; a sum of 0 emits nothing), each element also tallied for the progress lines.
+
+  One step measures what several counts need of one PCollection (written rows: written, rows, tokens, truncated):
+  each step of a graph costs the launcher and every bundle's set-up, whatever it holds (benchmarks/RESULTS.md,
+  "Start-up"). Each bundle ends with a flush, so that the launcher's summary sees every tally, also from worker
+  processes, which may exit right after their last bundle. `input_format`: set on the step counting read records,
+  whose input bytes it also tallies.
   """
 
-  def __init__(self, kind: str, value: Optional[Callable] = None, input_format: Optional[str] = None):
+  def __init__(self, measures: Sequence[Measure], input_format: Optional[str] = None):
     super().__init__()
-    self._kind = kind
-    self._value = value
-    self._input_format = input_format  # set on the step counting read records: also tally their input bytes
+    self._measures = tuple(measures)
+    self._input_format = input_format
+    self._sums = [0] * len(self._measures)
+
+  def start_bundle(self):
+    self._sums = [0] * len(self._measures)
 
   def process(self, element):
-    value = 1 if self._value is None else self._value(element)
-    tally(self._kind, value)
+    for i, measure in enumerate(self._measures):
+      value = 1 if measure.value is None else int(measure.value(element))
+      self._sums[i] += value
+      if measure.progress is not None:
+        tally(measure.progress, value)
     if self._input_format is not None:
       tally("input_bytes", record_bytes(element, self._input_format))
-    yield value
+    return ()
 
   def finish_bundle(self):
     flush()
+    for measure, total in zip(self._measures, self._sums):
+      if total:
+        yield GlobalWindows.windowed_value((COUNT, measure.name, total))
 
 
 def record_bytes(record, input_format: str) -> int:
