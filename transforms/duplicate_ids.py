@@ -79,7 +79,8 @@ class ResolveDuplicateIds(beam.PTransform):
 
   def expand(self, records) -> DuplicatesResult:
     if self._policy == "keep" or self._ids_unique:
-      return DuplicatesResult(records, records.pipeline | "NoDuplicates" >> beam.Create([]))
+      # An empty PCollection fused with the records' stage (a Create would add a stage of its own).
+      return DuplicatesResult(records, records | "NoDuplicates" >> beam.FlatMap(lambda _: ()))
     resolved = (
         records
         | "KeyById" >> beam.WithKeys(lambda r: r.id)

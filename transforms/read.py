@@ -191,11 +191,10 @@ class ReadTexts(beam.PTransform):
 
   def expand(self, pbegin) -> ReadResult:
     files = [str(path) for path in match_inputs(self._patterns)]
-    read = (
-        pbegin
-        | "Files" >> beam.Create(files)
-        | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadFiles" >> beam.ParDo(_ReadFileFn(self._options)).with_outputs(
-            DEAD_LETTER, BLANK_LINES, FILES_FAILED, main="records"))
+    paths = pbegin | "Files" >> beam.Create(files)
+    if len(files) > 1:  # one file has nothing to spread (its records are spread later: transforms/spread.py)
+      paths = paths | "SpreadFiles" >> beam.Reshuffle()
+    read = paths | "ReadFiles" >> beam.ParDo(_ReadFileFn(self._options)).with_outputs(
+        DEAD_LETTER, BLANK_LINES, FILES_FAILED, main="records")
     return ReadResult(records=read.records, dead_letters=read[DEAD_LETTER],
                       blank_lines=read[BLANK_LINES], files_failed=read[FILES_FAILED])
