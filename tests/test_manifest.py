@@ -210,8 +210,9 @@ def test_measured_counts_sum_several_measures_of_one_pcollection_over_its_bundle
   p = test_pipeline.TestPipeline()
   files = p | "Files" >> beam.Create([], reshuffle=False)
   numbers = p | "Numbers" >> beam.Create(values)  # reshuffled: several bundles
-  measured = numbers | "Measure" >> beam.ParDo(CountPerBundle(
-      [Measure("read"), Measure("tokens", abs), Measure("truncated", lambda v: v % 3 == 0), Measure("windows", lambda v: v < 0)]))
+  measured = numbers | "Measure" >> beam.ParDo(CountPerBundle([
+      Measure("read"), Measure("tokens", abs), Measure("truncated", lambda v: v % 3 == 0),
+      Measure("windows", lambda v: v < 0)]))
   _ = ({"files": files, "measured": (measured,)}
        | commit_steps.Finalize(prefix, staging_dir(prefix, "e" * 32), {}, ("read", "tokens", "truncated", "windows"),
                                {}, checks=None))
