@@ -97,7 +97,7 @@ def commit_run(plan: CommitPlan, facts: dict) -> dict:
   checks = check(plan, facts, counts)                                           # 1. the run's checks
   computed, private = computed_fields(plan, facts, checks)
   run = CommittedRun(plan.output_prefix, dict(counts), tuple(facts["files"]), private)
-  staging.check_staged(plan.output_prefix, plan.staging_dir, facts["files"])    # (all still there)
+  staging.check_staged(plan.output_prefix, plan.staging_dir, facts["files"], plan.kinds)  # (all still there)
   apply_finalizers(plan.finalizers, run, counts, computed)                      # 2. the store's staged changes
   delete_manifest(plan.output_prefix)                                           # 3. the earlier manifest
   files = staging.commit_files(plan.output_prefix, plan.staging_dir, facts["files"], plan.kinds)  # 4. the shards

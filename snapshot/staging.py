@@ -80,20 +80,39 @@ def delete_staging_dir(staging_dir: str) -> None:
     FileSystems.delete([staging_dir])
 
 
-def check_staged(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile]) -> None:
-  """Raises RunCheckError (one line) unless every staged file is still in `staging_dir`, or already under a final
-  name of the prefix with its size (an earlier, interrupted attempt of this commit moved it). Run before the commit
-  touches anything: a run of the same prefix that committed meanwhile may have removed this run's staging as a
-  failed run's (two reruns racing), and this run must then fail without replacing that run's output."""
+def _final_names(output_prefix: str, written: Sequence[WrittenFile],
+                 kinds: Mapping[str, sinks.OutputSink]) -> list[tuple[WrittenFile, str]]:
+  """Each written file of `kinds` and its final name, PREFIX[-errors]-SSSSS-of-NNNNN.EXT (N: the kind's files)."""
+  plan = []
+  for kind, sink in kinds.items():
+    files = sorted((w for w in written if w.kind == kind), key=lambda w: w.path)
+    plan += [(w, shard_name(output_prefix, kind, i, len(files), sink.extension)) for i, w in enumerate(files)]
+  return plan
+
+
+def _where(output_prefix: str, staging_dir: str, plan: list) -> tuple[list, list]:
+  """(the plan's files still in `staging_dir`, those neither there nor under their final name with their size).
+  A file under its final name was moved by an earlier, interrupted attempt of the same commit."""
   staged = {path_basename(m.path) for m in matching(FileSystems.join(staging_dir, "*"))}
-  gone = [w for w in written if path_basename(w.path) not in staged]
-  if not gone:
-    return
-  sizes = {m.size_in_bytes for m in matching(output_prefix + "-*")}
-  lost = [w for w in gone if w.size_bytes not in sizes]
+  there = [(w, final) for w, final in plan if path_basename(w.path) in staged]
+  lost = []
+  if len(there) < len(plan):
+    sizes = {path_basename(m.path): m.size_in_bytes for m in matching(output_prefix + "-*")}
+    lost = [(w, final) for w, final in plan
+            if path_basename(w.path) not in staged and sizes.get(path_basename(final)) != w.size_bytes]
+  return there, lost
+
+
+def check_staged(output_prefix: str, staging_dir: str, written: Sequence[WrittenFile],
+                 kinds: Mapping[str, sinks.OutputSink]) -> None:
+  """Raises RunCheckError (one line) unless every staged file is still in `staging_dir`, or already under its final
+  name with its size. Run before the commit touches anything: a run of the same prefix that committed meanwhile may
+  have removed this run's staging as a failed run's (two reruns racing), and this run must then fail without
+  replacing that run's output."""
+  _, lost = _where(output_prefix, staging_dir, _final_names(output_prefix, written, kinds))
   if lost:
     raise RunCheckError(f"{len(lost)} of this run's staged files are gone from {staging_dir} (e.g. "
-                        f"{path_basename(lost[0].path)}): another run of {output_prefix} may have committed and "
+                        f"{path_basename(lost[0][0].path)}): another run of {output_prefix} may have committed and "
                         f"removed them; nothing was replaced, run again to resume")
 
 
@@ -107,27 +126,19 @@ def commit_files(output_prefix: str, staging_dir: str, written: Sequence[Written
   are replaced by the rename. Safe to run again after an interruption: a staged file already moved is found under
   its final name (same size). Returns the files under their final names, sorted by path.
   """
-  plan = []
-  for kind, sink in kinds.items():
-    files = sorted((w for w in written if w.kind == kind), key=lambda w: w.path)
-    if not files:
-      files = [write_empty_file(staging_dir, kind, sink)]
-    plan += [(w, shard_name(output_prefix, kind, i, len(files), sink.extension)) for i, w in enumerate(files)]
+  written = list(written) + [write_empty_file(staging_dir, kind, sink) for kind, sink in kinds.items()
+                             if not any(w.kind == kind for w in written)]
+  plan = _final_names(output_prefix, written, kinds)
   targets = {path_basename(final) for _, final in plan}
   stale = [path for path in own_files(output_prefix, tuple(kinds)) if path_basename(path) not in targets]
   if stale:
     FileSystems.delete(stale)
-  staged = {path_basename(m.path) for m in matching(FileSystems.join(staging_dir, "*"))}
-  moves = [(w.path, final) for w, final in plan if path_basename(w.path) in staged]
+  moves, lost = _where(output_prefix, staging_dir, plan)
+  if lost:
+    w, final = lost[0]
+    raise IOError(f"staged file {w.path} is gone and {final} is not the file it was ({w.size_bytes} bytes)")
   if moves:
-    FileSystems.rename([source for source, _ in moves], [final for _, final in moves])
-  moved = {source for source, _ in moves}
-  missing = [final for w, final in plan if w.path not in moved]
-  if missing:  # moved by an earlier, interrupted attempt: they must be there, whole
-    sizes = {path_basename(m.path): m.size_in_bytes for m in matching(output_prefix + "-*")}
-    for w, final in plan:
-      if w.path not in moved and sizes.get(path_basename(final)) != w.size_bytes:
-        raise IOError(f"staged file {w.path} is gone and {final} is not the file it was ({w.size_bytes} bytes)")
+    FileSystems.rename([w.path for w, _ in moves], [final for _, final in moves])
   return sorted((w._replace(path=final) for w, final in plan), key=lambda w: w.path)
 
 

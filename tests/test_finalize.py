@@ -14,6 +14,7 @@ import sys
 
 import apache_beam as beam
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -415,3 +416,35 @@ def test_a_run_whose_staged_files_were_removed_fails_in_one_line_and_leaves_the_
     commit.commit_run(commit.CommitPlan(prefix, loser, {}, names, sinks, None, ()), facts(lost, 4))
   assert "\n" not in str(info.value)
   assert {n: (tmp_path / n).read_bytes() for n in os.listdir(tmp_path) if n.startswith("emb-")} == committed
+
+
+def test_a_staged_file_counts_as_moved_only_under_its_own_final_name_with_its_size(tmp_path):
+  """The check before the commit (snapshot/staging.py check_staged) and the commit's own look for a staged file
+  that is gone the same way: moved by an interrupted attempt means under its final name, with its size. Another
+  file of the prefix with that size (an earlier output's shard of the same size) is not it."""
+  from formats import sinks  # pylint: disable=import-outside-toplevel
+  from formats.output_files import EMBEDDINGS  # pylint: disable=import-outside-toplevel
+  from snapshot import staging as staging_lib  # pylint: disable=import-outside-toplevel
+  prefix = str(tmp_path / "emb")
+  staged = tmp_path / "staging"
+  staged.mkdir()
+  written = []
+  for name in ("a.parquet", "b.parquet"):
+    (staged / name).write_bytes(b"x" * 10)
+    written.append(staging_lib.WrittenFile(EMBEDDINGS, str(staged / name), 10, hashlib.sha256(b"x" * 10).hexdigest(),
+                                           1))
+  kinds = {EMBEDDINGS: sinks.ParquetSink(pa.schema([]))}  # its extension: no file is written for a kind with files
+  staging_lib.check_staged(prefix, str(staged), written, kinds)  # both there
+  os.remove(staged / "b.parquet")
+  (tmp_path / "emb-00007-of-00009.parquet").write_bytes(b"y" * 10)  # the prefix's, same size, another name
+  with pytest.raises(checks_lib.RunCheckError, match="1 of this run's staged files are gone .*b.parquet"):
+    staging_lib.check_staged(prefix, str(staged), written, kinds)
+  with pytest.raises(IOError, match="b.parquet is gone"):
+    staging_lib.commit_files(prefix, str(staged), written, kinds)
+  assert sorted(os.listdir(staged)) == ["a.parquet"]  # nothing moved
+  (tmp_path / "emb-00001-of-00002.parquet").write_bytes(b"x" * 10)  # moved by an interrupted attempt
+  staging_lib.check_staged(prefix, str(staged), written, kinds)
+  committed = staging_lib.commit_files(prefix, str(staged), written, kinds)
+  assert [os.path.basename(w.path) for w in committed] == ["emb-00000-of-00002.parquet", "emb-00001-of-00002.parquet"]
+  assert sorted(os.path.basename(p) for p in glob.glob(prefix + "-*")) == [
+      "emb-00000-of-00002.parquet", "emb-00001-of-00002.parquet"]
