@@ -50,7 +50,46 @@ def write_parquet(staging_dir: str, table: pa.Table, schema: pa.Schema) -> str:
   return checkpoint_files.write_checkpoint(staging_dir, write, table.num_rows)
 
 
-class _CheckpointFn(beam.DoFn):
+class _BufferedRowsFn(beam.DoFn):
+  """Rows gathered and handed to `_write` once MAX_ROWS wait or the oldest has waited MAX_SECONDS (checked as rows
+  arrive), and at the end of each bundle; what `_write` returns, when not None, is emitted."""
+
+  def __init__(self):
+    super().__init__()
+    self._rows = []
+    self._since = 0.0
+
+  def _keeps(self, row) -> bool:  # pylint: disable=unused-argument
+    return True
+
+  def _write(self, rows: list):
+    raise NotImplementedError
+
+  def start_bundle(self):
+    self._rows, self._since = [], 0.0
+
+  def process(self, row):
+    if not self._keeps(row):
+      return
+    if not self._rows:
+      self._since = time.monotonic()
+    self._rows.append(row)
+    if len(self._rows) >= MAX_ROWS or time.monotonic() - self._since >= MAX_SECONDS:
+      written = self._write_waiting()
+      if written is not None:
+        yield written
+
+  def finish_bundle(self):
+    written = self._write_waiting()
+    if written is not None:
+      yield GlobalWindows.windowed_value(written)
+
+  def _write_waiting(self):
+    rows, self._rows = self._rows, []
+    return self._write(rows) if rows else None
+
+
+class _CheckpointFn(_BufferedRowsFn):
 
   def __init__(self, staging_dir: str, columns: OutputColumns, dim: int, metadata: Mapping[str, str]):
     super().__init__()
@@ -58,29 +97,12 @@ class _CheckpointFn(beam.DoFn):
     self._columns = columns
     self._dim = dim
     self._metadata = dict(metadata)
-    self._rows = []
-    self._since = 0.0
     self._written = beam.metrics.Metrics.counter(NAMESPACE, "records_checkpointed")
 
-  def start_bundle(self):
-    self._rows, self._since = [], 0.0
+  def _keeps(self, row) -> bool:
+    return row.parent_id is None and row_problem(row, self._columns, self._dim) is None
 
-  def process(self, row):
-    if row.parent_id is not None or row_problem(row, self._columns, self._dim) is not None:
-      return
-    if not self._rows:
-      self._since = time.monotonic()
-    self._rows.append(row)
-    if len(self._rows) >= MAX_ROWS or time.monotonic() - self._since >= MAX_SECONDS:
-      self._flush()
-
-  def finish_bundle(self):
-    self._flush()
-
-  def _flush(self):
-    rows, self._rows = self._rows, []
-    if not rows:
-      return
+  def _write(self, rows: list) -> None:
     schema = columns_lib.parquet_schema(self._columns, self._dim, self._metadata)
     try:
       write_parquet(self._staging_dir, columns_lib.records_to_table(rows, self._columns, self._dim, schema), schema)
@@ -105,7 +127,7 @@ class WriteCheckpoints(beam.PTransform):
     return rows | "Checkpoint" >> beam.ParDo(self._fn)
 
 
-class _PartsFn(beam.DoFn):
+class _PartsFn(_BufferedRowsFn):
   """Validated output rows -> staged shards published as checkpoints, each emitted as its WrittenFile."""
 
   def __init__(self, staging_dir: str, columns: OutputColumns, dim: int, schema: pa.Schema):
@@ -114,27 +136,10 @@ class _PartsFn(beam.DoFn):
     self._columns = columns
     self._dim = dim
     self._schema = schema
-    self._rows = []
-    self._since = 0.0
     self._written = beam.metrics.Metrics.counter(NAMESPACE, "records_written")
     self._checkpointed = beam.metrics.Metrics.counter(NAMESPACE, "records_checkpointed")
 
-  def start_bundle(self):
-    self._rows, self._since = [], 0.0
-
-  def process(self, row):
-    if not self._rows:
-      self._since = time.monotonic()
-    self._rows.append(row)
-    if len(self._rows) >= MAX_ROWS or time.monotonic() - self._since >= MAX_SECONDS:
-      yield self._flush()
-
-  def finish_bundle(self):
-    if self._rows:
-      yield GlobalWindows.windowed_value(self._flush())
-
-  def _flush(self) -> WrittenFile:
-    rows, self._rows = self._rows, []
+  def _write(self, rows: list) -> WrittenFile:
     try:
       table = columns_lib.records_to_table(rows, self._columns, self._dim, self._schema)
     except (ValueError, TypeError, pa.ArrowException) as e:
