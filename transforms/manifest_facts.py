@@ -2,8 +2,9 @@
 
 Every input becomes a "fact" `(kind, name, value)`; one Flatten joins them and one CombineGlobally(GatherFacts())
 folds them into {"counts", "tallies", "fields", "files"}. Counts and tallies are first summed per bundle where they
-are produced (SumPerBundle emits one partial sum per bundle, fused into the producing stage), so the Flatten holds a
-few elements per bundle, not one per record.
+are produced (SumPerBundle emits one partial sum per bundle, fused into the producing stage; the pipeline's own
+counting steps, transforms/progress_counts.py CountPerBundle, emit several counts' sums from one step), so the
+Flatten holds a few elements per bundle, not one per record.
 
 One combine rather than one per count: each CombineGlobally adds ~6 steps and a stage, which the launcher
 serialises and the DirectRunner sets up and runs; with fifteen counts they were half of a one-line job's graph.
