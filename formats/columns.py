@@ -40,7 +40,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-from typing import Callable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -261,3 +261,20 @@ def examples_to_records(serialized: Sequence[bytes], names: Sequence[str], dim: 
     return []
   batch = (decoder or example_decoder(names, columns)).DecodeBatch(list(serialized))
   return arrow_to_records(batch, names, dim, columns)
+
+
+TFRECORD_BATCH = 1024  # tf.Examples decoded at a time
+
+
+def payloads_to_records(payloads: Iterable[bytes], names: Sequence[str], dim: int, decoder=None,
+                        columns: Optional[OutputColumns] = None) -> Iterator[EmbeddingRecord]:
+  """Serialized tf.Examples (e.g. a TFRecord file's verified payloads) -> EmbeddingRecords, decoded TFRECORD_BATCH
+  at a time (examples_to_records): the batches before a payload that fails to come are yielded."""
+  decoder = decoder or example_decoder(names, columns)
+  batch = []
+  for payload in payloads:
+    batch.append(payload)
+    if len(batch) >= TFRECORD_BATCH:
+      yield from examples_to_records(batch, names, dim, decoder, columns)
+      batch = []
+  yield from examples_to_records(batch, names, dim, decoder, columns)

@@ -32,7 +32,6 @@ from stores.base import VectorStore
 from stores.digest import EMPTY, Digest
 
 VECTOR_TOLERANCE = 1e-5
-_TFRECORD_BATCH = 1024
 _LOG = logging.getLogger(__name__)
 
 
@@ -67,13 +66,7 @@ def output_pairs(files: Sequence) -> Iterator[tuple[str, str]]:
         table = pq.ParquetFile(stream).read(columns=names)
         yield from zip(table.column("id").to_pylist(), table.column("text_sha256").to_pylist())
         continue
-      decoder, batch = columns_lib.example_decoder(names), []
-      for payload in verified_payloads(stream):
-        batch.append(payload)
-        if len(batch) >= _TFRECORD_BATCH:
-          yield from ((r.id, r.text_sha256) for r in columns_lib.examples_to_records(batch, names, 0, decoder))
-          batch = []
-      yield from ((r.id, r.text_sha256) for r in columns_lib.examples_to_records(batch, names, 0, decoder))
+      yield from ((r.id, r.text_sha256) for r in columns_lib.payloads_to_records(verified_payloads(stream), names, 0))
 
 
 def _as_stored(vector: np.ndarray, normalised: bool) -> np.ndarray:

@@ -27,7 +27,6 @@ from pipeline.run import run
 from formats import columns as columns_lib
 from transforms import drift as drift_lib
 from transforms import incremental
-from transforms import previous_rows
 from formats.columns import OutputColumns
 from formats.records import EmbeddingRecord, TextRecord, text_sha256
 
@@ -592,7 +591,7 @@ def test_a_parquet_page_with_flipped_bytes_costs_only_its_row_group(normalized_r
 def test_a_tfrecord_with_a_changed_value_costs_the_records_from_it_on(normalized_run, tiny_model_dir, monkeypatch):
   """Records are decoded in batches (2 here): the verified batches before the damaged record are used."""
   import tensorflow as tf  # pylint: disable=import-outside-toplevel
-  monkeypatch.setattr(previous_rows, "TFRECORD_BATCH", 2)
+  monkeypatch.setattr(columns_lib, "TFRECORD_BATCH", 2)
   directory = normalized_run.tmp / "tfrecord-damaged"
   directory.mkdir()
   table = pq.read_table(normalized_run.outcome.manifest["output_files"][0])

@@ -36,7 +36,6 @@ from formats.read_errors import InputReadError, caused_by_read_failure
 from formats.tfrecord_input import verified_payloads
 
 UNREADABLE = "unreadable"
-TFRECORD_BATCH = 1024  # tf.Examples decoded at a time
 _HASH_CHUNK = 8 << 20
 _LOG = logging.getLogger(__name__)
 
@@ -170,13 +169,7 @@ def _read_tfrecords(path: str, dim: int, names: Sequence[str],
   try:
     verify_identity(path, (identities or {}).get(path))
     with _open(path) as f:
-      batch = []
-      for record in verified_payloads(f):
-        batch.append(record)
-        if len(batch) >= TFRECORD_BATCH:
-          yield from columns_lib.examples_to_records(batch, names, dim, decoder, columns)
-          batch = []
-      yield from columns_lib.examples_to_records(batch, names, dim, decoder, columns)
+      yield from columns_lib.payloads_to_records(verified_payloads(f), names, dim, decoder, columns)
   except Exception as e:  # pylint: disable=broad-except  (CRC mismatch, truncated record, unparsable Example)
     if not _damage(e):
       raise
